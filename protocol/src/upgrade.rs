@@ -1,0 +1,166 @@
+//! Upgrade offers (operator → agent) and upgrade status (agent → operator).
+
+use crate::time::UnixMillis;
+use crate::DeviceId;
+use serde::{Deserialize, Serialize};
+
+/// What the operator asks one device to install. Always travels inside a
+/// [`crate::SignedEnvelope`] signed with the fleet key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeOffer {
+    pub schema: u32,
+    /// Strictly increasing per device; the agent refuses replays.
+    pub offer_seq: u64,
+    pub device_id: DeviceId,
+    pub rollout_id: Option<String>,
+    /// Version the device must report (os_version) after the upgrade.
+    pub target_version: String,
+    /// Must equal RAUC's `Compatible` on the device.
+    pub compatible: String,
+    pub bundle: BundleSource,
+    pub not_before: UnixMillis,
+    pub expires_at: UnixMillis,
+    #[serde(default)]
+    pub allow_downgrade: bool,
+}
+
+/// Where to get a bundle and what it must hash to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleSource {
+    /// Object name in [`crate::names::BUNDLE_OBJECT_BUCKET`].
+    pub object: Option<String>,
+    /// HTTP(S) URL, used when `object` is absent.
+    pub url: Option<String>,
+    /// Lower-case hex SHA-256 of the whole bundle file.
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// The agent's upgrade state as reported in every heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeStatus {
+    #[serde(flatten)]
+    pub phase: UpgradePhase,
+    /// The offer this status is about, if any.
+    pub offer_seq: Option<u64>,
+    pub rollout_id: Option<String>,
+    pub target_version: Option<String>,
+    /// Boot id recorded just before the upgrade reboot. The operator commits
+    /// only a heartbeat whose boot id differs from it.
+    pub pre_reboot_boot_id: Option<String>,
+    /// Slot (boot name) the bundle was installed into.
+    pub target_slot: Option<String>,
+    pub since: UnixMillis,
+}
+
+impl UpgradeStatus {
+    pub fn idle(since: UnixMillis) -> Self {
+        Self {
+            phase: UpgradePhase::Idle,
+            offer_seq: None,
+            rollout_id: None,
+            target_version: None,
+            pre_reboot_boot_id: None,
+            target_slot: None,
+            since,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+pub enum UpgradePhase {
+    Idle,
+    Offered,
+    Downloading { bytes_done: u64, bytes_total: u64 },
+    Verifying,
+    Installing { percent: u8 },
+    Installed,
+    Rebooting,
+    AwaitingCommit,
+    Committed,
+    Refused { reason: RefusalReason },
+    Failed { reason: FailureReason },
+    RolledBack { reason: RollbackReason },
+}
+
+impl UpgradePhase {
+    /// Short stable name for logs, tables and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Offered => "offered",
+            Self::Downloading { .. } => "downloading",
+            Self::Verifying => "verifying",
+            Self::Installing { .. } => "installing",
+            Self::Installed => "installed",
+            Self::Rebooting => "rebooting",
+            Self::AwaitingCommit => "awaiting_commit",
+            Self::Committed => "committed",
+            Self::Refused { .. } => "refused",
+            Self::Failed { .. } => "failed",
+            Self::RolledBack { .. } => "rolled_back",
+        }
+    }
+}
+
+/// Why an agent refused an offer. Nothing was downloaded or installed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RefusalReason {
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("offer signed by unknown key {key_id}")]
+    UnknownKey { key_id: String },
+    #[error("offer expired")]
+    Expired,
+    #[error("offer not valid yet")]
+    NotYetValid,
+    #[error("offer sequence {offered} is not above the last accepted {last_accepted}")]
+    Replay { offered: u64, last_accepted: u64 },
+    #[error("bundle compatible {offered:?} differs from this device's {device:?}")]
+    Incompatible { offered: String, device: String },
+    #[error("target version {target} is not newer than {current} and downgrade is not allowed")]
+    Downgrade { current: String, target: String },
+    #[error("bundle size {size} exceeds the limit {limit}")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("offer is for device {offered_to}")]
+    WrongDevice { offered_to: String },
+    #[error("offer is malformed: {detail}")]
+    Malformed { detail: String },
+    #[error("an upgrade is already in progress")]
+    Busy,
+}
+
+/// Why an accepted upgrade failed before the reboot. The running system is untouched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FailureReason {
+    #[error("download failed: {detail}")]
+    DownloadFailed { detail: String },
+    #[error("bundle hash mismatch: expected {expected}, got {actual}")]
+    VerifyFailed { expected: String, actual: String },
+    #[error("not enough free space: need {needed} bytes, have {available}")]
+    NoSpace { needed: u64, available: u64 },
+    /// RAUC's `LastError`, verbatim.
+    #[error("RAUC install failed: {last_error}")]
+    InstallFailed { last_error: String },
+    #[error("reboot failed: {detail}")]
+    RebootFailed { detail: String },
+    #[error("commit failed: {detail}")]
+    CommitFailed { detail: String },
+}
+
+/// Why the device is back on its previous slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RollbackReason {
+    /// U-Boot fell back: the new slot never came up far enough.
+    #[error("new slot failed to boot")]
+    BootFailed,
+    /// The new slot came up but no commit arrived before the deadline.
+    #[error("no commit before the deadline")]
+    CommitTimeout,
+    #[error("health checks failed: {failed:?}")]
+    HealthCheckFailed { failed: Vec<String> },
+}

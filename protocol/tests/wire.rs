@@ -1,0 +1,208 @@
+//! Wire compatibility: golden JSON fixtures under tests/data/ must decode to
+//! the expected values and the values must encode to the same JSON. A change
+//! that breaks this breaks deployed devices or operators.
+//!
+//! Regenerate (only for an intended, schema-bumping change) with
+//! `HARMONY_UPDATE_GOLDEN=1 cargo test -p harmony-protocol --test wire`.
+
+use ed25519_dalek::SigningKey;
+use harmony_protocol::command::{CommitArgs, ReplyBody};
+use harmony_protocol::time::UnixMillis;
+use harmony_protocol::*;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+fn fixture_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+}
+
+/// The encoded form of `value` must equal the fixture (as JSON values), and
+/// the fixture must decode back to `value`.
+fn check_golden<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(name: &str, value: &T) {
+    let path = fixture_path(name);
+    let encoded = serde_json::to_value(value).unwrap();
+    if std::env::var_os("HARMONY_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, serde_json::to_string_pretty(&encoded).unwrap() + "\n").unwrap();
+    }
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let golden: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(encoded, golden, "{name}: encoding changed");
+    let decoded: T = serde_json::from_str(&text).unwrap();
+    assert_eq!(&decoded, value, "{name}: decoding changed");
+}
+
+fn device() -> DeviceId {
+    DeviceId::new("pi-kitchen-01").unwrap()
+}
+
+fn fleet_key() -> SigningKey {
+    SigningKey::from_bytes(&[42; 32])
+}
+
+fn offer() -> UpgradeOffer {
+    UpgradeOffer {
+        schema: SCHEMA_VERSION,
+        offer_seq: 7,
+        device_id: device(),
+        rollout_id: Some("r-2026-11-23".into()),
+        target_version: "2.0.0".into(),
+        compatible: "harmony-raspberrypi4-64".into(),
+        bundle: BundleSource {
+            object: Some("harmony-2.0.0.raucb".into()),
+            url: None,
+            sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+            size: 123_456_789,
+        },
+        not_before: UnixMillis(1_795_000_000_000),
+        expires_at: UnixMillis(1_795_086_400_000),
+        allow_downgrade: false,
+    }
+}
+
+fn heartbeat() -> Heartbeat {
+    Heartbeat {
+        schema: SCHEMA_VERSION,
+        device_id: device(),
+        agent_version: "0.1.0".into(),
+        os_version: Some("2.0.0".into()),
+        compatible: Some("harmony-raspberrypi4-64".into()),
+        booted_slot: Some("B".into()),
+        boot_id: "0b5c9c1e-8a2f-4a53-9d0e-2f1b7a6c3d4e".into(),
+        uptime_secs: 42,
+        health: Health { status: HealthStatus::Healthy, failed_checks: vec![] },
+        upgrade: UpgradeStatus {
+            phase: UpgradePhase::AwaitingCommit,
+            offer_seq: Some(7),
+            rollout_id: Some("r-2026-11-23".into()),
+            target_version: Some("2.0.0".into()),
+            pre_reboot_boot_id: Some("5d1e2c3b-0000-4000-8000-000000000001".into()),
+            target_slot: Some("B".into()),
+            since: UnixMillis(1_795_000_100_000),
+        },
+        labels: BTreeMap::from([("site".to_string(), "kitchen".to_string())]),
+        seq: 3,
+        sent_at: UnixMillis(1_795_000_142_000),
+    }
+}
+
+#[test]
+fn heartbeat_fixture() {
+    check_golden("heartbeat.json", &heartbeat());
+}
+
+#[test]
+fn phases_with_reasons_fixture() {
+    let phases = vec![
+        UpgradePhase::Downloading { bytes_done: 10, bytes_total: 100 },
+        UpgradePhase::Refused { reason: RefusalReason::Replay { offered: 3, last_accepted: 7 } },
+        UpgradePhase::Failed {
+            reason: FailureReason::InstallFailed { last_error: "Failed verifying signature".into() },
+        },
+        UpgradePhase::RolledBack { reason: RollbackReason::BootFailed },
+        UpgradePhase::RolledBack { reason: RollbackReason::CommitTimeout },
+    ];
+    check_golden("phases.json", &phases);
+}
+
+#[test]
+fn signed_offer_fixture_is_stable_and_verifies() {
+    // ed25519 signatures are deterministic, so the whole envelope is golden.
+    let env = SignedEnvelope::sign(&fleet_key(), &offer()).unwrap();
+    check_golden("signed_offer.json", &env);
+    let mut trusted = TrustedKeys::new();
+    trusted.insert(fleet_key().verifying_key());
+    let text = std::fs::read(fixture_path("signed_offer.json")).unwrap();
+    let from_disk = SignedEnvelope::decode(&text).unwrap();
+    assert_eq!(trusted.verify::<UpgradeOffer>(&from_disk).unwrap(), offer());
+}
+
+#[test]
+fn command_and_reply_fixtures() {
+    let commit = Command::Commit(CommitArgs { target_version: "2.0.0".into(), boot_id: "b".into() });
+    let text = std::fs::read(fixture_path("command_commit.json")).unwrap();
+    assert_eq!(Command::decode(&text).unwrap(), commit);
+    let encoded: serde_json::Value = serde_json::from_slice(&commit.encode()).unwrap();
+    assert_eq!(encoded, serde_json::from_slice::<serde_json::Value>(&text).unwrap());
+
+    check_golden(
+        "reply_pong.json",
+        &CommandReply::from_result(Ok(ReplyBody::Pong {
+            agent_version: "0.1.0".into(),
+            uptime_secs: 5,
+            booted_slot: Some("A".into()),
+            boot_id: "b".into(),
+        })),
+    );
+    check_golden(
+        "reply_unsupported.json",
+        &CommandReply::from_result(Err(CommandError::Unsupported {
+            reason: Unsupported::UnknownVerb { verb: "self-destruct".into() },
+        })),
+    );
+}
+
+/// Every leaf of the JSON value, as a path of object keys.
+fn leaf_paths(value: &serde_json::Value, prefix: Vec<String>, out: &mut Vec<Vec<String>>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let mut p = prefix.clone();
+                p.push(k.clone());
+                leaf_paths(v, p, out);
+            }
+        }
+        _ => out.push(prefix),
+    }
+}
+
+fn tweak(value: &mut serde_json::Value, path: &[String]) {
+    let mut cur = value;
+    for k in path {
+        cur = cur.get_mut(k).unwrap();
+    }
+    *cur = match cur.take() {
+        serde_json::Value::Null => serde_json::json!("x"),
+        serde_json::Value::Bool(b) => serde_json::json!(!b),
+        serde_json::Value::Number(n) => serde_json::json!(n.as_u64().unwrap() + 1),
+        serde_json::Value::String(s) => serde_json::json!(format!("{s}x")),
+        other => panic!("unexpected leaf {other}"),
+    };
+}
+
+#[test]
+fn flipping_any_offer_field_breaks_the_signature() {
+    let mut trusted = TrustedKeys::new();
+    trusted.insert(fleet_key().verifying_key());
+    let env = SignedEnvelope::sign(&fleet_key(), &offer()).unwrap();
+    let original: serde_json::Value = serde_json::from_str(&env.payload).unwrap();
+    let mut paths = Vec::new();
+    leaf_paths(&original, Vec::new(), &mut paths);
+    assert_eq!(paths.len(), 13, "expected every offer field, got {paths:?}");
+    for path in paths {
+        let mut changed = original.clone();
+        tweak(&mut changed, &path);
+        let forged = SignedEnvelope { payload: serde_json::to_string(&changed).unwrap(), ..env.clone() };
+        match trusted.verify::<UpgradeOffer>(&forged) {
+            Err(SigningError::BadSignature) => {}
+            other => panic!("tampering with {path:?} gave {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn flipping_any_signature_bit_or_the_key_id_fails() {
+    let mut trusted = TrustedKeys::new();
+    trusted.insert(fleet_key().verifying_key());
+    let env = SignedEnvelope::sign(&fleet_key(), &offer()).unwrap();
+    let sig = hex::decode(&env.signature).unwrap();
+    for byte in 0..sig.len() {
+        let mut bad = sig.clone();
+        bad[byte] ^= 0x01;
+        let forged = SignedEnvelope { signature: hex::encode(bad), ..env.clone() };
+        assert!(trusted.verify::<UpgradeOffer>(&forged).is_err(), "byte {byte}");
+    }
+    let forged = SignedEnvelope { key_id: KeyId("0000000000000000".into()), ..env };
+    assert!(matches!(trusted.verify::<UpgradeOffer>(&forged), Err(SigningError::UnknownKey(_))));
+}
