@@ -1,0 +1,55 @@
+# Build-wide defaults and sanity checks for meta-harmony.
+#
+# Inherited from layer.conf (INHERIT), so it is parsed after local.conf and
+# the distro configuration: every "?=" below is a default that a kas file,
+# local.conf or distro config overrides by plain assignment.
+
+# Where the committed, publicly known development keys live.
+HARMONY_DEVELOPMENT_KEYS_DIR ?= "${HARMONY_LAYERDIR}/files/development-keys"
+
+# RAUC keyring installed on the device (the CA that bundle signers chain to).
+HARMONY_RAUC_KEYRING ?= "${HARMONY_DEVELOPMENT_KEYS_DIR}/ca.cert.pem"
+# Bundle signing certificate and key used by harmony-bundle.
+HARMONY_RAUC_SIGNING_CERT ?= "${HARMONY_DEVELOPMENT_KEYS_DIR}/development-1.cert.pem"
+HARMONY_RAUC_SIGNING_KEY ?= "${HARMONY_DEVELOPMENT_KEYS_DIR}/development-1.key.pem"
+# Fleet command-signing public keys (Ed25519, one line of hex each). Several
+# files may be listed: the agent trusts all of them, which is how keys rotate.
+HARMONY_FLEET_PUBLIC_KEYS ?= "${HARMONY_DEVELOPMENT_KEYS_DIR}/fleet-development.pub"
+
+# "1" marks a build meant for devices in the field.
+HARMONY_RELEASE ?= "0"
+
+HARMONY_KEY_VARIABLES = "HARMONY_RAUC_KEYRING HARMONY_RAUC_SIGNING_CERT HARMONY_RAUC_SIGNING_KEY HARMONY_FLEET_PUBLIC_KEYS"
+
+def harmony_development_keys_in_use(d):
+    """Names of the key variables that still point into the development keys directory."""
+    import os
+    devdir = os.path.realpath(d.getVar('HARMONY_DEVELOPMENT_KEYS_DIR'))
+    in_use = []
+    for var in d.getVar('HARMONY_KEY_VARIABLES').split():
+        for path in (d.getVar(var) or '').split():
+            if os.path.realpath(path).startswith(devdir + os.sep):
+                in_use.append(var)
+                break
+    return in_use
+
+addhandler harmony_sanity_check
+harmony_sanity_check[eventmask] = "bb.event.SanityCheck"
+python harmony_sanity_check() {
+    features = e.data.getVar('DISTRO_FEATURES').split()
+    if 'harmony' not in features:
+        bb.warn("meta-harmony is in BBLAYERS but 'harmony' is not in DISTRO_FEATURES: "
+                "its bbappends stay inactive. Use DISTRO = \"harmony\" or add "
+                "'harmony rauc' to DISTRO_FEATURES (see meta-harmony/README.md).")
+        return
+    if 'rauc' not in features:
+        bb.warn("DISTRO_FEATURES has 'harmony' but not 'rauc'; meta-rauc integration stays off.")
+    if bb.utils.to_boolean(e.data.getVar('HARMONY_RELEASE')):
+        in_use = harmony_development_keys_in_use(e.data)
+        if in_use:
+            banner = '!' * 78
+            bb.warn("\n%s\nRELEASE BUILD WITH PUBLIC DEVELOPMENT KEYS: %s\n"
+                    "Devices built from this accept bundles and fleet commands signed by\n"
+                    "anybody who has this repository. Set these variables to your own keys.\n%s"
+                    % (banner, ' '.join(in_use), banner))
+}

@@ -1,0 +1,71 @@
+SUMMARY = "Harmony Fleet device agent"
+DESCRIPTION = "Sends heartbeats, runs fleet commands and installs RAUC A/B \
+bundles through RAUC's D-Bus API. It never marks a slot good itself: the \
+operator commits an upgrade after it sees the new version's heartbeat."
+HOMEPAGE = "https://example.invalid/harmony-fleet"
+SECTION = "admin"
+LICENSE = "Apache-2.0"
+LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10"
+
+# The workspace version (Cargo.toml [workspace.package] version); the layer's
+# checks fail when the two differ.
+PV = "0.1.0"
+
+# The recipe builds the repository it lives in (the layer is its
+# meta-harmony/ directory), so there is no revision to pin and no second copy
+# of the sources. Point HARMONY_SOURCE_DIR elsewhere to build another checkout.
+HARMONY_SOURCE_DIR ?= "${HARMONY_LAYERDIR}/.."
+FILESEXTRAPATHS:prepend := "${HARMONY_SOURCE_DIR}:"
+
+# Only what cargo needs: the workspace manifest and lock and every workspace
+# member (cargo refuses a workspace with a member missing). Listing them keeps
+# target/ and the developers' .cargo/config.toml (host cross-linker settings)
+# out of the build. The layer's checks compare this list with Cargo.toml.
+HARMONY_WORKSPACE_MEMBERS = "protocol agent operator testkit"
+SRC_URI = " \
+    file://Cargo.toml;subdir=harmony-fleet \
+    file://Cargo.lock;subdir=harmony-fleet \
+    ${@' '.join('file://%s;subdir=harmony-fleet' % m for m in d.getVar('HARMONY_WORKSPACE_MEMBERS').split())} \
+    file://harmony-agent.service \
+    file://agent.toml \
+    ${@' '.join('file://%s' % k for k in d.getVar('HARMONY_FLEET_PUBLIC_KEYS').split())} \
+"
+
+require ${BPN}-crates.inc
+
+inherit cargo systemd
+
+UNPACKDIR ??= "${WORKDIR}"
+S = "${UNPACKDIR}/harmony-fleet"
+
+# Build the agent package alone from the workspace; the lock file is the
+# workspace's.
+CARGO_MANIFEST_PATH = "${S}/agent/Cargo.toml"
+CARGO_LOCK_PATH = "${S}/Cargo.lock"
+# The workspace release profile strips binaries (small OTA bundles outside
+# Yocto); here the packaging step splits debug symbols and would flag an
+# already-stripped binary.
+export CARGO_PROFILE_RELEASE_STRIP = "false"
+
+SYSTEMD_SERVICE:${PN} = "harmony-agent.service"
+SYSTEMD_AUTO_ENABLE:${PN} = "enable"
+
+do_install:append() {
+    install -d ${D}${systemd_system_unitdir}
+    install -m 0644 ${UNPACKDIR}/harmony-agent.service ${D}${systemd_system_unitdir}/
+
+    install -d ${D}${sysconfdir}/harmony
+    install -m 0644 ${UNPACKDIR}/agent.toml ${D}${sysconfdir}/harmony/agent.toml
+
+    # Absolute file:// paths unpack below UNPACKDIR under their full path.
+    install -d ${D}${sysconfdir}/harmony/fleet-keys
+    for key in ${HARMONY_FLEET_PUBLIC_KEYS}; do
+        install -m 0644 "${UNPACKDIR}/$key" ${D}${sysconfdir}/harmony/fleet-keys/
+    done
+}
+
+FILES:${PN} += "${sysconfdir}/harmony"
+CONFFILES:${PN} = "${sysconfdir}/harmony/agent.toml"
+
+# The agent drives upgrades through rauc's D-Bus service.
+RDEPENDS:${PN} = "rauc"
