@@ -1,0 +1,73 @@
+//! The NATS connection. It is opened once and then left to async-nats to
+//! keep alive: unlimited reconnects with backoff, so a device that loses its
+//! network keeps running and resumes by itself.
+
+use crate::config::NatsConfig;
+use harmony_protocol::DeviceId;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::watch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot read NATS credentials {path}: {source}")]
+    Credentials { path: PathBuf, source: std::io::Error },
+    #[error("invalid NATS server URL {url:?}: {detail}")]
+    BadUrl { url: String, detail: String },
+    #[error("NATS connect failed: {0}")]
+    Connect(#[from] async_nats::ConnectError),
+}
+
+/// An open (or still connecting) client and a flag that follows the
+/// connection state.
+#[derive(Debug)]
+pub struct Bus {
+    pub client: async_nats::Client,
+    pub connected: watch::Receiver<bool>,
+}
+
+pub async fn connect(cfg: &NatsConfig, device: &DeviceId) -> Result<Bus, BusError> {
+    let mut options = if let Some(path) = &cfg.credentials_file {
+        async_nats::ConnectOptions::with_credentials_file(path)
+            .await
+            .map_err(|source| BusError::Credentials { path: path.clone(), source })?
+    } else if let Some(path) = &cfg.nkey_seed_file {
+        let seed = std::fs::read_to_string(path).map_err(|source| BusError::Credentials { path: path.clone(), source })?;
+        async_nats::ConnectOptions::with_nkey(seed.trim().to_string())
+    } else {
+        async_nats::ConnectOptions::new()
+    };
+    let (connected_tx, connected) = watch::channel(false);
+    options = options
+        .name(format!("harmony-agent {device}"))
+        // Return at once and keep trying in the background: the agent must
+        // come up (and feed the watchdog) on a device that is offline.
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(cfg.request_timeout_secs)))
+        .event_callback(move |event| {
+            let connected_tx = connected_tx.clone();
+            async move {
+                match &event {
+                    async_nats::Event::Connected => {
+                        log::info!("NATS connected");
+                        connected_tx.send_replace(true);
+                    }
+                    async_nats::Event::Disconnected => {
+                        log::warn!("NATS disconnected; reconnecting in the background");
+                        connected_tx.send_replace(false);
+                    }
+                    other => log::warn!("NATS: {other}"),
+                }
+            }
+        });
+    let mut addrs = Vec::with_capacity(cfg.urls.len());
+    for url in &cfg.urls {
+        let addr: async_nats::ServerAddr =
+            url.parse().map_err(|e: std::io::Error| BusError::BadUrl { url: url.clone(), detail: e.to_string() })?;
+        addrs.push(addr);
+    }
+    let client = options.connect(addrs).await?;
+    Ok(Bus { client, connected })
+}

@@ -1,0 +1,186 @@
+//! The agent's configuration file (`/etc/harmony/agent.toml` by default).
+
+use crate::upgrade::UpgradeConfig;
+use harmony_protocol::DeviceId;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/harmony/agent.toml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Explicit device id; when absent it is derived from the machine id.
+    pub device_id: Option<DeviceId>,
+    #[serde(default = "default_heartbeat_interval_secs")]
+    pub heartbeat_interval_secs: u64,
+    /// Persistent, writable directory (on the data partition on devices):
+    /// upgrade record, downloads, last accepted offer.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Every `*.pub` file here is a trusted fleet key (one line of hex).
+    #[serde(default = "default_fleet_keys_dir")]
+    pub fleet_keys_dir: PathBuf,
+    /// How long to wait for the first NATS connection before telling
+    /// systemd we are ready anyway (the agent keeps retrying in the
+    /// background; a device offline at boot must not be restarted in a loop).
+    #[serde(default = "default_startup_grace_secs")]
+    pub startup_grace_secs: u64,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub nats: NatsConfig,
+    #[serde(default)]
+    pub rauc: RaucConfig,
+    #[serde(default)]
+    pub system: SystemPaths,
+    #[serde(default)]
+    pub upgrade: UpgradeConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    pub urls: Vec<String>,
+    /// NATS `.creds` file (user JWT + nkey seed).
+    pub credentials_file: Option<PathBuf>,
+    /// Alternative to `credentials_file`: a file holding an nkey user seed.
+    pub nkey_seed_file: Option<PathBuf>,
+    #[serde(default = "default_request_timeout_secs")]
+    pub request_timeout_secs: u64,
+}
+
+/// Where RAUC's D-Bus service is reached.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaucConfig {
+    /// D-Bus address of the bus RAUC is on; the system bus when absent.
+    pub dbus_address: Option<String>,
+}
+
+/// Paths of the kernel/OS facts the agent reports. Overridable so tests can
+/// simulate a reboot (a new boot id) without rebooting the host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemPaths {
+    #[serde(default = "default_os_release")]
+    pub os_release: PathBuf,
+    #[serde(default = "default_boot_id")]
+    pub boot_id: PathBuf,
+    #[serde(default = "default_machine_id")]
+    pub machine_id: PathBuf,
+}
+
+impl Default for SystemPaths {
+    fn default() -> Self {
+        Self { os_release: default_os_release(), boot_id: default_boot_id(), machine_id: default_machine_id() }
+    }
+}
+
+fn default_heartbeat_interval_secs() -> u64 {
+    10
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/data/harmony")
+}
+fn default_fleet_keys_dir() -> PathBuf {
+    PathBuf::from("/etc/harmony/fleet-keys")
+}
+fn default_startup_grace_secs() -> u64 {
+    30
+}
+fn default_request_timeout_secs() -> u64 {
+    10
+}
+fn default_os_release() -> PathBuf {
+    PathBuf::from("/etc/os-release")
+}
+fn default_boot_id() -> PathBuf {
+    PathBuf::from("/proc/sys/kernel/random/boot_id")
+}
+fn default_machine_id() -> PathBuf {
+    PathBuf::from("/etc/machine-id")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is invalid: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("config file {path}: {detail}")]
+    Invalid { path: PathBuf, detail: String },
+}
+
+impl AgentConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Self =
+            toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })?;
+        let invalid = |detail: &str| ConfigError::Invalid { path: path.to_path_buf(), detail: detail.to_string() };
+        if cfg.nats.urls.is_empty() {
+            return Err(invalid("nats.urls must name at least one server"));
+        }
+        if cfg.heartbeat_interval_secs == 0 {
+            return Err(invalid("heartbeat_interval_secs must be at least 1"));
+        }
+        if cfg.nats.credentials_file.is_some() && cfg.nats.nkey_seed_file.is_some() {
+            return Err(invalid("set nats.credentials_file or nats.nkey_seed_file, not both"));
+        }
+        cfg.upgrade.validate().map_err(|d| invalid(&d))?;
+        Ok(cfg)
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_interval_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [nats]
+        urls = ["nats://127.0.0.1:4222"]
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let cfg = AgentConfig::parse(MINIMAL, Path::new("t.toml")).unwrap();
+        assert_eq!(cfg.heartbeat_interval_secs, 10);
+        assert_eq!(cfg.state_dir, PathBuf::from("/data/harmony"));
+        assert!(cfg.device_id.is_none());
+    }
+
+    #[test]
+    fn bad_configs_are_clear_errors() {
+        let cases = [
+            ("[nats]\nurls = []", "at least one server"),
+            ("device_id = \"a.b\"\n[nats]\nurls = [\"x\"]", "device id"),
+            ("heartbeat_interval_secs = 0\n[nats]\nurls = [\"x\"]", "at least 1"),
+            ("colour = \"red\"\n[nats]\nurls = [\"x\"]", "unknown field"),
+            ("", "missing field `nats`"),
+            (
+                "[nats]\nurls = [\"x\"]\ncredentials_file = \"a\"\nnkey_seed_file = \"b\"",
+                "not both",
+            ),
+        ];
+        for (text, needle) in cases {
+            let err = AgentConfig::parse(text, Path::new("t.toml")).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?} -> {err}");
+        }
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let err = AgentConfig::load(Path::new("/nonexistent/agent.toml")).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/agent.toml"), "{err}");
+    }
+}

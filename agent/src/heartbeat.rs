@@ -1,0 +1,95 @@
+//! The heartbeat loop: writes this device's [`Heartbeat`] to the heartbeat
+//! KV bucket every interval and whenever the upgrade or health status
+//! changes. It never gives up: a missing bucket or a NATS outage is logged
+//! and retried on the next tick.
+
+use crate::clock::Clock;
+use crate::liveness::Liveness;
+use crate::shared::{DeviceFacts, StatusBoard};
+use async_nats::jetstream;
+use harmony_protocol::names::{device_key, HEARTBEAT_BUCKET};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::{Instant, MissedTickBehavior};
+
+/// Minimum spacing of change-triggered heartbeats (progress updates can be
+/// frequent; the operator does not need more than this).
+const MIN_SPACING: Duration = Duration::from_millis(500);
+/// Bound on one KV write, so an outage cannot stall the loop.
+const PUT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+pub struct HeartbeatLoop {
+    pub js: jetstream::Context,
+    pub facts: Arc<DeviceFacts>,
+    pub board: Arc<StatusBoard>,
+    pub clock: Arc<dyn Clock>,
+    pub interval: Duration,
+    pub liveness: Arc<Liveness>,
+}
+
+impl HeartbeatLoop {
+    pub async fn run(self) {
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut upgrade_rx = self.board.upgrade.subscribe();
+        let mut health_rx = self.board.health.subscribe();
+        let mut store: Option<jetstream::kv::Store> = None;
+        let mut last_error: Option<String> = None;
+        let mut last_sent: Option<Instant> = None;
+        loop {
+            let changed = tokio::select! {
+                _ = ticker.tick() => false,
+                r = upgrade_rx.changed() => r.is_ok(),
+                r = health_rx.changed() => r.is_ok(),
+            };
+            if changed {
+                if let Some(sent) = last_sent {
+                    let since = sent.elapsed();
+                    if since < MIN_SPACING {
+                        tokio::time::sleep(MIN_SPACING - since).await;
+                    }
+                }
+            }
+            self.liveness.beat();
+            match self.send(&mut store).await {
+                Ok(()) => {
+                    if last_error.take().is_some() {
+                        log::info!("heartbeats are being written again");
+                    }
+                    last_sent = Some(Instant::now());
+                }
+                Err(e) => {
+                    // Log each distinct failure once, not every tick.
+                    if last_error.as_deref() != Some(e.as_str()) {
+                        log::error!("{e}");
+                        last_error = Some(e);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&self, store: &mut Option<jetstream::kv::Store>) -> Result<(), String> {
+        if store.is_none() {
+            let opened = tokio::time::timeout(PUT_TIMEOUT, self.js.get_key_value(HEARTBEAT_BUCKET))
+                .await
+                .map_err(|_| "heartbeat not written: NATS did not answer (offline?)".to_string())?
+                .map_err(|e| {
+                    format!(
+                        "heartbeat not written: KV bucket {HEARTBEAT_BUCKET} is not available ({e}); \
+                         the operator creates it with `harmony-operator init`"
+                    )
+                })?;
+            *store = Some(opened);
+        }
+        let Some(kv) = store.as_ref() else { return Ok(()) };
+        let heartbeat = self.board.heartbeat(&self.facts, self.clock.now());
+        let payload = serde_json::to_vec(&heartbeat).map_err(|e| format!("heartbeat not encoded: {e}"))?;
+        match tokio::time::timeout(PUT_TIMEOUT, kv.put(device_key(&self.facts.device_id), payload.into())).await {
+            Ok(Ok(_revision)) => Ok(()),
+            Ok(Err(e)) => Err(format!("heartbeat not written: {e}")),
+            Err(_) => Err("heartbeat not written: NATS did not acknowledge within 5 s (offline?)".to_string()),
+        }
+    }
+}

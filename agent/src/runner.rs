@@ -1,0 +1,194 @@
+//! `run(cfg, effects, shutdown)`: wires the agent's loops together and
+//! supervises them until the shutdown future completes. `main.rs` calls it
+//! with real effects; integration tests call it with fakes and their own
+//! shutdown signal, driving the real loop.
+
+use crate::bus::{self, BusError};
+use crate::clock::{Clock, SystemClock};
+use crate::commands::CommandServer;
+use crate::config::AgentConfig;
+use crate::heartbeat::HeartbeatLoop;
+use crate::identity::{self, IdentityError};
+use crate::liveness::Liveness;
+use crate::service_manager::{SdNotify, ServiceManager};
+use crate::shared::{DeviceFacts, StatusBoard};
+use crate::upgrade::{UpgradeHandle, UpgradeRequest};
+use harmony_protocol::{CommandError, Health, UpgradeStatus};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// The agent's side effects that are not NATS itself.
+#[derive(Debug, Clone)]
+pub struct Effects {
+    pub service_manager: Arc<dyn ServiceManager>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Effects {
+    pub fn real() -> Self {
+        Self { service_manager: Arc::new(SdNotify), clock: Arc::new(SystemClock) }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot determine device identity: {0}")]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("the {0} loop stopped unexpectedly")]
+    LoopEnded(&'static str),
+}
+
+pub async fn run(cfg: AgentConfig, effects: Effects, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let started = Instant::now();
+    let device_id = identity::device_id(&cfg)?;
+    let boot_id = identity::boot_id(&cfg.system.boot_id)?;
+    let facts = Arc::new(DeviceFacts {
+        device_id: device_id.clone(),
+        os_version: identity::os_version(&cfg.system.os_release),
+        // Filled from RAUC's `Compatible` and `BootSlot` by the upgrade service wiring.
+        compatible: None,
+        booted_slot: None,
+        boot_id,
+        labels: cfg.labels.clone(),
+        started,
+        uptime_at_start_secs: identity::kernel_uptime_secs(),
+    });
+    log::info!(
+        "harmony-agent {} starting as {} (os {}, boot {})",
+        crate::shared::AGENT_VERSION,
+        facts.device_id,
+        facts.os_version.as_deref().unwrap_or("unknown"),
+        facts.boot_id
+    );
+    let board = Arc::new(StatusBoard::new(UpgradeStatus::idle(effects.clock.now()), Health::unknown()));
+
+    let bus = bus::connect(&cfg.nats, &device_id).await?;
+    let js = async_nats::jetstream::new(bus.client.clone());
+
+    let heartbeat_liveness = Arc::new(Liveness::new("heartbeat"));
+    let heartbeat = tokio::spawn(
+        HeartbeatLoop {
+            js,
+            facts: facts.clone(),
+            board: board.clone(),
+            clock: effects.clock.clone(),
+            interval: cfg.heartbeat_interval(),
+            liveness: heartbeat_liveness.clone(),
+        }
+        .run(),
+    );
+
+    let (upgrade_handle, upgrade_requests) = UpgradeHandle::channel(8);
+    let commands = tokio::spawn(
+        CommandServer {
+            client: bus.client.clone(),
+            facts: facts.clone(),
+            board: board.clone(),
+            clock: effects.clock.clone(),
+            upgrade: upgrade_handle,
+        }
+        .run(),
+    );
+    // UPGRADE SERVICE HOOK: the RAUC upgrade service (issue 3) is spawned here.
+    let upgrade = tokio::spawn(answer_upgrade_requests_while_idle(upgrade_requests));
+
+    let supervisor = Supervisor {
+        service_manager: effects.service_manager.clone(),
+        connected: bus.connected.clone(),
+        startup_grace: Duration::from_secs(cfg.startup_grace_secs),
+        // A heartbeat loop silent for three intervals is wedged.
+        max_silence: cfg.heartbeat_interval() * 3 + Duration::from_secs(5),
+        liveness: vec![heartbeat_liveness],
+        device: device_id.to_string(),
+    };
+    let result = tokio::select! {
+        () = shutdown => { log::info!("shutting down"); Ok(()) }
+        _ = heartbeat => Err(AgentError::LoopEnded("heartbeat")),
+        r = commands => {
+            if let Ok(Err(e)) = r { log::error!("command server: {e}"); }
+            Err(AgentError::LoopEnded("command server"))
+        }
+        _ = upgrade => Err(AgentError::LoopEnded("upgrade")),
+        () = supervisor.run() => Err(AgentError::LoopEnded("supervisor")),
+    };
+    effects.service_manager.stopping();
+    // Deliver any reply or heartbeat still buffered before the process exits.
+    let _ = tokio::time::timeout(Duration::from_secs(2), bus.client.flush()).await;
+    result
+}
+
+/// Until an upgrade is in flight there is nothing to commit, and a reboot
+/// request has no service to carry it out.
+async fn answer_upgrade_requests_while_idle(mut requests: mpsc::Receiver<UpgradeRequest>) {
+    while let Some(request) = requests.recv().await {
+        let (reply, detail) = match request {
+            UpgradeRequest::Commit { reply, .. } => (reply, "no upgrade is awaiting commit"),
+            UpgradeRequest::Reboot { reply } => (reply, "reboot is not available on this agent"),
+        };
+        let _ = reply.send(Err(CommandError::Refused { detail: detail.to_string() }));
+    }
+}
+
+/// Tells systemd when we are ready, feeds the watchdog while every loop is
+/// alive, and keeps the status line current.
+struct Supervisor {
+    service_manager: Arc<dyn ServiceManager>,
+    connected: tokio::sync::watch::Receiver<bool>,
+    startup_grace: Duration,
+    max_silence: Duration,
+    liveness: Vec<Arc<Liveness>>,
+    device: String,
+}
+
+impl Supervisor {
+    async fn run(mut self) {
+        let ping_every = self
+            .service_manager
+            .watchdog_timeout()
+            .map(|t| t / 2)
+            .unwrap_or(Duration::from_secs(1))
+            .max(Duration::from_millis(100));
+        let watchdog = self.service_manager.watchdog_timeout().is_some();
+        let started = tokio::time::Instant::now();
+        let mut ready = false;
+        let mut last_status = String::new();
+        let mut tick = tokio::time::interval(ping_every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                r = self.connected.changed() => { if r.is_err() { return; } }
+            }
+            let connected = *self.connected.borrow();
+            if !ready && (connected || started.elapsed() >= self.startup_grace) {
+                if !connected {
+                    log::warn!("no NATS connection after {:?}; reporting ready and retrying", self.startup_grace);
+                }
+                self.service_manager.ready();
+                ready = true;
+            }
+            let status = if connected {
+                format!("connected to NATS as {}", self.device)
+            } else {
+                format!("NATS unreachable, retrying (device {})", self.device)
+            };
+            if status != last_status {
+                self.service_manager.status(&status);
+                last_status = status;
+            }
+            if watchdog {
+                match self.liveness.iter().find(|l| l.silent_for() > self.max_silence) {
+                    None => self.service_manager.watchdog_ping(),
+                    Some(l) => log::error!(
+                        "{} loop silent for {:?}; withholding the watchdog ping so systemd restarts us",
+                        l.name(),
+                        l.silent_for()
+                    ),
+                }
+            }
+        }
+    }
+}

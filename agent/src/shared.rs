@@ -1,0 +1,65 @@
+//! State shared between the agent's tasks: fixed facts about this boot, and
+//! live status that the heartbeat publishes whenever it changes.
+
+use harmony_protocol::time::UnixMillis;
+use harmony_protocol::{DeviceId, Health, Heartbeat, UpgradeStatus, SCHEMA_VERSION};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+use tokio::sync::watch;
+
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Facts fixed for the lifetime of this agent process.
+#[derive(Debug, Clone)]
+pub struct DeviceFacts {
+    pub device_id: DeviceId,
+    pub os_version: Option<String>,
+    pub compatible: Option<String>,
+    pub booted_slot: Option<String>,
+    pub boot_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub started: Instant,
+    /// Seconds the kernel had been up when the agent started.
+    pub uptime_at_start_secs: u64,
+}
+
+impl DeviceFacts {
+    pub fn uptime_secs(&self) -> u64 {
+        self.uptime_at_start_secs + self.started.elapsed().as_secs()
+    }
+}
+
+/// Live status: written by the upgrade service, read by heartbeat and
+/// command server. `watch` gives both "latest value" and "changed" signals.
+#[derive(Debug)]
+pub struct StatusBoard {
+    pub upgrade: watch::Sender<UpgradeStatus>,
+    pub health: watch::Sender<Health>,
+    heartbeat_seq: AtomicU64,
+}
+
+impl StatusBoard {
+    pub fn new(upgrade: UpgradeStatus, health: Health) -> Self {
+        Self { upgrade: watch::Sender::new(upgrade), health: watch::Sender::new(health), heartbeat_seq: AtomicU64::new(0) }
+    }
+
+    /// The heartbeat this agent would send now.
+    pub fn heartbeat(&self, facts: &DeviceFacts, now: UnixMillis) -> Heartbeat {
+        Heartbeat {
+            schema: SCHEMA_VERSION,
+            device_id: facts.device_id.clone(),
+            agent_version: AGENT_VERSION.to_string(),
+            os_version: facts.os_version.clone(),
+            compatible: facts.compatible.clone(),
+            booted_slot: facts.booted_slot.clone(),
+            boot_id: facts.boot_id.clone(),
+            uptime_secs: facts.uptime_secs(),
+            health: self.health.borrow().clone(),
+            upgrade: self.upgrade.borrow().clone(),
+            labels: facts.labels.clone(),
+            seq: self.heartbeat_seq.fetch_add(1, Ordering::Relaxed),
+            sent_at: now,
+        }
+    }
+}

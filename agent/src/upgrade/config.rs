@@ -1,0 +1,61 @@
+//! The `[upgrade]` section of the agent config.
+
+use serde::Deserialize;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeConfig {
+    /// After booting a freshly installed slot, how long to wait for the
+    /// operator's commit before marking the slot bad and rebooting back.
+    #[serde(default = "default_commit_deadline_secs")]
+    pub commit_deadline_secs: u64,
+    /// Offers for larger bundles are refused before anything is downloaded.
+    #[serde(default = "default_max_bundle_bytes")]
+    pub max_bundle_bytes: u64,
+    /// systemd units that must be active for the new system to count as healthy.
+    #[serde(default)]
+    pub health_units: Vec<String>,
+    /// Executable checks (one file each); any non-zero exit is unhealthy.
+    #[serde(default = "default_health_checks_dir")]
+    pub health_checks_dir: PathBuf,
+    #[serde(default = "default_health_check_timeout_secs")]
+    pub health_check_timeout_secs: u64,
+}
+
+impl Default for UpgradeConfig {
+    fn default() -> Self {
+        Self {
+            commit_deadline_secs: default_commit_deadline_secs(),
+            max_bundle_bytes: default_max_bundle_bytes(),
+            health_units: Vec::new(),
+            health_checks_dir: default_health_checks_dir(),
+            health_check_timeout_secs: default_health_check_timeout_secs(),
+        }
+    }
+}
+
+impl UpgradeConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.commit_deadline_secs == 0 {
+            return Err("upgrade.commit_deadline_secs must be at least 1".into());
+        }
+        if self.health_check_timeout_secs == 0 {
+            return Err("upgrade.health_check_timeout_secs must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+fn default_commit_deadline_secs() -> u64 {
+    300
+}
+fn default_max_bundle_bytes() -> u64 {
+    4 * 1024 * 1024 * 1024
+}
+fn default_health_checks_dir() -> PathBuf {
+    PathBuf::from("/etc/harmony/health.d")
+}
+fn default_health_check_timeout_secs() -> u64 {
+    30
+}

@@ -1,0 +1,52 @@
+//! OS upgrades through RAUC: offer validation, download, install, reboot,
+//! commit and fallback. The decision core is a pure state machine; every
+//! effect sits behind a trait.
+
+pub mod config;
+
+pub use config::UpgradeConfig;
+
+use harmony_protocol::command::{CommitArgs, ReplyBody};
+use harmony_protocol::CommandError;
+use tokio::sync::{mpsc, oneshot};
+
+/// Commands that the command server hands to the upgrade service, because
+/// only it knows whether they are allowed in the current upgrade state.
+#[derive(Debug)]
+pub enum UpgradeRequest {
+    Commit { args: CommitArgs, reply: oneshot::Sender<Result<ReplyBody, CommandError>> },
+    Reboot { reply: oneshot::Sender<Result<ReplyBody, CommandError>> },
+}
+
+/// Cheap, cloneable sender side used by the command server.
+#[derive(Debug, Clone)]
+pub struct UpgradeHandle {
+    tx: mpsc::Sender<UpgradeRequest>,
+}
+
+impl UpgradeHandle {
+    pub fn channel(capacity: usize) -> (Self, mpsc::Receiver<UpgradeRequest>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (Self { tx }, rx)
+    }
+
+    async fn ask(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<ReplyBody, CommandError>>) -> UpgradeRequest,
+    ) -> Result<ReplyBody, CommandError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| CommandError::Internal { detail: "upgrade service is not running".into() })?;
+        answer.await.map_err(|_| CommandError::Internal { detail: "upgrade service dropped the request".into() })?
+    }
+
+    pub async fn commit(&self, args: CommitArgs) -> Result<ReplyBody, CommandError> {
+        self.ask(|reply| UpgradeRequest::Commit { args, reply }).await
+    }
+
+    pub async fn reboot(&self) -> Result<ReplyBody, CommandError> {
+        self.ask(|reply| UpgradeRequest::Reboot { reply }).await
+    }
+}
