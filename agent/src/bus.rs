@@ -44,6 +44,10 @@ pub async fn connect(cfg: &NatsConfig, device: &DeviceId) -> Result<Bus, BusErro
         // come up (and feed the watchdog) on a device that is offline.
         .retry_on_initial_connect()
         .max_reconnects(None)
+        .reconnect_delay_callback({
+            let device = device.to_string();
+            move |attempts| reconnect_delay(&device, attempts)
+        })
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(Duration::from_secs(cfg.request_timeout_secs)))
         .event_callback(move |event| {
@@ -70,4 +74,43 @@ pub async fn connect(cfg: &NatsConfig, device: &DeviceId) -> Result<Bus, BusErro
     }
     let client = options.connect(addrs).await?;
     Ok(Bus { client, connected })
+}
+
+/// Longest wait between reconnect attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+
+/// Exponential backoff (100 ms doubling, capped at 30 s) plus up to 50 %
+/// per-device jitter, so a fleet that lost its server does not reconnect in
+/// lock-step when it comes back. The jitter is a hash of the device id and
+/// attempt number: spread across devices, reproducible for one device.
+pub fn reconnect_delay(device: &str, attempts: usize) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let exp = u32::try_from(attempts - 2).unwrap_or(u32::MAX).min(16);
+    let base = Duration::from_millis(100u64.saturating_mul(1 << exp)).min(MAX_RECONNECT_DELAY);
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(format!("{device}/{attempts}").as_bytes());
+    let permille = u64::from(u16::from_be_bytes([digest[0], digest[1]]) % 1000);
+    let jitter_ms = u64::try_from(base.as_millis()).unwrap_or(u64::MAX) / 2 * permille / 1000;
+    base + Duration::from_millis(jitter_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_spreads_devices() {
+        assert_eq!(reconnect_delay("a", 1), Duration::ZERO);
+        let first = reconnect_delay("a", 2);
+        assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(150), "{first:?}");
+        for attempts in 2..100 {
+            let d = reconnect_delay("a", attempts);
+            assert!(d <= MAX_RECONNECT_DELAY * 3 / 2, "{attempts}: {d:?}");
+        }
+        assert!(reconnect_delay("a", 40) >= MAX_RECONNECT_DELAY);
+        let spread: std::collections::BTreeSet<_> =
+            (0..20).map(|i| reconnect_delay(&format!("dev-{i}"), 12)).collect();
+        assert!(spread.len() > 10, "jitter should differ across devices: {spread:?}");
+    }
 }
