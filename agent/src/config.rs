@@ -12,6 +12,11 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/harmony/agent.toml";
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
+    /// Directory of `*.toml` drop-ins merged over this file in name order.
+    /// On devices it is on the data partition: the root filesystem is
+    /// replaced by every OS upgrade, so per-device settings (id, server,
+    /// credentials) must live where upgrades do not reach.
+    pub drop_in_dir: Option<PathBuf>,
     /// Explicit device id; when absent it is derived from the machine id.
     pub device_id: Option<DeviceId>,
     #[serde(default = "default_heartbeat_interval_secs")]
@@ -114,15 +119,27 @@ pub enum ConfigError {
 }
 
 impl AgentConfig {
+    /// Load `path`, then merge every drop-in over it.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Self::parse(&text, path)
+        let mut table = read_table(path)?;
+        let drop_in_dir = table.get("drop_in_dir").and_then(|v| v.as_str()).map(PathBuf::from);
+        if let Some(dir) = drop_in_dir {
+            for drop_in in drop_ins(&dir)? {
+                merge(&mut table, read_table(&drop_in)?);
+            }
+        }
+        Self::from_table(table, path)
     }
 
+    /// Parse one file's text (no drop-ins).
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let cfg: Self =
+        let table: toml::Table =
             toml::from_str(text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })?;
+        Self::from_table(table, path)
+    }
+
+    fn from_table(table: toml::Table, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Self = table.try_into().map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })?;
         let invalid = |detail: &str| ConfigError::Invalid { path: path.to_path_buf(), detail: detail.to_string() };
         if cfg.nats.urls.is_empty() {
             return Err(invalid("nats.urls must name at least one server"));
@@ -139,6 +156,39 @@ impl AgentConfig {
 
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_secs(self.heartbeat_interval_secs)
+    }
+}
+
+fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })
+}
+
+/// `*.toml` files in `dir`, sorted; a missing directory has none.
+fn drop_ins(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(ConfigError::Read { path: dir.to_path_buf(), source }),
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Tables merge key by key (recursively); any other value replaces.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
     }
 }
 
@@ -176,6 +226,35 @@ mod tests {
             let err = AgentConfig::parse(text, Path::new("t.toml")).unwrap_err().to_string();
             assert!(err.contains(needle), "{text:?} -> {err}");
         }
+    }
+
+    #[test]
+    fn drop_ins_merge_over_the_image_config_in_name_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("agent.d");
+        std::fs::create_dir(&d).unwrap();
+        let main = dir.path().join("agent.toml");
+        std::fs::write(
+            &main,
+            format!(
+                "drop_in_dir = \"{}\"\nheartbeat_interval_secs = 30\n[nats]\nurls = [\"nats://image-default:4222\"]\n[upgrade]\ncommit_deadline_secs = 300\nmax_bundle_bytes = 7\n",
+                d.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(d.join("10-device.toml"), "device_id = \"pi-9\"\n[nats]\nurls = [\"nats://fleet:4222\"]\n").unwrap();
+        std::fs::write(d.join("20-test.toml"), "[upgrade]\ncommit_deadline_secs = 20\n").unwrap();
+        std::fs::write(d.join("README"), "ignored").unwrap();
+        let cfg = AgentConfig::load(&main).unwrap();
+        assert_eq!(cfg.device_id.unwrap().as_str(), "pi-9");
+        assert_eq!(cfg.nats.urls, vec!["nats://fleet:4222".to_string()]);
+        assert_eq!(cfg.heartbeat_interval_secs, 30);
+        assert_eq!(cfg.upgrade.commit_deadline_secs, 20);
+        assert_eq!(cfg.upgrade.max_bundle_bytes, 7, "sibling keys survive a partial table");
+
+        std::fs::write(d.join("30-bad.toml"), "device_id = [").unwrap();
+        let err = AgentConfig::load(&main).unwrap_err().to_string();
+        assert!(err.contains("30-bad.toml"), "{err}");
     }
 
     #[test]
