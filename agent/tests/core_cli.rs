@@ -59,3 +59,14 @@ fn self_test_reports_missing_fleet_keys_then_missing_rauc() {
     let out = agent().arg("--self-test").arg("--config").arg(&cfg).output().unwrap();
     assert_eq!(out.status.code(), Some(13), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+#[test]
+fn the_config_template_shipped_in_meta_harmony_parses() {
+    // The image's /etc/harmony/agent.toml: must stay valid as the config grows.
+    let template = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../meta-harmony/recipes-harmony/harmony-agent/files/agent.toml");
+    let text = std::fs::read_to_string(&template).unwrap();
+    let cfg = harmony_agent::AgentConfig::parse(&text, &template).unwrap();
+    assert_eq!(cfg.drop_in_dir.as_deref(), Some(std::path::Path::new("/data/harmony/agent.d")));
+    assert_eq!(cfg.state_dir, std::path::PathBuf::from("/data/harmony"));
+}
