@@ -1,20 +1,20 @@
 SUMMARY = "Harmony Fleet device agent"
 DESCRIPTION = "Sends heartbeats, runs fleet commands and installs RAUC A/B \
-bundles through RAUC's D-Bus API. It never marks a slot good itself: the \
-operator commits an upgrade after it sees the new version's heartbeat."
+               bundles through RAUC's D-Bus API. It never commits a slot \
+               on its own: the operator does, after it sees the new \
+               version's heartbeat."
 HOMEPAGE = "https://example.invalid/harmony-fleet"
 SECTION = "admin"
 LICENSE = "Apache-2.0"
+# The workspace declares Apache-2.0 in Cargo.toml but ships no licence text.
+# nooelint: oelint.var.licenseremotefile
 LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10"
-
-# The workspace version (Cargo.toml [workspace.package] version); the layer's
-# checks fail when the two differ.
-PV = "0.1.0"
 
 # The recipe builds the repository it lives in (the layer is its
 # meta-harmony/ directory), so there is no revision to pin and no second copy
 # of the sources. Point HARMONY_SOURCE_DIR elsewhere to build another checkout.
 HARMONY_SOURCE_DIR ?= "${HARMONY_LAYERDIR}/.."
+# nooelint: oelint.vars.fileextrapaths, oelint.vars.outofcontext
 FILESEXTRAPATHS:prepend := "${HARMONY_SOURCE_DIR}:"
 
 # Only what cargo needs: the workspace manifest and lock and every workspace
@@ -22,7 +22,10 @@ FILESEXTRAPATHS:prepend := "${HARMONY_SOURCE_DIR}:"
 # target/ and the developers' .cargo/config.toml (host cross-linker settings)
 # out of the build. The layer's checks compare this list with Cargo.toml.
 HARMONY_WORKSPACE_MEMBERS = "protocol agent operator testkit"
-SRC_URI = " \
+# The crates.io dependencies first: crate:// entries generated from
+# Cargo.lock by meta-harmony/scripts/update-agent-crates.
+require ${BPN}-crates.inc
+SRC_URI += "\
     file://Cargo.toml;subdir=harmony-fleet \
     file://Cargo.lock;subdir=harmony-fleet \
     ${@' '.join('file://%s;subdir=harmony-fleet' % m for m in d.getVar('HARMONY_WORKSPACE_MEMBERS').split())} \
@@ -31,12 +34,9 @@ SRC_URI = " \
     ${@' '.join('file://%s' % k for k in d.getVar('HARMONY_FLEET_PUBLIC_KEYS').split())} \
 "
 
-require ${BPN}-crates.inc
-
 inherit cargo systemd
 
-UNPACKDIR ??= "${WORKDIR}"
-S = "${UNPACKDIR}/harmony-fleet"
+S = "${HARMONY_UNPACKDIR}/harmony-fleet"
 
 # Build the agent package alone from the workspace; the lock file is the
 # workspace's.
@@ -52,15 +52,15 @@ SYSTEMD_AUTO_ENABLE:${PN} = "enable"
 
 do_install:append() {
     install -d ${D}${systemd_system_unitdir}
-    install -m 0644 ${UNPACKDIR}/harmony-agent.service ${D}${systemd_system_unitdir}/
+    install -m 0644 ${HARMONY_UNPACKDIR}/harmony-agent.service ${D}${systemd_system_unitdir}/
 
     install -d ${D}${sysconfdir}/harmony
-    install -m 0644 ${UNPACKDIR}/agent.toml ${D}${sysconfdir}/harmony/agent.toml
+    install -m 0644 ${HARMONY_UNPACKDIR}/agent.toml ${D}${sysconfdir}/harmony/agent.toml
 
     # Absolute file:// paths unpack below UNPACKDIR under their full path.
     install -d ${D}${sysconfdir}/harmony/fleet-keys
     for key in ${HARMONY_FLEET_PUBLIC_KEYS}; do
-        install -m 0644 "${UNPACKDIR}/$key" ${D}${sysconfdir}/harmony/fleet-keys/
+        install -m 0644 "${HARMONY_UNPACKDIR}/$key" ${D}${sysconfdir}/harmony/fleet-keys/
     done
 }
 

@@ -16,6 +16,10 @@ HARMONY_RAUC_SIGNING_KEY ?= "${HARMONY_DEVELOPMENT_KEYS_DIR}/development-1.key.p
 # files may be listed: the agent trusts all of them, which is how keys rotate.
 HARMONY_FLEET_PUBLIC_KEYS ?= "${HARMONY_DEVELOPMENT_KEYS_DIR}/fleet-development.pub"
 
+# Where SRC_URI files are unpacked: UNPACKDIR since styhead, WORKDIR in
+# scarthgap (which has no UNPACKDIR). Our recipes use this to serve both.
+HARMONY_UNPACKDIR = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}"
+
 # "1" marks a build meant for devices in the field.
 HARMONY_RELEASE ?= "0"
 
@@ -33,8 +37,10 @@ def harmony_development_keys_in_use(d):
                 break
     return in_use
 
+# An event handler, not a task: it has no [doc] to set.
 addhandler harmony_sanity_check
 harmony_sanity_check[eventmask] = "bb.event.SanityCheck"
+# nooelint: oelint.task.docstrings
 python harmony_sanity_check() {
     features = e.data.getVar('DISTRO_FEATURES').split()
     if 'harmony' not in features:

@@ -1,0 +1,36 @@
+# nooelint: oelint.var.suggestedvar.SECTION
+# Images are not packages: no SECTION.
+SUMMARY = "Harmony Fleet device image"
+DESCRIPTION = "systemd, RAUC and the Harmony agent on an A/B disk layout \
+               (boot, rootfs A, rootfs B, data). Its ext4 root filesystem \
+               is also the payload of harmony-bundle."
+HOMEPAGE = "https://example.invalid/harmony-fleet"
+LICENSE = "MIT"
+
+inherit core-image
+
+IMAGE_INSTALL = "\
+    packagegroup-core-boot \
+    ${CORE_IMAGE_EXTRA_INSTALL} \
+    rauc \
+    harmony-agent \
+    libubootenv-bin \
+    kernel-image \
+"
+
+# meta-rauc's rauc recommends rauc-mark-good, which commits a slot as soon as
+# the system reaches multi-user. Harmony commits only after the operator has
+# seen the new version's heartbeat: that package must never be installed.
+BAD_RECOMMENDATIONS += "rauc-mark-good"
+
+# SSH is for development images: EXTRA_IMAGE_FEATURES += "ssh-server-openssh"
+# (the kas files' development snippet does that).
+
+# ext4: the rootfs slot image that harmony-bundle ships.
+# wic + bmap: the SD card / disk image, flashed with bmaptool.
+IMAGE_FSTYPES = "ext4 wic.bz2 wic.bmap"
+
+# The boot partition carries U-Boot's boot.scr (from our u-boot bbappend).
+# meta-raspberrypi already lists it and depends on u-boot:do_deploy for the Pi.
+IMAGE_BOOT_FILES:qemuarm64 = "boot.scr"
+do_image_wic[depends] += "u-boot:do_deploy"
