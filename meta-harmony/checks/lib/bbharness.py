@@ -60,6 +60,7 @@ PR = "r0"
 BPN = "${PN}"
 BP = "${BPN}-${PV}"
 FILE_DIRNAME = "${@os.path.dirname(d.getVar('FILE', False))}"
+THISDIR = "${@os.path.dirname(d.getVar('FILE', True))}"
 WORKDIR = "${TMPDIR}/work/${PN}/${PV}"
 UNPACKDIR = "${WORKDIR}/sources"
 S = "${UNPACKDIR}/${BP}"
@@ -199,13 +200,18 @@ def check_functions(d, where: str):
 
     problems = []
     log = logging.getLogger("BitBake")
-    for name in sorted(d.keys()):
-        if not d.getVarFlag(name, "func", False):
-            continue
+    # A bare "do_install:append() {...}" carries the func flag on the
+    # override key only; check the merged function under its base name.
+    funcs = {}
+    for key in d.keys():
+        base = key.split(":", 1)[0]
+        if d.getVarFlag(key, "func", False):
+            funcs[base] = funcs.get(base, False) or bool(d.getVarFlag(key, "python", False))
+    for name in sorted(funcs):
         body = d.getVar(name, False) or ""
         if not body.strip():
             continue
-        if d.getVarFlag(name, "python", False):
+        if funcs[name] or d.getVarFlag(name, "python", False):
             if body.lstrip().startswith("def "):  # a "def name(d):" helper
                 src = body
             else:  # a "python name() { ... }" task body

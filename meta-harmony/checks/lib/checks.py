@@ -1,0 +1,640 @@
+#!/usr/bin/env python3
+"""meta-harmony's static checks (everything but oelint-adv).
+
+    checks.py [--layer DIR] [NAME ...]
+
+Runs the named checks (all by default) against the layer in DIR (default:
+the layer this file belongs to; its parent directory is taken as the
+repository root holding Cargo.toml, Cargo.lock and image/kas/). Prints
+`PASS name` or `FAIL name` followed by the problems, one per line, and exits
+non-zero if any check failed. checks/run counts these lines.
+"""
+
+import argparse
+import configparser
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bbharness  # noqa: E402
+from bbharness import MACHINES  # noqa: E402
+
+CRATES_IO = "registry+https://github.com/rust-lang/crates.io-index"
+
+# The variables RAUC's uboot backend reads and writes (RAUC docs, "U-Boot"):
+# BOOT_ORDER and BOOT_<bootname>_LEFT for every slot's bootname.
+RAUC_UBOOT_ORDER_VAR = "BOOT_ORDER"
+
+
+class Ctx:
+    def __init__(self, layer: Path):
+        self.layer = layer.resolve()
+        self.repo = self.layer.parent
+        self.h = bbharness.Harness(self.layer)
+        self._cache = {}
+
+    def recipe(self, rel: str, machine: str, distro: str = "harmony"):
+        key = (rel, machine, distro)
+        if key not in self._cache:
+            self._cache[key] = self.h.recipe(self.layer / rel, machine, distro)
+        return self._cache[key]
+
+    def machine_file(self, rel_dir: str, machine: str, name: str) -> Path:
+        return self.layer / rel_dir / "files" / machine / name
+
+
+AGENT = "recipes-harmony/harmony-agent"
+RAUC_CONF_DIR = "recipes-core/rauc"
+LIBUBOOTENV_DIR = "recipes-bsp/libubootenv"
+UBOOT_DIR = "recipes-bsp/u-boot"
+IMAGE = "recipes-core/images/harmony-image.bb"
+BUNDLE = "recipes-core/bundles/harmony-bundle.bb"
+
+
+def agent_recipe(ctx: Ctx) -> str:
+    found = sorted((ctx.layer / AGENT).glob("harmony-agent_*.bb"))
+    if len(found) != 1:
+        raise CheckError(f"expected one {AGENT}/harmony-agent_<version>.bb, found {len(found)}")
+    return str(found[0].relative_to(ctx.layer))
+
+
+class CheckError(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------
+# parsers for the boot-chain files
+# --------------------------------------------------------------------------
+
+def read_system_conf(path: Path) -> configparser.ConfigParser:
+    if not path.is_file():
+        raise CheckError(f"{path} does not exist")
+    cp = configparser.ConfigParser(interpolation=None, strict=True)
+    cp.optionxform = str  # keys are case-sensitive in RAUC
+    try:
+        cp.read_string(path.read_text(), source=str(path))
+    except configparser.Error as e:
+        raise CheckError(f"{path}: {e}")
+    return cp
+
+
+def read_wks(path: Path, d=None):
+    """(ptable, [partition dicts]) from a .wks / .wks.in file."""
+    if not path.is_file():
+        raise CheckError(f"{path} does not exist")
+    ptable = "msdos"
+    parts = []
+    for lineno, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if d is not None and "${" in line:
+            line = d.expand(line)
+        words = shlex.split(line)
+        if words[0] == "bootloader":
+            if "--ptable" in words:
+                ptable = words[words.index("--ptable") + 1]
+            continue
+        if words[0] not in ("part", "partition"):
+            continue
+        part = {"line": lineno, "mount": None}
+        rest = words[1:]
+        if rest and not rest[0].startswith("--"):
+            part["mount"] = rest[0]
+            rest = rest[1:]
+        i = 0
+        while i < len(rest):
+            opt = rest[i]
+            if opt.startswith("--"):
+                key = opt[2:]
+                if "=" in key:
+                    key, val = key.split("=", 1)
+                    part[key] = val
+                elif i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+                    part[key] = rest[i + 1]
+                    i += 1
+                else:
+                    part[key] = True
+            i += 1
+        parts.append(part)
+    # wic numbers partitions in order; with an msdos table and more than four
+    # partitions the fourth becomes the extended one and the rest are logical.
+    num = 0
+    for idx, p in enumerate(parts):
+        if p.get("no-table"):
+            p["num"] = None
+            continue
+        num += 1
+        if ptable == "msdos" and len(parts) > 4 and num == 4:
+            num = 5
+        p["num"] = num
+        disk = p.get("ondisk") or p.get("ondrive")
+        if disk:
+            sep = "p" if disk[-1].isdigit() else ""
+            p["device"] = f"/dev/{disk}{sep}{num}"
+    return ptable, parts
+
+
+def read_fw_env(path: Path):
+    if not path.is_file():
+        raise CheckError(f"{path} does not exist")
+    entries = []
+    for lineno, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        words = line.split()
+        if len(words) < 3:
+            raise CheckError(f"{path}:{lineno}: want 'device offset size [sector size]'")
+        try:
+            nums = [int(w, 0) for w in words[1:]]
+        except ValueError:
+            raise CheckError(f"{path}:{lineno}: offset/size are not numbers: {line}")
+        entries.append({"device": words[0], "offset": nums[0], "size": nums[1], "line": lineno})
+    if not 1 <= len(entries) <= 2:
+        raise CheckError(f"{path}: want one environment copy, or two (redundant), found {len(entries)}")
+    if len(entries) == 2 and entries[0]["size"] != entries[1]["size"]:
+        raise CheckError(f"{path}: the two redundant copies differ in size")
+    return entries
+
+
+def boot_script(ctx: Ctx) -> Path:
+    return ctx.layer / UBOOT_DIR / "files" / "boot.cmd.in"
+
+
+def placeholders(text: str):
+    return set(re.findall(r"@@([A-Za-z0-9_]+)@@", text))
+
+
+# --------------------------------------------------------------------------
+# checks: each returns a list of problems (empty = pass)
+# --------------------------------------------------------------------------
+
+def check_bb_parse(ctx: Ctx):
+    """Every recipe and bbappend, for every machine, through BitBake's parser;
+    every shell and Python function body through its parsers."""
+    problems = []
+    files = bbharness.layer_files(ctx.layer)
+    if not files:
+        return ["no BitBake files found"]
+    for machine in MACHINES:
+        try:
+            ctx.h.config(machine)
+        except Exception as e:
+            return [f"configuration ({machine}): {type(e).__name__}: {e}"]
+        for f in files:
+            if f.suffix not in (".bb", ".bbappend"):
+                continue  # .inc/.bbclass/.conf are parsed through these
+            rel = str(f.relative_to(ctx.layer))
+            where = f"{rel} [{machine}]"
+            try:
+                d = ctx.recipe(rel, machine)
+            except Exception as e:
+                problems.append(f"{where}: {type(e).__name__}: {e}")
+                continue
+            problems += bbharness.check_functions(d, where)
+            problems += bbharness.check_expansions(d, where)
+    return sorted(set(problems))
+
+
+def check_bbappend_gating(ctx: Ctx):
+    """A bbappend is one DISTRO_FEATURE-gated `require` of <recipe>_harmony.inc
+    and changes nothing when the feature is off."""
+    problems = []
+    gate = re.compile(r"^require \$\{@bb\.utils\.contains\('DISTRO_FEATURES', 'harmony', "
+                      r"'\$\{BPN\}_harmony\.inc', '', d\)\}$")
+    for f in sorted(ctx.layer.glob("recipes-*/**/*.bbappend")):
+        rel = str(f.relative_to(ctx.layer))
+        code = [ln for ln in f.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+        if len(code) != 1 or not gate.match(code[0]):
+            problems.append(f"{rel}: must contain only the gated require of ${{BPN}}_harmony.inc")
+            continue
+        try:
+            d = ctx.recipe(rel, "qemuarm64", distro="nodistro")
+        except Exception as e:
+            problems.append(f"{rel} without the feature: {type(e).__name__}: {e}")
+            continue
+        included = [x for x in (d.getVar("BBINCLUDED") or "").split() if x.endswith("_harmony.inc")]
+        if included or (d.getVar("SRC_URI") or "").strip():
+            problems.append(f"{rel}: active although 'harmony' is not in DISTRO_FEATURES")
+    return problems
+
+
+def check_agent_crates(ctx: Ctx):
+    """The agent recipe's crate:// entries and checksums equal Cargo.lock's."""
+    lock_path = ctx.repo / "Cargo.lock"
+    if not lock_path.is_file():
+        return [f"{lock_path} does not exist"]
+    lock = tomllib.loads(lock_path.read_text())
+    want = {}
+    problems = []
+    for pkg in lock.get("package", []):
+        if pkg.get("source") is None:
+            continue
+        if pkg["source"] != CRATES_IO:
+            problems.append(f"Cargo.lock: {pkg['name']} {pkg['version']} is not from crates.io")
+            continue
+        want[f"{pkg['name']}-{pkg['version']}"] = pkg.get("checksum")
+    d = ctx.recipe(agent_recipe(ctx), "qemuarm64")
+    have = {}
+    for uri in (d.getVar("SRC_URI") or "").split():
+        m = re.match(r"crate://crates\.io/([^/;]+)/([^/;]+)", uri)
+        if m:
+            key = f"{m.group(1)}-{m.group(2)}"
+            have[key] = d.getVarFlag("SRC_URI", f"{key}.sha256sum")
+    for key in sorted(set(want) - set(have)):
+        problems.append(f"in Cargo.lock, not in the recipe: {key}")
+    for key in sorted(set(have) - set(want)):
+        problems.append(f"in the recipe, not in Cargo.lock: {key}")
+    for key in sorted(set(want) & set(have)):
+        if want[key] != have[key]:
+            problems.append(f"{key}: sha256sum {have[key]} in the recipe, {want[key]} in Cargo.lock")
+    if problems:
+        problems.append("regenerate with meta-harmony/scripts/update-agent-crates")
+    return problems
+
+
+def check_agent_sources(ctx: Ctx):
+    """The recipe fetches every workspace member and carries the workspace version."""
+    problems = []
+    manifest = tomllib.loads((ctx.repo / "Cargo.toml").read_text())
+    ws = manifest.get("workspace", {})
+    members = set(ws.get("members", []))
+    rel = agent_recipe(ctx)
+    d = ctx.recipe(rel, "qemuarm64")
+    listed = set((d.getVar("HARMONY_WORKSPACE_MEMBERS") or "").split())
+    if members != listed:
+        problems.append(f"HARMONY_WORKSPACE_MEMBERS is {sorted(listed)}, Cargo.toml has {sorted(members)}")
+    version = ws.get("package", {}).get("version")
+    agent_manifest = ctx.repo / "agent" / "Cargo.toml"
+    if agent_manifest.is_file():
+        pkg = tomllib.loads(agent_manifest.read_text()).get("package", {})
+        if isinstance(pkg.get("version"), str):
+            version = pkg["version"]
+    if version != d.getVar("PV"):
+        problems.append(f"{rel}: PV {d.getVar('PV')} but the agent's Cargo version is {version}")
+    uris = (d.getVar("SRC_URI") or "").split()
+    for name in ("Cargo.toml", "Cargo.lock"):
+        if not any(u.startswith(f"file://{name};") for u in uris):
+            problems.append(f"{rel}: SRC_URI lacks file://{name}")
+    return problems
+
+
+def _search_local(ctx: Ctx, d, name: str):
+    """Where BitBake's FILESPATH search would find file://name, or None."""
+    if name.startswith("/"):
+        return Path(name) if Path(name).exists() else None
+    dirs = [p for p in (d.getVar("FILESEXTRAPATHS") or "").split(":") if p and p != "__default"]
+    fdir = d.getVar("FILE_DIRNAME")
+    dirs += [f"{fdir}/{d.getVar('BP')}", f"{fdir}/{d.getVar('BPN')}", f"{fdir}/files"]
+    overrides = (d.getVar("FILESOVERRIDES") or "").split(":")
+    for base in dirs:
+        for ov in list(reversed(overrides)) + [""]:
+            cand = Path(base) / ov / name if ov else Path(base) / name
+            if cand.exists():
+                return cand
+    return None
+
+
+def check_local_files(ctx: Ctx):
+    """Every file:// entry of our recipes exists, for every machine (BitBake
+    stops parsing on a missing one)."""
+    problems = []
+    for f in sorted(list(ctx.layer.glob("recipes-*/**/*.bb")) + list(ctx.layer.glob("recipes-*/**/*.bbappend"))):
+        rel = str(f.relative_to(ctx.layer))
+        for machine in MACHINES:
+            d = ctx.recipe(rel, machine)
+            for uri in (d.getVar("SRC_URI") or "").split():
+                if not uri.startswith("file://"):
+                    continue
+                name = uri[len("file://"):].split(";", 1)[0]
+                if _search_local(ctx, d, name) is None:
+                    problems.append(f"{rel} [{machine}]: file://{name} not found")
+    return sorted(set(problems))
+
+
+def _wks_for(ctx: Ctx, machine: str):
+    d = ctx.recipe(IMAGE, machine)
+    wks_name = (d.getVar("WKS_FILE") or "").strip()
+    if not wks_name:
+        raise CheckError(f"{IMAGE}: WKS_FILE is not set for {machine}")
+    path = ctx.layer / "wic" / wks_name
+    return path, read_wks(path, d)
+
+
+def check_wks_vs_system_conf(ctx: Ctx):
+    """The rootfs slots in system.conf are two distinct ext4 rootfs partitions
+    of the machine's wks, and the data directory is on the data partition."""
+    problems = []
+    for machine in MACHINES:
+        try:
+            wks_path, (ptable, parts) = _wks_for(ctx, machine)
+            sc_path = ctx.machine_file(RAUC_CONF_DIR, machine, "system.conf")
+            sc = read_system_conf(sc_path)
+        except CheckError as e:
+            problems.append(f"[{machine}] {e}")
+            continue
+        where = f"[{machine}] {sc_path.relative_to(ctx.layer)} vs {wks_path.name}"
+        by_device = {p.get("device"): p for p in parts if p.get("device")}
+        by_label = {p.get("label"): p for p in parts if p.get("label")}
+        by_partname = {p.get("part-name"): p for p in parts if p.get("part-name")}
+        slots = [s for s in sc.sections() if s.startswith("slot.rootfs.")]
+        if sorted(slots) != ["slot.rootfs.0", "slot.rootfs.1"]:
+            problems.append(f"{where}: want slots rootfs.0 and rootfs.1, found {slots}")
+        used = []
+        for s in slots:
+            dev = sc[s].get("device", "")
+            part = by_device.get(dev)
+            if part is None and dev.startswith("/dev/disk/by-label/"):
+                part = by_label.get(dev.rsplit("/", 1)[1])
+            if part is None and dev.startswith("/dev/disk/by-partlabel/"):
+                part = by_partname.get(dev.rsplit("/", 1)[1])
+            if part is None:
+                problems.append(f"{where}: {s} device {dev} is no partition of the wks "
+                                f"(it has {sorted(k for k in by_device)})")
+                continue
+            used.append(part["num"])
+            if part.get("mount") != "/":
+                problems.append(f"{where}: {s} ({dev}) is wks partition {part['num']}, "
+                                f"which is not a rootfs partition (mount {part.get('mount')})")
+            fstype = part.get("fstype")
+            if sc[s].get("type") != fstype:
+                problems.append(f"{where}: {s} type={sc[s].get('type')} but the partition is {fstype}")
+            if "bootname" not in sc[s]:
+                problems.append(f"{where}: {s} has no bootname")
+        if len(used) == 2 and used[0] == used[1]:
+            problems.append(f"{where}: both slots are partition {used[0]}")
+        rootfs_parts = [p["num"] for p in parts if p.get("mount") == "/"]
+        if len(rootfs_parts) != 2:
+            problems.append(f"{where}: the wks has {len(rootfs_parts)} rootfs partitions, want 2")
+        data_dir = sc["system"].get("data-directory") if sc.has_section("system") else None
+        if data_dir:
+            mounts = sorted((p.get("mount") for p in parts if p.get("mount") not in (None, "/")),
+                            key=len, reverse=True)
+            owner = next((m for m in mounts if data_dir.rstrip("/") == m or data_dir.startswith(m.rstrip("/") + "/")), None)
+            if owner is None:
+                problems.append(f"{where}: data-directory {data_dir} is not on a partition of its own "
+                                f"(wks mounts {mounts}); it would be lost with the slot")
+    return problems
+
+
+def check_bundle_compatible(ctx: Ctx):
+    """harmony-bundle's compatible equals system.conf's, and system.conf
+    accepts the bundle's format."""
+    problems = []
+    for machine in MACHINES:
+        try:
+            sc = read_system_conf(ctx.machine_file(RAUC_CONF_DIR, machine, "system.conf"))
+        except CheckError as e:
+            problems.append(f"[{machine}] {e}")
+            continue
+        d = ctx.recipe(BUNDLE, machine)
+        bundle = d.getVar("RAUC_BUNDLE_COMPATIBLE")
+        system = sc.get("system", "compatible", fallback=None)
+        if bundle != system:
+            problems.append(f"[{machine}] bundle compatible '{bundle}' != system.conf compatible '{system}'")
+        fmt = d.getVar("RAUC_BUNDLE_FORMAT")
+        formats = sc.get("system", "bundle-formats", fallback="").split()
+        if formats:
+            plain = [f for f in formats if not f.startswith(("-", "+"))]
+            allowed = set(plain) if plain else {"plain", "verity", "crypt"}
+            for f in formats:
+                if f.startswith("-"):
+                    allowed.discard(f[1:])
+                elif f.startswith("+"):
+                    allowed.add(f[1:])
+            if fmt not in allowed:
+                problems.append(f"[{machine}] bundle format {fmt} is not in system.conf bundle-formats={' '.join(formats)}")
+    return problems
+
+
+def check_boot_script_placeholders(ctx: Ctx):
+    """Every @@NAME@@ of boot.cmd.in is documented in its header and filled
+    by u-boot_harmony.inc; the .inc fills nothing that is not there."""
+    path = boot_script(ctx)
+    if not path.is_file():
+        return [f"{path} does not exist"]
+    text = path.read_text()
+    used = placeholders(text)
+    header = "\n".join(ln for ln in text.splitlines() if ln.lstrip().startswith("#"))
+    inc = (ctx.layer / UBOOT_DIR / "u-boot_harmony.inc").read_text()
+    filled = set(re.findall(r"s\|@@([A-Za-z0-9_]+)@@\|", inc))
+    problems = []
+    for name in sorted(used - filled):
+        problems.append(f"@@{name}@@ is used in boot.cmd.in but u-boot_harmony.inc does not fill it")
+    for name in sorted(filled - used):
+        problems.append(f"u-boot_harmony.inc fills @@{name}@@, which boot.cmd.in does not use")
+    for name in sorted(used):
+        if f"@@{name}@@" not in header:
+            problems.append(f"@@{name}@@ is not documented in the comment header of boot.cmd.in")
+    return problems
+
+
+def _script_code(text: str) -> str:
+    return "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
+
+
+def check_boot_script_vs_env(ctx: Ctx):
+    """The boot script drives the variables RAUC's uboot backend uses (for
+    system.conf's bootnames), and fw_env.config points where that environment
+    is stored and where Linux can reach it."""
+    path = boot_script(ctx)
+    if not path.is_file():
+        return [f"{path} does not exist"]
+    code = _script_code(path.read_text())
+    problems = []
+    for machine in MACHINES:
+        try:
+            sc = read_system_conf(ctx.machine_file(RAUC_CONF_DIR, machine, "system.conf"))
+            env = read_fw_env(ctx.machine_file(LIBUBOOTENV_DIR, machine, "fw_env.config"))
+        except CheckError as e:
+            problems.append(f"[{machine}] {e}")
+            continue
+        if sc.get("system", "bootloader", fallback=None) != "uboot":
+            problems.append(f"[{machine}] system.conf: bootloader is not uboot")
+        bootnames = [sc[s].get("bootname") for s in sc.sections() if s.startswith("slot.rootfs.")]
+        for var in [RAUC_UBOOT_ORDER_VAR] + [f"BOOT_{b}_LEFT" for b in bootnames if b]:
+            if not re.search(r"\b%s\b" % re.escape(var), code):
+                problems.append(f"[{machine}] boot.cmd.in never uses {var}, which RAUC's uboot backend sets")
+        for b in bootnames:
+            if b and not re.search(r"\b%s\b" % re.escape(b), code):
+                problems.append(f"[{machine}] boot.cmd.in does not know bootname {b}")
+        if not re.search(r"rauc\.slot=", code):
+            problems.append(f"[{machine}] boot.cmd.in does not pass rauc.slot= to the kernel")
+        if "saveenv" not in code:
+            problems.append(f"[{machine}] boot.cmd.in never saves the environment (the counter would not count)")
+        # Where the environment lives, as far as Linux is concerned.
+        try:
+            _, parts = _wks_for(ctx, machine)
+        except CheckError as e:
+            problems.append(f"[{machine}] {e}")
+            continue
+        for e in env:
+            dev = e["device"]
+            if dev.startswith("/dev/"):
+                continue  # raw device or MTD: no file system to agree with
+            mounts = sorted((p for p in parts if p.get("mount") not in (None, "/")),
+                            key=lambda p: len(p["mount"]), reverse=True)
+            owner = next((p for p in mounts if dev.startswith(p["mount"].rstrip("/") + "/")), None)
+            if owner is None:
+                problems.append(f"[{machine}] fw_env.config: {dev} is on no partition the wks mounts "
+                                f"({[p['mount'] for p in mounts]})")
+                continue
+            if owner.get("fstype") != "vfat":
+                problems.append(f"[{machine}] fw_env.config: {dev} is on a {owner.get('fstype')} partition; "
+                                "U-Boot keeps a file environment on the FAT boot partition")
+            fname = dev.rsplit("/", 1)[1]
+            if fname not in code and re.search(r"\b\w+\.env\b", code):
+                problems.append(f"[{machine}] boot.cmd.in names an env file but not {fname}")
+    return problems
+
+
+def check_keyring(ctx: Ctx):
+    """system.conf's keyring is what rauc-conf installs, and the bundle signer
+    chains to it."""
+    problems = []
+    for machine in MACHINES:
+        try:
+            sc = read_system_conf(ctx.machine_file(RAUC_CONF_DIR, machine, "system.conf"))
+        except CheckError as e:
+            problems.append(f"[{machine}] {e}")
+            continue
+        d = ctx.recipe(f"{RAUC_CONF_DIR}/rauc-conf.bbappend", machine)
+        name = d.getVar("HARMONY_RAUC_KEYRING_NAME")
+        path = sc.get("keyring", "path", fallback=None)
+        if path is None:
+            problems.append(f"[{machine}] system.conf has no [keyring] path")
+        elif path not in (name, f"/usr/lib/rauc/{name}"):
+            problems.append(f"[{machine}] system.conf keyring path={path}, rauc-conf installs /usr/lib/rauc/{name}")
+    cfg = ctx.h.config("qemuarm64")
+    keyring = cfg.getVar("HARMONY_RAUC_KEYRING")
+    cert = cfg.getVar("HARMONY_RAUC_SIGNING_CERT")
+    for p in (keyring, cert, cfg.getVar("HARMONY_RAUC_SIGNING_KEY")):
+        if not Path(p).is_file():
+            problems.append(f"{p} does not exist")
+    if not problems:
+        r = subprocess.run(["openssl", "verify", "-CAfile", keyring, cert], capture_output=True, text=True)
+        if r.returncode != 0:
+            problems.append(f"the default signer does not chain to the default keyring: {r.stdout}{r.stderr}".strip())
+    for k in (cfg.getVar("HARMONY_FLEET_PUBLIC_KEYS") or "").split():
+        text = Path(k).read_text().strip() if Path(k).is_file() else ""
+        if not re.fullmatch(r"[0-9a-f]{64}", text):
+            problems.append(f"{k}: not one line of 64 hex digits (an Ed25519 public key)")
+    return problems
+
+
+def check_no_mark_good(ctx: Ctx):
+    """Only the operator commits a slot: rauc-mark-good stays out of the image."""
+    problems = []
+    for machine in MACHINES:
+        d = ctx.recipe(IMAGE, machine)
+        if "rauc-mark-good" not in (d.getVar("BAD_RECOMMENDATIONS") or "").split():
+            problems.append(f"[{machine}] {IMAGE}: rauc-mark-good is not in BAD_RECOMMENDATIONS")
+        for var in ("IMAGE_INSTALL", "CORE_IMAGE_EXTRA_INSTALL"):
+            if "rauc-mark-good" in (d.getVar(var) or "").split():
+                problems.append(f"[{machine}] {IMAGE}: {var} installs rauc-mark-good")
+    return problems
+
+
+def check_kas_pinned(ctx: Ctx):
+    """image/kas: a file per machine, every external repository pinned to a commit."""
+    import yaml
+
+    kas_dir = ctx.repo / "image" / "kas"
+    files = sorted(kas_dir.glob("*.yml")) if kas_dir.is_dir() else []
+    if not files:
+        return [f"no kas files in {kas_dir}"]
+    problems = []
+    machines = set()
+    for f in files:
+        try:
+            doc = yaml.safe_load(f.read_text()) or {}
+        except yaml.YAMLError as e:
+            problems.append(f"{f.name}: {e}")
+            continue
+        if "machine" in doc:
+            machines.add(doc["machine"])
+        for name, repo in (doc.get("repos") or {}).items():
+            repo = repo or {}
+            if "url" not in repo:
+                continue  # the repository the kas file lives in
+            commit = str(repo.get("commit", ""))
+            if not re.fullmatch(r"[0-9a-f]{40}", commit):
+                problems.append(f"{f.name}: repos.{name} is not pinned to a full commit id")
+    for m in sorted(set(MACHINES) - machines):
+        problems.append(f"no kas file sets machine: {m}")
+    return problems
+
+
+def check_single_copy(ctx: Ctx):
+    """The boot-chain files and the agent unit exist once, in the layer: the
+    QEMU image uses them from here, a second copy would drift."""
+    names = {"boot.cmd.in", "system.conf", "fw_env.config", "harmony-agent.service", "agent.toml"}
+    skip = {".git", "target", "build", ".tools", "artifacts", "node_modules"}
+    problems = []
+    for path in ctx.repo.rglob("*"):
+        if any(part in skip for part in path.relative_to(ctx.repo).parts):
+            continue
+        if path.name in names and path.is_file() and ctx.layer not in path.parents:
+            problems.append(f"{path.relative_to(ctx.repo)} duplicates a file meta-harmony owns")
+        if path.suffix == ".wks" or path.name.endswith(".wks.in"):
+            if ctx.layer not in path.parents:
+                problems.append(f"{path.relative_to(ctx.repo)}: partition layouts belong in meta-harmony/wic")
+    return problems
+
+
+CHECKS = {
+    "bb-parse": check_bb_parse,
+    "bbappend-gating": check_bbappend_gating,
+    "agent-crates": check_agent_crates,
+    "agent-sources": check_agent_sources,
+    "local-files": check_local_files,
+    "wks-vs-system-conf": check_wks_vs_system_conf,
+    "bundle-compatible": check_bundle_compatible,
+    "boot-script-placeholders": check_boot_script_placeholders,
+    "boot-script-vs-env": check_boot_script_vs_env,
+    "keyring": check_keyring,
+    "no-mark-good": check_no_mark_good,
+    "kas-pinned": check_kas_pinned,
+    "single-copy": check_single_copy,
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layer", type=Path, default=bbharness.LAYER)
+    ap.add_argument("names", nargs="*", help=f"checks to run: {', '.join(CHECKS)}")
+    args = ap.parse_args()
+    names = args.names or list(CHECKS)
+    unknown = [n for n in names if n not in CHECKS]
+    if unknown:
+        ap.error(f"unknown checks: {unknown}")
+    ctx = Ctx(args.layer)
+    failed = 0
+    try:
+        for name in names:
+            try:
+                problems = CHECKS[name](ctx)
+            except CheckError as e:
+                problems = [str(e)]
+            except Exception as e:  # a crash is a failure, with its reason
+                problems = [f"{type(e).__name__}: {e}"]
+            if problems:
+                failed += 1
+                print(f"FAIL {name}")
+                for p in problems:
+                    print(f"    {p}")
+            else:
+                print(f"PASS {name}")
+            sys.stdout.flush()
+    finally:
+        ctx.h.close()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

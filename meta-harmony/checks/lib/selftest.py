@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Prove that each check fails when the thing it guards is broken.
+
+For every case: copy the layer (and the repository files the checks read)
+into a fresh temporary directory, confirm the check passes on the copy,
+break one thing, and confirm the check now fails. A case whose check already
+fails on the unbroken copy proves nothing and is reported as such (the
+failing check itself is reported by checks/run). Exit 1 if any break went
+unnoticed.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import checks  # noqa: E402
+
+LAYER = HERE.parents[1]
+REPO = LAYER.parent
+COPY_FROM_REPO = ["Cargo.toml", "Cargo.lock", "agent/Cargo.toml", "image/kas"]
+
+
+def make_copy(root: Path) -> Path:
+    shutil.copytree(LAYER, root / "meta-harmony", ignore=shutil.ignore_patterns("__pycache__"))
+    for rel in COPY_FROM_REPO:
+        src = REPO / rel
+        if src.is_dir():
+            shutil.copytree(src, root / rel)
+        elif src.is_file():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, root / rel)
+    return root / "meta-harmony"
+
+
+def edit(path: Path, pattern: str, repl: str, count: int = 1):
+    text = path.read_text()
+    new, n = re.subn(pattern, repl, text, count=count, flags=re.M)
+    if n == 0:
+        raise LookupError(f"{path.name}: /{pattern}/ not found")
+    path.write_text(new)
+
+
+def append(path: Path, text: str):
+    path.write_text(path.read_text() + text)
+
+
+def first(layer: Path, pattern: str) -> Path:
+    found = sorted(layer.glob(pattern))
+    if not found:
+        raise LookupError(f"nothing matches {pattern}")
+    return found[0]
+
+
+def run_python_check(name):
+    def run(layer: Path):
+        ctx = checks.Ctx(layer)
+        try:
+            return bool(checks.CHECKS[name](ctx))
+        except Exception:
+            return True
+        finally:
+            ctx.h.close()
+    return run
+
+
+def run_oelint(layer: Path):
+    files = [str(p.relative_to(layer)) for p in layer.rglob("*")
+             if p.suffix in (".bb", ".bbappend", ".inc", ".bbclass", ".conf")
+             and "checks" not in p.parts and "files" not in p.parts]
+    env = dict(os.environ, OELINT_CONFIG=str(layer / "checks" / "oelint.cfg"))
+    oelint = Path(sys.executable).parent / "oelint-adv"
+    r = subprocess.run([str(oelint), "--quiet", "--relpaths", "--jobs", "1", "--", *files],
+                       cwd=layer, env=env, capture_output=True, text=True)
+    return r.returncode != 0 or bool((r.stdout + r.stderr).strip())
+
+
+def run_crates_script(layer: Path):
+    r = subprocess.run([sys.executable, str(layer / "scripts" / "update-agent-crates"), "--check"],
+                       capture_output=True, text=True)
+    return r.returncode != 0
+
+
+CRATES_INC = "recipes-harmony/harmony-agent/harmony-agent-crates.inc"
+SYSTEM_CONF = "recipes-core/rauc/files/qemuarm64/system.conf"
+BOOT_CMD = "recipes-bsp/u-boot/files/boot.cmd.in"
+
+# (description, check runner, break function(layer))
+CASES = [
+    ("trailing whitespace in a recipe", run_oelint,
+     lambda l: append(l / "recipes-core/images/harmony-image.bb", "IMAGE_LINGUAS = \"\" \n")),
+    ("unterminated quote", run_python_check("bb-parse"),
+     lambda l: append(l / "recipes-core/images/harmony-image.bb", 'IMAGE_LINGUAS = "en-us\n')),
+    ("pre-honister _append override syntax", run_python_check("bb-parse"),
+     lambda l: append(l / "recipes-core/images/harmony-image.bb", 'IMAGE_INSTALL_append = " foo"\n')),
+    ("shell syntax error in an .inc", run_python_check("bb-parse"),
+     lambda l: append(l / "recipes-bsp/u-boot/u-boot_harmony.inc",
+                      "do_install:append() {\n    if [ -e x ]; then\n        true\n}\n")),
+    ("Python syntax error in the global class", run_python_check("bb-parse"),
+     lambda l: edit(l / "classes-global/harmony_sanity.bbclass", r"return in_use$", "return in_use)")),
+    ("broken inline Python", run_python_check("bb-parse"),
+     lambda l: append(l / "recipes-core/bundles/harmony-bundle.bb", 'X = "${@undefined_function(d)}"\n')),
+    ("ungated bbappend", run_python_check("bbappend-gating"),
+     lambda l: append(first(l, "recipes-bsp/libubootenv/*.bbappend"), 'SRC_URI += "file://x"\n')),
+    ("crate missing from the recipe", run_python_check("agent-crates"),
+     lambda l: edit(l / CRATES_INC, r"^    crate://crates\.io/.*\n", "")),
+    ("crate checksum changed", run_crates_script,
+     lambda l: edit(l / CRATES_INC, r'sha256sum\] = "[0-9a-f]', 'sha256sum] = "X')),
+    ("workspace member not fetched", run_python_check("agent-sources"),
+     lambda l: edit(first(l, "recipes-harmony/harmony-agent/harmony-agent_*.bb"),
+                    r'^(HARMONY_WORKSPACE_MEMBERS = ".*) \w+"', r'\1"')),
+    ("local file missing", run_python_check("local-files"),
+     lambda l: (l / "recipes-harmony/harmony-agent/files/agent.toml").unlink()),
+    ("slot on a partition the wks lacks", run_python_check("wks-vs-system-conf"),
+     lambda l: edit(l / SYSTEM_CONF, r"^(\[slot\.rootfs\.1\][^\[]*?device\s*=\s*)\S+", r"\1/dev/nowhere9")),
+    ("bundle compatible differs", run_python_check("bundle-compatible"),
+     lambda l: edit(l / "recipes-core/bundles/harmony-bundle.bb",
+                    r'^RAUC_BUNDLE_COMPATIBLE = ".*"', 'RAUC_BUNDLE_COMPATIBLE = "someone-else"')),
+    ("unfilled boot script placeholder", run_python_check("boot-script-placeholders"),
+     lambda l: append(l / BOOT_CMD, "echo @@NOT_FILLED_ANYWHERE@@\n")),
+    ("boot script ignores a RAUC variable", run_python_check("boot-script-vs-env"),
+     lambda l: edit(l / BOOT_CMD, r"\bBOOT_B_LEFT\b", "BOOT_Y_LEFT", count=0)),
+    ("keyring name differs", run_python_check("keyring"),
+     lambda l: edit(l / SYSTEM_CONF, r"^(path\s*=\s*).*$", r"\1elsewhere.pem")),
+    ("rauc-mark-good allowed in", run_python_check("no-mark-good"),
+     lambda l: edit(l / "recipes-core/images/harmony-image.bb", r"^BAD_RECOMMENDATIONS.*\n", "")),
+    ("kas repo on a branch", run_python_check("kas-pinned"),
+     lambda l: edit(first(l.parent / "image" / "kas", "*.yml"), r"commit: [0-9a-f]{40}", "branch: master")),
+    ("second copy of the boot script", run_python_check("single-copy"),
+     lambda l: (l.parent / "image" / "qemu").mkdir(parents=True, exist_ok=True)
+     or (l.parent / "image" / "qemu" / "boot.cmd.in").write_text("# copy\n")),
+]
+
+
+def main() -> int:
+    missed = 0
+    for desc, check, breaker in CASES:
+        # BitBake caches parsed files by path: the broken copy needs a path
+        # of its own, not the baseline's.
+        with tempfile.TemporaryDirectory(prefix="mh-selftest-") as base, \
+                tempfile.TemporaryDirectory(prefix="mh-selftest-") as tmp:
+            if check(make_copy(Path(base))):
+                print(f"  unproven  {desc}: the check already fails on the unbroken copy")
+                continue
+            layer = make_copy(Path(tmp))
+            try:
+                breaker(layer)
+            except (LookupError, FileNotFoundError) as e:
+                print(f"  unproven  {desc}: cannot break it ({e})")
+                continue
+            if check(layer):
+                print(f"  caught    {desc}")
+            else:
+                print(f"  MISSED    {desc}")
+                missed += 1
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
