@@ -247,6 +247,7 @@ def layer_files(layer: Path = LAYER):
     """Our BitBake files, sorted, excluding stand-ins and checks."""
     out = []
     for pattern in ("conf/**/*.conf", "classes*/*.bbclass", "recipes-*/**/*.bb",
-                    "recipes-*/**/*.bbappend", "recipes-*/**/*.inc"):
+                    "recipes-*/**/*.bbappend", "recipes-*/**/*.inc",
+                    "dynamic-layers/*/recipes-*/**/*.bbappend", "dynamic-layers/*/recipes-*/**/*.inc"):
         out.extend(p for p in Path(layer).glob(pattern) if "checks" not in p.parts)
     return sorted(set(out))

@@ -207,7 +207,8 @@ def check_bbappend_gating(ctx: Ctx):
     problems = []
     gate = re.compile(r"^require \$\{@bb\.utils\.contains\('DISTRO_FEATURES', 'harmony', "
                       r"'\$\{BPN\}_harmony\.inc', '', d\)\}$")
-    for f in sorted(ctx.layer.glob("recipes-*/**/*.bbappend")):
+    for f in sorted(list(ctx.layer.glob("recipes-*/**/*.bbappend"))
+                    + list(ctx.layer.glob("dynamic-layers/*/recipes-*/**/*.bbappend"))):
         rel = str(f.relative_to(ctx.layer))
         code = [ln for ln in f.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
         if len(code) != 1 or not gate.match(code[0]):
@@ -304,7 +305,9 @@ def check_local_files(ctx: Ctx):
     """Every file:// entry of our recipes exists, for every machine (BitBake
     stops parsing on a missing one)."""
     problems = []
-    for f in sorted(list(ctx.layer.glob("recipes-*/**/*.bb")) + list(ctx.layer.glob("recipes-*/**/*.bbappend"))):
+    recipes = [p for pat in ("recipes-*/**/*.bb", "recipes-*/**/*.bbappend",
+                             "dynamic-layers/*/recipes-*/**/*.bbappend") for p in ctx.layer.glob(pat)]
+    for f in sorted(recipes):
         rel = str(f.relative_to(ctx.layer))
         for machine in MACHINES:
             d = ctx.recipe(rel, machine)
