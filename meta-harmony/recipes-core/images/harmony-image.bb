@@ -30,6 +30,11 @@ BAD_RECOMMENDATIONS += "rauc-mark-good"
 # wic + bmap: the SD card / disk image, flashed with bmaptool.
 IMAGE_FSTYPES = "ext4 wic.bz2 wic.bmap"
 
+# The A/B layouts live in meta-harmony/wic/, shared with the QEMU test image
+# builder. oe-core looks in <layer>/files/wic since styhead and in
+# <layer>/wic before: name the directory explicitly for both.
+WKS_SEARCH_PATH:prepend = "${HARMONY_LAYERDIR}/wic:"
+
 # The boot partition carries U-Boot's boot.scr (from our u-boot bbappend).
 # meta-raspberrypi already lists it and depends on u-boot:do_deploy for the Pi.
 IMAGE_BOOT_FILES:qemuarm64 = "boot.scr"
