@@ -472,7 +472,7 @@ def check_boot_script_vs_env(ctx: Ctx):
             problems.append(f"[{machine}] boot.cmd.in never saves the environment (the counter would not count)")
         # Where the environment lives, as far as Linux is concerned.
         try:
-            _, parts = _wks_for(ctx, machine)
+            _, (_, parts) = _wks_for(ctx, machine)
         except CheckError as e:
             problems.append(f"[{machine}] {e}")
             continue

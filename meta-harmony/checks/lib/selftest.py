@@ -26,6 +26,80 @@ REPO = LAYER.parent
 COPY_FROM_REPO = ["Cargo.toml", "Cargo.lock", "agent/Cargo.toml", "image/kas"]
 
 
+# Stand-ins used in the temporary copy only while the real boot-chain file
+# does not exist yet, so that the checks can still be proven on realistic
+# input. Where the real file exists, the real file is what is tested.
+FIXTURE_SYSTEM_CONF = """[system]
+compatible=harmony-{machine}
+bootloader=uboot
+data-directory=/data/rauc
+
+[keyring]
+path=ca.cert.pem
+
+[slot.rootfs.0]
+device=/dev/{disk}2
+type=ext4
+bootname=A
+
+[slot.rootfs.1]
+device=/dev/{disk}3
+type=ext4
+bootname=B
+"""
+FIXTURE_WKS = """bootloader --ptable msdos
+part /boot --source bootimg-partition --ondisk {disk_wks} --fstype=vfat --label boot --active
+part / --source rootfs --ondisk {disk_wks} --fstype=ext4 --label rootfs_a
+part / --source rootfs --ondisk {disk_wks} --fstype=ext4 --label rootfs_b
+part /data --ondisk {disk_wks} --fstype=ext4 --label data --size 64M
+"""
+FIXTURE_FW_ENV = "/boot/uboot.env 0x0000 0x4000\n"
+FIXTURE_BOOT_CMD = """# Stand-in boot script. Placeholders:
+#   @@KERNEL_IMAGETYPE@@  kernel image file name
+#   @@KERNEL_BOOTCMD@@    booti
+test -n "${BOOT_ORDER}" || setenv BOOT_ORDER "A B"
+test -n "${BOOT_A_LEFT}" || setenv BOOT_A_LEFT 3
+test -n "${BOOT_B_LEFT}" || setenv BOOT_B_LEFT 3
+for s in ${BOOT_ORDER}; do
+  if test "${s}" = "A" && test ${BOOT_A_LEFT} -gt 0; then setexpr BOOT_A_LEFT ${BOOT_A_LEFT} - 1; setenv slot A; fi
+  if test "${s}" = "B" && test ${BOOT_B_LEFT} -gt 0; then setexpr BOOT_B_LEFT ${BOOT_B_LEFT} - 1; setenv slot B; fi
+done
+saveenv
+setenv bootargs "${bootargs} rauc.slot=${slot}"
+load mmc 0:2 ${kernel_addr_r} boot/@@KERNEL_IMAGETYPE@@
+@@KERNEL_BOOTCMD@@ ${kernel_addr_r} - ${fdt_addr}
+"""
+
+
+def add_fixtures(layer: Path):
+    disks = {"qemuarm64": "vda"}
+    for machine in checks.MACHINES:
+        disk = disks.get(machine, "mmcblk0p")
+        disk_wks = disk.rstrip("p")
+        fixtures = {
+            f"recipes-core/rauc/files/{machine}/system.conf": FIXTURE_SYSTEM_CONF.format(machine=machine, disk=disk),
+            f"recipes-bsp/libubootenv/files/{machine}/fw_env.config": FIXTURE_FW_ENV,
+            f"wic/selftest-{machine}.wks": FIXTURE_WKS.format(disk_wks=disk_wks),
+        }
+        for rel, text in fixtures.items():
+            path = layer / rel
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+    boot = layer / "recipes-bsp/u-boot/files/boot.cmd.in"
+    if not boot.exists():
+        boot.parent.mkdir(parents=True, exist_ok=True)
+        boot.write_text(FIXTURE_BOOT_CMD)
+    image = layer / "recipes-core/images/harmony-image.bb"
+    if "WKS_FILE" not in image.read_text():
+        append(image, 'WKS_FILE = "selftest-${MACHINE}.wks"\n')
+    agent_files = layer / "recipes-harmony/harmony-agent/files"
+    for name in ("harmony-agent.service", "agent.toml"):
+        if not (agent_files / name).exists():
+            agent_files.mkdir(parents=True, exist_ok=True)
+            (agent_files / name).write_text("# stand-in\n")
+
+
 def make_copy(root: Path) -> Path:
     shutil.copytree(LAYER, root / "meta-harmony", ignore=shutil.ignore_patterns("__pycache__"))
     for rel in COPY_FROM_REPO:
@@ -35,6 +109,14 @@ def make_copy(root: Path) -> Path:
         elif src.is_file():
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, root / rel)
+    # The workspace members: the agent recipe fetches their directories.
+    import tomllib
+    for member in tomllib.loads((REPO / "Cargo.toml").read_text())["workspace"]["members"]:
+        manifest = REPO / member / "Cargo.toml"
+        (root / member).mkdir(parents=True, exist_ok=True)
+        if manifest.is_file():
+            shutil.copy2(manifest, root / member / "Cargo.toml")
+    add_fixtures(root / "meta-harmony")
     return root / "meta-harmony"
 
 
