@@ -50,6 +50,14 @@ python harmony_sanity_check() {
         return
     if 'rauc' not in features:
         bb.warn("DISTRO_FEATURES has 'harmony' but not 'rauc'; meta-rauc integration stays off.")
+    # The agent reports os-release's VERSION_ID, which oe-core derives from
+    # DISTRO_VERSION by lower-casing it and replacing characters outside
+    # [a-z0-9._-]; harmony-bundle's version is DISTRO_VERSION verbatim.
+    import re
+    version = e.data.getVar('DISTRO_VERSION') or ''
+    if not re.fullmatch(r'[a-z0-9._-]+', version):
+        bb.warn("DISTRO_VERSION '%s' is not of [a-z0-9._-]: devices would report a different "
+                "version (os-release VERSION_ID) than harmony-bundle carries." % version)
     if bb.utils.to_boolean(e.data.getVar('HARMONY_RELEASE')):
         in_use = harmony_development_keys_in_use(e.data)
         if in_use:

@@ -19,7 +19,9 @@ RAUC_BUNDLE_FORMAT = "verity"
 # two for every machine.
 RAUC_BUNDLE_COMPATIBLE = "harmony-${MACHINE}"
 
-# What the device reports as its OS version after booting this bundle.
+# The version the agent reports after booting this bundle: os-release's
+# VERSION_ID, which oe-core derives from DISTRO_VERSION (the sanity class
+# warns when the two could differ).
 RAUC_BUNDLE_VERSION = "${DISTRO_VERSION}"
 RAUC_BUNDLE_DESCRIPTION = "${DISTRO_NAME} ${DISTRO_VERSION} for ${MACHINE}"
 
