@@ -543,33 +543,85 @@ def check_no_mark_good(ctx: Ctx):
     return problems
 
 
+def _kas_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _kas_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _kas_resolve(repo: Path, path: Path, seen=()) -> dict:
+    """A kas file with its local includes merged in (kas semantics: includes
+    first, in order, then the file itself; paths relative to the repo root)."""
+    import yaml
+
+    if path in seen:
+        raise CheckError(f"include loop at {path.name}")
+    doc = yaml.safe_load(path.read_text()) or {}
+    merged = {}
+    for inc in (doc.get("header") or {}).get("includes", []) or []:
+        if not isinstance(inc, str):
+            raise CheckError(f"{path.name}: includes from other repositories are not expected")
+        target = repo / inc
+        if not target.is_file():
+            raise CheckError(f"{path.name}: include {inc} does not exist (relative to the repository root)")
+        merged = _kas_merge(merged, _kas_resolve(repo, target, seen + (path,)))
+    return _kas_merge(merged, doc)
+
+
 def check_kas_pinned(ctx: Ctx):
-    """image/kas: a file per machine, every external repository pinned to a commit."""
+    """image/kas: valid kas files (kas's own JSON schema), one per machine,
+    every external repository pinned to a commit, meta-raspberrypi only where
+    needed."""
+    import json
+
+    import jsonschema
+    import kas
     import yaml
 
     kas_dir = ctx.repo / "image" / "kas"
     files = sorted(kas_dir.glob("*.yml")) if kas_dir.is_dir() else []
     if not files:
         return [f"no kas files in {kas_dir}"]
+    schema = json.loads((Path(kas.__file__).parent / "schema-kas.json").read_text())
+    validator = jsonschema.Draft7Validator(schema)
     problems = []
-    machines = set()
+    machines = {}
     for f in files:
         try:
             doc = yaml.safe_load(f.read_text()) or {}
         except yaml.YAMLError as e:
             problems.append(f"{f.name}: {e}")
             continue
-        if "machine" in doc:
-            machines.add(doc["machine"])
+        for err in validator.iter_errors(doc):
+            problems.append(f"{f.name}: {'/'.join(map(str, err.path)) or '(top)'}: {err.message}")
         for name, repo in (doc.get("repos") or {}).items():
             repo = repo or {}
             if "url" not in repo:
                 continue  # the repository the kas file lives in
-            commit = str(repo.get("commit", ""))
-            if not re.fullmatch(r"[0-9a-f]{40}", commit):
+            if not re.fullmatch(r"[0-9a-f]{40}", str(repo.get("commit", ""))):
                 problems.append(f"{f.name}: repos.{name} is not pinned to a full commit id")
-    for m in sorted(set(MACHINES) - machines):
+        if "machine" in doc:
+            try:
+                machines[doc["machine"]] = (f, _kas_resolve(ctx.repo, f))
+            except CheckError as e:
+                problems.append(str(e))
+    for m in sorted(set(MACHINES) - set(machines)):
         problems.append(f"no kas file sets machine: {m}")
+    for m, (f, cfg) in sorted(machines.items()):
+        repos = cfg.get("repos") or {}
+        if cfg.get("distro") != "harmony":
+            problems.append(f"{f.name}: distro is {cfg.get('distro')}, not harmony")
+        for t in ("harmony-image", "harmony-bundle"):
+            if t not in (cfg.get("target") or []):
+                problems.append(f"{f.name}: target lacks {t}")
+        for needed in ("openembedded-core", "bitbake", "meta-rauc"):
+            if needed not in repos:
+                problems.append(f"{f.name}: no {needed} repository")
+        if m.startswith("raspberrypi") and "meta-raspberrypi" not in repos:
+            problems.append(f"{f.name}: a Raspberry Pi machine without meta-raspberrypi")
+        if not any("meta-harmony" in (r or {}).get("layers", {}) for r in repos.values()):
+            problems.append(f"{f.name}: meta-harmony is not among the layers")
     return problems
 
 

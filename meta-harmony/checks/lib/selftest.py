@@ -213,6 +213,10 @@ CASES = [
      lambda l: edit(l / "recipes-core/images/harmony-image.bb", r"^BAD_RECOMMENDATIONS.*\n", "")),
     ("kas repo on a branch", run_python_check("kas-pinned"),
      lambda l: edit(first(l.parent / "image" / "kas", "*.yml"), r"commit: [0-9a-f]{40}", "branch: master")),
+    ("kas file with a misspelt key", run_python_check("kas-pinned"),
+     lambda l: append(first(l.parent / "image" / "kas", "qemuarm64.yml"), "machin: qemuarm64\n")),
+    ("kas include that does not exist", run_python_check("kas-pinned"),
+     lambda l: edit(first(l.parent / "image" / "kas", "raspberrypi5.yml"), r"raspberrypi\.yml", "raspberry.yml")),
     ("second copy of the boot script", run_python_check("single-copy"),
      lambda l: (l.parent / "image" / "qemu").mkdir(parents=True, exist_ok=True)
      or (l.parent / "image" / "qemu" / "boot.cmd.in").write_text("# copy\n")),
