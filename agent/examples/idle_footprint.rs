@@ -12,9 +12,10 @@ use harmony_testkit::NatsServer;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn rss_kib(pid: u32) -> Option<u64> {
+/// A `kB` field of `/proc/<pid>/status` (VmRSS, RssAnon, RssFile).
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+    status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse().ok())
 }
 
 /// utime + stime in clock ticks.
@@ -82,18 +83,22 @@ async fn main() {
     let mut sum_rss = 0;
     let mut samples = 0;
     while started.elapsed() < Duration::from_secs(seconds) {
-        let rss = rss_kib(pid).expect("agent still running");
+        let rss = status_kib(pid, "VmRSS").expect("agent still running");
         max_rss = max_rss.max(rss);
         sum_rss += rss;
         samples += 1;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let cpu_secs = (cpu_ticks(pid).unwrap() - start_ticks) as f64 / ticks_per_sec;
+    // Anonymous memory is the agent's own; file-backed is mostly its code
+    // and libc pages, shared with the page cache.
+    let anon = status_kib(pid, "RssAnon").unwrap_or(0);
+    let file = status_kib(pid, "RssFile").unwrap_or(0);
     let wall = started.elapsed().as_secs_f64();
     let _ = child.kill();
     let _ = child.wait();
     println!(
-        "{{\"seconds\":{wall:.1},\"rss_max_kib\":{max_rss},\"rss_avg_kib\":{},\"cpu_seconds\":{cpu_secs:.2},\"cpu_percent\":{:.3}}}",
+        "{{\"seconds\":{wall:.1},\"rss_max_kib\":{max_rss},\"rss_avg_kib\":{},\"rss_anon_kib\":{anon},\"rss_file_kib\":{file},\"cpu_seconds\":{cpu_secs:.2},\"cpu_percent\":{:.3}}}",
         sum_rss / samples.max(1),
         100.0 * cpu_secs / wall
     );
