@@ -79,7 +79,7 @@ def add_fixtures(layer: Path):
         fixtures = {
             f"recipes-core/rauc/files/{machine}/system.conf": FIXTURE_SYSTEM_CONF.format(machine=machine, disk=disk),
             f"recipes-bsp/libubootenv/files/{machine}/fw_env.config": FIXTURE_FW_ENV,
-            f"wic/selftest-{machine}.wks": FIXTURE_WKS.format(disk_wks=disk_wks),
+            f"wic/harmony-{machine}.wks": FIXTURE_WKS.format(disk_wks=disk_wks),
         }
         for rel, text in fixtures.items():
             path = layer / rel
@@ -90,9 +90,6 @@ def add_fixtures(layer: Path):
     if not boot.exists():
         boot.parent.mkdir(parents=True, exist_ok=True)
         boot.write_text(FIXTURE_BOOT_CMD)
-    image = layer / "recipes-core/images/harmony-image.bb"
-    if "WKS_FILE" not in image.read_text():
-        append(image, 'WKS_FILE = "selftest-${MACHINE}.wks"\n')
     agent_files = layer / "recipes-harmony/harmony-agent/files"
     for name in ("harmony-agent.service", "agent.toml"):
         if not (agent_files / name).exists():

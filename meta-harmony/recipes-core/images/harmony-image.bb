@@ -34,6 +34,8 @@ IMAGE_FSTYPES = "ext4 wic.bz2 wic.bmap"
 # builder. oe-core looks in <layer>/files/wic since styhead and in
 # <layer>/wic before: name the directory explicitly for both.
 WKS_SEARCH_PATH:prepend = "${HARMONY_LAYERDIR}/wic:"
+# One A/B layout per machine: boot (vfat), rootfs A, rootfs B, data.
+WKS_FILE = "harmony-${MACHINE}.wks"
 
 # The boot partition carries U-Boot's boot.scr (from our u-boot bbappend).
 # meta-raspberrypi already lists it and depends on u-boot:do_deploy for the Pi.
