@@ -40,6 +40,8 @@ pub async fn connect(cfg: &NatsConfig, device: &DeviceId) -> Result<Bus, BusErro
     let (connected_tx, connected) = watch::channel(false);
     options = options
         .name(format!("harmony-agent {device}"))
+        // Device credentials only allow replies under the device's own inbox.
+        .custom_inbox_prefix(harmony_protocol::names::device_inbox_prefix(device))
         // Return at once and keep trying in the background: the agent must
         // come up (and feed the watchdog) on a device that is offline.
         .retry_on_initial_connect()

@@ -33,6 +33,13 @@ pub fn command_subject(device: &DeviceId) -> String {
     format!("{SUBJECT_PREFIX}.device.{device}.cmd")
 }
 
+/// Inbox prefix a device's client must use for replies (async-nats
+/// `custom_inbox_prefix`), so its credentials can be limited to receiving
+/// replies addressed to itself.
+pub fn device_inbox_prefix(device: &DeviceId) -> String {
+    format!("_INBOX.{device}")
+}
+
 /// Wildcard matching every device's command subject (for operator permissions).
 pub fn all_command_subjects() -> String {
     format!("{SUBJECT_PREFIX}.device.*.cmd")
@@ -52,6 +59,7 @@ mod tests {
     fn per_device_names_embed_the_id() {
         let id = DeviceId::new("pi-7").unwrap();
         assert_eq!(command_subject(&id), "harmony.v1.device.pi-7.cmd");
+        assert_eq!(device_inbox_prefix(&id), "_INBOX.pi-7");
         assert_eq!(kv_put_subject(HEARTBEAT_BUCKET, device_key(&id)), "$KV.harmony-heartbeats.pi-7");
     }
 
