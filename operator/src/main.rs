@@ -1,1 +1,295 @@
-fn main() {}
+//! `harmony-operator`: wiring only. Parsing lives in clap, behaviour in the library.
+
+use clap::{Parser, Subcommand};
+use harmony_operator::bus::BucketLimits;
+use harmony_operator::commands::{self, Output, ProvisionArgs, StartArgs, Target};
+use harmony_operator::model::HaltThreshold;
+use harmony_operator::{keys, Config, Error};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "harmony-operator", version, about = "Harmony Fleet operator: bundles, signed offers, rollouts")]
+struct Cli {
+    /// Operator config file (TOML).
+    #[arg(long, short, global = true, default_value = "/etc/harmony-operator/operator.toml")]
+    config: PathBuf,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the coordinator (leader-elected; safe to run two).
+    Serve,
+    /// Create buckets; with --device, also provision a device credential + agent.toml.
+    Init(InitArgs),
+    #[command(subcommand)]
+    Devices(DevicesCmd),
+    /// Ping a device over its command subject.
+    Ping { device: String },
+    #[command(subcommand)]
+    Rollout(RolloutCmd),
+    #[command(subcommand)]
+    Bundle(BundleCmd),
+    #[command(subcommand)]
+    Keys(KeysCmd),
+}
+
+#[derive(Debug, clap::Args)]
+struct InitArgs {
+    /// Heartbeats of devices silent this long expire from the bucket.
+    #[arg(long, default_value_t = 7)]
+    heartbeat_ttl_days: u64,
+    /// Largest total size of the bundle object store, in GiB.
+    #[arg(long, default_value_t = 64)]
+    bundle_store_gib: i64,
+    /// Provision this device.
+    #[arg(long)]
+    device: Option<String>,
+    /// Device labels, key=value (repeatable).
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    /// NATS URL(s) as the device sees them (default: the operator's).
+    #[arg(long = "device-nats-url")]
+    nats_urls: Vec<String>,
+    /// Directory receiving the device files (etc/harmony/...).
+    #[arg(long, default_value = "device-files")]
+    out: PathBuf,
+    /// nats-server include file with the users (regenerated).
+    #[arg(long, default_value = "harmony-auth.conf")]
+    auth_conf: PathBuf,
+    /// The operator's own nkey seed (created if missing).
+    #[arg(long, default_value = "operator.nk")]
+    operator_nkey: PathBuf,
+    #[arg(long, default_value_t = 10)]
+    heartbeat_interval_secs: u64,
+    #[arg(long, default_value_t = 300)]
+    commit_deadline_secs: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum DevicesCmd {
+    /// Every device with presence (online/stale/offline), version, slot, health, phase.
+    List,
+    /// One device: last heartbeat and its rollout job with every transition.
+    Show { device: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum RolloutCmd {
+    /// Start a rollout of a pushed bundle.
+    Start(StartCli),
+    Pause { id: String },
+    Resume { id: String },
+    Abort { id: String },
+    /// All rollouts, or one in detail.
+    Status { id: Option<String> },
+}
+
+#[derive(Debug, clap::Args)]
+struct StartCli {
+    #[arg(long)]
+    bundle: String,
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["selector", "all"], required_unless_present_any = ["selector", "all"])]
+    devices: Vec<String>,
+    /// label=value
+    #[arg(long, conflicts_with = "all")]
+    selector: Option<String>,
+    #[arg(long)]
+    all: bool,
+    #[arg(long)]
+    id: Option<String>,
+    /// Devices in the canary wave.
+    #[arg(long)]
+    canary: Option<usize>,
+    /// Cumulative percentages for the waves after the canary, e.g. 10,50,100.
+    #[arg(long, value_delimiter = ',')]
+    waves: Option<Vec<u8>>,
+    #[arg(long)]
+    max_in_flight: Option<usize>,
+    /// Offer to commit, per device.
+    #[arg(long)]
+    device_timeout_secs: Option<u64>,
+    /// Pre-reboot heartbeat to new-boot heartbeat, per device.
+    #[arg(long)]
+    reboot_timeout_secs: Option<u64>,
+    /// Halt when this many devices of a wave fail/roll back/time out.
+    #[arg(long, conflicts_with = "halt_after_percent")]
+    halt_after: Option<u32>,
+    /// Halt when this percentage of a wave does.
+    #[arg(long)]
+    halt_after_percent: Option<u8>,
+    #[arg(long)]
+    allow_downgrade: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum BundleCmd {
+    /// Upload a RAUC bundle (version and compatible read from its manifest).
+    Push {
+        file: PathBuf,
+        /// Name of the bundle (default: its version).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    List,
+    /// Remove a bundle (refused while an unfinished rollout uses it).
+    Rm { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCmd {
+    /// Create the fleet signing key (config keys.signing_key, or --out) and its .pub.
+    Generate {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Start a rotation: new key signs, old .pub stays valid on devices.
+    Rotate,
+    /// Finish a rotation: forget the old key.
+    Retire,
+}
+
+fn print(out: &Output, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out.json).unwrap_or_default());
+    } else {
+        println!("{}", out.text);
+    }
+}
+
+fn main() -> ExitCode {
+    harmony_operator::logger::init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<(), Error> {
+    let json = cli.json;
+    if let Cmd::Keys(KeysCmd::Generate { out: Some(path) }) = &cli.cmd {
+        let id = keys::generate(path)?;
+        print(&Output { json: serde_json::json!({"key_id": id, "public": keys::public_path(path)}), text: format!("key {id}") }, json);
+        return Ok(());
+    }
+    let cfg = Config::load(&cli.config)?;
+    let out = match cli.cmd {
+        Cmd::Serve => {
+            let shutdown = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            let term = async {
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            return harmony_operator::run(cfg, async move {
+                tokio::select! { _ = shutdown => {}, _ = term => {} }
+            })
+            .await;
+        }
+        Cmd::Init(a) => {
+            let limits = BucketLimits {
+                heartbeat_ttl: Duration::from_secs(a.heartbeat_ttl_days * 86_400),
+                max_bundle_bytes: a.bundle_store_gib * 1024 * 1024 * 1024,
+            };
+            let out = commands::init(&cfg, &limits).await?;
+            match a.device {
+                None => out,
+                Some(device) => {
+                    commands::provision(
+                        &cfg,
+                        &ProvisionArgs {
+                            device,
+                            labels: a.labels,
+                            nats_urls: a.nats_urls,
+                            out: a.out,
+                            auth_conf: a.auth_conf,
+                            operator_nkey: a.operator_nkey,
+                            heartbeat_interval_secs: a.heartbeat_interval_secs,
+                            commit_deadline_secs: a.commit_deadline_secs,
+                        },
+                    )
+                    .await?
+                }
+            }
+        }
+        Cmd::Devices(DevicesCmd::List) => commands::devices_list(&cfg).await?,
+        Cmd::Devices(DevicesCmd::Show { device }) => commands::devices_show(&cfg, &device).await?,
+        Cmd::Ping { device } => commands::ping(&cfg, &device).await?,
+        Cmd::Rollout(RolloutCmd::Start(s)) => {
+            let target = if s.all {
+                Target::All
+            } else if let Some(sel) = s.selector {
+                Target::Selector(sel)
+            } else {
+                Target::Devices(s.devices)
+            };
+            let mut a = StartArgs::from_defaults(&cfg, &s.bundle, target);
+            a.id = s.id;
+            a.canary = s.canary.unwrap_or(a.canary);
+            a.waves = s.waves.unwrap_or(a.waves);
+            a.policy.max_in_flight = s.max_in_flight.unwrap_or(a.policy.max_in_flight);
+            a.policy.device_timeout_ms = s.device_timeout_secs.map_or(a.policy.device_timeout_ms, |v| v * 1000);
+            a.policy.reboot_timeout_ms = s.reboot_timeout_secs.map_or(a.policy.reboot_timeout_ms, |v| v * 1000);
+            if let Some(n) = s.halt_after {
+                a.policy.halt = HaltThreshold::Count(n);
+            }
+            if let Some(p) = s.halt_after_percent {
+                a.policy.halt = HaltThreshold::Percent(p);
+            }
+            a.policy.allow_downgrade = s.allow_downgrade;
+            commands::rollout_start(&cfg, &a).await?
+        }
+        Cmd::Rollout(RolloutCmd::Pause { id }) => commands::rollout_control(&cfg, &id, "pause").await?,
+        Cmd::Rollout(RolloutCmd::Resume { id }) => commands::rollout_control(&cfg, &id, "resume").await?,
+        Cmd::Rollout(RolloutCmd::Abort { id }) => commands::rollout_control(&cfg, &id, "abort").await?,
+        Cmd::Rollout(RolloutCmd::Status { id }) => commands::rollout_status(&cfg, id.as_deref()).await?,
+        Cmd::Bundle(BundleCmd::Push { file, id }) => {
+            commands::bundle_push(&cfg, &file, id.as_deref(), !json && std::io::IsTerminal::is_terminal(&std::io::stderr())).await?
+        }
+        Cmd::Bundle(BundleCmd::List) => commands::bundle_list(&cfg).await?,
+        Cmd::Bundle(BundleCmd::Rm { id }) => commands::bundle_rm(&cfg, &id).await?,
+        Cmd::Keys(KeysCmd::Generate { .. }) => {
+            let path = &cfg.keys.signing_key;
+            let id = keys::generate(path)?;
+            Output { json: serde_json::json!({"key_id": id, "public": keys::public_path(path)}), text: format!("key {id}; public key in {}", keys::public_path(path).display()) }
+        }
+        Cmd::Keys(KeysCmd::Rotate) => {
+            let r = keys::rotate(&cfg.keys.signing_key)?;
+            let text = format!(
+                "new key {} signs from now on; install BOTH {} and {} in every device's fleet_keys_dir, then `keys retire`",
+                r.new_key_id,
+                r.new_public.display(),
+                r.old_public.display()
+            );
+            Output { json: serde_json::to_value(&r).unwrap_or_default(), text }
+        }
+        Cmd::Keys(KeysCmd::Retire) => {
+            let id = keys::retire(&cfg.keys.signing_key)?;
+            Output { json: serde_json::json!({"retired": id}), text: format!("retired {id:?}") }
+        }
+    };
+    print(&out, json);
+    Ok(())
+}

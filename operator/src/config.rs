@@ -1,0 +1,183 @@
+//! The operator's TOML config file.
+//!
+//! ```toml
+//! [nats]
+//! url = "nats://127.0.0.1:4222"
+//! # credentials_file = "/etc/harmony-operator/operator.creds"
+//! # nkey_seed_file = "/etc/harmony-operator/operator.nk"
+//! [keys]
+//! signing_key = "/etc/harmony-operator/fleet.key"
+//! [fleet]
+//! stale_after_secs = 30
+//! offline_after_secs = 120
+//! [coordinator]
+//! operator_id = "op-1"
+//! lease_ttl_secs = 15
+//! tick_millis = 1000
+//! commit_retry_secs = 5
+//! [rollout]   # defaults for `rollout start`
+//! canary = 1
+//! waves = [10, 50, 100]
+//! max_in_flight = 10
+//! device_timeout_secs = 1800
+//! reboot_timeout_secs = 600
+//! halt_after_failures = 1
+//! offer_ttl_secs = 86400
+//! ```
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub nats: NatsConfig,
+    #[serde(default)]
+    pub keys: KeysConfig,
+    #[serde(default)]
+    pub fleet: FleetConfig,
+    #[serde(default)]
+    pub coordinator: CoordinatorConfig,
+    #[serde(default)]
+    pub rollout: RolloutDefaults,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    pub url: String,
+    pub credentials_file: Option<PathBuf>,
+    pub nkey_seed_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// Hex ed25519 seed of the fleet signing key. Never logged.
+    pub signing_key: PathBuf,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        Self { signing_key: PathBuf::from("/etc/harmony-operator/fleet.key") }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    pub stale_after_secs: u64,
+    pub offline_after_secs: u64,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self { stale_after_secs: 30, offline_after_secs: 120 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinatorConfig {
+    /// Name in the leader lease; default `<hostname>-<pid>`.
+    pub operator_id: Option<String>,
+    pub lease_ttl_secs: u64,
+    pub tick_millis: u64,
+    pub commit_retry_secs: u64,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self { operator_id: None, lease_ttl_secs: 15, tick_millis: 1000, commit_retry_secs: 5 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RolloutDefaults {
+    pub canary: usize,
+    pub waves: Vec<u8>,
+    pub max_in_flight: usize,
+    pub device_timeout_secs: u64,
+    pub reboot_timeout_secs: u64,
+    pub halt_after_failures: Option<u32>,
+    pub halt_after_percent: Option<u8>,
+    pub offer_ttl_secs: u64,
+}
+
+impl Default for RolloutDefaults {
+    fn default() -> Self {
+        Self {
+            canary: 1,
+            waves: vec![10, 50, 100],
+            max_in_flight: 10,
+            device_timeout_secs: 1800,
+            reboot_timeout_secs: 600,
+            halt_after_failures: Some(1),
+            halt_after_percent: None,
+            offer_ttl_secs: 86_400,
+        }
+    }
+}
+
+impl Config {
+    pub fn for_url(url: &str, signing_key: &Path) -> Self {
+        Self {
+            nats: NatsConfig { url: url.to_string(), credentials_file: None, nkey_seed_file: None },
+            keys: KeysConfig { signing_key: signing_key.to_path_buf() },
+            fleet: FleetConfig::default(),
+            coordinator: CoordinatorConfig::default(),
+            rollout: RolloutDefaults::default(),
+        }
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let cfg: Self =
+            toml::from_str(text).map_err(|e| Error::Config { path: path.to_path_buf(), detail: e.to_string() })?;
+        if cfg.nats.credentials_file.is_some() && cfg.nats.nkey_seed_file.is_some() {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                detail: "set nats.credentials_file or nats.nkey_seed_file, not both".into(),
+            });
+        }
+        if cfg.fleet.offline_after_secs < cfg.fleet.stale_after_secs {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                detail: "fleet.offline_after_secs must be >= fleet.stale_after_secs".into(),
+            });
+        }
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, path)
+    }
+
+    pub fn operator_id(&self) -> String {
+        self.coordinator.operator_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "operator".into());
+            format!("{}-{}", host.trim(), std::process::id())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse("[nats]\nurl = \"nats://h:4222\"\n", Path::new("x")).unwrap();
+        assert_eq!(c.fleet.stale_after_secs, 30);
+        assert_eq!(c.rollout.waves, vec![10, 50, 100]);
+    }
+
+    #[test]
+    fn unknown_keys_and_both_credentials_are_errors() {
+        assert!(Config::parse("[nats]\nurl = \"x\"\nbogus = 1\n", Path::new("x")).is_err());
+        let both = "[nats]\nurl = \"x\"\ncredentials_file = \"a\"\nnkey_seed_file = \"b\"\n";
+        assert!(Config::parse(both, Path::new("x")).is_err());
+    }
+}

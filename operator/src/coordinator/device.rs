@@ -1,0 +1,203 @@
+//! One device's job: how each event moves it, and the commit rule.
+
+use super::{Action, Event, Tuning};
+use crate::model::{Job, JobState};
+use harmony_protocol::command::CommitArgs;
+use harmony_protocol::time::UnixMillis;
+use harmony_protocol::{HealthStatus, Heartbeat, UpgradePhase};
+
+/// Why a heartbeat is not (yet) evidence enough to commit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommitRefusal {
+    #[error("heartbeat is stale ({age_ms} ms old)")]
+    Stale { age_ms: u64 },
+    #[error("heartbeat is about offer {got:?}, not {want:?}")]
+    OtherOffer { got: Option<u64>, want: Option<u64> },
+    #[error("phase is {0}, not awaiting_commit")]
+    Phase(&'static str),
+    #[error("os version {got:?} is not the target {want:?}")]
+    Version { got: Option<String>, want: String },
+    #[error("booted slot {got:?} is not the expected {want:?}")]
+    Slot { got: Option<String>, want: Option<String> },
+    #[error("boot id {0} is the pre-reboot boot")]
+    SameBoot(String),
+    #[error("health is {0:?}")]
+    Unhealthy(HealthStatus),
+}
+
+/// The commit rule. A device is committed only on a fresh heartbeat of the
+/// offer in question that shows: phase `AwaitingCommit`, the target version,
+/// the slot the bundle was installed into (reported before the reboot), a boot
+/// id other than the pre-reboot one (and other than the one seen at offer
+/// time), and healthy checks.
+pub fn check_commit(job: &Job, hb: &Heartbeat, now: UnixMillis, tuning: &Tuning) -> Result<CommitArgs, CommitRefusal> {
+    let age_ms = now.saturating_since(hb.sent_at);
+    if age_ms > tuning.stale_after_ms {
+        return Err(CommitRefusal::Stale { age_ms });
+    }
+    let want_seq = job.offer_seq();
+    if hb.upgrade.offer_seq.is_none() || hb.upgrade.offer_seq != want_seq {
+        return Err(CommitRefusal::OtherOffer { got: hb.upgrade.offer_seq, want: want_seq });
+    }
+    if hb.upgrade.phase != UpgradePhase::AwaitingCommit {
+        return Err(CommitRefusal::Phase(hb.upgrade.phase.name()));
+    }
+    let target = job.offer.as_ref().map(|o| o.target_version.clone()).unwrap_or_default();
+    if hb.os_version.as_deref() != Some(target.as_str()) {
+        return Err(CommitRefusal::Version { got: hb.os_version.clone(), want: target });
+    }
+    // The slot recorded from the pre-reboot heartbeat; if the operator never
+    // saw one (it was down), the slot the agent persisted before rebooting,
+    // which must at least differ from the slot it was on at offer time.
+    let expected_slot = job.target_slot.clone().or_else(|| hb.upgrade.target_slot.clone());
+    let baseline_slot = job.baseline.as_ref().and_then(|b| b.booted_slot.clone());
+    let slot_ok = expected_slot.is_some()
+        && hb.booted_slot == expected_slot
+        && (job.target_slot.is_some() || baseline_slot.is_none() || baseline_slot != expected_slot);
+    if !slot_ok {
+        return Err(CommitRefusal::Slot { got: hb.booted_slot.clone(), want: expected_slot });
+    }
+    let pre = job.pre_reboot_boot_id.as_deref().or(hb.upgrade.pre_reboot_boot_id.as_deref());
+    let base = job.baseline.as_ref().map(|b| b.boot_id.as_str());
+    if pre.is_none() && base.is_none() {
+        return Err(CommitRefusal::SameBoot(hb.boot_id.clone()));
+    }
+    if pre == Some(hb.boot_id.as_str()) || base == Some(hb.boot_id.as_str()) {
+        return Err(CommitRefusal::SameBoot(hb.boot_id.clone()));
+    }
+    if hb.health.status != HealthStatus::Healthy {
+        return Err(CommitRefusal::Unhealthy(hb.health.status));
+    }
+    Ok(CommitArgs { target_version: target, boot_id: hb.boot_id.clone() })
+}
+
+/// The old version came back on the old slot in a new boot: U-Boot fell back.
+fn looks_rolled_back(job: &Job, hb: &Heartbeat) -> bool {
+    let Some(base) = &job.baseline else { return false };
+    let target = job.offer.as_ref().map(|o| o.target_version.as_str());
+    hb.boot_id != base.boot_id
+        && job.pre_reboot_boot_id.as_deref() != Some(hb.boot_id.as_str())
+        && hb.os_version.is_some()
+        && hb.os_version == base.os_version
+        && hb.os_version.as_deref() != target
+        && hb.booted_slot == base.booted_slot
+        && !matches!(hb.upgrade.phase, UpgradePhase::AwaitingCommit | UpgradePhase::Committed)
+}
+
+/// Moves one job on one event. Terminal jobs and unrelated events are ignored.
+pub fn device_step(mut job: Job, event: &Event, now: UnixMillis, tuning: &Tuning) -> (Job, Vec<Action>) {
+    let mut actions = Vec::new();
+    if job.state.is_terminal() {
+        return (job, actions); // everything is ignored once a job is finished
+    }
+    match event {
+        Event::Tick => {
+            if job.state != JobState::Pending && job.deadline.is_some_and(|d| d <= now) {
+                let waiting_for = match job.state {
+                    JobState::Rebooting | JobState::CommitSent => "heartbeat from the new boot",
+                    _ => "install",
+                };
+                job.go(JobState::TimedOut { waiting_for: waiting_for.into() }, now, "deadline passed");
+            }
+        }
+        Event::CommitReplied { offer_seq, result, .. } => {
+            if job.state == JobState::CommitSent && job.offer_seq() == Some(*offer_seq) {
+                match result {
+                    Ok(()) => job.go(JobState::Committed, now, "commit acknowledged"),
+                    Err(e) => {
+                        // Retried on the next matching heartbeat.
+                        job.commit_sent_at = None;
+                        job.history.push(crate::model::Transition {
+                            at: now,
+                            to: "commit_sent".into(),
+                            note: format!("commit failed, will retry: {e}"),
+                        });
+                    }
+                }
+            }
+        }
+        Event::Heartbeat(hb) => on_heartbeat(&mut job, hb, now, tuning, &mut actions),
+        Event::RolloutCreated(_) | Event::Control { .. } => {}
+    }
+    (job, actions)
+}
+
+fn on_heartbeat(job: &mut Job, hb: &Heartbeat, now: UnixMillis, tuning: &Tuning, actions: &mut Vec<Action>) {
+    if job.state == JobState::Pending {
+        return; // not offered yet: nothing a heartbeat can change
+    }
+    if now.saturating_since(hb.sent_at) > tuning.stale_after_ms {
+        return; // stale evidence is no evidence
+    }
+    let after_reboot = matches!(job.state, JobState::Rebooting | JobState::CommitSent);
+    if after_reboot && looks_rolled_back(job, hb) {
+        job.go(
+            JobState::RolledBack { reason: "old version back on the old slot after reboot".into() },
+            now,
+            format!("boot {}", hb.boot_id),
+        );
+        return;
+    }
+    if hb.upgrade.offer_seq.is_none() || hb.upgrade.offer_seq != job.offer_seq() {
+        return; // status about another (older) offer
+    }
+    match &hb.upgrade.phase {
+        UpgradePhase::RolledBack { reason } => {
+            job.go(JobState::RolledBack { reason: reason.to_string() }, now, "reported by agent");
+        }
+        UpgradePhase::Refused { reason } => {
+            job.go(JobState::Failed { reason: format!("refused: {reason}") }, now, "reported by agent");
+        }
+        UpgradePhase::Failed { reason } => {
+            job.go(JobState::Failed { reason: reason.to_string() }, now, "reported by agent");
+        }
+        UpgradePhase::Offered
+        | UpgradePhase::Downloading { .. }
+        | UpgradePhase::Verifying
+        | UpgradePhase::Installing { .. } => {
+            if job.state == JobState::Offered {
+                job.go(JobState::Installing, now, hb.upgrade.phase.name());
+            }
+        }
+        UpgradePhase::Installed | UpgradePhase::Rebooting => {
+            if matches!(job.state, JobState::Offered | JobState::Installing) {
+                job.pre_reboot_boot_id =
+                    Some(hb.upgrade.pre_reboot_boot_id.clone().unwrap_or_else(|| hb.boot_id.clone()));
+                job.target_slot = hb.upgrade.target_slot.clone();
+                if job.reboot_timeout_ms > 0 {
+                    job.deadline = Some(now.saturating_add_ms(job.reboot_timeout_ms));
+                }
+                job.go(JobState::Rebooting, now, format!("into slot {:?}", job.target_slot));
+            }
+        }
+        UpgradePhase::AwaitingCommit => {
+            let due = match job.state {
+                JobState::CommitSent => job
+                    .commit_sent_at
+                    .is_none_or(|t| now.saturating_since(t) >= tuning.commit_retry_ms),
+                _ => true,
+            };
+            if !due {
+                return;
+            }
+            if let Ok(args) = check_commit(job, hb, now, tuning) {
+                let seq = job.offer_seq().unwrap_or_default();
+                job.commit_sent_at = Some(now);
+                job.commit_boot_id = Some(args.boot_id.clone());
+                if job.state != JobState::CommitSent {
+                    job.go(JobState::CommitSent, now, format!("boot {}", args.boot_id));
+                }
+                actions.push(Action::SendCommit { device: job.device.clone(), offer_seq: seq, args });
+            }
+        }
+        UpgradePhase::Committed => {
+            // The agent says the slot is marked good: only a commit (possibly
+            // from before an operator restart) does that.
+            let target = job.offer.as_ref().map(|o| o.target_version.as_str());
+            if hb.os_version.as_deref() == target {
+                job.go(JobState::Committed, now, "reported by agent");
+            }
+        }
+        UpgradePhase::Idle => {}
+    }
+}

@@ -1,0 +1,24 @@
+//! Harmony Fleet operator: bundle store, signed offers, the commit-after-
+//! heartbeat coordinator, rollouts that halt themselves, and the CLI behind
+//! `harmony-operator`.
+
+pub mod bundle;
+pub mod bus;
+pub mod clock;
+pub mod commands;
+pub mod config;
+pub mod coordinator;
+pub mod error;
+pub mod keys;
+pub mod lease;
+pub mod logger;
+pub mod model;
+pub mod provision;
+pub mod registry;
+pub mod serve;
+pub mod sim;
+pub mod store;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use serve::run;

@@ -1,0 +1,298 @@
+//! `harmony-operator serve`: the event loop around [`crate::coordinator::step`].
+//!
+//! Standby until it holds the leader lease; then it loads the durable state,
+//! re-puts any offer that was decided but not written, and turns KV watch
+//! entries (heartbeats, rollouts, control requests), commit replies and ticks
+//! into events. Each step's actions are executed in order: offers are signed
+//! and put after their job and sequence number are persisted; commits go out
+//! before the job is persisted, so the commit latency is one step.
+
+use crate::bus::{connect, Buckets};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::coordinator::{step, Action, Control, Event, State, Tuning};
+use crate::error::{Error, Result};
+use crate::lease::LeaseKeeper;
+use crate::model::{keys, Job, JobState, Rollout};
+use crate::store;
+use async_nats::jetstream::kv;
+use ed25519_dalek::SigningKey;
+use futures::StreamExt;
+use harmony_protocol::command::{Command, CommandReply};
+use harmony_protocol::names::command_subject;
+use harmony_protocol::{DeviceId, Heartbeat, SignedEnvelope, UpgradeOffer};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// A pause/resume/abort request, written by the CLI to `ctl.<rollout>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ControlRequest {
+    pub control: String,
+}
+
+impl ControlRequest {
+    pub fn parse(&self) -> Option<Control> {
+        match self.control.as_str() {
+            "pause" => Some(Control::Pause),
+            "resume" => Some(Control::Resume),
+            "abort" => Some(Control::Abort),
+            _ => None,
+        }
+    }
+}
+
+enum Outcome {
+    Shutdown,
+    LostLease,
+    /// A watch ended (NATS trouble): reload from KV and carry on.
+    Restart,
+}
+
+type Shutdown<'a> = Pin<&'a mut (dyn Future<Output = ()> + Send)>;
+
+/// Runs the operator until `shutdown` resolves.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+    run_with_clock(cfg, Arc::new(crate::clock::SystemClock), shutdown).await
+}
+
+pub async fn run_with_clock(
+    cfg: Config,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let key = crate::keys::load(&cfg.keys.signing_key)?;
+    let client = connect(&cfg.nats).await?;
+    let buckets = Buckets::open(client).await?;
+    let ttl_ms = cfg.coordinator.lease_ttl_secs.max(1) * 1000;
+    let mut lease = LeaseKeeper::new(buckets.state.clone(), cfg.operator_id(), ttl_ms);
+    let mut shutdown: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(shutdown);
+    loop {
+        // Standby: try for the lease every third of its lifetime.
+        loop {
+            match lease.try_acquire_or_renew(clock.now()).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => log::warn!("lease: {e}"),
+            }
+            tokio::select! {
+                _ = shutdown.as_mut() => return Ok(()),
+                _ = tokio::time::sleep(Duration::from_millis(ttl_ms / 3)) => {}
+            }
+        }
+        log::info!("leading");
+        match lead(&cfg, &buckets, &key, &mut lease, clock.as_ref(), shutdown.as_mut()).await {
+            Ok(Outcome::Shutdown) => {
+                lease.release().await;
+                return Ok(());
+            }
+            Ok(Outcome::LostLease) => log::warn!("standing by: lease lost"),
+            Ok(Outcome::Restart) => log::warn!("watch ended; reloading state"),
+            Err(e) => log::error!("coordinator: {e}; reloading state"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn tuning(cfg: &Config) -> Tuning {
+    Tuning {
+        stale_after_ms: cfg.fleet.stale_after_secs * 1000,
+        commit_retry_ms: cfg.coordinator.commit_retry_secs * 1000,
+    }
+}
+
+async fn lead(
+    cfg: &Config,
+    b: &Buckets,
+    key: &SigningKey,
+    lease: &mut LeaseKeeper,
+    clock: &dyn Clock,
+    mut shutdown: Shutdown<'_>,
+) -> Result<Outcome> {
+    let mut state = store::load_state(&b.state).await?;
+    state.tuning = tuning(cfg);
+    reconcile_offers(b, key, &state).await?;
+
+    let mut heartbeats = b.heartbeats.watch_with_history(">").await.map_err(Error::nats)?;
+    let mut rollouts = b.state.watch_with_history("rollout.>").await.map_err(Error::nats)?;
+    let mut controls = b.state.watch_with_history("ctl.>").await.map_err(Error::nats)?;
+    let (commit_tx, mut commit_rx) = mpsc::unbounded_channel::<Event>();
+    let mut tick = tokio::time::interval(Duration::from_millis(cfg.coordinator.tick_millis.max(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let renew_ms = cfg.coordinator.lease_ttl_secs.max(1) * 1000 / 3;
+    let mut renew = tokio::time::interval(Duration::from_millis(renew_ms.max(100)));
+    renew.tick().await;
+
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.as_mut() => return Ok(Outcome::Shutdown),
+            entry = heartbeats.next() => match entry {
+                Some(Ok(e)) => match decode_heartbeat(&e) { Some(hb) => Event::Heartbeat(Box::new(hb)), None => continue },
+                _ => return Ok(Outcome::Restart),
+            },
+            entry = rollouts.next() => match entry {
+                Some(Ok(e)) if e.operation == kv::Operation::Put => match store::decode::<Rollout>(&e) {
+                    Ok(r) if !state.rollouts.contains_key(&r.id) => Event::RolloutCreated(Box::new(r)),
+                    Ok(_) => continue,
+                    Err(err) => { log::warn!("{err}"); continue }
+                },
+                Some(Ok(_)) => continue,
+                _ => return Ok(Outcome::Restart),
+            },
+            entry = controls.next() => match entry {
+                Some(Ok(e)) if e.operation == kv::Operation::Put => {
+                    let Some(id) = e.key.strip_prefix("ctl.") else { continue };
+                    match store::decode::<ControlRequest>(&e).ok().and_then(|c| c.parse()) {
+                        Some(control) => Event::Control { rollout_id: id.to_string(), control, revision: e.revision },
+                        None => { log::warn!("ignoring bad control request in {}", e.key); continue }
+                    }
+                }
+                Some(Ok(_)) => continue,
+                _ => return Ok(Outcome::Restart),
+            },
+            Some(ev) = commit_rx.recv() => ev,
+            _ = tick.tick() => Event::Tick,
+            _ = renew.tick() => {
+                if !lease.try_acquire_or_renew(clock.now()).await? {
+                    return Ok(Outcome::LostLease);
+                }
+                continue;
+            }
+        };
+        let (next, actions) = step(state, &event, clock.now());
+        state = next;
+        execute(b, key, &state, actions, &commit_tx).await?;
+    }
+}
+
+fn decode_heartbeat(e: &kv::Entry) -> Option<Heartbeat> {
+    if e.operation != kv::Operation::Put {
+        return None;
+    }
+    match serde_json::from_slice::<Heartbeat>(&e.value) {
+        Ok(hb) if hb.device_id.as_str() == e.key => Some(hb),
+        Ok(hb) => {
+            log::warn!("heartbeat under key {} claims device {}; ignored", e.key, hb.device_id);
+            None
+        }
+        Err(err) => {
+            log::debug!("undecodable heartbeat under {}: {err}", e.key);
+            None
+        }
+    }
+}
+
+async fn put_offer(b: &Buckets, key: &SigningKey, offer: &UpgradeOffer) -> Result<()> {
+    let env = SignedEnvelope::sign(key, offer).map_err(|e| Error::Invalid(e.to_string()))?;
+    b.offers
+        .put(offer.device_id.as_str(), env.encode().into())
+        .await
+        .map_err(|e| Error::Nats(format!("offer for {}: {e}", offer.device_id)))
+        .map(drop)
+}
+
+/// After a restart or takeover: an offer that was decided (persisted in the
+/// job) but may not have reached the offer bucket is put again — the same
+/// offer, same sequence number, byte for byte (ed25519 is deterministic), so
+/// no device ever sees a second offer.
+async fn reconcile_offers(b: &Buckets, key: &SigningKey, state: &State) -> Result<()> {
+    for job in state.jobs.values() {
+        let Some(offer) = &job.offer else { continue };
+        if !matches!(job.state, JobState::Offered) {
+            continue;
+        }
+        let current = b.offers.get(job.device.as_str()).await.map_err(Error::nats)?;
+        let present = current
+            .and_then(|bytes| SignedEnvelope::decode(&bytes).ok())
+            .and_then(|env| serde_json::from_str::<UpgradeOffer>(&env.payload).ok())
+            .is_some_and(|o| o.offer_seq >= offer.offer_seq);
+        if !present {
+            log::info!("re-putting offer {} for {}", offer.offer_seq, job.device);
+            put_offer(b, key, offer).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn execute(
+    b: &Buckets,
+    key: &SigningKey,
+    state: &State,
+    actions: Vec<Action>,
+    commit_tx: &mpsc::UnboundedSender<Event>,
+) -> Result<()> {
+    let mut persisted: HashSet<String> = HashSet::new();
+    for action in actions {
+        match action {
+            Action::SendCommit { device, offer_seq, args } => {
+                log::info!("commit {device} (offer {offer_seq}, boot {})", args.boot_id);
+                let client = b.client.clone();
+                let tx = commit_tx.clone();
+                tokio::spawn(async move {
+                    let result = send_commit(&client, &device, Command::Commit(args)).await;
+                    if let Err(e) = &result {
+                        log::warn!("commit {device}: {e}");
+                    }
+                    let _ = tx.send(Event::CommitReplied { device, offer_seq, result: result.map_err(|e| e.to_string()) });
+                });
+            }
+            Action::WriteOffer(offer) => {
+                log::info!("offer {} to {}: {}", offer.offer_seq, offer.device_id, offer.target_version);
+                put_offer(b, key, &offer).await?;
+            }
+            Action::PersistJob(id) => {
+                if persisted.insert(keys::job(&id)) {
+                    if let Some(job) = state.jobs.get(&id) {
+                        log_transition(job);
+                        store::save_job(&b.state, job).await?;
+                    }
+                }
+            }
+            Action::PersistSeq(id) => {
+                if persisted.insert(keys::seq(&id)) {
+                    if let Some(seq) = state.seqs.get(&id) {
+                        store::save_seq(&b.state, &id, *seq).await?;
+                    }
+                }
+            }
+            Action::PersistRollout(id) => {
+                if persisted.insert(keys::rollout(&id)) {
+                    if let Some(r) = state.rollouts.get(&id) {
+                        store::save_rollout(&b.state, r).await?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn log_transition(job: &Job) {
+    if let Some(t) = job.history.last() {
+        log::info!("{} [{}]: {} {}", job.device, job.rollout_id, t.to, t.note);
+    }
+}
+
+/// Sends one command and waits for the typed reply.
+pub async fn send_commit(client: &async_nats::Client, device: &DeviceId, cmd: Command) -> Result<()> {
+    request(client, device, &cmd, Duration::from_secs(10)).await.map(drop)
+}
+
+pub async fn request(
+    client: &async_nats::Client,
+    device: &DeviceId,
+    cmd: &Command,
+    timeout: Duration,
+) -> Result<harmony_protocol::ReplyBody> {
+    let fut = client.request(command_subject(device), cmd.encode().into());
+    let msg = tokio::time::timeout(timeout, fut)
+        .await
+        .map_err(|_| Error::Device(format!("{device}: no reply within {timeout:?}")))?
+        .map_err(|e| Error::Device(format!("{device}: {e}")))?;
+    let reply = CommandReply::decode(&msg.payload).map_err(|e| Error::Device(format!("{device}: bad reply: {e}")))?;
+    reply.into_result().map_err(|e| Error::Device(format!("{device}: {e}")))
+}

@@ -1,0 +1,311 @@
+//! Simulated devices speaking the real protocol over real NATS: used by the
+//! integration tests (as scripted devices) and by the `fleet-sim` benchmark.
+//!
+//! One NATS connection serves the whole simulated fleet: heartbeats are KV
+//! puts under each device's key, offers arrive through one watch of the offer
+//! bucket (verified with the fleet public key like an agent would), commands
+//! through one subscription to every device's command subject.
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use async_nats::jetstream::{self, kv};
+use ed25519_dalek::VerifyingKey;
+use futures::StreamExt;
+use harmony_protocol::command::{Command, CommandReply, ReplyBody};
+use harmony_protocol::names::{all_command_subjects, HEARTBEAT_BUCKET, OFFER_BUCKET};
+use harmony_protocol::time::UnixMillis;
+use harmony_protocol::{
+    DeviceId, FailureReason, Health, HealthStatus, Heartbeat, RollbackReason, SignedEnvelope, TrustedKeys,
+    UpgradeOffer, UpgradePhase, UpgradeStatus, SCHEMA_VERSION,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What a simulated device does with an offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behavior {
+    /// Installs, reboots into the other slot, awaits commit, commits.
+    Happy,
+    /// Reports `Failed` (install error) instead of rebooting.
+    FailInstall,
+    /// Reboots, then U-Boot falls back: old version on the old slot, agent reports `RolledBack`.
+    RollBack,
+    /// Reboots and is never heard of again.
+    Vanish,
+    /// Does nothing by itself; the test drives heartbeats.
+    Manual,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimState {
+    pub id: DeviceId,
+    pub os_version: String,
+    pub slot: String,
+    pub boot_id: String,
+    pub boot_no: u64,
+    pub seq: u64,
+    pub health: HealthStatus,
+    pub upgrade: UpgradeStatus,
+    pub labels: BTreeMap<String, String>,
+    pub behavior: Behavior,
+    pub offers: Vec<UpgradeOffer>,
+    pub commits: Vec<harmony_protocol::command::CommitArgs>,
+    pub awaiting_since: Option<Instant>,
+    pub silent: bool,
+}
+
+impl SimState {
+    pub fn new(id: DeviceId, version: &str, behavior: Behavior) -> Self {
+        let boot_id = format!("{id}-boot-0");
+        Self {
+            id,
+            os_version: version.into(),
+            slot: "A".into(),
+            boot_id,
+            boot_no: 0,
+            seq: 0,
+            health: HealthStatus::Healthy,
+            upgrade: UpgradeStatus::idle(UnixMillis(0)),
+            labels: BTreeMap::new(),
+            behavior,
+            offers: Vec::new(),
+            commits: Vec::new(),
+            awaiting_since: None,
+            silent: false,
+        }
+    }
+
+    pub fn heartbeat(&mut self, now: UnixMillis) -> Heartbeat {
+        self.seq += 1;
+        Heartbeat {
+            schema: SCHEMA_VERSION,
+            device_id: self.id.clone(),
+            agent_version: "sim".into(),
+            os_version: Some(self.os_version.clone()),
+            compatible: Some("harmony-sim".into()),
+            booted_slot: Some(self.slot.clone()),
+            boot_id: self.boot_id.clone(),
+            uptime_secs: 1,
+            health: Health { status: self.health, failed_checks: Vec::new() },
+            upgrade: self.upgrade.clone(),
+            labels: self.labels.clone(),
+            seq: self.seq,
+            sent_at: now,
+        }
+    }
+
+    pub fn reboot(&mut self) {
+        self.boot_no += 1;
+        self.boot_id = format!("{}-boot-{}", self.id, self.boot_no);
+        self.seq = 0;
+    }
+
+    fn other_slot(&self) -> String {
+        if self.slot == "A" { "B".into() } else { "A".into() }
+    }
+
+    fn status(&self, phase: UpgradePhase, offer: &UpgradeOffer, now: UnixMillis) -> UpgradeStatus {
+        UpgradeStatus {
+            phase,
+            offer_seq: Some(offer.offer_seq),
+            rollout_id: offer.rollout_id.clone(),
+            target_version: Some(offer.target_version.clone()),
+            pre_reboot_boot_id: self.upgrade.pre_reboot_boot_id.clone(),
+            target_slot: self.upgrade.target_slot.clone(),
+            since: now,
+        }
+    }
+
+    /// Accept an offer and run the simulated install up to the reboot.
+    /// Returns the heartbeats to send in order (pre-reboot, then post-reboot).
+    pub fn run_offer(&mut self, offer: &UpgradeOffer, now: UnixMillis) -> Vec<Heartbeat> {
+        let mut out = Vec::new();
+        self.upgrade = self.status(UpgradePhase::Downloading { bytes_done: 0, bytes_total: offer.bundle.size }, offer, now);
+        out.push(self.heartbeat(now));
+        if self.behavior == Behavior::FailInstall {
+            self.upgrade = self.status(
+                UpgradePhase::Failed { reason: FailureReason::InstallFailed { last_error: "simulated".into() } },
+                offer,
+                now,
+            );
+            out.push(self.heartbeat(now));
+            return out;
+        }
+        self.upgrade.pre_reboot_boot_id = Some(self.boot_id.clone());
+        self.upgrade.target_slot = Some(self.other_slot());
+        self.upgrade = self.status(UpgradePhase::Installed, offer, now);
+        out.push(self.heartbeat(now));
+        self.reboot();
+        match self.behavior {
+            Behavior::RollBack => {
+                self.upgrade = self.status(UpgradePhase::RolledBack { reason: RollbackReason::BootFailed }, offer, now);
+                out.push(self.heartbeat(now));
+            }
+            Behavior::Vanish => self.silent = true,
+            _ => {
+                self.slot = self.other_slot();
+                self.os_version = offer.target_version.clone();
+                self.upgrade = self.status(UpgradePhase::AwaitingCommit, offer, now);
+                self.awaiting_since = Some(Instant::now());
+                out.push(self.heartbeat(now));
+            }
+        }
+        out
+    }
+}
+
+/// Commit latencies seen by the simulated devices: from the moment the
+/// awaiting-commit heartbeat was written to the moment the commit arrived.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub commit_latency: Vec<Duration>,
+    pub committed: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimFleet {
+    client: async_nats::Client,
+    heartbeats: kv::Store,
+    offers: kv::Store,
+    trusted: Arc<TrustedKeys>,
+    pub devices: Arc<Mutex<HashMap<DeviceId, SimState>>>,
+    pub stats: Arc<Mutex<Stats>>,
+    clock: Arc<dyn Clock>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl SimFleet {
+    pub async fn connect(url: &str, fleet_key: VerifyingKey) -> Result<Self> {
+        let client = async_nats::connect(url).await.map_err(Error::nats)?;
+        let js = jetstream::new(client.clone());
+        let heartbeats = js.get_key_value(HEARTBEAT_BUCKET).await.map_err(Error::nats)?;
+        let offers = js.get_key_value(OFFER_BUCKET).await.map_err(Error::nats)?;
+        let mut trusted = TrustedKeys::new();
+        trusted.insert(fleet_key);
+        Ok(Self {
+            client,
+            heartbeats,
+            offers,
+            trusted: Arc::new(trusted),
+            devices: Arc::default(),
+            stats: Arc::default(),
+            clock: Arc::new(SystemClock),
+        })
+    }
+
+    pub fn add(&self, state: SimState) {
+        lock(&self.devices).insert(state.id.clone(), state);
+    }
+
+    pub fn with<R>(&self, id: &DeviceId, f: impl FnOnce(&mut SimState) -> R) -> Option<R> {
+        lock(&self.devices).get_mut(id).map(f)
+    }
+
+    pub fn now(&self) -> UnixMillis {
+        self.clock.now()
+    }
+
+    pub async fn put(&self, hb: &Heartbeat) -> Result<()> {
+        let bytes = serde_json::to_vec(hb).map_err(|e| Error::Invalid(e.to_string()))?;
+        self.heartbeats.put(hb.device_id.as_str(), bytes.into()).await.map_err(Error::nats).map(drop)
+    }
+
+    /// Sends the device's current heartbeat.
+    pub async fn beat(&self, id: &DeviceId) -> Result<()> {
+        let now = self.now();
+        let hb = self.with(id, |d| (!d.silent).then(|| d.heartbeat(now))).flatten();
+        match hb {
+            Some(hb) => self.put(&hb).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Starts the offer watcher and the command responder.
+    pub async fn start(&self) -> Result<()> {
+        let mut watch = self.offers.watch(">").await.map_err(Error::nats)?;
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(entry)) = watch.next().await {
+                if entry.operation != kv::Operation::Put {
+                    continue;
+                }
+                let Ok(env) = SignedEnvelope::decode(&entry.value) else { continue };
+                let Ok(offer) = me.trusted.verify::<UpgradeOffer>(&env) else { continue };
+                let me = me.clone();
+                tokio::spawn(async move { me.on_offer(offer).await });
+            }
+        });
+        let mut sub = self.client.subscribe(all_command_subjects()).await.map_err(Error::nats)?;
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let Some(reply_to) = msg.reply.clone() else { continue };
+                let id = msg.subject.split('.').nth(3).and_then(|s| DeviceId::new(s).ok());
+                let Some(id) = id else { continue };
+                let reply = me.on_command(&id, &msg.payload).await;
+                let _ = me.client.publish(reply_to, reply.encode().into()).await;
+            }
+        });
+        Ok(())
+    }
+
+    async fn on_offer(&self, offer: UpgradeOffer) {
+        let now = self.now();
+        let beats = self.with(&offer.device_id, |d| {
+            let fresh = d.offers.last().is_none_or(|o| o.offer_seq < offer.offer_seq);
+            if !fresh {
+                return Vec::new();
+            }
+            d.offers.push(offer.clone());
+            if d.behavior == Behavior::Manual { Vec::new() } else { d.run_offer(&offer, now) }
+        });
+        for hb in beats.unwrap_or_default() {
+            let _ = self.put(&hb).await;
+        }
+    }
+
+    async fn on_command(&self, id: &DeviceId, payload: &[u8]) -> CommandReply {
+        let cmd = match Command::decode(payload) {
+            Ok(c) => c,
+            Err(e) => return CommandReply::from_result(Err(e)),
+        };
+        let now = self.now();
+        let result = match cmd {
+            Command::Commit(args) => {
+                let done = self.with(id, |d| {
+                    if let Some(t) = d.awaiting_since.take() {
+                        lock(&self.stats).commit_latency.push(t.elapsed());
+                    }
+                    lock(&self.stats).committed += 1;
+                    d.commits.push(args.clone());
+                    if d.upgrade.phase == UpgradePhase::AwaitingCommit {
+                        d.upgrade.phase = UpgradePhase::Committed;
+                        d.upgrade.since = now;
+                    }
+                    (d.heartbeat(now), d.slot.clone(), d.behavior != Behavior::Manual)
+                });
+                match done {
+                    Some((hb, slot, beat)) => {
+                        if beat {
+                            let _ = self.put(&hb).await;
+                        }
+                        Ok(ReplyBody::Committed { slot })
+                    }
+                    None => Err(harmony_protocol::CommandError::Refused { detail: "unknown device".into() }),
+                }
+            }
+            Command::Ping => Ok(ReplyBody::Pong {
+                agent_version: "sim".into(),
+                uptime_secs: 1,
+                booted_slot: self.with(id, |d| d.slot.clone()),
+                boot_id: self.with(id, |d| d.boot_id.clone()).unwrap_or_default(),
+            }),
+            _ => Err(harmony_protocol::CommandError::Refused { detail: "not simulated".into() }),
+        };
+        CommandReply::from_result(result)
+    }
+}
