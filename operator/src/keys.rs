@@ -27,8 +27,18 @@ fn write_secret(path: &Path, text: &str, overwrite: bool) -> Result<()> {
     f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| Error::io(path, e))
 }
 
+/// `<key>.pub`: the public half, one line of hex.
 pub fn public_path(signing_key: &Path) -> PathBuf {
-    signing_key.with_extension("pub")
+    let mut p = signing_key.as_os_str().to_owned();
+    p.push(".pub");
+    PathBuf::from(p)
+}
+
+/// `<key>.old`: the previous key during a rotation.
+pub fn old_path(signing_key: &Path) -> PathBuf {
+    let mut p = signing_key.as_os_str().to_owned();
+    p.push(".old");
+    PathBuf::from(p)
 }
 
 /// Writes a new signing key (refuses to overwrite) and its `.pub` next to it.
@@ -66,7 +76,7 @@ pub struct Rotation {
 /// from devices with `keys retire`.
 pub fn rotate(path: &Path) -> Result<Rotation> {
     let old = load(path)?;
-    let old_path = path.with_extension("old");
+    let old_path = old_path(path);
     if old_path.exists() {
         return Err(Error::Invalid(format!(
             "{} exists: a rotation is already in progress (run `keys retire` first)",
@@ -86,7 +96,7 @@ pub fn rotate(path: &Path) -> Result<Rotation> {
 
 /// Rotation step 2: drop the old key pair after every device trusts the new key.
 pub fn retire(path: &Path) -> Result<Option<KeyId>> {
-    let old_path = path.with_extension("old");
+    let old_path = old_path(path);
     if !old_path.exists() {
         return Ok(None);
     }

@@ -166,7 +166,7 @@ pub fn provision_device(
     write(&nk, &format!("{seed}\n"), 0o600)?;
     files.push(nk);
     // Every fleet public key currently valid (two during a rotation).
-    for public in [keys::public_path(signing_key), keys::public_path(&signing_key.with_extension("old"))] {
+    for public in [keys::public_path(signing_key), keys::public_path(&keys::old_path(signing_key))] {
         if public.exists() {
             let name = public.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let dest = keys_dir.join(if name.ends_with(".pub") { name } else { format!("{name}.pub") });

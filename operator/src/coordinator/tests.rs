@@ -1,0 +1,393 @@
+//! Table tests of the decision function: every (job state, event) pair, then
+//! the rollout-level rules (waves, max in flight, halting, controls).
+
+use super::*;
+use crate::model::{Baseline, HaltThreshold, JobState, RolloutPolicy, RolloutStatus};
+use harmony_protocol::{
+    BundleSource, FailureReason, Health, HealthStatus, RefusalReason, RollbackReason, UpgradePhase, UpgradeStatus,
+    SCHEMA_VERSION,
+};
+
+const NOW: u64 = 1_000_000_000;
+
+fn dev(n: &str) -> DeviceId {
+    DeviceId::new(n).unwrap()
+}
+
+fn offer(device: &DeviceId, seq: u64) -> UpgradeOffer {
+    UpgradeOffer {
+        schema: SCHEMA_VERSION,
+        offer_seq: seq,
+        device_id: device.clone(),
+        rollout_id: Some("r1".into()),
+        target_version: "2.0".into(),
+        compatible: "c".into(),
+        bundle: BundleSource { object: Some("2.0".into()), url: None, sha256: "00".into(), size: 1 },
+        not_before: UnixMillis(NOW),
+        expires_at: UnixMillis(NOW + 1),
+        allow_downgrade: false,
+    }
+}
+
+fn job_in(state: JobState) -> Job {
+    let d = dev("pi-1");
+    let mut j = Job::pending(d.clone(), "r1", 0, UnixMillis(NOW - 10_000));
+    if state != JobState::Pending {
+        j.offer = Some(offer(&d, 5));
+        j.baseline = Some(Baseline { boot_id: "b0".into(), booted_slot: Some("A".into()), os_version: Some("1.0".into()) });
+        j.deadline = Some(UnixMillis(NOW + 60_000));
+    }
+    if matches!(state, JobState::Rebooting | JobState::CommitSent) {
+        j.pre_reboot_boot_id = Some("b0".into());
+        j.target_slot = Some("B".into());
+    }
+    if state == JobState::CommitSent {
+        j.commit_sent_at = Some(UnixMillis(NOW - 1_000));
+    }
+    j.state = state;
+    j
+}
+
+fn all_states() -> Vec<JobState> {
+    vec![
+        JobState::Pending,
+        JobState::Offered,
+        JobState::Installing,
+        JobState::Rebooting,
+        JobState::CommitSent,
+        JobState::Committed,
+        JobState::RolledBack { reason: "x".into() },
+        JobState::Failed { reason: "x".into() },
+        JobState::TimedOut { waiting_for: "x".into() },
+        JobState::Skipped,
+    ]
+}
+
+/// A fresh heartbeat of the good new boot: target version, slot B, new boot id, healthy, awaiting commit.
+fn good() -> Heartbeat {
+    Heartbeat {
+        schema: SCHEMA_VERSION,
+        device_id: dev("pi-1"),
+        agent_version: "t".into(),
+        os_version: Some("2.0".into()),
+        compatible: Some("c".into()),
+        booted_slot: Some("B".into()),
+        boot_id: "b1".into(),
+        uptime_secs: 5,
+        health: Health::healthy(),
+        upgrade: UpgradeStatus {
+            phase: UpgradePhase::AwaitingCommit,
+            offer_seq: Some(5),
+            rollout_id: Some("r1".into()),
+            target_version: Some("2.0".into()),
+            pre_reboot_boot_id: Some("b0".into()),
+            target_slot: Some("B".into()),
+            since: UnixMillis(NOW),
+        },
+        labels: Default::default(),
+        seq: 1,
+        sent_at: UnixMillis(NOW - 100),
+    }
+}
+
+fn hb(f: impl FnOnce(&mut Heartbeat)) -> Event {
+    let mut h = good();
+    f(&mut h);
+    Event::Heartbeat(Box::new(h))
+}
+
+fn pre_reboot(h: &mut Heartbeat) {
+    h.os_version = Some("1.0".into());
+    h.booted_slot = Some("A".into());
+    h.boot_id = "b0".into();
+}
+
+/// Expected outcome per state, in the order of [`all_states`]:
+/// "=" unchanged, "C" commit sent (state commit_sent), else the new state's name.
+type Row = (&'static str, Event, u64, [&'static str; 10]);
+
+fn table() -> Vec<Row> {
+    use UpgradePhase as P;
+    let t = ["=", "=", "=", "=", "=", "=", "=", "=", "=", "="];
+    vec![
+        ("progress", hb(|h| { pre_reboot(h); h.upgrade.phase = P::Downloading { bytes_done: 1, bytes_total: 2 } }), NOW,
+            ["=", "installing", "=", "=", "=", "=", "=", "=", "=", "="]),
+        ("installed", hb(|h| { pre_reboot(h); h.upgrade.phase = P::Installed }), NOW,
+            ["=", "rebooting", "rebooting", "=", "=", "=", "=", "=", "=", "="]),
+        ("good new boot", hb(|_| {}), NOW, ["=", "C", "C", "C", "=", "=", "=", "=", "=", "="]),
+        ("good new boot, retry due", hb(|_| {}), NOW + 5_000, ["=", "C", "C", "C", "C", "=", "=", "=", "=", "="]),
+        ("same boot id as before reboot", hb(|h| h.boot_id = "b0".into()), NOW, t),
+        ("wrong slot", hb(|h| h.booted_slot = Some("A".into())), NOW, t),
+        ("no slot", hb(|h| h.booted_slot = None), NOW, t),
+        ("unhealthy", hb(|h| h.health.status = HealthStatus::Unhealthy), NOW, t),
+        ("health unknown", hb(|h| h.health.status = HealthStatus::Unknown), NOW, t),
+        ("stale", hb(|h| h.sent_at = UnixMillis(NOW - 31_000)), NOW, t),
+        ("wrong version", hb(|h| h.os_version = Some("1.9".into())), NOW, t),
+        ("other offer", hb(|h| h.upgrade.offer_seq = Some(4)), NOW, t),
+        ("no offer", hb(|h| h.upgrade.offer_seq = None), NOW, t),
+        ("not awaiting commit yet", hb(|h| h.upgrade.phase = P::Rebooting), NOW,
+            ["=", "rebooting", "rebooting", "=", "=", "=", "=", "=", "=", "="]),
+        ("agent reports rollback", hb(|h| {
+            pre_reboot(h);
+            h.boot_id = "b2".into();
+            h.upgrade.phase = P::RolledBack { reason: RollbackReason::BootFailed };
+        }), NOW, ["=", "rolled_back", "rolled_back", "rolled_back", "rolled_back", "=", "=", "=", "=", "="]),
+        ("old version back on old slot, new boot", hb(|h| {
+            pre_reboot(h);
+            h.boot_id = "b2".into();
+            h.upgrade = UpgradeStatus::idle(UnixMillis(NOW));
+        }), NOW, ["=", "=", "=", "rolled_back", "rolled_back", "=", "=", "=", "=", "="]),
+        ("refused", hb(|h| { pre_reboot(h); h.upgrade.phase = P::Refused { reason: RefusalReason::Expired } }), NOW,
+            ["=", "failed", "failed", "failed", "failed", "=", "=", "=", "=", "="]),
+        ("install failed", hb(|h| {
+            pre_reboot(h);
+            h.upgrade.phase = P::Failed { reason: FailureReason::InstallFailed { last_error: "e".into() } };
+        }), NOW, ["=", "failed", "failed", "failed", "failed", "=", "=", "=", "=", "="]),
+        ("agent reports committed", hb(|h| h.upgrade.phase = P::Committed), NOW,
+            ["=", "committed", "committed", "committed", "committed", "=", "=", "=", "=", "="]),
+        ("committed but wrong version", hb(|h| { h.upgrade.phase = P::Committed; h.os_version = Some("1.0".into()) }), NOW, t),
+        ("idle", hb(|h| { pre_reboot(h); h.upgrade = UpgradeStatus::idle(UnixMillis(NOW)) }), NOW, t),
+        ("tick before deadline", Event::Tick, NOW + 59_999, t),
+        ("tick at deadline", Event::Tick, NOW + 60_000,
+            ["=", "timed_out", "timed_out", "timed_out", "timed_out", "=", "=", "=", "=", "="]),
+        ("commit acknowledged", Event::CommitReplied { device: dev("pi-1"), offer_seq: 5, result: Ok(()) }, NOW,
+            ["=", "=", "=", "=", "committed", "=", "=", "=", "=", "="]),
+        ("commit ack for another offer", Event::CommitReplied { device: dev("pi-1"), offer_seq: 4, result: Ok(()) }, NOW, t),
+        ("commit failed", Event::CommitReplied { device: dev("pi-1"), offer_seq: 5, result: Err("timeout".into()) }, NOW, t),
+        ("control", Event::Control { rollout_id: "r1".into(), control: Control::Pause, revision: 1 }, NOW, t),
+    ]
+}
+
+#[test]
+fn every_state_event_pair() {
+    let tuning = Tuning::default();
+    let mut failures = Vec::new();
+    for (name, event, now, expected) in table() {
+        for (state, want) in all_states().into_iter().zip(expected) {
+            let job = job_in(state.clone());
+            let (after, actions) = device_step(job.clone(), &event, UnixMillis(now), &tuning);
+            let commits = actions.iter().filter(|a| matches!(a, Action::SendCommit { .. })).count();
+            let ok = match want {
+                "=" => after.state == state && commits == 0,
+                "C" => after.state == JobState::CommitSent && commits == 1,
+                other => after.state.name() == other && commits == 0,
+            };
+            if !ok {
+                failures.push(format!("{name} in {}: want {want}, got {} with {commits} commits", state.name(), after.state.name()));
+            }
+            // Terminal jobs never change at all, not even their history.
+            if state.is_terminal() && after != job {
+                failures.push(format!("{name} changed terminal job {}", state.name()));
+            }
+            // Every change of state is recorded with the time.
+            if after.state != state {
+                let last = after.history.last().unwrap();
+                if last.at != UnixMillis(now) || last.to != after.state.name() {
+                    failures.push(format!("{name} in {}: transition not recorded", state.name()));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn the_commit_names_the_new_boot() {
+    let (job, actions) = device_step(job_in(JobState::Rebooting), &hb(|_| {}), UnixMillis(NOW), &Tuning::default());
+    assert_eq!(job.commit_boot_id.as_deref(), Some("b1"));
+    match &actions[..] {
+        [Action::SendCommit { args, offer_seq: 5, .. }] => {
+            assert_eq!((args.target_version.as_str(), args.boot_id.as_str()), ("2.0", "b1"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn commit_refusals_say_why() {
+    let j = job_in(JobState::Rebooting);
+    let t = Tuning::default();
+    let check = |f: fn(&mut Heartbeat)| {
+        let mut h = good();
+        f(&mut h);
+        check_commit(&j, &h, UnixMillis(NOW), &t)
+    };
+    assert!(check(|_| {}).is_ok());
+    assert!(matches!(check(|h| h.boot_id = "b0".into()), Err(CommitRefusal::SameBoot(_))));
+    assert!(matches!(check(|h| h.booted_slot = Some("A".into())), Err(CommitRefusal::Slot { .. })));
+    assert!(matches!(check(|h| h.health.status = HealthStatus::Unhealthy), Err(CommitRefusal::Unhealthy(_))));
+    assert!(matches!(check(|h| h.sent_at = UnixMillis(0)), Err(CommitRefusal::Stale { .. })));
+    assert!(matches!(check(|h| h.os_version = None), Err(CommitRefusal::Version { .. })));
+    // The slot recorded before the reboot wins over what the new boot claims.
+    assert!(matches!(check(|h| { h.booted_slot = Some("C".into()); h.upgrade.target_slot = Some("C".into()) }), Err(CommitRefusal::Slot { .. })));
+}
+
+#[test]
+fn without_a_pre_reboot_record_the_slot_must_differ_from_the_offer_time_slot() {
+    let mut j = job_in(JobState::Installing);
+    j.target_slot = None;
+    let mut h = good();
+    h.booted_slot = Some("A".into());
+    h.upgrade.target_slot = Some("A".into()); // claims it installed into the slot it was already on
+    assert!(matches!(check_commit(&j, &h, UnixMillis(NOW), &Tuning::default()), Err(CommitRefusal::Slot { .. })));
+}
+
+fn policy(halt: HaltThreshold, max_in_flight: usize) -> RolloutPolicy {
+    RolloutPolicy {
+        max_in_flight,
+        device_timeout_ms: 60_000,
+        reboot_timeout_ms: 30_000,
+        halt,
+        allow_downgrade: false,
+        offer_ttl_ms: 3_600_000,
+    }
+}
+
+fn rollout(n: usize, canary: usize, halt: HaltThreshold, max_in_flight: usize) -> Rollout {
+    let devices: Vec<DeviceId> = (0..n).map(|i| dev(&format!("d{i:03}"))).collect();
+    Rollout {
+        id: "r1".into(),
+        bundle: crate::model::BundleRecord {
+            id: "2.0".into(),
+            version: "2.0".into(),
+            compatible: "c".into(),
+            sha256: "00".into(),
+            size: 1,
+            pushed_at: UnixMillis(0),
+        },
+        policy: policy(halt, max_in_flight),
+        waves: plan_waves(&devices, &WavePlan { canary, percents: vec![50, 100] }),
+        current_wave: 0,
+        status: RolloutStatus::Running,
+        created_at: UnixMillis(NOW),
+        last_ctl_rev: 0,
+        history: Vec::new(),
+    }
+}
+
+fn offers(actions: &[Action]) -> Vec<DeviceId> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::WriteOffer(o) => Some(o.device_id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn waves_are_canary_then_cumulative_percentages() {
+    let d: Vec<DeviceId> = (0..10).map(|i| dev(&format!("d{i}"))).collect();
+    let sizes = |canary, p: Vec<u8>| plan_waves(&d, &WavePlan { canary, percents: p }).iter().map(Vec::len).collect::<Vec<_>>();
+    assert_eq!(sizes(1, vec![50, 100]), vec![1, 4, 5]);
+    assert_eq!(sizes(2, vec![10]), vec![2, 8]);
+    assert_eq!(sizes(0, vec![]), vec![10]);
+    assert_eq!(sizes(20, vec![50]), vec![10]);
+    assert_eq!(plan_waves(&d, &WavePlan { canary: 3, percents: vec![30, 60] }).concat(), d, "every device exactly once, in order");
+}
+
+#[test]
+fn creation_offers_only_the_canary_up_to_max_in_flight() {
+    let (state, actions) = step(State::default(), &Event::RolloutCreated(Box::new(rollout(10, 3, HaltThreshold::Count(2), 2))), UnixMillis(NOW));
+    assert_eq!(offers(&actions), vec![dev("d000"), dev("d001")]);
+    // Persist before the offer is written: a crash in between re-puts the same offer.
+    let pos = |pred: &dyn Fn(&Action) -> bool| actions.iter().position(pred).unwrap();
+    assert!(pos(&|a| *a == Action::PersistJob(dev("d000"))) < pos(&|a| matches!(a, Action::WriteOffer(_))));
+    // The same rollout again (our own KV write echoed back) changes nothing.
+    let (state2, again) = step(state.clone(), &Event::RolloutCreated(Box::new(rollout(10, 3, HaltThreshold::Count(2), 2))), UnixMillis(NOW + 1));
+    assert!(again.iter().all(|a| !matches!(a, Action::WriteOffer(_))), "{again:?}");
+    assert_eq!(state2.jobs, state.jobs);
+}
+
+fn report(state: State, device: &str, f: impl FnOnce(&mut Heartbeat), now: u64) -> (State, Vec<Action>) {
+    let mut h = good();
+    h.device_id = dev(device);
+    h.sent_at = UnixMillis(now);
+    h.upgrade.offer_seq = state.jobs[&dev(device)].offer_seq();
+    f(&mut h);
+    step(state, &Event::Heartbeat(Box::new(h)), UnixMillis(now))
+}
+
+fn fail(h: &mut Heartbeat) {
+    h.upgrade.phase = UpgradePhase::Failed { reason: FailureReason::InstallFailed { last_error: "e".into() } };
+}
+
+#[test]
+fn canary_failures_halt_and_nobody_else_gets_an_offer() {
+    let (s, _) = step(State::default(), &Event::RolloutCreated(Box::new(rollout(10, 3, HaltThreshold::Count(2), 3))), UnixMillis(NOW));
+    let (s, a) = report(s, "d000", fail, NOW + 1);
+    assert!(offers(&a).is_empty(), "one failure is below the threshold; the wave is fully in flight");
+    assert_eq!(s.rollouts["r1"].status, RolloutStatus::Running);
+    let (s, a) = report(s, "d001", fail, NOW + 2);
+    assert!(matches!(s.rollouts["r1"].status, RolloutStatus::Halted { .. }));
+    assert!(offers(&a).is_empty());
+    // The third canary device still commits: a halt stops offers, not commits.
+    let (s, a) = report(s, "d002", |_| {}, NOW + 3);
+    assert!(a.iter().any(|a| matches!(a, Action::SendCommit { .. })));
+    let (s, a) = step(s, &Event::CommitReplied { device: dev("d002"), offer_seq: NOW, result: Ok(()) }, UnixMillis(NOW + 4));
+    assert_eq!(s.jobs[&dev("d002")].state, JobState::Committed);
+    assert!(offers(&a).is_empty());
+    let (s, a) = step(s, &Event::Tick, UnixMillis(NOW + 10_000_000));
+    assert!(offers(&a).is_empty());
+    let offered = s.jobs.values().filter(|j| j.offer.is_some()).count();
+    assert_eq!(offered, 3, "only the canary wave was ever offered");
+}
+
+#[test]
+fn percent_threshold_and_timeouts_count() {
+    let (s, _) = step(State::default(), &Event::RolloutCreated(Box::new(rollout(4, 4, HaltThreshold::Percent(50), 4))), UnixMillis(NOW));
+    let (s, _) = report(s, "d000", fail, NOW + 1);
+    assert_eq!(s.rollouts["r1"].status, RolloutStatus::Running, "1 of 4 is 25%");
+    let (s, _) = step(s, &Event::Tick, UnixMillis(NOW + 60_000));
+    assert!(matches!(s.rollouts["r1"].status, RolloutStatus::Halted { .. }), "timeouts count");
+    assert!(s.jobs.values().filter(|j| matches!(j.state, JobState::TimedOut { .. })).count() == 3);
+}
+
+#[test]
+fn waves_advance_when_every_device_is_done_and_seqs_increase() {
+    let (mut s, _) = step(State::default(), &Event::RolloutCreated(Box::new(rollout(4, 1, HaltThreshold::Count(1), 10))), UnixMillis(NOW));
+    s.seqs.insert(dev("d001"), NOW + 500); // a higher sequence from an earlier rollout
+    let (s, _) = report(s, "d000", |h| h.upgrade.phase = UpgradePhase::Committed, NOW + 1);
+    assert_eq!(s.rollouts["r1"].current_wave, 1);
+    assert_eq!(s.jobs[&dev("d001")].offer_seq(), Some(NOW + 501), "strictly above the last one");
+    assert_eq!(s.jobs[&dev("d002")].state, JobState::Pending, "wave 2 waits for wave 1");
+    let (s, _) = report(s, "d001", |h| h.upgrade.phase = UpgradePhase::Committed, NOW + 2);
+    assert_eq!(s.jobs[&dev("d002")].state, JobState::Offered);
+    let (s, _) = report(s, "d002", |h| h.upgrade.phase = UpgradePhase::Committed, NOW + 3);
+    let (s, _) = report(s, "d003", |h| h.upgrade.phase = UpgradePhase::Committed, NOW + 4);
+    assert_eq!(s.rollouts["r1"].status, RolloutStatus::Completed);
+}
+
+#[test]
+fn pause_resume_abort() {
+    let (s, _) = step(State::default(), &Event::RolloutCreated(Box::new(rollout(4, 1, HaltThreshold::Count(1), 10))), UnixMillis(NOW));
+    let ctl = |c, rev| Event::Control { rollout_id: "r1".into(), control: c, revision: rev };
+    let (s, _) = step(s, &ctl(Control::Pause, 10), UnixMillis(NOW + 1));
+    assert_eq!(s.rollouts["r1"].status, RolloutStatus::Paused);
+    let (s, a) = report(s, "d000", |h| h.upgrade.phase = UpgradePhase::Committed, NOW + 2);
+    assert!(offers(&a).is_empty(), "paused: no new offers");
+    let (s, _) = step(s, &ctl(Control::Resume, 9), UnixMillis(NOW + 3));
+    assert_eq!(s.rollouts["r1"].status, RolloutStatus::Paused, "an already-applied (older) request is ignored");
+    let (s, a) = step(s, &ctl(Control::Resume, 11), UnixMillis(NOW + 3));
+    assert_eq!(offers(&a), vec![dev("d001")]);
+    let (s, a) = step(s, &ctl(Control::Abort, 12), UnixMillis(NOW + 4));
+    assert_eq!(s.rollouts["r1"].status, RolloutStatus::Aborted);
+    assert!(offers(&a).is_empty());
+    assert_eq!(s.jobs[&dev("d002")].state, JobState::Skipped);
+    assert_eq!(s.jobs[&dev("d001")].state, JobState::Offered, "in flight stays in flight");
+    let (s, _) = step(s, &ctl(Control::Resume, 13), UnixMillis(NOW + 5));
+    assert_eq!(s.rollouts["r1"].status, RolloutStatus::Aborted, "nothing revives an aborted rollout");
+    let (s, a) = step(s, &Event::Tick, UnixMillis(NOW + 6));
+    assert!(offers(&a).is_empty());
+    let _ = s;
+}
+
+#[test]
+fn heartbeats_of_devices_outside_rollouts_only_update_the_registry() {
+    let (s, a) = step(State::default(), &hb(|_| {}), UnixMillis(NOW));
+    assert!(a.is_empty());
+    assert_eq!(s.seen[&dev("pi-1")].boot_id, "b1");
+    // an older heartbeat does not overwrite a newer one
+    let (s, _) = step(s, &hb(|h| { h.boot_id = "old".into(); h.sent_at = UnixMillis(1) }), UnixMillis(NOW));
+    assert_eq!(s.seen[&dev("pi-1")].boot_id, "b1");
+}
