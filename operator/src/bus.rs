@@ -66,12 +66,13 @@ impl Buckets {
 pub struct BucketLimits {
     /// Heartbeats of devices silent this long disappear from the registry.
     pub heartbeat_ttl: Duration,
-    pub max_bundle_bytes: i64,
+    /// Cap of the bundle object store; `None`: as much as the server allows.
+    pub max_bundle_bytes: Option<i64>,
 }
 
 impl Default for BucketLimits {
     fn default() -> Self {
-        Self { heartbeat_ttl: Duration::from_secs(7 * 24 * 3600), max_bundle_bytes: 64 * 1024 * 1024 * 1024 }
+        Self { heartbeat_ttl: Duration::from_secs(7 * 24 * 3600), max_bundle_bytes: None }
     }
 }
 
@@ -109,7 +110,7 @@ pub async fn create_buckets(js: &jetstream::Context, limits: &BucketLimits) -> R
         js.create_object_store(object_store::Config {
             bucket: BUNDLE_OBJECT_BUCKET.into(),
             description: Some("RAUC bundles".into()),
-            max_bytes: limits.max_bundle_bytes,
+            max_bytes: limits.max_bundle_bytes.unwrap_or(-1),
             ..Default::default()
         })
         .await

@@ -266,6 +266,7 @@ pub async fn rollout_start(cfg: &Config, a: &StartArgs) -> Result<Output> {
         status: RolloutStatus::Running,
         created_at: now,
         last_ctl_rev: 0,
+        accepted_failures: 0,
         history: Vec::new(),
     };
     let bytes = serde_json::to_vec(&rollout).map_err(|e| Error::Invalid(e.to_string()))?;

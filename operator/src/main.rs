@@ -45,9 +45,9 @@ struct InitArgs {
     /// Heartbeats of devices silent this long expire from the bucket.
     #[arg(long, default_value_t = 7)]
     heartbeat_ttl_days: u64,
-    /// Largest total size of the bundle object store, in GiB.
-    #[arg(long, default_value_t = 64)]
-    bundle_store_gib: i64,
+    /// Largest total size of the bundle object store, in GiB (default: no cap).
+    #[arg(long)]
+    bundle_store_gib: Option<i64>,
     /// Provision this device.
     #[arg(long)]
     device: Option<String>,
@@ -211,7 +211,7 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
         Cmd::Init(a) => {
             let limits = BucketLimits {
                 heartbeat_ttl: Duration::from_secs(a.heartbeat_ttl_days * 86_400),
-                max_bundle_bytes: a.bundle_store_gib * 1024 * 1024 * 1024,
+                max_bundle_bytes: a.bundle_store_gib.map(|g| g * 1024 * 1024 * 1024),
             };
             let out = commands::init(&cfg, &limits).await?;
             match a.device {

@@ -92,6 +92,10 @@ pub struct Rollout {
     /// Devices per wave, in order: the canary wave first.
     pub waves: Vec<Vec<DeviceId>>,
     pub current_wave: usize,
+    /// Failures in the current wave an operator accepted by resuming a halted
+    /// rollout; only failures beyond these count toward the threshold again.
+    #[serde(default)]
+    pub accepted_failures: usize,
     #[serde(flatten)]
     pub status: RolloutStatus,
     pub created_at: UnixMillis,

@@ -115,12 +115,21 @@ async fn lead(
 ) -> Result<Outcome> {
     let mut state = store::load_state(&b.state).await?;
     state.tuning = tuning(cfg);
+    log::debug!("loaded {} rollouts, {} jobs", state.rollouts.len(), state.jobs.len());
     reconcile_offers(b, key, &state).await?;
+    // Rollouts written by the CLI while no operator led have no jobs yet:
+    // give them theirs before any tick can judge their waves.
+    let (commit_tx, mut commit_rx) = mpsc::unbounded_channel::<Event>();
+    let open: Vec<Rollout> = state.rollouts.values().filter(|r| !r.status.is_final()).cloned().collect();
+    for r in open {
+        let (next, actions) = step(state, &Event::RolloutCreated(Box::new(r)), clock.now());
+        state = next;
+        execute(b, key, &state, actions, &commit_tx).await?;
+    }
 
     let mut heartbeats = b.heartbeats.watch_with_history(">").await.map_err(Error::nats)?;
     let mut rollouts = b.state.watch_with_history("rollout.>").await.map_err(Error::nats)?;
     let mut controls = b.state.watch_with_history("ctl.>").await.map_err(Error::nats)?;
-    let (commit_tx, mut commit_rx) = mpsc::unbounded_channel::<Event>();
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.coordinator.tick_millis.max(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let renew_ms = cfg.coordinator.lease_ttl_secs.max(1) * 1000 / 3;
@@ -136,7 +145,7 @@ async fn lead(
             },
             entry = rollouts.next() => match entry {
                 Some(Ok(e)) if e.operation == kv::Operation::Put => match store::decode::<Rollout>(&e) {
-                    Ok(r) if !state.rollouts.contains_key(&r.id) => Event::RolloutCreated(Box::new(r)),
+                    Ok(r) if !r.status.is_final() => Event::RolloutCreated(Box::new(r)),
                     Ok(_) => continue,
                     Err(err) => { log::warn!("{err}"); continue }
                 },
@@ -163,6 +172,9 @@ async fn lead(
                 continue;
             }
         };
+        if !matches!(event, Event::Tick | Event::Heartbeat(_)) {
+            log::debug!("event {event:?}");
+        }
         let (next, actions) = step(state, &event, clock.now());
         state = next;
         execute(b, key, &state, actions, &commit_tx).await?;

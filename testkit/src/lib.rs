@@ -8,6 +8,7 @@
 //! server into the next one.
 
 pub mod nats;
+pub mod rauc_bundle;
 pub mod tools;
 
 pub use nats::NatsServer;

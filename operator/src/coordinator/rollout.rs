@@ -39,20 +39,28 @@ pub fn plan_waves(devices: &[DeviceId], plan: &WavePlan) -> Vec<Vec<DeviceId>> {
 }
 
 pub(super) fn create(state: &mut State, rollout: &Rollout, now: UnixMillis, actions: &mut Vec<Action>) {
-    if state.rollouts.contains_key(&rollout.id) {
-        return; // already known (our own write echoed back, or a replay)
+    // Idempotent: a rollout we already know (our own KV write echoed back, or
+    // one loaded at startup before its jobs were written) only gets the jobs
+    // it is missing; our copy of the rollout record stays authoritative.
+    let known = state.rollouts.contains_key(&rollout.id);
+    let r = state.rollouts.get(&rollout.id).cloned().unwrap_or_else(|| rollout.clone());
+    if r.status.is_final() {
+        return;
     }
-    let mut r = rollout.clone();
-    for (wave, devices) in rollout.waves.iter().enumerate() {
+    for (wave, devices) in r.waves.iter().enumerate() {
         for d in devices {
-            let busy = state.jobs.get(d).is_some_and(|j| !j.state.is_terminal());
-            if busy {
-                continue; // the CLI refuses this; a race must not steal a device mid-upgrade
+            let skip = state.jobs.get(d).is_some_and(|j| j.rollout_id == r.id || !j.state.is_terminal());
+            if skip {
+                continue; // already ours, or busy in another rollout (the CLI refuses that; a race must not steal it)
             }
             state.jobs.insert(d.clone(), Job::pending(d.clone(), &r.id, wave, now));
             actions.push(Action::PersistJob(d.clone()));
         }
     }
+    if known {
+        return;
+    }
+    let mut r = r;
     if r.history.is_empty() {
         r.history.push(crate::model::Transition { at: now, to: r.status.name().into(), note: "created".into() });
     }
@@ -68,6 +76,11 @@ pub(super) fn control(
     now: UnixMillis,
     actions: &mut Vec<Action>,
 ) {
+    let bad_now = state.rollouts.get(id).map_or(0, |r| {
+        r.waves
+            .get(r.current_wave)
+            .map_or(0, |w| w.iter().filter(|d| state.jobs.get(*d).is_some_and(|j| j.rollout_id == r.id && j.state.is_bad())).count())
+    });
     let Some(r) = state.rollouts.get_mut(id) else { return };
     if revision != 0 && revision <= r.last_ctl_rev {
         return; // already applied before a restart
@@ -84,6 +97,9 @@ pub(super) fn control(
         _ => None,
     };
     if let Some(next) = next {
+        if matches!(r.status, RolloutStatus::Halted { .. }) && next == RolloutStatus::Running {
+            r.accepted_failures = bad_now;
+        }
         let note = format!("{control:?} requested");
         r.set_status(next, now, note);
     }
@@ -127,7 +143,7 @@ fn advance(state: &mut State, id: &str, now: UnixMillis, actions: &mut Vec<Actio
             .map(|d| state.jobs.get(d).filter(|j| j.rollout_id == r.id).map(|j| &j.state))
             .collect();
         let bad = job_states.iter().filter(|s| s.is_some_and(|s| s.is_bad())).count();
-        if r.policy.halt.reached(bad, wave.len()) {
+        if r.policy.halt.reached(bad.saturating_sub(r.accepted_failures), wave.len()) {
             let reason = format!("{bad} of {} devices in wave {} failed, rolled back or timed out", wave.len(), r.current_wave);
             r.set_status(RolloutStatus::Halted { reason }, now, "threshold reached");
             changed = true;
@@ -137,6 +153,7 @@ fn advance(state: &mut State, id: &str, now: UnixMillis, actions: &mut Vec<Actio
         let all_done = job_states.iter().all(|s| s.is_none_or(|s| s.is_terminal()));
         if all_done {
             r.current_wave += 1;
+            r.accepted_failures = 0;
             r.history.push(crate::model::Transition { at: now, to: format!("wave {}", r.current_wave), note: String::new() });
             changed = true;
             continue;

@@ -261,6 +261,7 @@ fn rollout(n: usize, canary: usize, halt: HaltThreshold, max_in_flight: usize) -
         status: RolloutStatus::Running,
         created_at: UnixMillis(NOW),
         last_ctl_rev: 0,
+        accepted_failures: 0,
         history: Vec::new(),
     }
 }
