@@ -120,6 +120,23 @@ async fn lead(
     // Rollouts written by the CLI while no operator led have no jobs yet:
     // give them theirs before any tick can judge their waves.
     let (commit_tx, mut commit_rx) = mpsc::unbounded_channel::<Event>();
+    let mut heartbeats = b.heartbeats.watch_with_history(">").await.map_err(Error::nats)?;
+    // Replay the last heartbeat of every device before deciding anything, so
+    // offers record a baseline and pending commits are found at once.
+    if b.heartbeats.status().await.map_err(Error::nats)?.values() > 0 {
+        while let Some(entry) = heartbeats.next().await {
+            let entry = entry.map_err(Error::nats)?;
+            let caught_up = entry.delta == 0;
+            if let Some(hb) = decode_heartbeat(&entry) {
+                let (next, actions) = step(state, &Event::Heartbeat(Box::new(hb)), clock.now());
+                state = next;
+                execute(b, key, &state, actions, &commit_tx).await?;
+            }
+            if caught_up {
+                break;
+            }
+        }
+    }
     let open: Vec<Rollout> = state.rollouts.values().filter(|r| !r.status.is_final()).cloned().collect();
     for r in open {
         let (next, actions) = step(state, &Event::RolloutCreated(Box::new(r)), clock.now());
@@ -127,7 +144,6 @@ async fn lead(
         execute(b, key, &state, actions, &commit_tx).await?;
     }
 
-    let mut heartbeats = b.heartbeats.watch_with_history(">").await.map_err(Error::nats)?;
     let mut rollouts = b.state.watch_with_history("rollout.>").await.map_err(Error::nats)?;
     let mut controls = b.state.watch_with_history("ctl.>").await.map_err(Error::nats)?;
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.coordinator.tick_millis.max(10)));
