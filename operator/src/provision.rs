@@ -30,6 +30,16 @@ pub struct Permissions {
 }
 
 /// What a device may publish and subscribe to (nats-server 2.10+ JetStream API).
+///
+/// The offer watch must be created as a *named* consumer with a filter
+/// (`$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`), because only that
+/// form carries the filter in the subject where a permission can pin it to
+/// the device's own key. async-nats' `Store::watch` creates its first
+/// consumer unnamed (`$JS.API.CONSUMER.CREATE.<stream>`, filter in the
+/// payload), which would let a device watch any key, so it is not allowed;
+/// the agent creates an `OrderedConfig { name: Some(..), filter_subject:
+/// "$KV.harmony-offers.<id>", .. }` push consumer on the `KV_harmony-offers`
+/// stream instead (see the `device_permissions` test).
 pub fn device_permissions(device: &DeviceId) -> Permissions {
     let id = device.as_str();
     let kv = |b: &str| format!("KV_{b}");
@@ -47,6 +57,7 @@ pub fn device_permissions(device: &DeviceId) -> Permissions {
         // bundles: every device may download every bundle
         format!("$JS.API.STREAM.INFO.{obj}"),
         format!("$JS.API.DIRECT.GET.{obj}.>"),
+        format!("$JS.API.CONSUMER.CREATE.{obj}"),
         format!("$JS.API.CONSUMER.CREATE.{obj}.>"),
         format!("$JS.FC.{obj}.>"),
     ];

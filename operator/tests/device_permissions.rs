@@ -1,0 +1,151 @@
+//! Device credentials from `init --device` on a real nats-server with the
+//! generated auth config: a device can do its own things and nothing else.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use harmony_operator::bus::{create_buckets, BucketLimits};
+use harmony_operator::provision::{self, device_inbox_prefix, AgentSettings, DeviceUser};
+use harmony_protocol::command::{Command, CommandReply, ReplyBody};
+use harmony_protocol::names::{command_subject, BUNDLE_OBJECT_BUCKET, HEARTBEAT_BUCKET, OFFER_BUCKET};
+use harmony_protocol::DeviceId;
+use harmony_testkit::NatsServer;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+async fn device_client(url: &str, seed_file: &std::path::Path, id: &DeviceId) -> async_nats::Client {
+    let seed = std::fs::read_to_string(seed_file).unwrap();
+    async_nats::ConnectOptions::with_nkey(seed.trim().to_string())
+        .custom_inbox_prefix(device_inbox_prefix(id))
+        .connect(url)
+        .await
+        .unwrap()
+}
+
+/// How an agent watches its offer under these permissions.
+async fn watch_own_offer(
+    js: &jetstream::Context,
+    client: &async_nats::Client,
+    id: &DeviceId,
+) -> Result<jetstream::consumer::push::Ordered, String> {
+    let stream = js.get_stream(format!("KV_{OFFER_BUCKET}")).await.map_err(|e| e.to_string())?;
+    let mut nonce = [0u8; 6];
+    getrandom::getrandom(&mut nonce).map_err(|e| e.to_string())?;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::push::OrderedConfig {
+            name: Some(format!("offer-watch-{id}-{}", hex::encode(nonce))),
+            deliver_subject: client.new_inbox(),
+            filter_subject: format!("$KV.{OFFER_BUCKET}.{id}"),
+            deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    consumer.messages().await.map_err(|e| e.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_can_do_its_own_things_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("fleet.key");
+    harmony_operator::keys::generate(&key).unwrap();
+    let settings = AgentSettings {
+        nats_urls: vec!["nats://10.0.2.2:4222".into()],
+        labels: [("site".to_string(), "kitchen".to_string())].into(),
+        heartbeat_interval_secs: 10,
+        commit_deadline_secs: 300,
+    };
+    let (pi1, pi2) = (DeviceId::new("pi-1").unwrap(), DeviceId::new("pi-2").unwrap());
+    let mut users = Vec::new();
+    for d in [&pi1, &pi2] {
+        let (p, _) = provision::provision_device(d, &settings, &key, &dir.path().join(d.as_str())).unwrap();
+        users.push(DeviceUser { device: d.clone(), nkey: p.nkey });
+    }
+    // agent.toml as the agent expects it
+    let agent_toml = std::fs::read_to_string(dir.path().join("pi-1/etc/harmony/agent.toml")).unwrap();
+    let parsed: toml::Value = toml::from_str(&agent_toml).unwrap();
+    assert_eq!(parsed["device_id"].as_str(), Some("pi-1"));
+    assert_eq!(parsed["nats"]["nkey_seed_file"].as_str(), Some("/etc/harmony/device.nk"));
+    assert_eq!(parsed["labels"]["site"].as_str(), Some("kitchen"));
+    assert!(dir.path().join("pi-1/etc/harmony/fleet-keys/fleet.key.pub").exists());
+
+    let op_seed = dir.path().join("operator.nk");
+    let op_nkey = provision::operator_nkey(&op_seed).unwrap();
+    let conf = dir.path().join("auth.conf");
+    std::fs::write(&conf, provision::render_auth_conf(&op_nkey, &users)).unwrap();
+    let nats = NatsServer::start_with_config(Some(&conf));
+
+    // Operator: everything.
+    let op_seed_text = std::fs::read_to_string(&op_seed).unwrap();
+    let op = async_nats::ConnectOptions::with_nkey(op_seed_text.trim().to_string()).connect(nats.url()).await.unwrap();
+    let ojs = jetstream::new(op.clone());
+    create_buckets(&ojs, &BucketLimits::default()).await.unwrap();
+    let offers = ojs.get_key_value(OFFER_BUCKET).await.unwrap();
+    offers.put("pi-1", "offer-1".into()).await.unwrap();
+    offers.put("pi-2", "offer-2".into()).await.unwrap();
+    let objects = ojs.get_object_store(BUNDLE_OBJECT_BUCKET).await.unwrap();
+    objects.put("3.0.0", &mut &b"bundle bytes"[..]).await.unwrap();
+
+    // An unknown user is not let in at all.
+    assert!(async_nats::ConnectOptions::with_nkey(nkeys::KeyPair::new_user().seed().unwrap())
+        .connect(nats.url())
+        .await
+        .is_err());
+
+    let dev = device_client(&nats.url(), &dir.path().join("pi-1/etc/harmony/device.nk"), &pi1).await;
+    // Denied requests get no answer: a short timeout keeps the test quick.
+    let js = jetstream::ContextBuilder::new().timeout(Duration::from_millis(1500)).build(dev.clone());
+
+    // Its own heartbeat: yes. Another device's: no.
+    let hbs = js.get_key_value(HEARTBEAT_BUCKET).await.unwrap();
+    hbs.put("pi-1", "{}".into()).await.unwrap();
+    assert!(hbs.put("pi-2", "{}".into()).await.is_err(), "wrote another device's heartbeat");
+    // Reading heartbeats is the operator's business.
+    assert!(hbs.get("pi-1").await.is_err());
+
+    // Its own offer: read and watch. Another device's: neither.
+    let dev_offers = js.get_key_value(OFFER_BUCKET).await.unwrap();
+    assert_eq!(dev_offers.get("pi-1").await.unwrap().as_deref(), Some(&b"offer-1"[..]));
+    assert!(dev_offers.get("pi-2").await.is_err(), "read another device's offer");
+    // The agent's offer watch: a named ordered consumer filtered on its key.
+    let mut watch = watch_own_offer(&js, &dev, &pi1).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(&first.payload[..], b"offer-1");
+    offers.put("pi-1", "offer-1b".into()).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(&next.payload[..], b"offer-1b");
+    assert!(watch_own_offer(&js, &dev, &pi2).await.is_err(), "watched another device's offer");
+    // The unnamed form (filter only in the payload) is refused: it could name any key.
+    assert!(dev_offers.watch("pi-1").await.is_err());
+    assert!(dev_offers.watch("pi-2").await.is_err());
+    assert!(dev_offers.put("pi-1", "forged".into()).await.is_err(), "a device cannot write offers");
+
+    // Bundles: download yes, upload no.
+    let dev_objects = js.get_object_store(BUNDLE_OBJECT_BUCKET).await.unwrap();
+    let mut obj = dev_objects.get("3.0.0").await.unwrap();
+    let mut bytes = Vec::new();
+    obj.read_to_end(&mut bytes).await.unwrap();
+    assert_eq!(bytes, b"bundle bytes");
+    assert!(dev_objects.put("evil", &mut &b"x"[..]).await.is_err());
+
+    // Commands: it serves its own subject and the operator gets the reply.
+    let mut sub = dev.subscribe(command_subject(&pi1)).await.unwrap();
+    dev.flush().await.unwrap();
+    tokio::spawn({
+        let dev = dev.clone();
+        async move {
+            if let Some(msg) = sub.next().await {
+                let reply = CommandReply::from_result(Ok(ReplyBody::RebootScheduled));
+                dev.publish(msg.reply.unwrap(), reply.encode().into()).await.unwrap();
+            }
+        }
+    });
+    let answer = op.request(command_subject(&pi1), Command::Ping.encode().into()).await.unwrap();
+    assert!(CommandReply::decode(&answer.payload).is_ok());
+    // It cannot listen on another device's subject: nobody answers there.
+    let mut other = dev.subscribe(command_subject(&pi2)).await.unwrap();
+    let _ = dev.flush().await;
+    let r = tokio::time::timeout(Duration::from_secs(2), op.request(command_subject(&pi2), Command::Ping.encode().into())).await;
+    assert!(!matches!(r, Ok(Ok(_))), "pi-1 answered for pi-2");
+    assert!(tokio::time::timeout(Duration::from_millis(300), other.next()).await.ok().flatten().is_none());
+}
