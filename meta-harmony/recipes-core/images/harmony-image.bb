@@ -41,3 +41,8 @@ WKS_FILE = "harmony-${MACHINE}.wks"
 # meta-raspberrypi already lists it and depends on u-boot:do_deploy for the Pi.
 IMAGE_BOOT_FILES:qemuarm64 = "boot.scr"
 do_image_wic[depends] += "u-boot:do_deploy"
+# Each rootfs slot carries its own kernel in /boot (kernel-image above), so
+# a bundle updates kernel and userland together (boot.cmd.in loads it from
+# the slot); the copy meta-raspberrypi puts on the shared boot partition
+# would be dead weight that no update touches.
+RPI_EXTRA_IMAGE_BOOT_FILES:remove = "${KERNEL_IMAGETYPE}"
