@@ -172,6 +172,8 @@ pub struct SimFleet {
     pub devices: Arc<Mutex<HashMap<DeviceId, SimState>>>,
     pub stats: Arc<Mutex<Stats>>,
     clock: Arc<dyn Clock>,
+    /// Simulated download + install + reboot time before the new boot's heartbeat.
+    pub install_delay: Duration,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -180,7 +182,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl SimFleet {
     pub async fn connect(url: &str, fleet_key: VerifyingKey) -> Result<Self> {
-        let client = async_nats::connect(url).await.map_err(Error::nats)?;
+        let client = async_nats::ConnectOptions::new()
+            .client_capacity(65_536)
+            .subscription_capacity(65_536)
+            .connect(url)
+            .await
+            .map_err(Error::nats)?;
         let js = jetstream::new(client.clone());
         let heartbeats = js.get_key_value(HEARTBEAT_BUCKET).await.map_err(Error::nats)?;
         let offers = js.get_key_value(OFFER_BUCKET).await.map_err(Error::nats)?;
@@ -194,6 +201,7 @@ impl SimFleet {
             devices: Arc::default(),
             stats: Arc::default(),
             clock: Arc::new(SystemClock),
+            install_delay: Duration::ZERO,
         })
     }
 
@@ -207,6 +215,10 @@ impl SimFleet {
 
     pub fn now(&self) -> UnixMillis {
         self.clock.now()
+    }
+
+    pub fn heartbeat_store(&self) -> &kv::Store {
+        &self.heartbeats
     }
 
     pub async fn put(&self, hb: &Heartbeat) -> Result<()> {
@@ -263,7 +275,21 @@ impl SimFleet {
             d.offers.push(offer.clone());
             if d.behavior == Behavior::Manual { Vec::new() } else { d.run_offer(&offer, now) }
         });
-        for hb in beats.unwrap_or_default() {
+        let mut beats = beats.unwrap_or_default();
+        let last = beats.pop();
+        for hb in beats {
+            let _ = self.put(&hb).await;
+        }
+        if let Some(mut hb) = last {
+            if !self.install_delay.is_zero() {
+                tokio::time::sleep(self.install_delay).await;
+                hb.sent_at = self.now();
+            }
+            self.with(&offer.device_id, |d| {
+                if d.awaiting_since.is_some() {
+                    d.awaiting_since = Some(Instant::now());
+                }
+            });
             let _ = self.put(&hb).await;
         }
     }

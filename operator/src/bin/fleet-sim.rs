@@ -1,1 +1,274 @@
-fn main() {}
+//! Fleet simulator + operator benchmark.
+//!
+//! Starts a nats-server (or uses `--nats-url`), creates the buckets, starts
+//! the real `harmony-operator serve` as a child process, and simulates N
+//! devices in this process speaking the real protocol over real NATS (one
+//! heartbeat per device per interval, spread evenly). It reports the
+//! operator's CPU and RSS in steady state, then rolls a bundle out to
+//! `--rollout` devices with simulated installs and reports the time to roll
+//! and the commit latency (awaiting-commit heartbeat written → commit
+//! received by the device), p50/p99.
+//!
+//! cargo run --release -p harmony-operator --bin fleet-sim -- --devices 10000
+
+use clap::Parser;
+use futures::stream::{FuturesUnordered, StreamExt};
+use harmony_operator::bus::{create_buckets, BucketLimits, Buckets};
+use harmony_operator::commands::{rollout_start, StartArgs, Target};
+use harmony_operator::model::{keys, BundleRecord, HaltThreshold, RolloutStatus};
+use harmony_operator::sim::{Behavior, SimFleet, SimState};
+use harmony_operator::{store, Config};
+use harmony_protocol::DeviceId;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Parser)]
+#[command(about = "Simulate a fleet against a real operator and report CPU, RSS, commit latency and roll time")]
+struct Args {
+    #[arg(long, default_value_t = 10_000)]
+    devices: usize,
+    #[arg(long, default_value_t = 10)]
+    interval_secs: u64,
+    /// Steady-state measuring window after one warm-up interval.
+    #[arg(long, default_value_t = 30)]
+    measure_secs: u64,
+    /// Devices to roll out to after the steady-state measurement (0: skip).
+    #[arg(long, default_value_t = 1000)]
+    rollout: usize,
+    /// Simulated download + install + reboot time per device.
+    #[arg(long, default_value_t = 2000)]
+    install_ms: u64,
+    #[arg(long, default_value_t = 100)]
+    max_in_flight: usize,
+    /// Use this server instead of starting one.
+    #[arg(long)]
+    nats_url: Option<String>,
+    /// The operator binary (default: next to this one).
+    #[arg(long)]
+    operator: Option<PathBuf>,
+}
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn find_nats_server() -> PathBuf {
+    if let Some(p) = std::env::var_os("HARMONY_NATS_SERVER") {
+        return p.into();
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/venv/bin/nats-server");
+    if venv.is_file() {
+        return venv;
+    }
+    "nats-server".into()
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// utime + stime in seconds and VmRSS in KiB of a process.
+fn usage(pid: u32) -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some((ticks / clk_tck(), rss))
+}
+
+fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn main() -> Res<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(bench(args))
+}
+
+async fn bench(args: Args) -> Res<()> {
+    let dir = tempfile_dir()?;
+    let mut _server = None;
+    let url = match &args.nats_url {
+        Some(u) => u.clone(),
+        None => {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let child = Command::new(find_nats_server())
+                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(dir.join("js"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?;
+            _server = Some(Proc(child));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            format!("nats://127.0.0.1:{port}")
+        }
+    };
+    let nats_pid = _server.as_ref().map(|p| p.0.id());
+    let key = dir.join("fleet.key");
+    harmony_operator::keys::generate(&key)?;
+    let mut cfg = Config::for_url(&url, &key);
+    cfg.fleet.stale_after_secs = 3 * args.interval_secs;
+    cfg.coordinator.tick_millis = 500;
+    let cfg_path = dir.join("operator.toml");
+    std::fs::write(&cfg_path, toml::to_string(&cfg)?)?;
+
+    let client = harmony_operator::bus::connect(&cfg.nats).await?;
+    create_buckets(&async_nats::jetstream::new(client.clone()), &BucketLimits::default()).await?;
+    let buckets = Buckets::open(client).await?;
+    let rec = BundleRecord {
+        id: "2.0".into(),
+        version: "2.0".into(),
+        compatible: "harmony-sim".into(),
+        sha256: "ab".repeat(32),
+        size: 100 << 20,
+        pushed_at: harmony_operator::clock::Clock::now(&harmony_operator::clock::SystemClock),
+    };
+    store::put_json(&buckets.state, &keys::bundle("2.0"), &rec).await?;
+
+    let public = harmony_operator::keys::load(&key)?.verifying_key();
+    let mut fleet = SimFleet::connect(&url, public).await?;
+    fleet.install_delay = Duration::from_millis(args.install_ms);
+    let ids: Vec<DeviceId> = (0..args.devices).map(|i| DeviceId::new(format!("sim-{i:06}"))).collect::<Result<_, _>>()?;
+    for id in &ids {
+        fleet.add(SimState::new(id.clone(), "1.0", Behavior::Happy));
+    }
+    fleet.start().await?;
+
+    // Heartbeats: every device once per interval, spread evenly, with many puts in flight.
+    let beater = {
+        let fleet = fleet.clone();
+        let ids = ids.clone();
+        let interval = Duration::from_secs(args.interval_secs);
+        tokio::spawn(async move {
+            let slots = 100u32;
+            let per_slot = ids.len().div_ceil(slots as usize);
+            let mut tick = tokio::time::interval(interval / slots);
+            let mut inflight = FuturesUnordered::new();
+            for chunk in ids.chunks(per_slot.max(1)).cycle() {
+                tick.tick().await;
+                for id in chunk {
+                    let fleet = fleet.clone();
+                    let id = id.clone();
+                    inflight.push(async move { fleet.beat(&id).await });
+                    while inflight.len() > 2048 {
+                        inflight.next().await;
+                    }
+                }
+                while let Some(Some(_)) = futures::FutureExt::now_or_never(inflight.next()) {}
+            }
+        })
+    };
+
+    let op_bin = args.operator.clone().unwrap_or_else(|| {
+        std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("harmony-operator"))).unwrap_or_default()
+    });
+    let op = Proc(
+        Command::new(&op_bin)
+            .arg("--config")
+            .arg(&cfg_path)
+            .arg("serve")
+            .env("HARMONY_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let pid = op.0.id();
+    println!("fleet-sim: {} devices, 1 heartbeat / {} s each ({:.0}/s), operator pid {pid}", args.devices, args.interval_secs, args.devices as f64 / args.interval_secs as f64);
+
+    tokio::time::sleep(Duration::from_secs(args.interval_secs + 2)).await;
+    let (c0, _) = usage(pid).ok_or("operator not running")?;
+    let n0 = nats_pid.and_then(usage).map(|u| u.0);
+    let t0 = Instant::now();
+    let mut peak_rss = 0;
+    while t0.elapsed() < Duration::from_secs(args.measure_secs) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if let Some((_, rss)) = usage(pid) {
+            peak_rss = peak_rss.max(rss);
+        }
+    }
+    let (c1, rss) = usage(pid).ok_or("operator died")?;
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "steady state over {secs:.0} s: operator CPU {:.1}% of one core, RSS {:.1} MiB (peak {:.1} MiB)",
+        (c1 - c0) / secs * 100.0,
+        rss as f64 / 1024.0,
+        peak_rss as f64 / 1024.0
+    );
+    if let (Some(n0), Some(n1)) = (n0, nats_pid.and_then(usage).map(|u| u.0)) {
+        println!("  (nats-server CPU {:.1}%, simulator in this process)", (n1 - n0) / secs * 100.0);
+    }
+
+    if args.rollout > 0 {
+        let targets: Vec<String> = ids.iter().take(args.rollout).map(|d| d.to_string()).collect();
+        let mut a = StartArgs::from_defaults(&cfg, "2.0", Target::Devices(targets));
+        a.id = Some("bench".into());
+        a.canary = 10;
+        a.waves = vec![10, 50, 100];
+        a.policy.max_in_flight = args.max_in_flight;
+        a.policy.halt = HaltThreshold::Percent(10);
+        let c_start = usage(pid).map(|u| u.0).unwrap_or(0.0);
+        let start = Instant::now();
+        rollout_start(&cfg, &a).await?;
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let r: Option<harmony_operator::model::Rollout> = store::get_json(&buckets.state, &keys::rollout("bench")).await?;
+            match r.map(|r| r.status) {
+                Some(RolloutStatus::Completed) => break,
+                Some(RolloutStatus::Halted { reason }) => return Err(format!("rollout halted: {reason}").into()),
+                _ => {}
+            }
+            if start.elapsed() > Duration::from_secs(3600) {
+                return Err("rollout did not finish within an hour".into());
+            }
+        }
+        let took = start.elapsed();
+        let cpu = usage(pid).map(|u| u.0).unwrap_or(0.0) - c_start;
+        let mut lat = fleet.stats.lock().map(|s| s.commit_latency.clone()).unwrap_or_default();
+        lat.sort();
+        println!(
+            "rollout of {} devices (canary 10, waves 10/50/100%, max in flight {}, simulated install {} ms): {:.1} s, operator CPU {:.1}% during it",
+            args.rollout,
+            args.max_in_flight,
+            args.install_ms,
+            took.as_secs_f64(),
+            cpu / took.as_secs_f64() * 100.0
+        );
+        println!(
+            "commit latency (awaiting-commit heartbeat put → commit at device), n={}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            lat.len(),
+            pct(&lat, 0.5).as_secs_f64() * 1000.0,
+            pct(&lat, 0.99).as_secs_f64() * 1000.0,
+            lat.last().copied().unwrap_or_default().as_secs_f64() * 1000.0
+        );
+    }
+    beater.abort();
+    drop(op);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn tempfile_dir() -> Res<PathBuf> {
+    let mut nonce = [0u8; 4];
+    getrandom::getrandom(&mut nonce)?;
+    let dir = std::env::temp_dir().join(format!("fleet-sim-{}", hex::encode(nonce)));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
