@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 /// A `kB` field of `/proc/<pid>/status` (VmRSS, RssAnon, RssFile).
 fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse().ok())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse().ok())
 }
 
 /// utime + stime in clock ticks.

@@ -32,7 +32,8 @@ pub async fn connect(cfg: &NatsConfig, device: &DeviceId) -> Result<Bus, BusErro
             .await
             .map_err(|source| BusError::Credentials { path: path.clone(), source })?
     } else if let Some(path) = &cfg.nkey_seed_file {
-        let seed = std::fs::read_to_string(path).map_err(|source| BusError::Credentials { path: path.clone(), source })?;
+        let seed =
+            std::fs::read_to_string(path).map_err(|source| BusError::Credentials { path: path.clone(), source })?;
         async_nats::ConnectOptions::with_nkey(seed.trim().to_string())
     } else {
         async_nats::ConnectOptions::new()
@@ -111,8 +112,7 @@ mod tests {
             assert!(d <= MAX_RECONNECT_DELAY * 3 / 2, "{attempts}: {d:?}");
         }
         assert!(reconnect_delay("a", 40) >= MAX_RECONNECT_DELAY);
-        let spread: std::collections::BTreeSet<_> =
-            (0..20).map(|i| reconnect_delay(&format!("dev-{i}"), 12)).collect();
+        let spread: std::collections::BTreeSet<_> = (0..20).map(|i| reconnect_delay(&format!("dev-{i}"), 12)).collect();
         assert!(spread.len() > 10, "jitter should differ across devices: {spread:?}");
     }
 }

@@ -41,7 +41,9 @@ impl Args {
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
-                "--config" | "-c" => parsed.config = args.next().map(PathBuf::from).ok_or(ArgsError::MissingConfigPath)?,
+                "--config" | "-c" => {
+                    parsed.config = args.next().map(PathBuf::from).ok_or(ArgsError::MissingConfigPath)?
+                }
                 "--self-test" => parsed.mode = Mode::SelfTest,
                 "--version" | "-V" => parsed.mode = Mode::Version,
                 "--help" | "-h" => parsed.mode = Mode::Help,

@@ -217,10 +217,7 @@ mod tests {
             ("heartbeat_interval_secs = 0\n[nats]\nurls = [\"x\"]", "at least 1"),
             ("colour = \"red\"\n[nats]\nurls = [\"x\"]", "unknown field"),
             ("", "missing field `nats`"),
-            (
-                "[nats]\nurls = [\"x\"]\ncredentials_file = \"a\"\nnkey_seed_file = \"b\"",
-                "not both",
-            ),
+            ("[nats]\nurls = [\"x\"]\ncredentials_file = \"a\"\nnkey_seed_file = \"b\"", "not both"),
         ];
         for (text, needle) in cases {
             let err = AgentConfig::parse(text, Path::new("t.toml")).unwrap_err().to_string();
@@ -242,7 +239,8 @@ mod tests {
             ),
         )
         .unwrap();
-        std::fs::write(d.join("10-device.toml"), "device_id = \"pi-9\"\n[nats]\nurls = [\"nats://fleet:4222\"]\n").unwrap();
+        std::fs::write(d.join("10-device.toml"), "device_id = \"pi-9\"\n[nats]\nurls = [\"nats://fleet:4222\"]\n")
+            .unwrap();
         std::fs::write(d.join("20-test.toml"), "[upgrade]\ncommit_deadline_secs = 20\n").unwrap();
         std::fs::write(d.join("README"), "ignored").unwrap();
         let cfg = AgentConfig::load(&main).unwrap();

@@ -18,7 +18,8 @@ pub enum FleetKeysError {
 }
 
 pub fn load(dir: &Path) -> Result<TrustedKeys, FleetKeysError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| FleetKeysError::ReadDir { path: dir.to_path_buf(), source })?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|source| FleetKeysError::ReadDir { path: dir.to_path_buf(), source })?;
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "pub"))
@@ -26,8 +27,10 @@ pub fn load(dir: &Path) -> Result<TrustedKeys, FleetKeysError> {
     paths.sort();
     let mut keys = TrustedKeys::new();
     for path in paths {
-        let text = std::fs::read_to_string(&path).map_err(|source| FleetKeysError::Read { path: path.clone(), source })?;
-        let key = verifying_key_from_hex(&text).map_err(|source| FleetKeysError::Malformed { path: path.clone(), source })?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|source| FleetKeysError::Read { path: path.clone(), source })?;
+        let key =
+            verifying_key_from_hex(&text).map_err(|source| FleetKeysError::Malformed { path: path.clone(), source })?;
         let id = keys.insert(key);
         log::info!("trusting fleet key {id} from {}", path.display());
     }

@@ -16,7 +16,8 @@ pub enum IdentityError {
 }
 
 fn read_trimmed(path: &Path) -> Result<String, IdentityError> {
-    let text = std::fs::read_to_string(path).map_err(|source| IdentityError::Read { path: path.to_path_buf(), source })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| IdentityError::Read { path: path.to_path_buf(), source })?;
     let text = text.trim().to_string();
     if text.is_empty() {
         return Err(IdentityError::Empty { path: path.to_path_buf() });

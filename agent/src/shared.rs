@@ -41,7 +41,11 @@ pub struct StatusBoard {
 
 impl StatusBoard {
     pub fn new(upgrade: UpgradeStatus, health: Health) -> Self {
-        Self { upgrade: watch::Sender::new(upgrade), health: watch::Sender::new(health), heartbeat_seq: AtomicU64::new(0) }
+        Self {
+            upgrade: watch::Sender::new(upgrade),
+            health: watch::Sender::new(health),
+            heartbeat_seq: AtomicU64::new(0),
+        }
     }
 
     /// The heartbeat this agent would send now.

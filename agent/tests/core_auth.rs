@@ -64,7 +64,8 @@ async fn a_wrong_nkey_is_refused_by_the_server_but_the_agent_keeps_running() {
     let allowed = nkeys::KeyPair::new_user();
     let conf_dir = tempfile::tempdir().unwrap();
     let conf = conf_dir.path().join("auth.conf");
-    std::fs::write(&conf, format!("authorization {{ users = [ {{ nkey: \"{}\" }} ] }}\n", allowed.public_key())).unwrap();
+    std::fs::write(&conf, format!("authorization {{ users = [ {{ nkey: \"{}\" }} ] }}\n", allowed.public_key()))
+        .unwrap();
     let nats = NatsServer::start_with_config(Some(&conf));
 
     let device = FakeDevice::new();

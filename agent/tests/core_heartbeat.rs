@@ -43,7 +43,8 @@ async fn heartbeats_resume_after_nats_is_killed_and_restarted() {
     let agent = RunningAgent::start(device.config(&nats.url(), 1));
     {
         let client = client(&nats).await;
-        let kv = async_nats::jetstream::new(client).get_key_value(harmony_protocol::names::HEARTBEAT_BUCKET).await.unwrap();
+        let kv =
+            async_nats::jetstream::new(client).get_key_value(harmony_protocol::names::HEARTBEAT_BUCKET).await.unwrap();
         wait_heartbeat(&kv, Duration::from_secs(5), |_| true).await;
     }
 

@@ -18,10 +18,7 @@ async fn ready_after_connect_then_watchdog_pings_and_stopping() {
     agent.stop().await.unwrap();
     let log = sm.notifications();
     let ready = log.iter().position(|n| *n == Notification::Ready).expect("READY=1 sent");
-    assert!(
-        log.iter().any(|n| matches!(n, Notification::Status(s) if s.starts_with("connected to NATS"))),
-        "{log:?}"
-    );
+    assert!(log.iter().any(|n| matches!(n, Notification::Status(s) if s.starts_with("connected to NATS"))), "{log:?}");
     // 400 ms watchdog → a ping every 200 ms: several in 2 s, after READY.
     let pings = log.iter().skip(ready).filter(|n| **n == Notification::Watchdog).count();
     assert!(pings >= 4, "expected regular watchdog pings, got {log:?}");

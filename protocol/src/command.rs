@@ -57,8 +57,7 @@ impl Command {
     pub fn encode(&self) -> Vec<u8> {
         // Serialising plain structs of strings cannot fail; fall back to an
         // empty object rather than panicking if it ever did.
-        serde_json::to_vec(&CommandRequest { schema: SCHEMA_VERSION, command: self })
-            .unwrap_or_else(|_| b"{}".to_vec())
+        serde_json::to_vec(&CommandRequest { schema: SCHEMA_VERSION, command: self }).unwrap_or_else(|_| b"{}".to_vec())
     }
 
     /// Parse a request. Checks, in order: JSON object, schema (a newer one
@@ -66,8 +65,8 @@ impl Command {
     /// (an unknown field is `Unsupported`, a missing or mistyped one is
     /// `BadRequest`).
     pub fn decode(bytes: &[u8]) -> Result<Self, CommandError> {
-        let value: serde_json::Value = serde_json::from_slice(bytes)
-            .map_err(|e| CommandError::BadRequest { detail: format!("not JSON: {e}") })?;
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| CommandError::BadRequest { detail: format!("not JSON: {e}") })?;
         let serde_json::Value::Object(mut map) = value else {
             return Err(CommandError::BadRequest { detail: "request is not a JSON object".into() });
         };
@@ -75,9 +74,7 @@ impl Command {
             Some(serde_json::Value::Number(n)) => n.as_u64().ok_or_else(|| CommandError::BadRequest {
                 detail: format!("schema {n} is not a non-negative integer"),
             })?,
-            Some(other) => {
-                return Err(CommandError::BadRequest { detail: format!("schema {other} is not a number") })
-            }
+            Some(other) => return Err(CommandError::BadRequest { detail: format!("schema {other} is not a number") }),
             None => return Err(CommandError::BadRequest { detail: "missing field `schema`".into() }),
         };
         if schema > u64::from(SCHEMA_VERSION) {
@@ -216,19 +213,13 @@ mod tests {
     #[test]
     fn unknown_verb_is_unsupported() {
         let err = Command::decode(br#"{"schema":1,"verb":"format-disk"}"#).unwrap_err();
-        assert_eq!(
-            err,
-            CommandError::Unsupported { reason: Unsupported::UnknownVerb { verb: "format-disk".into() } }
-        );
+        assert_eq!(err, CommandError::Unsupported { reason: Unsupported::UnknownVerb { verb: "format-disk".into() } });
     }
 
     #[test]
     fn newer_schema_is_unsupported_even_for_known_verbs() {
         let err = Command::decode(br#"{"schema":2,"verb":"ping"}"#).unwrap_err();
-        assert_eq!(
-            err,
-            CommandError::Unsupported { reason: Unsupported::NewerSchema { received: 2, supported: 1 } }
-        );
+        assert_eq!(err, CommandError::Unsupported { reason: Unsupported::NewerSchema { received: 2, supported: 1 } });
     }
 
     #[test]

@@ -35,10 +35,8 @@ impl DeviceId {
         if len > MAX_DEVICE_ID_LEN {
             return Err(DeviceIdError::TooLong { len });
         }
-        if let Some((position, found)) = raw
-            .chars()
-            .enumerate()
-            .find(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+        if let Some((position, found)) =
+            raw.chars().enumerate().find(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
         {
             return Err(DeviceIdError::InvalidChar { found, position });
         }
@@ -103,11 +101,7 @@ mod tests {
             ("ünï", 'ü', 0),
             ("a/b", '/', 1),
         ] {
-            assert_eq!(
-                DeviceId::new(bad),
-                Err(DeviceIdError::InvalidChar { found: ch, position: pos }),
-                "{bad:?}"
-            );
+            assert_eq!(DeviceId::new(bad), Err(DeviceIdError::InvalidChar { found: ch, position: pos }), "{bad:?}");
         }
     }
 

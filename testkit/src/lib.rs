@@ -7,7 +7,9 @@
 //! `scripts/setup`) and kills it on drop, so a failing test never leaks a
 //! server into the next one.
 
+pub mod dbus;
 pub mod nats;
+pub mod rauc;
 pub mod rauc_bundle;
 pub mod tools;
 

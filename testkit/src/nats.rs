@@ -28,12 +28,7 @@ impl NatsServer {
     /// Start with an extra config file (e.g. accounts and per-device users).
     pub fn start_with_config(config: Option<&Path>) -> Self {
         let store = tempfile::tempdir().expect("tempdir for JetStream");
-        let mut server = Self {
-            child: None,
-            port: free_port(),
-            store,
-            config: config.map(Path::to_path_buf),
-        };
+        let mut server = Self { child: None, port: free_port(), store, config: config.map(Path::to_path_buf) };
         server.spawn();
         server
     }
@@ -46,12 +41,7 @@ impl NatsServer {
             cmd.arg("-c").arg(cfg);
         }
         let log = std::fs::File::create(self.store.path().join("nats-server.log")).expect("log file");
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn nats-server");
+        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log).spawn().expect("spawn nats-server");
         self.child = Some(child);
         self.wait_listening();
     }

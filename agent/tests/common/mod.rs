@@ -111,7 +111,11 @@ pub async fn client(nats: &NatsServer) -> async_nats::Client {
 /// What `harmony-operator init` does for heartbeats, minimal.
 pub async fn create_heartbeat_bucket(client: &async_nats::Client) -> jetstream::kv::Store {
     jetstream::new(client.clone())
-        .create_key_value(jetstream::kv::Config { bucket: HEARTBEAT_BUCKET.to_string(), history: 1, ..Default::default() })
+        .create_key_value(jetstream::kv::Config {
+            bucket: HEARTBEAT_BUCKET.to_string(),
+            history: 1,
+            ..Default::default()
+        })
         .await
         .expect("create heartbeat bucket")
 }
@@ -149,7 +153,9 @@ pub async fn request_raw(client: &async_nats::Client, payload: Vec<u8>, within: 
     let subject = harmony_protocol::names::command_subject(&device_id());
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        match tokio::time::timeout(Duration::from_secs(3), client.request(subject.clone(), payload.clone().into())).await {
+        match tokio::time::timeout(Duration::from_secs(3), client.request(subject.clone(), payload.clone().into()))
+            .await
+        {
             Ok(Ok(msg)) => return CommandReply::decode(&msg.payload).expect("reply is a CommandReply"),
             other => {
                 assert!(tokio::time::Instant::now() < deadline, "no reply within {within:?}: {other:?}");
