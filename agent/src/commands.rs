@@ -73,7 +73,7 @@ impl CommandServer {
                 boot_id: self.facts.boot_id.clone(),
             }),
             Command::Status => {
-                Ok(ReplyBody::Status { heartbeat: Box::new(self.board.heartbeat(&self.facts, self.clock.now())) })
+                Ok(ReplyBody::Status { heartbeat: Box::new(self.board.current_heartbeat(&self.facts, self.clock.now())) })
             }
             Command::Commit(args) => self.upgrade.commit(args).await,
             Command::Reboot => self.upgrade.reboot().await,

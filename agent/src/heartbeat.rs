@@ -84,7 +84,7 @@ impl HeartbeatLoop {
             *store = Some(opened);
         }
         let Some(kv) = store.as_ref() else { return Ok(()) };
-        let heartbeat = self.board.heartbeat(&self.facts, self.clock.now());
+        let heartbeat = self.board.next_heartbeat(&self.facts, self.clock.now());
         let payload = serde_json::to_vec(&heartbeat).map_err(|e| format!("heartbeat not encoded: {e}"))?;
         match tokio::time::timeout(PUT_TIMEOUT, kv.put(device_key(&self.facts.device_id), payload.into())).await {
             Ok(Ok(_revision)) => Ok(()),

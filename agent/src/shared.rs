@@ -48,8 +48,19 @@ impl StatusBoard {
         }
     }
 
-    /// The heartbeat this agent would send now.
-    pub fn heartbeat(&self, facts: &DeviceFacts, now: UnixMillis) -> Heartbeat {
+    /// The next heartbeat to send; advances the sequence number.
+    pub fn next_heartbeat(&self, facts: &DeviceFacts, now: UnixMillis) -> Heartbeat {
+        let seq = self.heartbeat_seq.fetch_add(1, Ordering::Relaxed);
+        self.heartbeat(facts, now, seq)
+    }
+
+    /// What the agent would report now (for `status`), without counting as a
+    /// sent heartbeat.
+    pub fn current_heartbeat(&self, facts: &DeviceFacts, now: UnixMillis) -> Heartbeat {
+        self.heartbeat(facts, now, self.heartbeat_seq.load(Ordering::Relaxed))
+    }
+
+    fn heartbeat(&self, facts: &DeviceFacts, now: UnixMillis, seq: u64) -> Heartbeat {
         Heartbeat {
             schema: SCHEMA_VERSION,
             device_id: facts.device_id.clone(),
@@ -62,7 +73,7 @@ impl StatusBoard {
             health: self.health.borrow().clone(),
             upgrade: self.upgrade.borrow().clone(),
             labels: facts.labels.clone(),
-            seq: self.heartbeat_seq.fetch_add(1, Ordering::Relaxed),
+            seq,
             sent_at: now,
         }
     }
