@@ -325,7 +325,9 @@ def _wks_for(ctx: Ctx, machine: str):
     wks_name = (d.getVar("WKS_FILE") or "").strip()
     if not wks_name:
         raise CheckError(f"{IMAGE}: WKS_FILE is not set for {machine}")
-    path = ctx.layer / "wic" / wks_name
+    path = ctx.layer / "files" / "wic" / wks_name
+    if not path.is_file() and (ctx.layer / "wic" / wks_name).is_file():
+        path = ctx.layer / "wic" / wks_name  # the wic-location check reports this
     return path, read_wks(path, d)
 
 
@@ -625,6 +627,16 @@ def check_kas_pinned(ctx: Ctx):
     return problems
 
 
+def check_wic_location(ctx: Ctx):
+    """No <layer>/wic directory: oe-core wrynose's sanity check stops every
+    build of a configuration whose layer has one (files/wic is the place)."""
+    legacy = ctx.layer / "wic"
+    if legacy.exists():
+        return [f"{legacy.relative_to(ctx.repo)} exists: wrynose refuses to build "
+                "('wic/wks files ... need to be moved to files/wic'); move it to meta-harmony/files/wic"]
+    return []
+
+
 def check_single_copy(ctx: Ctx):
     """The boot-chain files and the agent unit exist once, in the layer: the
     QEMU image uses them from here, a second copy would drift."""
@@ -655,6 +667,7 @@ CHECKS = {
     "keyring": check_keyring,
     "no-mark-good": check_no_mark_good,
     "kas-pinned": check_kas_pinned,
+    "wic-location": check_wic_location,
     "single-copy": check_single_copy,
 }
 

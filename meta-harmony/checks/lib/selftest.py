@@ -79,7 +79,7 @@ def add_fixtures(layer: Path):
         fixtures = {
             f"recipes-core/rauc/files/{machine}/system.conf": FIXTURE_SYSTEM_CONF.format(machine=machine, disk=disk),
             f"recipes-bsp/libubootenv/files/{machine}/fw_env.config": FIXTURE_FW_ENV,
-            f"wic/harmony-{machine}.wks": FIXTURE_WKS.format(disk_wks=disk_wks),
+            f"files/wic/harmony-{machine}.wks": FIXTURE_WKS.format(disk_wks=disk_wks),
         }
         for rel, text in fixtures.items():
             path = layer / rel
@@ -95,6 +95,18 @@ def add_fixtures(layer: Path):
         if not (agent_files / name).exists():
             agent_files.mkdir(parents=True, exist_ok=True)
             (agent_files / name).write_text("# stand-in\n")
+
+
+def move_legacy_wic(layer: Path):
+    """The unbroken copy uses files/wic even while the tree still has wic/
+    (the wic-location check reports that on the real tree)."""
+    legacy = layer / "wic"
+    if legacy.is_dir():
+        (layer / "files").mkdir(exist_ok=True)
+        if not (layer / "files" / "wic").exists():
+            legacy.rename(layer / "files" / "wic")
+        else:
+            shutil.rmtree(legacy)
 
 
 def make_copy(root: Path) -> Path:
@@ -113,6 +125,7 @@ def make_copy(root: Path) -> Path:
         (root / member).mkdir(parents=True, exist_ok=True)
         if manifest.is_file():
             shutil.copy2(manifest, root / member / "Cargo.toml")
+    move_legacy_wic(root / "meta-harmony")
     add_fixtures(root / "meta-harmony")
     return root / "meta-harmony"
 
@@ -214,6 +227,8 @@ CASES = [
      lambda l: append(first(l.parent / "image" / "kas", "qemuarm64.yml"), "machin: qemuarm64\n")),
     ("kas include that does not exist", run_python_check("kas-pinned"),
      lambda l: edit(first(l.parent / "image" / "kas", "raspberrypi5.yml"), r"raspberrypi\.yml", "raspberry.yml")),
+    ("wks back in <layer>/wic", run_python_check("wic-location"),
+     lambda l: (l / "wic").mkdir()),
     ("second copy of the boot script", run_python_check("single-copy"),
      lambda l: (l.parent / "image" / "qemu").mkdir(parents=True, exist_ok=True)
      or (l.parent / "image" / "qemu" / "boot.cmd.in").write_text("# copy\n")),

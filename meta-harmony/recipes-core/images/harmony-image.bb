@@ -30,10 +30,10 @@ BAD_RECOMMENDATIONS += "rauc-mark-good"
 # wic + bmap: the SD card / disk image, flashed with bmaptool.
 IMAGE_FSTYPES = "ext4 wic.bz2 wic.bmap"
 
-# The A/B layouts live in meta-harmony/wic/, shared with the QEMU test image
-# builder. oe-core looks in <layer>/files/wic since styhead and in
-# <layer>/wic before: name the directory explicitly for both.
-WKS_SEARCH_PATH:prepend = "${HARMONY_LAYERDIR}/wic:"
+# The A/B layouts live in meta-harmony/files/wic/, shared with the QEMU test
+# image builder. That is where wrynose looks (its sanity check rejects a
+# <layer>/wic directory); scarthgap looked in <layer>/wic, hence the prepend.
+WKS_SEARCH_PATH:prepend = "${HARMONY_LAYERDIR}/files/wic:"
 # One A/B layout per machine: boot (vfat), rootfs A, rootfs B, data.
 WKS_FILE = "harmony-${MACHINE}.wks"
 
