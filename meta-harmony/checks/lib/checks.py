@@ -387,6 +387,45 @@ def check_wks_vs_system_conf(ctx: Ctx):
     return problems
 
 
+def _wks_size_kib(text: str):
+    m = re.fullmatch(r"(\d+)([KMG]?)", str(text))
+    if not m:
+        return None
+    return int(m.group(1)) * {"K": 1, "": 1024, "M": 1024, "G": 1024 * 1024}[m.group(2)]
+
+
+def check_rootfs_fits_slot(ctx: Ctx):
+    """Both rootfs partitions have the same fixed size, and the image's
+    IMAGE_ROOTFS_MAXSIZE keeps the bundle's ext4 image within it."""
+    problems = []
+    for machine in MACHINES:
+        try:
+            wks_path, (_, parts) = _wks_for(ctx, machine)
+        except CheckError as e:
+            problems.append(f"[{machine}] {e}")
+            continue
+        sizes = []
+        for p in parts:
+            if p.get("mount") != "/":
+                continue
+            size = p.get("fixed-size") or p.get("size")
+            kib = _wks_size_kib(size) if size else None
+            if kib is None:
+                problems.append(f"[{machine}] {wks_path.name}:{p['line']}: rootfs partition without a fixed size")
+            sizes.append(kib)
+        if len(set(sizes)) > 1:
+            problems.append(f"[{machine}] {wks_path.name}: rootfs slots differ in size {sizes} (KiB)")
+        slot = min((x for x in sizes if x), default=None)
+        d = ctx.recipe(IMAGE, machine)
+        maxsize = d.getVar("IMAGE_ROOTFS_MAXSIZE")
+        if not maxsize:
+            problems.append(f"[{machine}] {IMAGE}: no IMAGE_ROOTFS_MAXSIZE; a rootfs larger than the slot "
+                            f"({slot} KiB) would only fail at installation")
+        elif slot and int(maxsize) > slot:
+            problems.append(f"[{machine}] IMAGE_ROOTFS_MAXSIZE {maxsize} KiB exceeds the {slot} KiB slot")
+    return problems
+
+
 def check_bundle_compatible(ctx: Ctx):
     """harmony-bundle's compatible equals system.conf's, and system.conf
     accepts the bundle's format."""
@@ -661,6 +700,7 @@ CHECKS = {
     "agent-sources": check_agent_sources,
     "local-files": check_local_files,
     "wks-vs-system-conf": check_wks_vs_system_conf,
+    "rootfs-fits-slot": check_rootfs_fits_slot,
     "bundle-compatible": check_bundle_compatible,
     "boot-script-placeholders": check_boot_script_placeholders,
     "boot-script-vs-env": check_boot_script_vs_env,

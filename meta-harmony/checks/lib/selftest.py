@@ -49,8 +49,8 @@ bootname=B
 """
 FIXTURE_WKS = """bootloader --ptable msdos
 part /boot --source bootimg-partition --ondisk {disk_wks} --fstype=vfat --label boot --active
-part / --source rootfs --ondisk {disk_wks} --fstype=ext4 --label rootfs_a
-part / --source rootfs --ondisk {disk_wks} --fstype=ext4 --label rootfs_b
+part / --source rootfs --ondisk {disk_wks} --fstype=ext4 --label rootfs_a --fixed-size 320M
+part / --source rootfs --ondisk {disk_wks} --fstype=ext4 --label rootfs_b --fixed-size 320M
 part /data --ondisk {disk_wks} --fstype=ext4 --label data --size 64M
 """
 FIXTURE_FW_ENV = "/boot/uboot.env 0x0000 0x4000\n"
@@ -210,6 +210,9 @@ CASES = [
      lambda l: (l / "recipes-harmony/harmony-agent/files/agent.toml").unlink()),
     ("slot on a partition the wks lacks", run_python_check("wks-vs-system-conf"),
      lambda l: edit(l / SYSTEM_CONF, r"^(\[slot\.rootfs\.1\][^\[]*?device\s*=\s*)\S+", r"\1/dev/nowhere9")),
+    ("image may outgrow its slot", run_python_check("rootfs-fits-slot"),
+     lambda l: edit(l / "recipes-core/images/harmony-image.bb",
+                    r'^IMAGE_ROOTFS_MAXSIZE:qemuarm64 = ".*"', 'IMAGE_ROOTFS_MAXSIZE:qemuarm64 = "999999"')),
     ("bundle compatible differs", run_python_check("bundle-compatible"),
      lambda l: edit(l / "recipes-core/bundles/harmony-bundle.bb",
                     r'^RAUC_BUNDLE_COMPATIBLE = ".*"', 'RAUC_BUNDLE_COMPATIBLE = "someone-else"')),

@@ -37,6 +37,12 @@ WKS_SEARCH_PATH:prepend = "${HARMONY_LAYERDIR}/files/wic:"
 # One A/B layout per machine: boot (vfat), rootfs A, rootfs B, data.
 WKS_FILE = "harmony-${MACHINE}.wks"
 
+# The ext4 image that harmony-bundle ships must fit the rootfs slot it is
+# written to (the --fixed-size of the rootfs partitions in the wks, in KiB
+# here): fail the build rather than an installation in the field.
+IMAGE_ROOTFS_MAXSIZE:qemuarm64 = "327680"
+IMAGE_ROOTFS_MAXSIZE:rpi = "1048576"
+
 # The boot partition carries U-Boot's boot.scr (from our u-boot bbappend).
 # meta-raspberrypi already lists it and depends on u-boot:do_deploy for the Pi.
 IMAGE_BOOT_FILES:qemuarm64 = "boot.scr"
