@@ -689,7 +689,7 @@ def check_single_copy(ctx: Ctx):
             problems.append(f"{path.relative_to(ctx.repo)} duplicates a file meta-harmony owns")
         if path.suffix == ".wks" or path.name.endswith(".wks.in"):
             if ctx.layer not in path.parents:
-                problems.append(f"{path.relative_to(ctx.repo)}: partition layouts belong in meta-harmony/wic")
+                problems.append(f"{path.relative_to(ctx.repo)}: partition layouts belong in meta-harmony/files/wic")
     return problems
 
 
