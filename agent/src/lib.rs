@@ -13,6 +13,8 @@ pub mod heartbeat;
 pub mod identity;
 pub mod liveness;
 pub mod logging;
+pub mod rauc;
+pub mod reboot;
 pub mod runner;
 pub mod self_test;
 pub mod service_manager;

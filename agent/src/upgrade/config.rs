@@ -21,6 +21,16 @@ pub struct UpgradeConfig {
     pub health_checks_dir: PathBuf,
     #[serde(default = "default_health_check_timeout_secs")]
     pub health_check_timeout_secs: u64,
+    /// Pause between reporting `Installed` and rebooting, so the operator
+    /// sees the status (and the pre-reboot boot id) before the device goes.
+    #[serde(default = "default_reboot_delay_ms")]
+    pub reboot_delay_ms: u64,
+    /// Bundle download bandwidth cap; 0 = unlimited. For metered links.
+    #[serde(default)]
+    pub download_max_bytes_per_sec: u64,
+    /// Minimum time between progress updates in the status (each one is a heartbeat).
+    #[serde(default = "default_progress_interval_ms")]
+    pub progress_interval_ms: u64,
 }
 
 impl Default for UpgradeConfig {
@@ -31,6 +41,9 @@ impl Default for UpgradeConfig {
             health_units: Vec::new(),
             health_checks_dir: default_health_checks_dir(),
             health_check_timeout_secs: default_health_check_timeout_secs(),
+            reboot_delay_ms: default_reboot_delay_ms(),
+            download_max_bytes_per_sec: 0,
+            progress_interval_ms: default_progress_interval_ms(),
         }
     }
 }
@@ -58,4 +71,10 @@ fn default_health_checks_dir() -> PathBuf {
 }
 fn default_health_check_timeout_secs() -> u64 {
     30
+}
+fn default_reboot_delay_ms() -> u64 {
+    3000
+}
+fn default_progress_interval_ms() -> u64 {
+    1000
 }

@@ -3,6 +3,15 @@
 //! effect sits behind a trait.
 
 pub mod config;
+pub mod download;
+pub mod health;
+pub mod http_get;
+pub mod installer;
+pub mod machine;
+pub mod record;
+pub mod service;
+pub mod validate;
+pub mod version;
 
 pub use config::UpgradeConfig;
 

@@ -1,0 +1,444 @@
+//! The upgrade decision core: `step(env, state, event, now) -> (state, actions)`.
+//!
+//! Pure: no clock, no I/O. The service feeds it events (an offer arrived, a
+//! download finished, the agent started in some boot, a commit was asked
+//! for...) and carries out the actions it returns. The state it returns is
+//! what gets persisted, so after a power cut `Event::Started` re-derives
+//! everything from the last record and the facts of the new boot.
+
+use super::validate::{self, Verdict};
+use harmony_protocol::command::{CommitArgs, ReplyBody};
+use harmony_protocol::time::UnixMillis;
+use harmony_protocol::{
+    CommandError, DeviceId, FailureReason, RefusalReason, RollbackReason, UpgradeOffer, UpgradePhase, UpgradeStatus,
+};
+use serde::{Deserialize, Serialize};
+
+/// Facts about this device and this boot that decisions depend on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Env {
+    pub device_id: DeviceId,
+    /// RAUC's `Compatible`.
+    pub compatible: String,
+    /// The running OS version (os-release `VERSION_ID`), if known.
+    pub current_version: Option<String>,
+    /// RAUC's `BootSlot` (bootname) for this boot.
+    pub booted_slot: String,
+    pub boot_id: String,
+    pub max_bundle_bytes: u64,
+    pub commit_deadline_ms: u64,
+}
+
+/// The accepted offer being worked on, and what happened to it so far.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub offer: UpgradeOffer,
+    /// Boot id when RAUC finished installing; a different boot id later
+    /// proves the device rebooted.
+    pub pre_reboot_boot_id: Option<String>,
+    /// Bootname RAUC installed into and made primary.
+    pub target_slot: Option<String>,
+    /// When the new slot first came up (the commit deadline counts from here).
+    pub awaiting_since: Option<UnixMillis>,
+    /// Set once the agent decided to fall back; the old system reports it.
+    pub fallback: Option<RollbackReason>,
+    /// Boot id in which the current reboot was requested.
+    pub rebooting_from: Option<String>,
+}
+
+impl Job {
+    fn new(offer: UpgradeOffer) -> Self {
+        Self {
+            offer,
+            pre_reboot_boot_id: None,
+            target_slot: None,
+            awaiting_since: None,
+            fallback: None,
+            rebooting_from: None,
+        }
+    }
+}
+
+/// Everything the agent persists about upgrades (the "upgrade record").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub phase: UpgradePhase,
+    pub job: Option<Job>,
+    /// Replay protection: offers at or below this sequence are refused.
+    pub last_accepted_seq: u64,
+    /// The offer behind a `Refused` phase (never accepted, so not `job`).
+    pub refused: Option<UpgradeOffer>,
+    pub since: UnixMillis,
+    /// A `Mark` call is in flight; never persisted (a restart forgets it and
+    /// the operator retries the commit).
+    #[serde(skip)]
+    pub marking: bool,
+}
+
+impl State {
+    pub fn initial(now: UnixMillis) -> Self {
+        Self { phase: UpgradePhase::Idle, job: None, last_accepted_seq: 0, refused: None, since: now, marking: false }
+    }
+
+    /// The status the heartbeat reports for this state.
+    pub fn status(&self) -> UpgradeStatus {
+        let offer = self.job.as_ref().map(|j| &j.offer).or(self.refused.as_ref());
+        let offer = if matches!(self.phase, UpgradePhase::Refused { .. }) { self.refused.as_ref() } else { offer };
+        UpgradeStatus {
+            phase: self.phase.clone(),
+            offer_seq: offer.map(|o| o.offer_seq),
+            rollout_id: offer.and_then(|o| o.rollout_id.clone()),
+            target_version: offer.map(|o| o.target_version.clone()),
+            pre_reboot_boot_id: self.job.as_ref().and_then(|j| j.pre_reboot_boot_id.clone()),
+            target_slot: self.job.as_ref().and_then(|j| j.target_slot.clone()),
+            since: self.since,
+        }
+    }
+
+    /// No upgrade in flight: a new offer may start one.
+    pub fn is_settled(&self) -> bool {
+        matches!(
+            self.phase,
+            UpgradePhase::Idle
+                | UpgradePhase::Committed
+                | UpgradePhase::Refused { .. }
+                | UpgradePhase::Failed { .. }
+                | UpgradePhase::RolledBack { .. }
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The agent started (first start, restart, or first start after a reboot).
+    Started,
+    /// An offer whose signature verified; `Err` when it did not.
+    Offer(Result<UpgradeOffer, RefusalReason>),
+    DownloadProgress { done: u64, total: u64 },
+    Downloaded,
+    DownloadFailed { detail: String },
+    NoSpace { needed: u64, available: u64 },
+    Verified { sha256: String },
+    InstallProgress { percent: u8 },
+    InstallFinished { target_slot: String },
+    InstallFailed { last_error: String },
+    /// The `Installed` status has had its chance to reach the operator.
+    RebootDue,
+    RebootFailed { detail: String },
+    HealthChecked { failed: Vec<String> },
+    CommitRequested(CommitArgs),
+    MarkedGood(Result<String, String>),
+    MarkedBad(Result<String, String>),
+    DeadlineReached,
+    RebootRequested,
+}
+
+impl Event {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Started => "started",
+            Self::Offer(_) => "offer",
+            Self::DownloadProgress { .. } => "download_progress",
+            Self::Downloaded => "downloaded",
+            Self::DownloadFailed { .. } => "download_failed",
+            Self::NoSpace { .. } => "no_space",
+            Self::Verified { .. } => "verified",
+            Self::InstallProgress { .. } => "install_progress",
+            Self::InstallFinished { .. } => "install_finished",
+            Self::InstallFailed { .. } => "install_failed",
+            Self::RebootDue => "reboot_due",
+            Self::RebootFailed { .. } => "reboot_failed",
+            Self::HealthChecked { .. } => "health_checked",
+            Self::CommitRequested(_) => "commit_requested",
+            Self::MarkedGood(_) => "marked_good",
+            Self::MarkedBad(_) => "marked_bad",
+            Self::DeadlineReached => "deadline_reached",
+            Self::RebootRequested => "reboot_requested",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Start or resume downloading the job's bundle.
+    Download,
+    /// Produce `Verified` with the bundle file's SHA-256.
+    Verify,
+    Install,
+    DeleteBundle,
+    /// Give the `Installed` status time to go out, then send `RebootDue`.
+    ScheduleReboot,
+    Reboot,
+    RunHealthChecks,
+    /// Send `DeadlineReached` at this time (replaces any earlier deadline).
+    ArmDeadline(UnixMillis),
+    MarkGood,
+    MarkBad,
+    /// Answer the pending commit/reboot command.
+    Reply(Result<ReplyBody, CommandError>),
+    /// Tell the log why an offer was ignored without changing the status.
+    LogRefusal(RefusalReason),
+}
+
+fn refused(detail: impl Into<String>) -> Action {
+    Action::Reply(Err(CommandError::Refused { detail: detail.into() }))
+}
+
+/// One transition. Every event not explicitly handled in the current phase
+/// leaves the state alone (and refuses a pending command).
+pub fn step(env: &Env, state: State, event: Event, now: UnixMillis) -> (State, Vec<Action>) {
+    use UpgradePhase as P;
+    let mut s = state;
+    let moved = |mut s: State, phase: UpgradePhase| {
+        s.phase = phase;
+        s.since = now;
+        s
+    };
+    match (&s.phase, event) {
+        // ---- offers -------------------------------------------------------
+        (_, Event::Offer(Err(reason))) => refuse_offer(s, None, reason, now),
+        (_, Event::Offer(Ok(offer))) => match validate::judge(env, &s, &offer, now) {
+            Verdict::AlreadyKnown => (s, vec![]),
+            Verdict::Refuse(RefusalReason::Busy) => (s, vec![Action::LogRefusal(RefusalReason::Busy)]),
+            Verdict::Refuse(reason) => refuse_offer(s, Some(offer), reason, now),
+            Verdict::Accept => {
+                s.last_accepted_seq = offer.offer_seq;
+                s.job = Some(Job::new(offer));
+                s.refused = None;
+                (moved(s, P::Offered), vec![Action::Download])
+            }
+        },
+
+        // ---- download and verify -----------------------------------------
+        (P::Offered | P::Downloading { .. }, Event::DownloadProgress { done, total }) => {
+            (moved(s, P::Downloading { bytes_done: done, bytes_total: total }), vec![])
+        }
+        (P::Offered | P::Downloading { .. }, Event::Downloaded) => (moved(s, P::Verifying), vec![Action::Verify]),
+        (P::Offered | P::Downloading { .. }, Event::DownloadFailed { detail }) => {
+            (moved(s, P::Failed { reason: FailureReason::DownloadFailed { detail } }), vec![Action::DeleteBundle])
+        }
+        (P::Offered | P::Downloading { .. }, Event::NoSpace { needed, available }) => {
+            (moved(s, P::Failed { reason: FailureReason::NoSpace { needed, available } }), vec![Action::DeleteBundle])
+        }
+        (P::Verifying, Event::Verified { sha256 }) => {
+            let expected = s.job.as_ref().map(|j| j.offer.bundle.sha256.to_ascii_lowercase()).unwrap_or_default();
+            if sha256.eq_ignore_ascii_case(&expected) {
+                (moved(s, P::Installing { percent: 0 }), vec![Action::Install])
+            } else {
+                let reason = FailureReason::VerifyFailed { expected, actual: sha256 };
+                (moved(s, P::Failed { reason }), vec![Action::DeleteBundle])
+            }
+        }
+
+        // ---- install -----------------------------------------------------
+        (P::Installing { .. }, Event::InstallProgress { percent }) => {
+            s.phase = P::Installing { percent };
+            (s, vec![])
+        }
+        (P::Installing { .. }, Event::InstallFailed { last_error }) => {
+            (moved(s, P::Failed { reason: FailureReason::InstallFailed { last_error } }), vec![Action::DeleteBundle])
+        }
+        (P::Installing { .. }, Event::InstallFinished { target_slot }) => {
+            if target_slot == env.booted_slot {
+                let last_error = format!("RAUC made the booted slot {target_slot} primary, not the other one");
+                return (moved(s, P::Failed { reason: FailureReason::InstallFailed { last_error } }), vec![Action::DeleteBundle]);
+            }
+            if let Some(job) = s.job.as_mut() {
+                job.target_slot = Some(target_slot);
+                job.pre_reboot_boot_id = Some(env.boot_id.clone());
+            }
+            (moved(s, P::Installed), vec![Action::DeleteBundle, Action::ScheduleReboot])
+        }
+        (P::Installed, Event::RebootDue) => {
+            if let Some(job) = s.job.as_mut() {
+                job.rebooting_from = Some(env.boot_id.clone());
+            }
+            (moved(s, P::Rebooting), vec![Action::Reboot])
+        }
+        (P::Rebooting, Event::RebootFailed { detail }) => {
+            // Only an upgrade reboot is a failure of the upgrade; a failed
+            // fallback reboot is retried by the next deadline after restart.
+            if s.job.as_ref().is_some_and(|j| j.fallback.is_some()) {
+                return (s, vec![]);
+            }
+            (moved(s, P::Failed { reason: FailureReason::RebootFailed { detail } }), vec![])
+        }
+
+        // ---- after a (re)start -------------------------------------------
+        (_, Event::Started) => on_started(env, s, now),
+
+        (P::Rebooting, Event::HealthChecked { failed }) if awaiting_health(&s, env) => {
+            if failed.is_empty() {
+                (moved(s, P::AwaitingCommit), vec![])
+            } else {
+                fall_back(s, RollbackReason::HealthCheckFailed { failed })
+            }
+        }
+        (P::AwaitingCommit, Event::HealthChecked { failed }) => {
+            if failed.is_empty() {
+                (s, vec![])
+            } else {
+                fall_back(s, RollbackReason::HealthCheckFailed { failed })
+            }
+        }
+        (P::Rebooting | P::AwaitingCommit, Event::DeadlineReached) if awaiting_health(&s, env) || matches!(s.phase, P::AwaitingCommit) => {
+            fall_back(s, RollbackReason::CommitTimeout)
+        }
+        (P::Rebooting | P::AwaitingCommit, Event::MarkedBad(result)) if s.job.as_ref().is_some_and(|j| j.fallback.is_some()) => {
+            if let Err(e) = result {
+                // Reboot anyway: the slot was never marked good, so the boot
+                // counter still runs out and the bootloader falls back.
+                log::error!("marking the booted slot bad failed ({e}); rebooting anyway");
+            }
+            s.marking = false;
+            if let Some(job) = s.job.as_mut() {
+                job.rebooting_from = Some(env.boot_id.clone());
+            }
+            (moved(s, P::Rebooting), vec![Action::Reboot])
+        }
+
+        // ---- commit --------------------------------------------------------
+        (P::AwaitingCommit, Event::CommitRequested(args)) => {
+            let Some(job) = s.job.as_ref() else { return (s, vec![refused("no upgrade record")]) };
+            if s.marking {
+                return (s, vec![refused("a commit is already in progress")]);
+            }
+            if args.target_version != job.offer.target_version {
+                let detail = format!("awaiting commit of {}, not {}", job.offer.target_version, args.target_version);
+                return (s, vec![refused(detail)]);
+            }
+            if args.boot_id != env.boot_id {
+                let detail = format!("this is boot {}, not {}", env.boot_id, args.boot_id);
+                return (s, vec![refused(detail)]);
+            }
+            s.marking = true;
+            (s, vec![Action::MarkGood])
+        }
+        (P::AwaitingCommit, Event::MarkedGood(result)) if s.marking => {
+            s.marking = false;
+            match result {
+                Ok(slot) => {
+                    (moved(s, P::Committed), vec![Action::Reply(Ok(ReplyBody::Committed { slot }))])
+                }
+                Err(e) => {
+                    let reason = FailureReason::CommitFailed { detail: e };
+                    (s, vec![Action::Reply(Err(CommandError::Internal { detail: reason.to_string() }))])
+                }
+            }
+        }
+        (P::Committed, Event::CommitRequested(args)) => {
+            // A retried commit (the first reply got lost) is answered again.
+            let same = s.job.as_ref().is_some_and(|j| {
+                j.offer.target_version == args.target_version && args.boot_id == env.boot_id
+            });
+            let slot = s.job.as_ref().and_then(|j| j.target_slot.clone()).unwrap_or_default();
+            if same {
+                (s, vec![Action::Reply(Ok(ReplyBody::Committed { slot }))])
+            } else {
+                (s, vec![refused("nothing awaits commit")])
+            }
+        }
+        (_, Event::CommitRequested(_)) => {
+            let detail = format!("nothing awaits commit (upgrade phase {})", s.phase.name());
+            (s, vec![refused(detail)])
+        }
+
+        // ---- operator reboot ---------------------------------------------
+        (
+            P::Idle | P::Committed | P::Refused { .. } | P::Failed { .. } | P::RolledBack { .. } | P::AwaitingCommit,
+            Event::RebootRequested,
+        ) if !s.marking => (s, vec![Action::Reply(Ok(ReplyBody::RebootScheduled)), Action::Reboot]),
+        (_, Event::RebootRequested) => {
+            let detail = format!("not rebooting during upgrade phase {}", s.phase.name());
+            (s, vec![refused(detail)])
+        }
+
+        // ---- everything else ---------------------------------------------
+        (_, other) => {
+            log::debug!("upgrade: ignoring {} in phase {}", other.name(), s.phase.name());
+            (s, vec![])
+        }
+    }
+}
+
+/// After reboot into the target slot: health checks have not reported yet.
+fn awaiting_health(s: &State, env: &Env) -> bool {
+    s.job.as_ref().is_some_and(|j| {
+        j.fallback.is_none()
+            && j.awaiting_since.is_some()
+            && j.target_slot.as_deref() == Some(env.booted_slot.as_str())
+    })
+}
+
+fn refuse_offer(mut s: State, offer: Option<UpgradeOffer>, reason: RefusalReason, now: UnixMillis) -> (State, Vec<Action>) {
+    if !s.is_settled() {
+        // Never let a bad offer overwrite an upgrade in flight.
+        return (s, vec![Action::LogRefusal(reason)]);
+    }
+    s.refused = offer;
+    s.phase = UpgradePhase::Refused { reason };
+    s.since = now;
+    (s, vec![])
+}
+
+fn fall_back(mut s: State, reason: RollbackReason) -> (State, Vec<Action>) {
+    if s.marking {
+        return (s, vec![]);
+    }
+    log::warn!("upgrade: falling back to the previous slot: {reason}");
+    if let Some(job) = s.job.as_mut() {
+        job.fallback = Some(reason);
+    }
+    s.marking = true;
+    (s, vec![Action::MarkBad])
+}
+
+/// Re-derive where we are from the record and the facts of this boot.
+fn on_started(env: &Env, mut s: State, now: UnixMillis) -> (State, Vec<Action>) {
+    use UpgradePhase as P;
+    s.marking = false;
+    let Some(job) = s.job.clone() else { return (s, vec![]) };
+    let rebooted = |from: &Option<String>| from.as_deref().is_some_and(|b| b != env.boot_id);
+    let on_target = job.target_slot.as_deref() == Some(env.booted_slot.as_str());
+    let set_phase = |mut s: State, phase| {
+        s.phase = phase;
+        s.since = now;
+        s
+    };
+    match &s.phase {
+        P::Offered | P::Downloading { .. } => (s, vec![Action::Download]),
+        P::Verifying => (s, vec![Action::Verify]),
+        P::Installing { .. } => (s, vec![Action::Install]),
+        P::Installed | P::Rebooting | P::Failed { reason: FailureReason::RebootFailed { .. } } | P::AwaitingCommit
+            if job.target_slot.is_some() =>
+        {
+            let from = job.rebooting_from.clone().or(job.pre_reboot_boot_id.clone());
+            // The new slot already came up in an earlier start of this boot.
+            let awaiting_boot = job.awaiting_since.is_some() && job.fallback.is_none();
+            if !rebooted(&from) && !awaiting_boot {
+                // Same boot: only the agent restarted.
+                return match s.phase {
+                    P::Installed => (s, vec![Action::ScheduleReboot]),
+                    P::Rebooting => (s, vec![Action::Reboot]),
+                    _ => (s, vec![]),
+                };
+            }
+            if !on_target {
+                let reason = job.fallback.clone().unwrap_or(RollbackReason::BootFailed);
+                return (set_phase(s, P::RolledBack { reason }), vec![]);
+            }
+            // Up on the new slot, not committed yet.
+            let since = job.awaiting_since.unwrap_or(now);
+            let deadline = since.saturating_add_ms(env.commit_deadline_ms);
+            if let Some(j) = s.job.as_mut() {
+                j.awaiting_since = Some(since);
+                j.rebooting_from = Some(env.boot_id.clone());
+                j.fallback = None;
+            }
+            let phase = if matches!(s.phase, P::AwaitingCommit) { P::AwaitingCommit } else { P::Rebooting };
+            let s = if s.phase == phase { s } else { set_phase(s, phase) };
+            (s, vec![Action::ArmDeadline(deadline), Action::RunHealthChecks])
+        }
+        _ => (s, vec![]),
+    }
+}

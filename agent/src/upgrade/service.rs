@@ -1,0 +1,370 @@
+//! The upgrade service: feeds the state machine with events (offers from the
+//! KV watch, results of downloads/installs/checks, operator commands,
+//! deadlines), persists every state it returns before acting on it, publishes
+//! the status for the heartbeat, and carries out the actions.
+
+use super::download::{BundleFiles, Downloader};
+use super::installer::Installer;
+use super::machine::{self, Action, Env, Event, State};
+use super::record::RecordStore;
+use super::{health, UpgradeConfig, UpgradeRequest};
+use crate::clock::Clock;
+use crate::reboot::Reboot;
+use crate::shared::{DeviceFacts, StatusBoard};
+use futures::StreamExt;
+use harmony_protocol::command::ReplyBody;
+use harmony_protocol::names::{device_key, BUNDLE_OBJECT_BUCKET, OFFER_BUCKET};
+use harmony_protocol::signing::SigningError;
+use harmony_protocol::time::UnixMillis;
+use harmony_protocol::{CommandError, RefusalReason, SignedEnvelope, TrustedKeys, UpgradeOffer, UpgradePhase};
+use sha2::{Digest, Sha256};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Everything the upgrade service needs; built by the runner.
+#[derive(Debug, Clone)]
+pub struct UpgradeContext {
+    pub config: UpgradeConfig,
+    pub state_dir: PathBuf,
+    pub keys: TrustedKeys,
+    pub facts: Arc<DeviceFacts>,
+    pub board: Arc<StatusBoard>,
+    pub client: async_nats::Client,
+    pub installer: Arc<dyn Installer>,
+    pub reboot: Arc<dyn Reboot>,
+    pub clock: Arc<dyn Clock>,
+    pub records: Arc<dyn RecordStore>,
+}
+
+/// Messages from the service's helper tasks back to its loop.
+#[derive(Debug)]
+enum Msg {
+    Event(Event),
+    /// Download complete with the streaming hash of the file.
+    Downloaded { sha256: String, fetched: u64 },
+}
+
+type Reply = oneshot::Sender<Result<ReplyBody, CommandError>>;
+
+struct Service {
+    ctx: UpgradeContext,
+    env: Env,
+    state: State,
+    files: BundleFiles,
+    tx: mpsc::Sender<Msg>,
+    pending_reply: Option<Reply>,
+    deadline: Option<UnixMillis>,
+    download_sha: Option<String>,
+}
+
+/// Run until `shutdown` completes. Never returns early: a failure is an
+/// upgrade state, not the end of the service.
+pub async fn run(ctx: UpgradeContext, mut requests: mpsc::Receiver<UpgradeRequest>, shutdown: impl Future<Output = ()>) {
+    let env = Env {
+        device_id: ctx.facts.device_id.clone(),
+        compatible: ctx.facts.compatible.clone().unwrap_or_default(),
+        current_version: ctx.facts.os_version.clone(),
+        booted_slot: ctx.facts.booted_slot.clone().unwrap_or_default(),
+        boot_id: ctx.facts.boot_id.clone(),
+        max_bundle_bytes: ctx.config.max_bundle_bytes,
+        commit_deadline_ms: ctx.config.commit_deadline_secs.saturating_mul(1000),
+    };
+    let state = match ctx.records.load() {
+        Ok(Some(s)) => s,
+        Ok(None) => State::initial(ctx.clock.now()),
+        Err(e) => {
+            // Unreadable record: start clean rather than not at all; the
+            // slots themselves are still guarded by the boot counter.
+            log::error!("{e}; starting from an empty upgrade record");
+            State::initial(ctx.clock.now())
+        }
+    };
+    let (tx, mut rx) = mpsc::channel(64);
+    let files = BundleFiles::new(&ctx.state_dir);
+    let watcher = tokio::spawn(watch_offers(ctx.client.clone(), ctx.keys.clone(), env.device_id.clone(), tx.clone()));
+    let mut svc = Service { ctx, env, state, files, tx, pending_reply: None, deadline: None, download_sha: None };
+    svc.publish();
+    svc.apply(Event::Started);
+    tokio::pin!(shutdown);
+    loop {
+        let deadline = svc.deadline.map(|at| {
+            let wait = at.saturating_since(svc.ctx.clock.now());
+            tokio::time::Instant::now() + Duration::from_millis(wait)
+        });
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(msg) = rx.recv() => match msg {
+                Msg::Event(e) => svc.apply(e),
+                Msg::Downloaded { sha256, fetched } => {
+                    log::info!("bundle downloaded ({fetched} bytes fetched in this run)");
+                    svc.download_sha = Some(sha256);
+                    svc.apply(Event::Downloaded);
+                }
+            },
+            request = requests.recv() => match request {
+                None => break,
+                Some(r) => svc.request(r),
+            },
+            () = sleep_until(deadline) => {
+                svc.deadline = None;
+                svc.apply(Event::DeadlineReached);
+            }
+        }
+    }
+    watcher.abort();
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => futures::future::pending().await,
+    }
+}
+
+impl Service {
+    fn request(&mut self, request: UpgradeRequest) {
+        let (event, reply) = match request {
+            UpgradeRequest::Commit { args, reply } => (Event::CommitRequested(args), reply),
+            UpgradeRequest::Reboot { reply } => (Event::RebootRequested, reply),
+        };
+        if self.pending_reply.is_some() {
+            let _ = reply.send(Err(CommandError::Refused { detail: "another upgrade command is in progress".into() }));
+            return;
+        }
+        self.pending_reply = Some(reply);
+        self.apply(event);
+    }
+
+    fn apply(&mut self, event: Event) {
+        let now = self.ctx.clock.now();
+        let name = event.name();
+        let (next, actions) = machine::step(&self.env, self.state.clone(), event, now);
+        if next != self.state {
+            if next.phase.name() != self.state.phase.name() {
+                log::info!("upgrade: {} -> {} ({name})", self.state.phase.name(), next.phase.name());
+            }
+            let progress_only = next.job == self.state.job
+                && matches!(
+                    (&next.phase, &self.state.phase),
+                    (UpgradePhase::Downloading { .. }, UpgradePhase::Downloading { .. })
+                        | (UpgradePhase::Installing { .. }, UpgradePhase::Installing { .. })
+                );
+            if !progress_only {
+                if let Err(e) = self.ctx.records.save(&next) {
+                    // Acting on a state we could not persist could repeat or
+                    // skip a step after a power cut; log loudly and go on —
+                    // the boot counter still guards the slots.
+                    log::error!("{e}");
+                }
+            }
+            self.state = next;
+            self.publish();
+        }
+        for action in actions {
+            self.act(action);
+        }
+    }
+
+    fn publish(&self) {
+        let status = self.state.status();
+        self.ctx.board.upgrade.send_if_modified(|current| {
+            if *current == status {
+                false
+            } else {
+                *current = status;
+                true
+            }
+        });
+    }
+
+    fn send_later(&self, fut: impl Future<Output = Event> + Send + 'static) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let event = fut.await;
+            let _ = tx.send(Msg::Event(event)).await;
+        });
+    }
+
+    fn act(&mut self, action: Action) {
+        match action {
+            Action::Download => self.start_download(),
+            Action::Verify => {
+                if let Some(sha256) = self.download_sha.take() {
+                    self.send_later(async move { Event::Verified { sha256 } });
+                } else {
+                    // Restarted between download and verification: hash the file.
+                    let path = self.files.complete();
+                    self.send_later(async move {
+                        let sha256 = tokio::task::spawn_blocking(move || hash_file(&path))
+                            .await
+                            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                            .unwrap_or_else(|e| format!("unreadable: {e}"));
+                        Event::Verified { sha256 }
+                    });
+                }
+            }
+            Action::Install => self.start_install(),
+            Action::DeleteBundle => self.files.remove_all(),
+            Action::ScheduleReboot => {
+                let delay = Duration::from_millis(self.ctx.config.reboot_delay_ms);
+                self.send_later(async move {
+                    tokio::time::sleep(delay).await;
+                    Event::RebootDue
+                });
+            }
+            Action::Reboot => {
+                let reboot = self.ctx.reboot.clone();
+                self.send_later(async move {
+                    match reboot.reboot().await {
+                        Ok(()) => {
+                            // The system is going down; nothing more to report.
+                            futures::future::pending::<()>().await;
+                            Event::RebootFailed { detail: "unreachable".into() }
+                        }
+                        Err(e) => Event::RebootFailed { detail: e.to_string() },
+                    }
+                });
+            }
+            Action::RunHealthChecks => {
+                let units = self.ctx.config.health_units.clone();
+                let dir = self.ctx.config.health_checks_dir.clone();
+                let timeout = Duration::from_secs(self.ctx.config.health_check_timeout_secs);
+                self.send_later(async move { Event::HealthChecked { failed: health::run(&units, &dir, timeout).await } });
+            }
+            Action::ArmDeadline(at) => self.deadline = Some(at),
+            Action::MarkGood | Action::MarkBad => {
+                let good = matches!(action, Action::MarkGood);
+                let installer = self.ctx.installer.clone();
+                self.send_later(async move {
+                    let result = installer.mark_booted(good).await;
+                    if good {
+                        Event::MarkedGood(result)
+                    } else {
+                        Event::MarkedBad(result)
+                    }
+                });
+            }
+            Action::Reply(result) => {
+                if let Some(reply) = self.pending_reply.take() {
+                    let _ = reply.send(result);
+                }
+            }
+            Action::LogRefusal(reason) => log::warn!("upgrade offer ignored: {reason}"),
+        }
+    }
+
+    fn start_download(&mut self) {
+        let Some(job) = self.state.job.as_ref() else { return };
+        let source = job.offer.bundle.clone();
+        let downloader = Downloader {
+            js: async_nats::jetstream::new(self.ctx.client.clone()),
+            bucket: BUNDLE_OBJECT_BUCKET.to_string(),
+            files: self.files.clone(),
+            max_bytes_per_sec: self.ctx.config.download_max_bytes_per_sec,
+        };
+        let tx = self.tx.clone();
+        let every = Duration::from_millis(self.ctx.config.progress_interval_ms);
+        tokio::spawn(async move {
+            let progress_tx = tx.clone();
+            let mut last: Option<Instant> = None;
+            let mut progress = move |done: u64, total: u64| {
+                // Bounded rate: the heartbeat goes out on every change.
+                if last.is_none_or(|t| t.elapsed() >= every) || done == total {
+                    last = Some(Instant::now());
+                    let _ = progress_tx.try_send(Msg::Event(Event::DownloadProgress { done, total }));
+                }
+            };
+            let msg = match downloader.fetch(&source, &mut progress).await {
+                Ok(d) => Msg::Downloaded { sha256: d.sha256, fetched: d.fetched },
+                Err(super::download::DownloadError::NoSpace { needed, available }) => {
+                    Msg::Event(Event::NoSpace { needed, available })
+                }
+                Err(e) => Msg::Event(Event::DownloadFailed { detail: e.to_string() }),
+            };
+            let _ = tx.send(msg).await;
+        });
+    }
+
+    fn start_install(&mut self) {
+        let installer = self.ctx.installer.clone();
+        let bundle = self.files.complete();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let (progress, mut percent) = watch::channel(0u8);
+            let forward_tx = tx.clone();
+            let forward = tokio::spawn(async move {
+                while percent.changed().await.is_ok() {
+                    let p = *percent.borrow_and_update();
+                    let _ = forward_tx.try_send(Msg::Event(Event::InstallProgress { percent: p }));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            });
+            let event = match installer.install(&bundle, &progress).await {
+                Ok(target_slot) => Event::InstallFinished { target_slot },
+                Err(last_error) => Event::InstallFailed { last_error },
+            };
+            forward.abort();
+            let _ = tx.send(Msg::Event(event)).await;
+        });
+    }
+}
+
+fn hash_file(path: &std::path::Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Turn a raw KV value into an offer event: signature first, then parsing.
+pub fn decode_offer(keys: &TrustedKeys, bytes: &[u8]) -> Result<UpgradeOffer, RefusalReason> {
+    let envelope = SignedEnvelope::decode(bytes)
+        .map_err(|e| RefusalReason::Malformed { detail: format!("not a signed envelope: {e}") })?;
+    keys.verify::<UpgradeOffer>(&envelope).map_err(|e| match e {
+        SigningError::UnknownKey(id) => RefusalReason::UnknownKey { key_id: id.0 },
+        SigningError::BadSignature | SigningError::MalformedSignature => RefusalReason::BadSignature,
+        other => RefusalReason::Malformed { detail: other.to_string() },
+    })
+}
+
+/// Watch this device's key in the offers bucket (current value first, then
+/// every update) and forward each as an event. Retries while the bucket is
+/// missing or NATS is away.
+async fn watch_offers(
+    client: async_nats::Client,
+    keys: TrustedKeys,
+    device: harmony_protocol::DeviceId,
+    tx: mpsc::Sender<Msg>,
+) {
+    use async_nats::jetstream::kv::Operation;
+    let js = async_nats::jetstream::new(client);
+    loop {
+        match js.get_key_value(OFFER_BUCKET).await {
+            Err(e) => log::warn!("offer bucket {OFFER_BUCKET} not available: {e}"),
+            Ok(kv) => match kv.watch_with_history(device_key(&device)).await {
+                Err(e) => log::warn!("cannot watch offers: {e}"),
+                Ok(mut watch) => {
+                    while let Some(entry) = watch.next().await {
+                        match entry {
+                            Ok(entry) if entry.operation == Operation::Put => {
+                                let offer = decode_offer(&keys, &entry.value);
+                                if tx.send(Msg::Event(Event::Offer(offer))).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                log::warn!("offer watch: {e}");
+                                break;
+                            }
+                        }
+                    }
+                }
+            },
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}

@@ -1,0 +1,65 @@
+//! Offer validation: may this (signature-verified) offer start an upgrade?
+//! Pure; the order of checks decides which reason the operator sees first.
+
+use super::machine::{Env, State};
+use super::version;
+use harmony_protocol::time::UnixMillis;
+use harmony_protocol::{RefusalReason, UpgradeOffer};
+use std::cmp::Ordering;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    /// The offer already being worked on (or finished), delivered again —
+    /// e.g. the KV watch replays the current value after a restart.
+    AlreadyKnown,
+    Refuse(RefusalReason),
+}
+
+pub fn judge(env: &Env, state: &State, offer: &UpgradeOffer, now: UnixMillis) -> Verdict {
+    match check(env, state, offer, now) {
+        Ok(()) => Verdict::Accept,
+        Err(None) => Verdict::AlreadyKnown,
+        Err(Some(reason)) => Verdict::Refuse(reason),
+    }
+}
+
+fn check(env: &Env, state: &State, offer: &UpgradeOffer, now: UnixMillis) -> Result<(), Option<RefusalReason>> {
+    if offer.device_id != env.device_id {
+        return Err(Some(RefusalReason::WrongDevice { offered_to: offer.device_id.to_string() }));
+    }
+    let current_job = state.job.as_ref().map(|j| j.offer.offer_seq);
+    let current_refusal = state.refused.as_ref().map(|o| o.offer_seq);
+    if current_job == Some(offer.offer_seq) || current_refusal == Some(offer.offer_seq) {
+        return Err(None);
+    }
+    if !state.is_settled() {
+        return Err(Some(RefusalReason::Busy));
+    }
+    if offer.offer_seq <= state.last_accepted_seq {
+        return Err(Some(RefusalReason::Replay { offered: offer.offer_seq, last_accepted: state.last_accepted_seq }));
+    }
+    if now < offer.not_before {
+        return Err(Some(RefusalReason::NotYetValid));
+    }
+    if now >= offer.expires_at {
+        return Err(Some(RefusalReason::Expired));
+    }
+    if offer.compatible != env.compatible {
+        return Err(Some(RefusalReason::Incompatible { offered: offer.compatible.clone(), device: env.compatible.clone() }));
+    }
+    let current = env.current_version.as_deref().unwrap_or("0");
+    if version::compare(&offer.target_version, current) != Ordering::Greater && !offer.allow_downgrade {
+        return Err(Some(RefusalReason::Downgrade { current: current.to_string(), target: offer.target_version.clone() }));
+    }
+    if offer.bundle.size > env.max_bundle_bytes {
+        return Err(Some(RefusalReason::TooLarge { size: offer.bundle.size, limit: env.max_bundle_bytes }));
+    }
+    if offer.bundle.object.is_none() && offer.bundle.url.is_none() {
+        return Err(Some(RefusalReason::Malformed { detail: "bundle has neither an object name nor a URL".into() }));
+    }
+    if offer.bundle.sha256.len() != 64 || !offer.bundle.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(Some(RefusalReason::Malformed { detail: "bundle sha256 is not 64 hex digits".into() }));
+    }
+    Ok(())
+}
