@@ -10,6 +10,8 @@ use crate::config::AgentConfig;
 use crate::heartbeat::HeartbeatLoop;
 use crate::identity::{self, IdentityError};
 use crate::liveness::Liveness;
+use crate::rauc::RaucClient;
+use crate::reboot::{LogindReboot, Reboot};
 use crate::service_manager::{SdNotify, ServiceManager};
 use crate::shared::{DeviceFacts, StatusBoard};
 use crate::upgrade::{UpgradeHandle, UpgradeRequest};
@@ -24,11 +26,12 @@ use tokio::sync::mpsc;
 pub struct Effects {
     pub service_manager: Arc<dyn ServiceManager>,
     pub clock: Arc<dyn Clock>,
+    pub reboot: Arc<dyn Reboot>,
 }
 
 impl Effects {
     pub fn real() -> Self {
-        Self { service_manager: Arc::new(SdNotify), clock: Arc::new(SystemClock) }
+        Self { service_manager: Arc::new(SdNotify), clock: Arc::new(SystemClock), reboot: Arc::new(LogindReboot) }
     }
 }
 
@@ -46,12 +49,14 @@ pub async fn run(cfg: AgentConfig, effects: Effects, shutdown: impl Future<Outpu
     let started = Instant::now();
     let device_id = identity::device_id(&cfg)?;
     let boot_id = identity::boot_id(&cfg.system.boot_id)?;
+    // Without RAUC the agent still heartbeats and serves commands; it just
+    // cannot upgrade (and says so in the log and by answering commit/reboot).
+    let rauc = connect_rauc(cfg.rauc.dbus_address.as_deref()).await;
     let facts = Arc::new(DeviceFacts {
         device_id: device_id.clone(),
         os_version: identity::os_version(&cfg.system.os_release),
-        // Filled from RAUC's `Compatible` and `BootSlot` by the upgrade service wiring.
-        compatible: None,
-        booted_slot: None,
+        compatible: rauc.as_ref().map(|r| r.1.clone()),
+        booted_slot: rauc.as_ref().map(|r| r.2.clone()),
         boot_id,
         labels: cfg.labels.clone(),
         started,
@@ -94,7 +99,28 @@ pub async fn run(cfg: AgentConfig, effects: Effects, shutdown: impl Future<Outpu
         .run(),
     );
     // UPGRADE SERVICE HOOK: the RAUC upgrade service (issue 3) is spawned here.
-    let upgrade = tokio::spawn(answer_upgrade_requests_while_idle(upgrade_requests));
+    let upgrade = match rauc {
+        Some((client, _, _)) => {
+            let keys = crate::fleet_keys::load(&cfg.fleet_keys_dir).unwrap_or_else(|e| {
+                log::error!("{e}; every upgrade offer will be refused");
+                harmony_protocol::TrustedKeys::new()
+            });
+            let ctx = crate::upgrade::service::UpgradeContext {
+                config: cfg.upgrade.clone(),
+                state_dir: cfg.state_dir.clone(),
+                keys,
+                facts: facts.clone(),
+                board: board.clone(),
+                client: bus.client.clone(),
+                installer: Arc::new(client),
+                reboot: effects.reboot.clone(),
+                clock: effects.clock.clone(),
+                records: Arc::new(crate::upgrade::record::FileRecordStore::in_dir(&cfg.state_dir)),
+            };
+            tokio::spawn(crate::upgrade::service::run(ctx, upgrade_requests, futures::future::pending()))
+        }
+        None => tokio::spawn(answer_upgrade_requests_while_idle(upgrade_requests)),
+    };
 
     let supervisor = Supervisor {
         service_manager: effects.service_manager.clone(),
@@ -119,6 +145,30 @@ pub async fn run(cfg: AgentConfig, effects: Effects, shutdown: impl Future<Outpu
     // Deliver any reply or heartbeat still buffered before the process exits.
     let _ = tokio::time::timeout(Duration::from_secs(2), bus.client.flush()).await;
     result
+}
+
+/// RAUC's client plus its `Compatible` and `BootSlot`, or `None` (logged).
+async fn connect_rauc(address: Option<&str>) -> Option<(RaucClient, String, String)> {
+    let facts = async {
+        let client = RaucClient::connect(address).await?;
+        let compatible = client.compatible().await?;
+        let slot = client.boot_slot().await?;
+        Ok::<_, crate::rauc::RaucError>((client, compatible, slot))
+    };
+    match tokio::time::timeout(Duration::from_secs(10), facts).await {
+        Ok(Ok(r)) => {
+            log::info!("RAUC: compatible {}, booted slot {}", r.1, r.2);
+            Some(r)
+        }
+        Ok(Err(e)) => {
+            log::error!("{e}; OS upgrades are unavailable");
+            None
+        }
+        Err(_) => {
+            log::error!("RAUC did not answer within 10 s; OS upgrades are unavailable");
+            None
+        }
+    }
 }
 
 /// Until an upgrade is in flight there is nothing to commit, and a reboot
