@@ -1,0 +1,490 @@
+//! The pure upgrade state machine: every (state, event) pair against a
+//! table, then whole journeys (install → reboot → commit, fallbacks,
+//! restarts) and every offer refusal.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use harmony_agent::upgrade::machine::{step, Action, Env, Event, Job, State};
+use harmony_protocol::command::{CommitArgs, ReplyBody};
+use harmony_protocol::time::UnixMillis;
+use harmony_protocol::{
+    BundleSource, CommandError, DeviceId, FailureReason, RefusalReason, RollbackReason, UpgradeOffer, UpgradePhase,
+};
+
+const SHA: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const T0: UnixMillis = UnixMillis(1_000_000);
+const NOW: UnixMillis = UnixMillis(1_000_500);
+
+fn env() -> Env {
+    Env {
+        device_id: DeviceId::new("pi-1").unwrap(),
+        compatible: "board".into(),
+        current_version: Some("1.0.0".into()),
+        booted_slot: "B".into(),
+        boot_id: "boot-2".into(),
+        max_bundle_bytes: 1000,
+        commit_deadline_ms: 1000,
+    }
+}
+
+fn offer(seq: u64, target: &str) -> UpgradeOffer {
+    UpgradeOffer {
+        schema: 1,
+        offer_seq: seq,
+        device_id: DeviceId::new("pi-1").unwrap(),
+        rollout_id: Some("r1".into()),
+        target_version: target.into(),
+        compatible: "board".into(),
+        bundle: BundleSource { object: Some("b.raucb".into()), url: None, sha256: SHA.into(), size: 100 },
+        not_before: UnixMillis(0),
+        expires_at: UnixMillis(2_000_000),
+        allow_downgrade: false,
+    }
+}
+
+fn with_job(phase: UpgradePhase, edit: impl FnOnce(&mut Job)) -> State {
+    let mut job = Job {
+        offer: offer(5, "2.0.0"),
+        pre_reboot_boot_id: None,
+        target_slot: None,
+        awaiting_since: None,
+        fallback: None,
+        rebooting_from: None,
+    };
+    edit(&mut job);
+    State { phase, job: Some(job), last_accepted_seq: 5, refused: None, since: T0, marking: false }
+}
+
+/// One sample state per phase. Env: booted B in boot-2. Pre-reboot states
+/// installed into A in this same boot; post-reboot states run on B.
+fn states() -> Vec<(&'static str, State)> {
+    let pre = |j: &mut Job| {
+        j.target_slot = Some("A".into());
+        j.pre_reboot_boot_id = Some("boot-2".into());
+    };
+    let post = |j: &mut Job| {
+        j.target_slot = Some("B".into());
+        j.pre_reboot_boot_id = Some("boot-1".into());
+        j.awaiting_since = Some(T0);
+        j.rebooting_from = Some("boot-2".into());
+    };
+    let mut idle = State::initial(T0);
+    idle.last_accepted_seq = 5;
+    let mut refused = State::initial(T0);
+    refused.last_accepted_seq = 5;
+    refused.phase = UpgradePhase::Refused { reason: RefusalReason::Expired };
+    refused.refused = Some(offer(4, "2.0.0"));
+    vec![
+        ("idle", idle),
+        ("offered", with_job(UpgradePhase::Offered, |_| {})),
+        ("downloading", with_job(UpgradePhase::Downloading { bytes_done: 10, bytes_total: 100 }, |_| {})),
+        ("verifying", with_job(UpgradePhase::Verifying, |_| {})),
+        ("installing", with_job(UpgradePhase::Installing { percent: 0 }, |_| {})),
+        ("installed", with_job(UpgradePhase::Installed, pre)),
+        (
+            "rebooting",
+            with_job(UpgradePhase::Rebooting, |j| {
+                pre(j);
+                j.rebooting_from = Some("boot-2".into());
+            }),
+        ),
+        ("awaiting_commit", with_job(UpgradePhase::AwaitingCommit, post)),
+        ("committed", with_job(UpgradePhase::Committed, post)),
+        ("refused", refused),
+        (
+            "failed",
+            with_job(UpgradePhase::Failed { reason: FailureReason::DownloadFailed { detail: "x".into() } }, |_| {}),
+        ),
+        ("rolled_back", with_job(UpgradePhase::RolledBack { reason: RollbackReason::BootFailed }, |_| {})),
+    ]
+}
+
+fn good_commit() -> CommitArgs {
+    CommitArgs { target_version: "2.0.0".into(), boot_id: "boot-2".into() }
+}
+
+fn events() -> Vec<Event> {
+    vec![
+        Event::Started,
+        Event::Offer(Ok(offer(6, "3.0.0"))),
+        Event::Offer(Err(RefusalReason::BadSignature)),
+        Event::DownloadProgress { done: 50, total: 100 },
+        Event::Downloaded,
+        Event::DownloadFailed { detail: "gone".into() },
+        Event::NoSpace { needed: 100, available: 1 },
+        Event::Verified { sha256: SHA.into() },
+        Event::InstallProgress { percent: 40 },
+        Event::InstallFinished { target_slot: "A".into() },
+        Event::InstallFailed { last_error: "rauc says no".into() },
+        Event::RebootDue,
+        Event::RebootFailed { detail: "logind".into() },
+        Event::HealthChecked { failed: vec![] },
+        Event::CommitRequested(good_commit()),
+        Event::MarkedGood(Ok("B".into())),
+        Event::MarkedBad(Ok("B".into())),
+        Event::DeadlineReached,
+        Event::RebootRequested,
+    ]
+}
+
+/// Short, comparable names for actions.
+fn action_name(a: &Action) -> String {
+    match a {
+        Action::Download => "download".into(),
+        Action::Verify => "verify".into(),
+        Action::Install => "install".into(),
+        Action::DeleteBundle => "delete".into(),
+        Action::ScheduleReboot => "schedule_reboot".into(),
+        Action::Reboot => "reboot".into(),
+        Action::RunHealthChecks => "health".into(),
+        Action::ArmDeadline(at) => format!("deadline@{}", at.0),
+        Action::MarkGood => "mark_good".into(),
+        Action::MarkBad => "mark_bad".into(),
+        Action::Reply(Ok(ReplyBody::Committed { slot })) => format!("reply_committed_{slot}"),
+        Action::Reply(Ok(ReplyBody::RebootScheduled)) => "reply_reboot".into(),
+        Action::Reply(Ok(other)) => format!("reply_ok_{other:?}"),
+        Action::Reply(Err(CommandError::Refused { .. })) => "reply_refused".into(),
+        Action::Reply(Err(e)) => format!("reply_err_{e}"),
+        Action::LogRefusal(r) => format!("log_refusal_{}", serde_json::to_value(r).unwrap()["kind"].as_str().unwrap()),
+    }
+}
+
+const SETTLED: [&str; 5] = ["idle", "committed", "refused", "failed", "rolled_back"];
+
+/// The table: (state, event) → (phase after, actions). `None` means the
+/// explicit "everything else" arm: state unchanged and no actions, except
+/// that a command (commit, reboot) gets a refusal reply.
+fn expected(state: &str, event: &str) -> Option<(&'static str, Vec<&'static str>)> {
+    let settled = SETTLED.contains(&state);
+    let download_phase = matches!(state, "offered" | "downloading");
+    Some(match (state, event) {
+        (_, "offer_ok") if settled => ("offered", vec!["download"]),
+        (s, "offer_ok") => (leak(s), vec!["log_refusal_busy"]),
+        (_, "offer_bad") if settled => ("refused", vec![]),
+        (s, "offer_bad") => (leak(s), vec!["log_refusal_bad_signature"]),
+        (s, "started") => (
+            leak(s),
+            match s {
+                "offered" | "downloading" => vec!["download"],
+                "verifying" => vec!["verify"],
+                "installing" => vec!["install"],
+                "installed" => vec!["schedule_reboot"],
+                "rebooting" => vec!["reboot"],
+                "awaiting_commit" => vec!["deadline@1001000", "health"],
+                _ => vec![],
+            },
+        ),
+        (_, "download_progress") if download_phase => ("downloading", vec![]),
+        (_, "downloaded") if download_phase => ("verifying", vec!["verify"]),
+        (_, "download_failed" | "no_space") if download_phase => ("failed", vec!["delete"]),
+        ("verifying", "verified") => ("installing", vec!["install"]),
+        ("installing", "install_progress") => ("installing", vec![]),
+        ("installing", "install_finished") => ("installed", vec!["delete", "schedule_reboot"]),
+        ("installing", "install_failed") => ("failed", vec!["delete"]),
+        ("installed", "reboot_due") => ("rebooting", vec!["reboot"]),
+        ("rebooting", "reboot_failed") => ("failed", vec![]),
+        ("awaiting_commit", "health_checked") => ("awaiting_commit", vec![]),
+        ("awaiting_commit", "commit_requested") => ("awaiting_commit", vec!["mark_good"]),
+        ("committed", "commit_requested") => ("committed", vec!["reply_committed_B"]),
+        ("awaiting_commit", "deadline_reached") => ("awaiting_commit", vec!["mark_bad"]),
+        (s, "reboot_requested") if settled || s == "awaiting_commit" => (leak(s), vec!["reply_reboot", "reboot"]),
+        _ => return None,
+    })
+}
+
+fn leak(s: &str) -> &'static str {
+    Box::leak(s.to_string().into_boxed_str())
+}
+
+fn event_key(e: &Event) -> &'static str {
+    match e {
+        Event::Offer(Ok(_)) => "offer_ok",
+        Event::Offer(Err(_)) => "offer_bad",
+        other => other.name(),
+    }
+}
+
+#[test]
+fn every_state_event_pair_matches_the_table() {
+    let env = env();
+    let mut checked = 0;
+    for (state_name, state) in states() {
+        assert_eq!(state.phase.name(), state_name, "sample state is labelled by its phase");
+        for event in events() {
+            let key = event_key(&event);
+            let (next, actions) = step(&env, state.clone(), event.clone(), NOW);
+            let got: Vec<String> = actions.iter().map(action_name).collect();
+            match expected(state_name, key) {
+                Some((phase, want)) => {
+                    assert_eq!(next.phase.name(), phase, "{state_name} + {key}: phase");
+                    assert_eq!(got, want, "{state_name} + {key}: actions");
+                }
+                None => {
+                    assert_eq!(next, state, "{state_name} + {key}: must leave the state alone");
+                    let want: Vec<&str> = match key {
+                        "commit_requested" | "reboot_requested" => vec!["reply_refused"],
+                        _ => vec![],
+                    };
+                    assert_eq!(got, want, "{state_name} + {key}: actions");
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 12 * 19, "all phases × all events");
+}
+
+#[test]
+fn the_phase_clock_moves_only_on_phase_changes() {
+    let (s, _) = step(&env(), states()[2].1.clone(), Event::DownloadProgress { done: 60, total: 100 }, NOW);
+    assert_eq!(s.phase, UpgradePhase::Downloading { bytes_done: 60, bytes_total: 100 });
+    let (s, _) = step(&env(), s, Event::Downloaded, NOW);
+    assert_eq!(s.since, NOW);
+}
+
+// ---- journeys -------------------------------------------------------------
+
+fn pre_env() -> Env {
+    Env { booted_slot: "A".into(), boot_id: "boot-1".into(), ..env() }
+}
+
+fn run(env: &Env, mut s: State, events: Vec<Event>, now: UnixMillis) -> (State, Vec<String>) {
+    let mut all = Vec::new();
+    for e in events {
+        let (n, a) = step(env, s, e, now);
+        all.extend(a.iter().map(action_name));
+        s = n;
+    }
+    (s, all)
+}
+
+fn installed_into_b() -> State {
+    let (s, actions) = run(
+        &pre_env(),
+        State::initial(T0),
+        vec![
+            Event::Started,
+            Event::Offer(Ok(offer(7, "2.0.0"))),
+            Event::DownloadProgress { done: 100, total: 100 },
+            Event::Downloaded,
+            Event::Verified { sha256: SHA.to_uppercase() },
+            Event::InstallFinished { target_slot: "B".into() },
+            Event::RebootDue,
+        ],
+        T0,
+    );
+    assert_eq!(actions, ["download", "verify", "install", "delete", "schedule_reboot", "reboot"]);
+    assert_eq!(s.phase, UpgradePhase::Rebooting);
+    let status = s.status();
+    assert_eq!(status.pre_reboot_boot_id.as_deref(), Some("boot-1"));
+    assert_eq!(status.target_slot.as_deref(), Some("B"));
+    assert_eq!(status.offer_seq, Some(7));
+    assert_eq!(s.last_accepted_seq, 7);
+    s
+}
+
+#[test]
+fn install_reboot_health_commit() {
+    let s = installed_into_b();
+    // New boot on B (env()): health checks, deadline, then AwaitingCommit.
+    let (s, a) = run(&env(), s, vec![Event::Started], NOW);
+    assert_eq!(a, ["deadline@1001500", "health"]);
+    assert_eq!(s.phase, UpgradePhase::Rebooting, "not awaiting commit before the checks pass");
+    let (s, a) = step(&env(), s, Event::CommitRequested(good_commit()), NOW);
+    assert_eq!(a.iter().map(action_name).collect::<Vec<_>>(), ["reply_refused"], "no commit before health");
+    let (s, _) = step(&env(), s, Event::HealthChecked { failed: vec![] }, NOW);
+    assert_eq!(s.phase, UpgradePhase::AwaitingCommit);
+    // Stale commit arguments are refused.
+    for args in [
+        CommitArgs { target_version: "2.0.0".into(), boot_id: "boot-1".into() },
+        CommitArgs { target_version: "9.9.9".into(), boot_id: "boot-2".into() },
+    ] {
+        let (_, a) = step(&env(), s.clone(), Event::CommitRequested(args), NOW);
+        assert_eq!(a.iter().map(action_name).collect::<Vec<_>>(), ["reply_refused"]);
+    }
+    let (s, a) = run(&env(), s, vec![Event::CommitRequested(good_commit())], NOW);
+    assert_eq!(a, ["mark_good"]);
+    let (_, a) = step(&env(), s.clone(), Event::CommitRequested(good_commit()), NOW);
+    assert_eq!(a.iter().map(action_name).collect::<Vec<_>>(), ["reply_refused"], "one Mark at a time");
+    let (s, a) = run(&env(), s, vec![Event::MarkedGood(Ok("B".into()))], NOW);
+    assert_eq!(a, ["reply_committed_B"]);
+    assert_eq!(s.phase, UpgradePhase::Committed);
+    // A restart after committing stays committed.
+    let (s, a) = run(&env(), s, vec![Event::Started], NOW);
+    assert!(a.is_empty());
+    assert_eq!(s.phase, UpgradePhase::Committed);
+}
+
+#[test]
+fn a_failed_mark_good_keeps_awaiting_commit_and_reports_the_error() {
+    let s = installed_into_b();
+    let (s, _) = run(&env(), s, vec![Event::Started, Event::HealthChecked { failed: vec![] }, Event::CommitRequested(good_commit())], NOW);
+    let (s, a) = run(&env(), s, vec![Event::MarkedGood(Err("dbus gone".into()))], NOW);
+    assert_eq!(s.phase, UpgradePhase::AwaitingCommit);
+    assert!(a[0].starts_with("reply_err_"), "{a:?}");
+    assert!(!s.marking);
+}
+
+#[test]
+fn no_commit_before_the_deadline_marks_bad_reboots_and_the_old_system_reports_it() {
+    let s = installed_into_b();
+    let (s, _) = run(&env(), s, vec![Event::Started, Event::HealthChecked { failed: vec![] }], NOW);
+    let (s, a) = run(&env(), s, vec![Event::DeadlineReached], NOW);
+    assert_eq!(a, ["mark_bad"]);
+    let (_, a) = step(&env(), s.clone(), Event::CommitRequested(good_commit()), NOW);
+    assert_eq!(a.iter().map(action_name).collect::<Vec<_>>(), ["reply_refused"], "too late to commit");
+    let (s, a) = run(&env(), s, vec![Event::MarkedBad(Ok("B".into()))], NOW);
+    assert_eq!(a, ["reboot"]);
+    assert_eq!(s.phase, UpgradePhase::Rebooting);
+    // Back on A in a third boot.
+    let old = Env { booted_slot: "A".into(), boot_id: "boot-3".into(), ..env() };
+    let (s, a) = run(&old, s, vec![Event::Started], NOW);
+    assert!(a.is_empty());
+    assert_eq!(s.phase, UpgradePhase::RolledBack { reason: RollbackReason::CommitTimeout });
+}
+
+#[test]
+fn failed_health_checks_fall_back_with_the_names() {
+    let s = installed_into_b();
+    let failed = vec!["unit app.service".to_string()];
+    let (s, a) = run(&env(), s, vec![Event::Started, Event::HealthChecked { failed: failed.clone() }], NOW);
+    assert_eq!(a, ["deadline@1001500", "health", "mark_bad"]);
+    let (s, _) = run(&env(), s, vec![Event::MarkedBad(Err("no rauc".into()))], NOW);
+    assert_eq!(s.phase, UpgradePhase::Rebooting, "reboots even when marking bad failed");
+    let old = Env { booted_slot: "A".into(), boot_id: "boot-3".into(), ..env() };
+    let (s, _) = run(&old, s, vec![Event::Started], NOW);
+    assert_eq!(s.phase, UpgradePhase::RolledBack { reason: RollbackReason::HealthCheckFailed { failed } });
+}
+
+#[test]
+fn bootloader_fallback_is_boot_failed() {
+    let s = installed_into_b();
+    let old = Env { booted_slot: "A".into(), boot_id: "boot-2".into(), ..env() };
+    let (s, _) = run(&old, s, vec![Event::Started], NOW);
+    assert_eq!(s.phase, UpgradePhase::RolledBack { reason: RollbackReason::BootFailed });
+}
+
+#[test]
+fn restarts_in_the_same_boot_do_not_reboot_or_restart_the_clock() {
+    let s = installed_into_b();
+    let (s, _) = run(&env(), s, vec![Event::Started, Event::HealthChecked { failed: vec![] }], NOW);
+    // Agent restarts later in the same boot: deadline still counts from NOW.
+    let (s2, a) = run(&env(), s.clone(), vec![Event::Started], UnixMillis(NOW.0 + 700));
+    assert_eq!(a, ["deadline@1001500", "health"]);
+    assert_eq!(s2.phase, UpgradePhase::AwaitingCommit);
+    // A restart while post-reboot checks run must not reboot again.
+    let s = installed_into_b();
+    let (s, _) = run(&env(), s, vec![Event::Started], NOW);
+    let (_, a) = run(&env(), s, vec![Event::Started], NOW);
+    assert_eq!(a, ["deadline@1001500", "health"]);
+}
+
+#[test]
+fn a_power_cut_while_awaiting_commit_keeps_the_original_deadline() {
+    let s = installed_into_b();
+    let (s, _) = run(&env(), s, vec![Event::Started, Event::HealthChecked { failed: vec![] }], NOW);
+    let again = Env { boot_id: "boot-3".into(), ..env() };
+    let (s, a) = run(&again, s, vec![Event::Started], UnixMillis(NOW.0 + 5000));
+    assert_eq!(a, ["deadline@1001500", "health"], "deadline already passed: fires at once");
+    assert_eq!(s.phase, UpgradePhase::AwaitingCommit);
+}
+
+#[test]
+fn sha_mismatch_fails_and_deletes() {
+    let (s, a) = run(
+        &pre_env(),
+        State::initial(T0),
+        vec![Event::Offer(Ok(offer(7, "2.0.0"))), Event::Downloaded, Event::Verified { sha256: "bb".repeat(32) }],
+        T0,
+    );
+    assert_eq!(a, ["download", "verify", "delete"]);
+    assert!(matches!(s.phase, UpgradePhase::Failed { reason: FailureReason::VerifyFailed { .. } }));
+}
+
+#[test]
+fn rauc_install_into_the_booted_slot_is_a_failure() {
+    let (s, _) = run(
+        &pre_env(),
+        State::initial(T0),
+        vec![Event::Offer(Ok(offer(7, "2.0.0"))), Event::Downloaded, Event::Verified { sha256: SHA.into() }, Event::InstallFinished { target_slot: "A".into() }],
+        T0,
+    );
+    assert!(matches!(s.phase, UpgradePhase::Failed { reason: FailureReason::InstallFailed { .. } }));
+}
+
+// ---- offer refusals ----------------------------------------------------------
+
+fn refusal(edit: impl FnOnce(&mut UpgradeOffer), state: State) -> Option<RefusalReason> {
+    let mut o = offer(7, "2.0.0");
+    edit(&mut o);
+    let seq = o.offer_seq;
+    let (s, a) = step(&pre_env(), state, Event::Offer(Ok(o)), T0);
+    match s.phase.clone() {
+        UpgradePhase::Refused { reason } => {
+            assert!(a.is_empty(), "nothing downloaded for a refused offer");
+            assert_eq!(s.status().offer_seq, Some(seq), "status names the refused offer");
+            Some(reason)
+        }
+        UpgradePhase::Offered => None,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn every_refusal_reason() {
+    let idle = || {
+        let mut s = State::initial(T0);
+        s.last_accepted_seq = 5;
+        s
+    };
+    assert_eq!(refusal(|_| {}, idle()), None, "a good offer is accepted");
+    assert_eq!(
+        refusal(|o| o.device_id = DeviceId::new("pi-2").unwrap(), idle()),
+        Some(RefusalReason::WrongDevice { offered_to: "pi-2".into() })
+    );
+    assert_eq!(refusal(|o| o.offer_seq = 5, idle()), Some(RefusalReason::Replay { offered: 5, last_accepted: 5 }));
+    assert_eq!(refusal(|o| o.offer_seq = 2, idle()), Some(RefusalReason::Replay { offered: 2, last_accepted: 5 }));
+    assert_eq!(refusal(|o| o.expires_at = T0, idle()), Some(RefusalReason::Expired));
+    assert_eq!(refusal(|o| o.not_before = UnixMillis(T0.0 + 1), idle()), Some(RefusalReason::NotYetValid));
+    assert_eq!(
+        refusal(|o| o.compatible = "other-board".into(), idle()),
+        Some(RefusalReason::Incompatible { offered: "other-board".into(), device: "board".into() })
+    );
+    for target in ["1.0.0", "0.9.9"] {
+        assert_eq!(
+            refusal(|o| o.target_version = target.into(), idle()),
+            Some(RefusalReason::Downgrade { current: "1.0.0".into(), target: target.into() })
+        );
+    }
+    assert_eq!(
+        refusal(
+            |o| {
+                o.target_version = "0.9.9".into();
+                o.allow_downgrade = true;
+            },
+            idle()
+        ),
+        None,
+        "allow_downgrade permits it"
+    );
+    assert_eq!(refusal(|o| o.bundle.size = 1001, idle()), Some(RefusalReason::TooLarge { size: 1001, limit: 1000 }));
+    assert!(matches!(refusal(|o| o.bundle.object = None, idle()), Some(RefusalReason::Malformed { .. })));
+    assert!(matches!(refusal(|o| o.bundle.sha256 = "xyz".into(), idle()), Some(RefusalReason::Malformed { .. })));
+    // A bad signature arrives as an error from decoding.
+    let (s, _) = step(&pre_env(), idle(), Event::Offer(Err(RefusalReason::UnknownKey { key_id: "k9".into() })), T0);
+    assert_eq!(s.phase, UpgradePhase::Refused { reason: RefusalReason::UnknownKey { key_id: "k9".into() } });
+    assert_eq!(s.last_accepted_seq, 5, "a refusal does not move the replay window");
+}
+
+#[test]
+fn busy_and_redelivered_offers_leave_the_upgrade_alone() {
+    let downloading = with_job(UpgradePhase::Downloading { bytes_done: 1, bytes_total: 100 }, |_| {});
+    let (s, a) = step(&pre_env(), downloading.clone(), Event::Offer(Ok(offer(9, "3.0.0"))), T0);
+    assert_eq!(s, downloading);
+    assert_eq!(a, vec![Action::LogRefusal(RefusalReason::Busy)]);
+    // The KV watch replays the current offer after a restart: not a replay refusal.
+    let (s, a) = step(&pre_env(), downloading.clone(), Event::Offer(Ok(offer(5, "2.0.0"))), T0);
+    assert_eq!((s, a), (downloading, vec![]));
+    let committed = with_job(UpgradePhase::Committed, |_| {});
+    let (s, a) = step(&pre_env(), committed.clone(), Event::Offer(Ok(offer(5, "2.0.0"))), T0);
+    assert_eq!((s, a), (committed, vec![]));
+}
