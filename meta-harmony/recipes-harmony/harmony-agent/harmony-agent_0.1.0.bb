@@ -31,6 +31,7 @@ SRC_URI += "\
     ${@' '.join('file://%s;subdir=harmony-fleet' % m for m in d.getVar('HARMONY_WORKSPACE_MEMBERS').split())} \
     file://harmony-agent.service \
     file://agent.toml \
+    file://harmony-watchdog.conf \
     ${@' '.join('file://%s' % k for k in d.getVar('HARMONY_FLEET_PUBLIC_KEYS').split())} \
 "
 
@@ -54,6 +55,10 @@ do_install:append() {
     install -d ${D}${systemd_system_unitdir}
     install -m 0644 ${HARMONY_UNPACKDIR}/harmony-agent.service ${D}${systemd_system_unitdir}/
 
+    # A hung trial slot must reboot so U-Boot can fall back.
+    install -d ${D}${systemd_unitdir}/system.conf.d
+    install -m 0644 ${HARMONY_UNPACKDIR}/harmony-watchdog.conf ${D}${systemd_unitdir}/system.conf.d/10-harmony-watchdog.conf
+
     install -d ${D}${sysconfdir}/harmony
     install -m 0644 ${HARMONY_UNPACKDIR}/agent.toml ${D}${sysconfdir}/harmony/agent.toml
 
@@ -64,7 +69,7 @@ do_install:append() {
     done
 }
 
-FILES:${PN} += "${sysconfdir}/harmony"
+FILES:${PN} += "${sysconfdir}/harmony ${systemd_unitdir}/system.conf.d"
 CONFFILES:${PN} = "${sysconfdir}/harmony/agent.toml"
 
 # The agent drives upgrades through rauc's D-Bus service.
