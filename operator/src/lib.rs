@@ -18,6 +18,7 @@ pub mod registry;
 pub mod serve;
 pub mod sim;
 pub mod store;
+pub mod writer;
 
 pub use config::Config;
 pub use error::{Error, Result};

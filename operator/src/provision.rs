@@ -17,11 +17,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// The inbox prefix a device must use (async-nats `custom_inbox_prefix`), so
-/// it can only receive replies addressed to itself.
-pub fn device_inbox_prefix(device: &DeviceId) -> String {
-    format!("_INBOX.{device}")
-}
+/// The inbox prefix a device must use (async-nats `custom_inbox_prefix`).
+pub use harmony_protocol::names::device_inbox_prefix;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Permissions {

@@ -15,11 +15,12 @@ use crate::error::{Error, Result};
 use crate::lease::LeaseKeeper;
 use crate::model::{keys, Job, JobState, Rollout};
 use crate::store;
+use crate::writer::Writer;
 use async_nats::jetstream::kv;
 use ed25519_dalek::SigningKey;
 use futures::StreamExt;
 use harmony_protocol::command::{Command, CommandReply};
-use harmony_protocol::names::command_subject;
+use harmony_protocol::names::{command_subject, OFFER_BUCKET, OPERATOR_STATE_BUCKET};
 use harmony_protocol::{DeviceId, Heartbeat, SignedEnvelope, UpgradeOffer};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -114,6 +115,7 @@ async fn lead(
     mut shutdown: Shutdown<'_>,
 ) -> Result<Outcome> {
     let mut state = store::load_state(&b.state).await?;
+    let writer = Writer::start(b.js.clone());
     state.tuning = tuning(cfg);
     log::debug!("loaded {} rollouts, {} jobs", state.rollouts.len(), state.jobs.len());
     reconcile_offers(b, key, &state).await?;
@@ -130,7 +132,7 @@ async fn lead(
             if let Some(hb) = decode_heartbeat(&entry) {
                 let (next, actions) = step(state, &Event::Heartbeat(Box::new(hb)), clock.now());
                 state = next;
-                execute(b, key, &state, actions, &commit_tx).await?;
+                execute(&writer, b, key, &state, actions, &commit_tx).await?;
             }
             if caught_up {
                 break;
@@ -141,7 +143,7 @@ async fn lead(
     for r in open {
         let (next, actions) = step(state, &Event::RolloutCreated(Box::new(r)), clock.now());
         state = next;
-        execute(b, key, &state, actions, &commit_tx).await?;
+        execute(&writer, b, key, &state, actions, &commit_tx).await?;
     }
 
     let mut rollouts = b.state.watch_with_history("rollout.>").await.map_err(Error::nats)?;
@@ -154,7 +156,10 @@ async fn lead(
 
     loop {
         let event = tokio::select! {
-            _ = shutdown.as_mut() => return Ok(Outcome::Shutdown),
+            _ = shutdown.as_mut() => {
+                writer.flush().await;
+                return Ok(Outcome::Shutdown);
+            }
             entry = heartbeats.next() => match entry {
                 Some(Ok(e)) => match decode_heartbeat(&e) { Some(hb) => Event::Heartbeat(Box::new(hb)), None => continue },
                 _ => return Ok(Outcome::Restart),
@@ -183,6 +188,7 @@ async fn lead(
             _ = tick.tick() => Event::Tick,
             _ = renew.tick() => {
                 if !lease.try_acquire_or_renew(clock.now()).await? {
+                    writer.flush().await;
                     return Ok(Outcome::LostLease);
                 }
                 continue;
@@ -193,7 +199,7 @@ async fn lead(
         }
         let (next, actions) = step(state, &event, clock.now());
         state = next;
-        execute(b, key, &state, actions, &commit_tx).await?;
+        execute(&writer, b, key, &state, actions, &commit_tx).await?;
     }
 }
 
@@ -247,6 +253,7 @@ async fn reconcile_offers(b: &Buckets, key: &SigningKey, state: &State) -> Resul
 }
 
 async fn execute(
+    writer: &Writer,
     b: &Buckets,
     key: &SigningKey,
     state: &State,
@@ -254,6 +261,9 @@ async fn execute(
     commit_tx: &mpsc::UnboundedSender<Event>,
 ) -> Result<()> {
     let mut persisted: HashSet<String> = HashSet::new();
+    let json = |k: &str, v: &dyn erased::Json| -> Result<bytes::Bytes> {
+        v.to_json().map(Into::into).map_err(|e| Error::Corrupt { key: k.to_string(), detail: e.to_string() })
+    };
     for action in actions {
         match action {
             Action::SendCommit { device, offer_seq, args } => {
@@ -270,33 +280,50 @@ async fn execute(
             }
             Action::WriteOffer(offer) => {
                 log::info!("offer {} to {}: {}", offer.offer_seq, offer.device_id, offer.target_version);
-                put_offer(b, key, &offer).await?;
+                let env = SignedEnvelope::sign(key, &*offer).map_err(|e| Error::Invalid(e.to_string()))?;
+                // A barrier: the job and sequence number written before it are durable first.
+                writer.put(OFFER_BUCKET, offer.device_id.as_str(), env.encode().into(), true);
             }
             Action::PersistJob(id) => {
-                if persisted.insert(keys::job(&id)) {
+                let k = keys::job(&id);
+                if persisted.insert(k.clone()) {
                     if let Some(job) = state.jobs.get(&id) {
                         log_transition(job);
-                        store::save_job(&b.state, job).await?;
+                        writer.put(OPERATOR_STATE_BUCKET, &k, json(&k, job)?, false);
                     }
                 }
             }
             Action::PersistSeq(id) => {
-                if persisted.insert(keys::seq(&id)) {
+                let k = keys::seq(&id);
+                if persisted.insert(k.clone()) {
                     if let Some(seq) = state.seqs.get(&id) {
-                        store::save_seq(&b.state, &id, *seq).await?;
+                        writer.put(OPERATOR_STATE_BUCKET, &k, json(&k, seq)?, false);
                     }
                 }
             }
             Action::PersistRollout(id) => {
-                if persisted.insert(keys::rollout(&id)) {
+                let k = keys::rollout(&id);
+                if persisted.insert(k.clone()) {
                     if let Some(r) = state.rollouts.get(&id) {
-                        store::save_rollout(&b.state, r).await?;
+                        writer.put(OPERATOR_STATE_BUCKET, &k, json(&k, r)?, false);
                     }
                 }
             }
         }
     }
     Ok(())
+}
+
+mod erased {
+    /// Object-safe "serialize to JSON" for the persist helper.
+    pub trait Json {
+        fn to_json(&self) -> serde_json::Result<Vec<u8>>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+            serde_json::to_vec(self)
+        }
+    }
 }
 
 fn log_transition(job: &Job) {

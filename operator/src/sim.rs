@@ -161,6 +161,7 @@ impl SimState {
 pub struct Stats {
     pub commit_latency: Vec<Duration>,
     pub committed: usize,
+    pub heartbeats: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -223,6 +224,7 @@ impl SimFleet {
 
     pub async fn put(&self, hb: &Heartbeat) -> Result<()> {
         let bytes = serde_json::to_vec(hb).map_err(|e| Error::Invalid(e.to_string()))?;
+        lock(&self.stats).heartbeats += 1;
         self.heartbeats.put(hb.device_id.as_str(), bytes.into()).await.map_err(Error::nats).map(drop)
     }
 
@@ -258,8 +260,11 @@ impl SimFleet {
                 let Some(reply_to) = msg.reply.clone() else { continue };
                 let id = msg.subject.split('.').nth(3).and_then(|s| DeviceId::new(s).ok());
                 let Some(id) = id else { continue };
-                let reply = me.on_command(&id, &msg.payload).await;
-                let _ = me.client.publish(reply_to, reply.encode().into()).await;
+                let me = me.clone();
+                tokio::spawn(async move {
+                    let reply = me.on_command(&id, &msg.payload).await;
+                    let _ = me.client.publish(reply_to, reply.encode().into()).await;
+                });
             }
         });
         Ok(())

@@ -195,6 +195,7 @@ async fn bench(args: Args) -> Res<()> {
 
     tokio::time::sleep(Duration::from_secs(args.interval_secs + 2)).await;
     let (c0, _) = usage(pid).ok_or("operator not running")?;
+    let hb0 = fleet.stats.lock().map(|s| s.heartbeats).unwrap_or(0);
     let n0 = nats_pid.and_then(usage).map(|u| u.0);
     let t0 = Instant::now();
     let mut peak_rss = 0;
@@ -206,6 +207,8 @@ async fn bench(args: Args) -> Res<()> {
     }
     let (c1, rss) = usage(pid).ok_or("operator died")?;
     let secs = t0.elapsed().as_secs_f64();
+    let hb1 = fleet.stats.lock().map(|s| s.heartbeats).unwrap_or(0);
+    println!("heartbeats written: {:.0}/s (target {:.0}/s)", (hb1 - hb0) as f64 / secs, args.devices as f64 / args.interval_secs as f64);
     println!(
         "steady state over {secs:.0} s: operator CPU {:.1}% of one core, RSS {:.1} MiB (peak {:.1} MiB)",
         (c1 - c0) / secs * 100.0,
