@@ -91,9 +91,10 @@ impl RaucService {
         std::fs::read_to_string(self.state_file()).unwrap_or_default()
     }
 
-    /// `rauc status` against this service, as text.
-    pub fn status_text(&self) -> String {
-        let out = self.rauc_cli(&["status", "--detailed"]);
+    /// `rauc status --detailed --output-format=json` against this service.
+    pub fn status_json(&self) -> String {
+        let out = self.rauc_cli(&["status", "--detailed", "--output-format=json"]);
+        assert!(out.status.success(), "rauc status: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 

@@ -31,7 +31,11 @@ fn call(name: &'static str) -> impl FnOnce(zbus::Error) -> RaucError {
 
 #[derive(Debug, Clone)]
 pub struct RaucClient {
+    /// Uncached: a property read right after `Completed` must ask RAUC, not
+    /// a cache that the PropertiesChanged signal may not have updated yet.
     proxy: InstallerProxy<'static>,
+    /// Cached, only to receive `Progress` change notifications.
+    watcher: InstallerProxy<'static>,
 }
 
 /// What the agent needs to know about one slot.
@@ -62,8 +66,13 @@ impl RaucClient {
             None => zbus::Connection::system().await,
         }
         .map_err(connect_err)?;
-        let proxy = InstallerProxy::new(&connection).await.map_err(connect_err)?;
-        Ok(Self { proxy })
+        let proxy = InstallerProxy::builder(&connection)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(connect_err)?;
+        let watcher = InstallerProxy::new(&connection).await.map_err(connect_err)?;
+        Ok(Self { proxy, watcher })
     }
 
     pub async fn compatible(&self) -> Result<String, RaucError> {
@@ -106,7 +115,7 @@ impl RaucClient {
         // Subscribe before starting: a fast install could otherwise complete
         // before we listen and the signal would be lost.
         let mut completed = self.proxy.receive_completed().await.map_err(call("subscribe Completed"))?;
-        let mut progress_changes = self.proxy.receive_progress_changed().await;
+        let mut progress_changes = self.watcher.receive_progress_changed().await;
         let source = bundle.to_string_lossy();
         self.proxy.install_bundle(&source, HashMap::new()).await.map_err(call("InstallBundle"))?;
         let result = loop {

@@ -58,6 +58,9 @@ struct Service {
     pending_reply: Option<Reply>,
     deadline: Option<UnixMillis>,
     download_sha: Option<String>,
+    /// Helper tasks (download, install, checks...). Dropping the set aborts
+    /// them, so a stopped service leaves nothing running behind it.
+    tasks: tokio::task::JoinSet<()>,
 }
 
 /// Run until `shutdown` completes. Never returns early: a failure is an
@@ -84,8 +87,9 @@ pub async fn run(ctx: UpgradeContext, mut requests: mpsc::Receiver<UpgradeReques
     };
     let (tx, mut rx) = mpsc::channel(64);
     let files = BundleFiles::new(&ctx.state_dir);
-    let watcher = tokio::spawn(watch_offers(ctx.client.clone(), ctx.keys.clone(), env.device_id.clone(), tx.clone()));
-    let mut svc = Service { ctx, env, state, files, tx, pending_reply: None, deadline: None, download_sha: None };
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(watch_offers(ctx.client.clone(), ctx.keys.clone(), env.device_id.clone(), tx.clone()));
+    let mut svc = Service { ctx, env, state, files, tx, pending_reply: None, deadline: None, download_sha: None, tasks };
     svc.publish();
     svc.apply(Event::Started);
     tokio::pin!(shutdown);
@@ -112,9 +116,9 @@ pub async fn run(ctx: UpgradeContext, mut requests: mpsc::Receiver<UpgradeReques
                 svc.deadline = None;
                 svc.apply(Event::DeadlineReached);
             }
+            Some(_) = svc.tasks.join_next() => {}
         }
     }
-    watcher.abort();
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
@@ -180,9 +184,9 @@ impl Service {
         });
     }
 
-    fn send_later(&self, fut: impl Future<Output = Event> + Send + 'static) {
+    fn send_later(&mut self, fut: impl Future<Output = Event> + Send + 'static) {
         let tx = self.tx.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let event = fut.await;
             let _ = tx.send(Msg::Event(event)).await;
         });
@@ -267,7 +271,7 @@ impl Service {
         };
         let tx = self.tx.clone();
         let every = Duration::from_millis(self.ctx.config.progress_interval_ms);
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let progress_tx = tx.clone();
             let mut last: Option<Instant> = None;
             let mut progress = move |done: u64, total: u64| {
@@ -292,7 +296,7 @@ impl Service {
         let installer = self.ctx.installer.clone();
         let bundle = self.files.complete();
         let tx = self.tx.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let (progress, mut percent) = watch::channel(0u8);
             let forward_tx = tx.clone();
             let forward = tokio::spawn(async move {

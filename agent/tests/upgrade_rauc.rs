@@ -1,0 +1,194 @@
+//! The real agent against a real nats-server and a real `rauc service`:
+//! install from the object store, reboot (simulated: restart RAUC booted from
+//! the slot the boot backend picks, restart the agent with a new boot id),
+//! operator commit, and the fallbacks.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod upgrade_common;
+
+use harmony_protocol::command::{Command, CommitArgs, ReplyBody};
+use harmony_protocol::{FailureReason, RollbackReason, UpgradePhase};
+use std::time::Duration;
+use upgrade_common::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Offer 2.0.0, wait until the agent installed it and asked to reboot.
+async fn install_v2(rig: &Rig) -> (RunningAgent, Bundle) {
+    let b = bundle(trusted_ca(), &rig.path("bundles"), "v2", "2.0.0", 1024 * 1024);
+    rig.push_bundle("v2.raucb", &b).await;
+    let agent = rig.start_agent(30);
+    rig.wait_heartbeat(WAIT, |hb| hb.booted_slot.as_deref() == Some("A")).await;
+    rig.send_offer(&rig.offer(1, "v2.raucb", &b)).await;
+    let hb = rig.wait_phase(WAIT, "rebooting").await;
+    assert_eq!(hb.upgrade.target_slot.as_deref(), Some("B"));
+    assert_eq!(hb.upgrade.pre_reboot_boot_id.as_deref(), Some("boot-1"));
+    assert_eq!(hb.upgrade.target_version.as_deref(), Some("2.0.0"));
+    assert_eq!(rig.reboot.count(), 1, "rebooted through the reboot effect once");
+    assert_eq!(rig.rauc.backend(&["get-primary"]), "B", "RAUC switched the primary slot");
+    // The payload really landed in slot B.
+    let slot_b = std::fs::read(rig.rauc.slot_image("B")).unwrap();
+    assert_eq!(&slot_b[..b.payload.len()], &b.payload[..]);
+    assert!(rig.download_files().is_empty(), "bundle removed after install: {:?}", rig.download_files());
+    (agent, b)
+}
+
+/// What a reboot into the new slot looks like to the agent.
+async fn reboot_device(rig: &mut Rig, agent: RunningAgent, boot_id: &str) -> String {
+    agent.stop().await;
+    let slot = rig.rauc.reboot();
+    rig.new_boot(boot_id);
+    slot
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_installs_reboots_and_commits_only_on_operator_command() {
+    let mut rig = Rig::start().await;
+    let (agent, _) = install_v2(&rig).await;
+
+    assert_eq!(reboot_device(&mut rig, agent, "boot-2").await, "B");
+    rig.set_os_version("2.0.0");
+    let agent = rig.start_agent(30);
+    let hb = rig.wait_phase(WAIT, "awaiting_commit").await;
+    assert_eq!(hb.boot_id, "boot-2");
+    assert_eq!(hb.booted_slot.as_deref(), Some("B"));
+    assert_eq!(hb.os_version.as_deref(), Some("2.0.0"));
+    // Never marks itself good: B is still on trial (tries being used up).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(rig.rauc.boot_state().contains("BOOT_B_LEFT=2"), "{}", rig.rauc.boot_state());
+
+    // A commit for the wrong boot is refused.
+    let stale = rig
+        .command(Command::Commit(CommitArgs { target_version: "2.0.0".into(), boot_id: "boot-1".into() }))
+        .await;
+    assert!(stale.into_result().is_err());
+
+    let reply = rig
+        .command(Command::Commit(CommitArgs { target_version: "2.0.0".into(), boot_id: "boot-2".into() }))
+        .await;
+    assert_eq!(reply.into_result().unwrap(), ReplyBody::Committed { slot: "B".into() });
+    rig.wait_phase(WAIT, "committed").await;
+    let state = rig.rauc.boot_state();
+    assert!(state.contains("BOOT_B_LEFT=3"), "{state}");
+    assert!(state.starts_with("BOOT_ORDER=\"B"), "{state}");
+    assert_eq!(rig.rauc_boot_status("B"), "good", "rauc status agrees");
+
+    // Another reboot stays on B and stays committed.
+    assert_eq!(reboot_device(&mut rig, agent, "boot-3").await, "B");
+    let agent = rig.start_agent(30);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let hb = rig.wait_heartbeat(WAIT, |hb| hb.boot_id == "boot-3").await;
+    assert_eq!(hb.upgrade.phase, UpgradePhase::Committed);
+    assert_eq!(rig.reboot.count(), 1);
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_commit_before_the_deadline_marks_the_slot_bad_and_falls_back() {
+    let mut rig = Rig::start().await;
+    let (agent, _) = install_v2(&rig).await;
+    assert_eq!(reboot_device(&mut rig, agent, "boot-2").await, "B");
+    let agent = rig.start_agent(3);
+    rig.wait_phase(WAIT, "awaiting_commit").await;
+    // Nobody commits: after 3 s the agent marks B bad and reboots.
+    rig.wait_heartbeat(WAIT, |_| rig.reboot.count() == 2).await;
+    let state = rig.rauc.boot_state();
+    assert!(state.contains("BOOT_B_LEFT=0"), "{state}");
+    assert!(!state.contains("BOOT_ORDER=\"B"), "{state}");
+    assert_eq!(rig.rauc_boot_status("B"), "bad", "rauc status agrees");
+    let late = rig
+        .command(Command::Commit(CommitArgs { target_version: "2.0.0".into(), boot_id: "boot-2".into() }))
+        .await;
+    assert!(late.into_result().is_err(), "too late to commit");
+
+    assert_eq!(reboot_device(&mut rig, agent, "boot-3").await, "A", "the bootloader falls back at once");
+    let agent = rig.start_agent(3);
+    let hb = rig.wait_phase(WAIT, "rolled_back").await;
+    assert_eq!(hb.upgrade.phase, UpgradePhase::RolledBack { reason: RollbackReason::CommitTimeout });
+    assert_eq!(hb.booted_slot.as_deref(), Some("A"));
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_health_check_falls_back_with_its_name() {
+    let mut rig = Rig::start().await;
+    let (agent, _) = install_v2(&rig).await;
+    assert_eq!(reboot_device(&mut rig, agent, "boot-2").await, "B");
+    let check = rig.path("health.d/50-app");
+    std::fs::write(&check, "#!/bin/sh\necho app down >&2\nexit 1\n").unwrap();
+    std::fs::set_permissions(&check, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let agent = rig.start_agent(30);
+    rig.wait_heartbeat(WAIT, |_| rig.reboot.count() == 2).await;
+    assert!(rig.rauc.boot_state().contains("BOOT_B_LEFT=0"));
+    assert_eq!(reboot_device(&mut rig, agent, "boot-3").await, "A");
+    let agent = rig.start_agent(30);
+    let hb = rig.wait_phase(WAIT, "rolled_back").await;
+    assert_eq!(
+        hb.upgrade.phase,
+        UpgradePhase::RolledBack { reason: RollbackReason::HealthCheckFailed { failed: vec!["check 50-app".into()] } }
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootloader_fallback_is_reported_as_boot_failed() {
+    let mut rig = Rig::start().await;
+    let (agent, _) = install_v2(&rig).await;
+    agent.stop().await;
+    // The new slot never gets far enough to run the agent: U-Boot spends
+    // B's tries and then boots A.
+    for boot in ["B", "B", "B"] {
+        rig.rauc.stop();
+        assert_eq!(rig.rauc.backend(&["simulate-boot"]), boot);
+    }
+    assert_eq!(rig.rauc.reboot(), "A");
+    rig.new_boot("boot-5");
+    let agent = rig.start_agent(30);
+    let hb = rig.wait_phase(WAIT, "rolled_back").await;
+    assert_eq!(hb.upgrade.phase, UpgradePhase::RolledBack { reason: RollbackReason::BootFailed });
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundle_from_an_untrusted_ca_is_rejected_by_rauc_with_its_error() {
+    let rig = Rig::start().await;
+    let b = bundle(untrusted_ca(), &rig.path("bundles"), "evil", "2.0.0", 256 * 1024);
+    rig.push_bundle("evil.raucb", &b).await;
+    let agent = rig.start_agent(30);
+    rig.send_offer(&rig.offer(1, "evil.raucb", &b)).await;
+    let hb = rig.wait_phase(WAIT, "failed").await;
+    let UpgradePhase::Failed { reason: FailureReason::InstallFailed { last_error } } = hb.upgrade.phase else {
+        panic!("expected InstallFailed, got {:?}", hb.upgrade.phase)
+    };
+    eprintln!("RAUC LastError: {last_error}");
+    assert!(!last_error.is_empty());
+    let rauc_log = rig.rauc.log();
+    assert!(rauc_log.contains(last_error.lines().next().unwrap()) || last_error.to_lowercase().contains("signature"),
+        "LastError is RAUC's own text: {last_error:?}\n{rauc_log}");
+    assert_eq!(rig.rauc.backend(&["get-primary"]), "A", "nothing switched");
+    assert_eq!(rig.reboot.count(), 0);
+    assert!(rig.download_files().is_empty());
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sha_mismatch_fails_verification_and_deletes_the_download() {
+    let rig = Rig::start().await;
+    let b = bundle(trusted_ca(), &rig.path("bundles"), "v2", "2.0.0", 256 * 1024);
+    rig.push_bundle("v2.raucb", &b).await;
+    let agent = rig.start_agent(30);
+    let mut offer = rig.offer(1, "v2.raucb", &b);
+    offer.bundle.sha256 = "0".repeat(64);
+    rig.send_offer(&offer).await;
+    let hb = rig.wait_phase(WAIT, "failed").await;
+    match hb.upgrade.phase {
+        UpgradePhase::Failed { reason: FailureReason::VerifyFailed { expected, actual } } => {
+            assert_eq!(expected, "0".repeat(64));
+            assert_eq!(actual, b.sha256);
+        }
+        other => panic!("expected VerifyFailed, got {other:?}"),
+    }
+    assert!(rig.download_files().is_empty(), "{:?}", rig.download_files());
+    assert_eq!(rig.rauc.backend(&["get-primary"]), "A");
+    agent.stop().await;
+}
