@@ -131,19 +131,25 @@ pub async fn run(cfg: AgentConfig, effects: Effects, shutdown: impl Future<Outpu
         liveness: vec![heartbeat_liveness],
         device: device_id.to_string(),
     };
+    let (mut heartbeat, mut commands, mut upgrade) = (heartbeat, commands, upgrade);
     let result = tokio::select! {
         () = shutdown => { log::info!("shutting down"); Ok(()) }
-        _ = heartbeat => Err(AgentError::LoopEnded("heartbeat")),
-        r = commands => {
+        _ = &mut heartbeat => Err(AgentError::LoopEnded("heartbeat")),
+        r = &mut commands => {
             if let Ok(Err(e)) = r { log::error!("command server: {e}"); }
             Err(AgentError::LoopEnded("command server"))
         }
-        _ = upgrade => Err(AgentError::LoopEnded("upgrade")),
+        _ = &mut upgrade => Err(AgentError::LoopEnded("upgrade")),
         () = supervisor.run() => Err(AgentError::LoopEnded("supervisor")),
     };
     effects.service_manager.stopping();
     // Deliver any reply or heartbeat still buffered before the process exits.
     let _ = tokio::time::timeout(Duration::from_secs(2), bus.client.flush()).await;
+    // Spawned loops outlive `run` unless stopped; an in-process restart (the
+    // tests' simulated reboot) must not leave the old agent running.
+    heartbeat.abort();
+    commands.abort();
+    upgrade.abort();
     result
 }
 
