@@ -198,12 +198,19 @@ impl Downloader {
             max_rate: self.max_bytes_per_sec,
             progress,
         };
-        if let Some(object) = &source.object {
-            self.fetch_object(object, &mut sink).await?;
+        let fetched = if let Some(object) = &source.object {
+            self.fetch_object(object, &mut sink).await
         } else if let Some(url) = &source.url {
-            fetch_http(url, &mut sink).await?;
+            fetch_http(url, &mut sink).await
         } else {
-            return Err(DownloadError::NoSource);
+            Err(DownloadError::NoSource)
+        };
+        if let Err(e) = fetched {
+            // What was written is good: keep it as the resume point.
+            if let Err(c) = sink.checkpoint() {
+                log::warn!("could not save the download resume point: {c}");
+            }
+            return Err(e);
         }
         sink.checkpoint()?;
         drop(sink.file);

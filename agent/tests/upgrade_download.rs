@@ -1,0 +1,169 @@
+//! Resumable bundle download against a real nats-server object store and a
+//! local HTTP server: interrupted downloads continue where they stopped and
+//! the bytes already on disk are not fetched again.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use async_nats::jetstream;
+use harmony_agent::upgrade::download::{BundleFiles, DownloadError, Downloader};
+use harmony_protocol::names::BUNDLE_OBJECT_BUCKET;
+use harmony_protocol::BundleSource;
+use harmony_testkit::NatsServer;
+use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SIZE: usize = 3 * 1024 * 1024;
+
+fn data() -> Vec<u8> {
+    (0..SIZE).map(|i| (i * 7 % 253) as u8).collect()
+}
+
+fn source(object: Option<&str>, url: Option<String>, bytes: &[u8]) -> BundleSource {
+    BundleSource {
+        object: object.map(str::to_string),
+        url,
+        sha256: hex::encode(Sha256::digest(bytes)),
+        size: bytes.len() as u64,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn object_store_download_resumes_after_being_killed_midway() {
+    let nats = NatsServer::start();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let store = js
+        .create_object_store(jetstream::object_store::Config { bucket: BUNDLE_OBJECT_BUCKET.into(), ..Default::default() })
+        .await
+        .unwrap();
+    let bytes = data();
+    store.put("b.raucb", &mut bytes.as_slice()).await.unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let files = BundleFiles::new(state.path());
+    let src = source(Some("b.raucb"), None, &bytes);
+
+    // First attempt at 1 MiB/s, killed after ~1.5 s.
+    let slow = Downloader { js: js.clone(), bucket: BUNDLE_OBJECT_BUCKET.into(), files: files.clone(), max_bytes_per_sec: 1024 * 1024 };
+    let seen = Arc::new(AtomicU64::new(0));
+    let seen2 = seen.clone();
+    let src2 = src.clone();
+    let task = tokio::spawn(async move {
+        let mut progress = move |done: u64, _total: u64| seen2.store(done, Ordering::SeqCst);
+        slow.fetch(&src2, &mut progress).await
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    task.abort();
+    let _ = task.await;
+    let before = seen.load(Ordering::SeqCst);
+    assert!(before > 1024 * 1024 && before < SIZE as u64, "killed mid-way at {before}");
+    assert!(files.resume().exists(), "resume point persisted");
+
+    // Second attempt (a restarted agent) finishes without the rate limit.
+    let fast = Downloader { js, bucket: BUNDLE_OBJECT_BUCKET.into(), files: files.clone(), max_bytes_per_sec: 0 };
+    let mut first_report = None;
+    let mut progress = |done: u64, _| {
+        first_report.get_or_insert(done);
+    };
+    let done = fast.fetch(&src, &mut progress).await.unwrap();
+    assert_eq!(done.sha256, src.sha256, "the resumed file is byte-identical");
+    assert_eq!(std::fs::read(&done.path).unwrap(), bytes);
+    assert!(
+        done.fetched <= SIZE as u64 - 1024 * 1024,
+        "resumed: fetched {} of {SIZE} bytes again (first run reached {before})",
+        done.fetched
+    );
+    assert!(first_report.unwrap() > 1024 * 1024, "progress continues from the resume point");
+    eprintln!("first run reached {before} bytes; the resumed run fetched {} of {SIZE}", done.fetched);
+    assert!(!files.part().exists() && !files.resume().exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_different_bundle_discards_the_partial_download() {
+    let nats = NatsServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let store = js
+        .create_object_store(jetstream::object_store::Config { bucket: BUNDLE_OBJECT_BUCKET.into(), ..Default::default() })
+        .await
+        .unwrap();
+    let bytes = data();
+    store.put("b.raucb", &mut bytes.as_slice()).await.unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let files = BundleFiles::new(state.path());
+    std::fs::create_dir_all(files.part().parent().unwrap()).unwrap();
+    std::fs::write(files.part(), b"stale bytes of another bundle").unwrap();
+    std::fs::write(files.resume(), br#"{"sha256":"00","bytes":29,"nuid":null,"stream_seq":null}"#).unwrap();
+    let d = Downloader { js, bucket: BUNDLE_OBJECT_BUCKET.into(), files, max_bytes_per_sec: 0 };
+    let done = d.fetch(&source(Some("b.raucb"), None, &bytes), &mut |_, _| {}).await.unwrap();
+    assert_eq!(done.fetched, SIZE as u64);
+    assert_eq!(done.sha256, source(None, None, &bytes).sha256);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_enough_free_space_is_refused_before_fetching() {
+    let nats = NatsServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let state = tempfile::tempdir().unwrap();
+    let d = Downloader { js, bucket: BUNDLE_OBJECT_BUCKET.into(), files: BundleFiles::new(state.path()), max_bytes_per_sec: 0 };
+    let mut src = source(Some("whatever"), None, b"x");
+    src.size = 1 << 60;
+    match d.fetch(&src, &mut |_, _| {}).await {
+        Err(DownloadError::NoSpace { needed, available }) => assert!(needed > available),
+        other => panic!("expected NoSpace, got {other:?}"),
+    }
+}
+
+/// A tiny HTTP server that honours `Range: bytes=N-` and, on the first
+/// request only, drops the connection after `cut` bytes.
+async fn serve(bytes: Arc<Vec<u8>>, cut: usize) -> (String, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/bundles/b.raucb", listener.local_addr().unwrap());
+    let served = Arc::new(AtomicU64::new(0));
+    let served2 = served.clone();
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut req = vec![0u8; 4096];
+            let n = sock.read(&mut req).await.unwrap();
+            let req = String::from_utf8_lossy(&req[..n]).to_string();
+            let start: usize = req
+                .lines()
+                .find_map(|l| l.strip_prefix("Range: bytes="))
+                .and_then(|r| r.trim_end_matches('-').parse().ok())
+                .unwrap_or(0);
+            let body = &bytes[start..];
+            let head = format!(
+                "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{}\r\n\r\n",
+                body.len(),
+                bytes.len() - 1,
+                bytes.len()
+            );
+            sock.write_all(head.as_bytes()).await.unwrap();
+            let send = if first { &body[..cut] } else { body };
+            first = false;
+            let _ = sock.write_all(send).await;
+            served2.fetch_add(send.len() as u64, Ordering::SeqCst);
+        }
+    });
+    (url, served)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_download_resumes_with_a_range_request_after_the_connection_drops() {
+    let bytes = Arc::new(data());
+    let (url, served) = serve(bytes.clone(), 2 * 1024 * 1024).await;
+    let nats = NatsServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let state = tempfile::tempdir().unwrap();
+    let d = Downloader { js, bucket: BUNDLE_OBJECT_BUCKET.into(), files: BundleFiles::new(state.path()), max_bytes_per_sec: 0 };
+    let src = source(None, Some(url), &bytes);
+    let err = d.fetch(&src, &mut |_, _| {}).await.unwrap_err();
+    assert!(err.to_string().contains("connection closed"), "{err}");
+    let done = d.fetch(&src, &mut |_, _| {}).await.unwrap();
+    assert_eq!(done.sha256, src.sha256);
+    // A clean connection loss keeps every byte received as the resume point.
+    assert_eq!(done.fetched, (SIZE - 2 * 1024 * 1024) as u64, "only the missing tail is fetched");
+    assert!(served.load(Ordering::SeqCst) < 2 * SIZE as u64);
+}
