@@ -192,3 +192,51 @@ async fn sha_mismatch_fails_verification_and_deletes_the_download() {
     assert_eq!(rig.rauc.backend(&["get-primary"]), "A");
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_resumes_after_the_agent_is_killed_midway() {
+    use futures::StreamExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let mut rig = Rig::start().await;
+    rig.extra_upgrade_config = "download_max_bytes_per_sec = 1048576".into();
+    let b = bundle(trusted_ca(), &rig.path("bundles"), "v2", "2.0.0", 3 * 1024 * 1024);
+    rig.push_bundle("v2.raucb", &b).await;
+
+    // Count the bundle bytes NATS delivers into this device's inbox.
+    let delivered = Arc::new(AtomicU64::new(0));
+    let counter = delivered.clone();
+    let mut inbox = rig.client.subscribe(format!("_INBOX.{DEVICE}.>")).await.unwrap();
+    tokio::spawn(async move {
+        while let Some(msg) = inbox.next().await {
+            if msg.reply.as_ref().is_some_and(|r| r.starts_with("$JS.ACK.OBJ_")) {
+                counter.fetch_add(msg.payload.len() as u64, Ordering::SeqCst);
+            }
+        }
+    });
+
+    let agent = rig.start_agent(30);
+    rig.send_offer(&rig.offer(1, "v2.raucb", &b)).await;
+    rig.wait_heartbeat(WAIT, |hb| {
+        matches!(hb.upgrade.phase, UpgradePhase::Downloading { bytes_done, .. } if bytes_done > 1_300_000)
+    })
+    .await;
+    agent.kill(); // no orderly shutdown: like pulling the plug on the agent
+    let resume: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rig.path("state/download/bundle.resume.json")).unwrap()).unwrap();
+    let kept = resume["bytes"].as_u64().unwrap();
+    assert!(kept >= 1024 * 1024, "a resume point was persisted: {resume}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first_run = delivered.swap(0, Ordering::SeqCst);
+
+    rig.extra_upgrade_config = String::new();
+    let agent = rig.start_agent(30);
+    rig.wait_phase(WAIT, "rebooting").await;
+    let second_run = delivered.load(Ordering::SeqCst);
+    eprintln!("bundle {} bytes; first run got {first_run}, resume point {kept}, second run fetched {second_run}", b.size);
+    assert_eq!(second_run, b.size - kept, "the restarted agent fetched only what was missing");
+    let slot_b = std::fs::read(rig.rauc.slot_image("B")).unwrap();
+    assert_eq!(&slot_b[..b.payload.len()], &b.payload[..], "the resumed bundle installed intact");
+    agent.stop().await;
+    let _ = &mut rig;
+}

@@ -116,6 +116,13 @@ impl RaucClient {
         // before we listen and the signal would be lost.
         let mut completed = self.proxy.receive_completed().await.map_err(call("subscribe Completed"))?;
         let mut progress_changes = self.watcher.receive_progress_changed().await;
+        // After an agent restart RAUC may still be busy with the install the
+        // previous agent started; a second InstallBundle would be refused.
+        // Let it finish, then install again (same bundle, same outcome).
+        if self.operation().await? != "idle" {
+            log::info!("RAUC is busy (an earlier install); waiting for it to finish");
+            let _ = completed.next().await;
+        }
         let source = bundle.to_string_lossy();
         self.proxy.install_bundle(&source, HashMap::new()).await.map_err(call("InstallBundle"))?;
         let result = loop {

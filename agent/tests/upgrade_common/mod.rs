@@ -68,7 +68,14 @@ pub struct Bundle {
 }
 
 pub fn bundle(ca: &TestCa, dir: &Path, name: &str, version: &str, payload_len: usize) -> Bundle {
-    let payload: Vec<u8> = (0..payload_len).map(|i| (i % 251) as u8 ^ version.len() as u8).collect();
+    // Incompressible (a simple LCG), so the bundle is as big as the payload.
+    let mut x: u32 = 0x2545_f491 ^ version.len() as u32;
+    let payload: Vec<u8> = (0..payload_len)
+        .map(|_| {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (x >> 24) as u8
+        })
+        .collect();
     let path = build_bundle(ca, dir, name, TEST_COMPATIBLE, version, "plain", &payload);
     let bytes = std::fs::read(&path).unwrap();
     Bundle { sha256: hex::encode(Sha256::digest(&bytes)), size: bytes.len() as u64, path, version: version.into(), payload }
