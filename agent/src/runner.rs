@@ -131,26 +131,35 @@ pub async fn run(cfg: AgentConfig, effects: Effects, shutdown: impl Future<Outpu
         liveness: vec![heartbeat_liveness],
         device: device_id.to_string(),
     };
-    let (mut heartbeat, mut commands, mut upgrade) = (heartbeat, commands, upgrade);
+    // Spawned loops outlive `run` unless stopped: abort them when `run`
+    // returns or is itself dropped, so an in-process restart (the tests'
+    // simulated reboot or crash) never leaves the old agent running.
+    let (mut heartbeat, mut commands, mut upgrade) =
+        (AbortOnDrop(heartbeat), AbortOnDrop(commands), AbortOnDrop(upgrade));
     let result = tokio::select! {
         () = shutdown => { log::info!("shutting down"); Ok(()) }
-        _ = &mut heartbeat => Err(AgentError::LoopEnded("heartbeat")),
-        r = &mut commands => {
+        _ = &mut heartbeat.0 => Err(AgentError::LoopEnded("heartbeat")),
+        r = &mut commands.0 => {
             if let Ok(Err(e)) = r { log::error!("command server: {e}"); }
             Err(AgentError::LoopEnded("command server"))
         }
-        _ = &mut upgrade => Err(AgentError::LoopEnded("upgrade")),
+        _ = &mut upgrade.0 => Err(AgentError::LoopEnded("upgrade")),
         () = supervisor.run() => Err(AgentError::LoopEnded("supervisor")),
     };
     effects.service_manager.stopping();
     // Deliver any reply or heartbeat still buffered before the process exits.
     let _ = tokio::time::timeout(Duration::from_secs(2), bus.client.flush()).await;
-    // Spawned loops outlive `run` unless stopped; an in-process restart (the
-    // tests' simulated reboot) must not leave the old agent running.
-    heartbeat.abort();
-    commands.abort();
-    upgrade.abort();
+    drop((heartbeat, commands, upgrade));
     result
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// RAUC's client plus its `Compatible` and `BootSlot`, or `None` (logged).
