@@ -118,7 +118,8 @@ impl SimState {
     }
 
     /// Accept an offer and run the simulated install up to the reboot.
-    /// Returns the heartbeats to send in order (pre-reboot, then post-reboot).
+    /// Returns the pre-reboot heartbeats; the device is then silent (rebooting)
+    /// until [`SimState::finish_reboot`].
     pub fn run_offer(&mut self, offer: &UpgradeOffer, now: UnixMillis) -> Vec<Heartbeat> {
         let mut out = Vec::new();
         self.upgrade = self.status(UpgradePhase::Downloading { bytes_done: 0, bytes_total: offer.bundle.size }, offer, now);
@@ -136,22 +137,31 @@ impl SimState {
         self.upgrade.target_slot = Some(self.other_slot());
         self.upgrade = self.status(UpgradePhase::Installed, offer, now);
         out.push(self.heartbeat(now));
+        self.silent = true;
+        out
+    }
+
+    /// The first heartbeat of the boot after the upgrade reboot.
+    pub fn finish_reboot(&mut self, offer: &UpgradeOffer, now: UnixMillis) -> Option<Heartbeat> {
+        if self.behavior == Behavior::FailInstall || self.upgrade.phase != UpgradePhase::Installed {
+            return None;
+        }
         self.reboot();
         match self.behavior {
             Behavior::RollBack => {
+                self.silent = false;
                 self.upgrade = self.status(UpgradePhase::RolledBack { reason: RollbackReason::BootFailed }, offer, now);
-                out.push(self.heartbeat(now));
             }
-            Behavior::Vanish => self.silent = true,
+            Behavior::Vanish => return None,
             _ => {
+                self.silent = false;
                 self.slot = self.other_slot();
                 self.os_version = offer.target_version.clone();
                 self.upgrade = self.status(UpgradePhase::AwaitingCommit, offer, now);
                 self.awaiting_since = Some(Instant::now());
-                out.push(self.heartbeat(now));
             }
         }
-        out
+        Some(self.heartbeat(now))
     }
 }
 
@@ -280,21 +290,18 @@ impl SimFleet {
             d.offers.push(offer.clone());
             if d.behavior == Behavior::Manual { Vec::new() } else { d.run_offer(&offer, now) }
         });
-        let mut beats = beats.unwrap_or_default();
-        let last = beats.pop();
-        for hb in beats {
+        for hb in beats.unwrap_or_default() {
             let _ = self.put(&hb).await;
         }
-        if let Some(mut hb) = last {
-            if !self.install_delay.is_zero() {
-                tokio::time::sleep(self.install_delay).await;
-                hb.sent_at = self.now();
-            }
-            self.with(&offer.device_id, |d| {
-                if d.awaiting_since.is_some() {
-                    d.awaiting_since = Some(Instant::now());
-                }
-            });
+        if !self.install_delay.is_zero() {
+            tokio::time::sleep(self.install_delay).await;
+        }
+        let now = self.now();
+        let manual = self.with(&offer.device_id, |d| d.behavior == Behavior::Manual).unwrap_or(true);
+        if manual {
+            return;
+        }
+        if let Some(hb) = self.with(&offer.device_id, |d| d.finish_reboot(&offer, now)).flatten() {
             let _ = self.put(&hb).await;
         }
     }
