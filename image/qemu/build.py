@@ -1,0 +1,691 @@
+#!/usr/bin/env python3
+"""Build the Harmony Fleet QEMU aarch64 A/B test image from Debian arm64 packages.
+
+    image/qemu/build [--out DIR] [--no-agent] [--force]
+
+Output (default build/qemu/):
+    disk.img            A/B disk (layout read from meta-harmony/wic/harmony-qemuarm64.wks):
+                        boot vfat (boot.scr), rootfs A = v1, rootfs B = v1, data ext4
+                        (bundles/ with every bundle below, rauc/ data directory)
+    bundles/v1.raucb, v2.raucb       signed verity bundles (version 1.0.0 / 2.0.0)
+    bundles/broken.raucb             signed, installs fine, cannot boot (no init)
+    bundles/untrusted.raucb          v2 signed by a CA the device does not trust
+    rootfs-{v1,v2,broken}.ext4       the slot images inside the bundles
+    keys/                            test CA + signer (generated here, never committed)
+    u-boot.bin                       Debian's u-boot-qemu qemu_arm64 build
+    manifest.json                    what the test runner needs to know
+
+Nothing is mounted: file systems are made with mke2fs -d, mkfs.vfat + mtools,
+the partition table with sfdisk on the image file. Runs as root (mmdebstrap's
+root mode and mke2fs -d keep root ownership). Incremental: every stage keeps a
+stamp of its inputs and is skipped when they did not change.
+
+Agent hook: if an aarch64 harmony-agent binary exists (HARMONY_AGENT_BIN, or
+target/aarch64-unknown-linux-gnu/release/harmony-agent), it is installed as
+/usr/bin/harmony-agent in every rootfs variant together with
+meta-harmony/recipes-harmony/harmony-agent/files/{harmony-agent.service,agent.toml}
+(unit enabled). --no-agent leaves it out.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+LAYER = REPO / "meta-harmony"
+MACHINE = "qemuarm64"
+WKS = LAYER / "wic" / f"harmony-{MACHINE}.wks"
+BOOT_CMD = LAYER / "recipes-bsp/u-boot/files/boot.cmd.in"
+SYSTEM_CONF = LAYER / f"recipes-core/rauc/files/{MACHINE}/system.conf"
+FW_ENV = LAYER / f"recipes-bsp/libubootenv/files/{MACHINE}/fw_env.config"
+AGENT_FILES = LAYER / "recipes-harmony/harmony-agent/files"
+UBOOT_BIN = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
+
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+SECURITY = "http://deb.debian.org/debian-security"
+PACKAGES = [
+    "systemd", "systemd-sysv", "udev", "dbus", "rauc", "rauc-service", "libubootenv-tool",
+    "kmod", "libc-bin", "util-linux", "mount", "e2fsprogs", "dosfstools",
+    "iproute2", "procps", "busybox-static", "bash", "coreutils", "grep", "sed", "findutils",
+]
+KERNEL_META = "linux-image-arm64"
+# Kernel modules the guest needs (plus their dependencies). The first group
+# goes into the initramfs as well, in this order.
+INITRD_MODULES = ["virtio_pci", "virtio_blk", "crc32c_generic", "ext4"]
+ROOTFS_MODULES = INITRD_MODULES + [
+    "loop", "squashfs", "dm_mod", "dm_verity", "vfat", "nls_cp437", "nls_ascii",
+    "nls_utf8", "nls_iso8859_1", "virtio_net", "virtio_rng", "virtio_console",
+    "sha256_generic", "sha256_arm64", "sha2_ce", "af_packet",
+]
+# Trimmed from every rootfs: documentation, translations, perl's library.
+TRIM = ["usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
+        "usr/share/perl", "usr/share/perl5", "usr/share/lintian", "usr/share/zsh",
+        "usr/share/bash-completion", "usr/share/common-licenses", "var/cache/apt",
+        "var/lib/apt/lists", "usr/share/i18n", "usr/lib/aarch64-linux-gnu/perl",
+        "usr/lib/aarch64-linux-gnu/perl-base", "usr/lib/aarch64-linux-gnu/gconv",
+        "lib/udev/hwdb.bin", "usr/bin/perl", "usr/bin/perl5.36.0"]
+
+VARIANTS = {
+    "v1": {"version": "1.0.0"},
+    "v2": {"version": "2.0.0"},
+    "broken": {"version": "9.9.9-broken"},
+}
+DISK_ID = "0x4861726d"  # MBR disk signature; PARTUUIDs are 4861726d-0N
+
+
+def log(msg):
+    print(f"build: {msg}", flush=True)
+
+
+def run(cmd, **kw):
+    if isinstance(cmd, str):
+        kw.setdefault("shell", True)
+    r = subprocess.run(cmd, **kw)
+    if r.returncode != 0:
+        raise SystemExit(f"build: command failed ({r.returncode}): {cmd if isinstance(cmd, str) else shlex.join(map(str, cmd))}")
+    return r
+
+
+def out_of(cmd):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+def sha(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, Path):
+            if p.is_dir():
+                for f in sorted(p.rglob("*")):
+                    if f.is_file():
+                        h.update(str(f.relative_to(p)).encode())
+                        h.update(f.read_bytes())
+            elif p.exists():
+                h.update(p.read_bytes())
+            else:
+                h.update(b"<missing>" + str(p).encode())
+        else:
+            h.update(str(p).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+class Stage:
+    """Skip a stage whose stamp matches its input hash."""
+
+    def __init__(self, out: Path, name: str, key: str, force: bool):
+        self.stamp = out / "stamps" / name
+        self.key = key
+        self.force = force
+        self.name = name
+
+    def fresh(self) -> bool:
+        ok = not self.force and self.stamp.is_file() and self.stamp.read_text() == self.key
+        if ok:
+            log(f"{self.name}: up to date")
+        return ok
+
+    def done(self):
+        self.stamp.parent.mkdir(parents=True, exist_ok=True)
+        self.stamp.write_text(self.key)
+
+
+# ---------------------------------------------------------------------------
+# wks
+# ---------------------------------------------------------------------------
+
+def size_bytes(s: str) -> int:
+    units = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
+    s = s.strip()
+    if s[-1].upper() in units:
+        return int(float(s[:-1]) * units[s[-1].upper()])
+    return int(s) * 1024 ** 2  # wic default unit: MiB
+
+
+def read_wks(path: Path):
+    parts = []
+    ptable = "msdos"
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        words = shlex.split(line)
+        if words[0] == "bootloader":
+            if "--ptable" in words:
+                ptable = words[words.index("--ptable") + 1]
+            continue
+        if words[0] not in ("part", "partition"):
+            continue
+        p = {"mount": None, "active": False, "align": 1024}
+        rest = words[1:]
+        if rest and not rest[0].startswith("--"):
+            p["mount"] = rest.pop(0)
+        i = 0
+        while i < len(rest):
+            k = rest[i][2:]
+            if "=" in k:
+                k, v = k.split("=", 1)
+            elif i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+                v = rest[i + 1]
+                i += 1
+            else:
+                v = True
+            p[k] = v
+            i += 1
+        if "fixed-size" not in p and "size" not in p:
+            raise SystemExit(f"build: {path}: every partition needs --fixed-size (or --size)")
+        p["bytes"] = size_bytes(p.get("fixed-size") or p.get("size"))
+        p["align"] = int(p["align"]) * 1024
+        parts.append(p)
+    if ptable != "msdos" or len(parts) != 4:
+        raise SystemExit(f"build: {path}: expected an msdos table with 4 partitions")
+    for n, p in enumerate(parts, 1):
+        p["num"] = n
+        p["device"] = f"/dev/{p['ondisk']}{'p' if p['ondisk'][-1].isdigit() else ''}{n}"
+    return parts
+
+
+# ---------------------------------------------------------------------------
+# stages
+# ---------------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("HARMONY_CACHE", Path.home() / ".cache" / "harmony")) / "debs"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def stage_base(out: Path, force: bool) -> Path:
+    root = out / "base" / "root"
+    st = Stage(out, "base", sha(SUITE, MIRROR, PACKAGES, "v2"), force)
+    if st.fresh() and root.is_dir():
+        return root
+    if root.parent.exists():
+        shutil.rmtree(root.parent)
+    root.parent.mkdir(parents=True)
+    cache = cache_dir()
+    log(f"base: mmdebstrap (extract) {SUITE} arm64, download cache {cache}")
+    run(["mmdebstrap", "--variant=extract", "--architectures=arm64", "--quiet",
+         "--include=" + ",".join(PACKAGES),
+         "--skip=download/empty",
+         f"--setup-hook=mkdir -p \"$1/var/cache/apt/archives\"; "
+         f"find {cache} -maxdepth 1 -name '*.deb' -exec cp -t \"$1/var/cache/apt/archives/\" {{}} +",
+         f"--customize-hook=find \"$1/var/cache/apt/archives\" -maxdepth 1 -name '*.deb' -exec cp -n -t {cache} {{}} +",
+         SUITE, str(root),
+         f"deb {MIRROR} {SUITE} main", f"deb {MIRROR} {SUITE}-updates main",
+         f"deb {SECURITY} {SUITE}-security main"])
+    st.done()
+    return root
+
+
+def stage_kernel(out: Path, force: bool):
+    kdir = out / "kernel"
+    # The newest kernel package the (host's) arm64 package lists know.
+    dep = out_of(["apt-cache", "depends", f"{KERNEL_META}:arm64"])
+    pkg = next(l.split(":", 1)[1].strip() for l in dep.splitlines() if l.strip().startswith("Depends:"))
+    pkg = pkg.split(":")[0]
+    version = out_of(["apt-cache", "policy", f"{pkg}:arm64"]).split("Candidate:")[1].split()[0]
+    st = Stage(out, "kernel", sha(pkg, version, INITRD_MODULES, ROOTFS_MODULES, "v3"), force)
+    if st.fresh() and (kdir / "Image").is_file():
+        return kdir
+    cache = cache_dir()
+    debs = sorted(cache.glob(f"{pkg}_{version.replace(':', '%3a')}_arm64.deb"))
+    if not debs:
+        log(f"kernel: downloading {pkg} {version}")
+        run(["apt-get", "download", "-q", f"{pkg}:arm64={version}"], cwd=cache,
+            stdout=subprocess.DEVNULL)
+        debs = sorted(cache.glob(f"{pkg}_*_arm64.deb"))
+    deb = debs[-1]
+    if kdir.exists():
+        shutil.rmtree(kdir)
+    x = kdir / "x"
+    x.mkdir(parents=True)
+    run(["dpkg-deb", "-x", str(deb), str(x)])
+    kver = next((x / "lib/modules").iterdir()).name
+    vmlinuz = next((x / "boot").glob("vmlinuz-*"))
+    data = vmlinuz.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        import gzip
+        data = gzip.decompress(data)
+    (kdir / "Image").write_bytes(data)
+    run(["depmod", "-b", str(x), kver])
+    deps = {}
+    for line in (x / "lib/modules" / kver / "modules.dep").read_text().splitlines():
+        mod, _, rest = line.partition(":")
+        deps[mod] = rest.split()
+    by_name = {Path(m).name[:-3].replace("-", "_"): m for m in deps}
+
+    def closure(names):
+        order = []
+
+        def visit(m):
+            if m in order:
+                return
+            for d in reversed(deps[m]):
+                visit(d)
+            order.append(m)
+
+        for n in names:
+            m = by_name.get(n)
+            if m is None:
+                builtin = (x / "lib/modules" / kver / "modules.builtin").read_text()
+                if f"/{n}.ko" in builtin.replace("-", "_"):
+                    continue
+                log(f"kernel: module {n} not found (skipped)")
+                continue
+            visit(m)
+        return order
+
+    mods = kdir / "modules"
+    mdir = mods / "lib/modules" / kver
+    for m in closure(ROOTFS_MODULES):
+        dst = mdir / m
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(x / "lib/modules" / kver / m, dst)
+    for f in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+        shutil.copy2(x / "lib/modules" / kver / f, mdir / f)
+    run(["depmod", "-b", str(mods), kver])
+    (kdir / "initrd-modules").write_text("\n".join(closure(INITRD_MODULES)) + "\n")
+    (kdir / "version").write_text(kver)
+    shutil.rmtree(x)
+    st.done()
+    return kdir
+
+
+INIT = r"""#!/bin/busybox sh
+# Harmony QEMU initramfs: load the block/ext4 modules, find root=PARTUUID=,
+# mount it and hand over to its /sbin/init.
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+while read -r m; do insmod "/lib/modules/$m" 2>/dev/null; done < /modules.list
+root=
+for a in $(cat /proc/cmdline); do
+    case "$a" in root=PARTUUID=*) root="${a#root=PARTUUID=}" ;; esac
+done
+dev=
+for i in $(seq 1 100); do
+    for p in /sys/class/block/*; do
+        [ -f "$p/partition" ] || continue
+        disk=$(basename "$(readlink -f "$p/..")")
+        sig=$(hexdump -s 440 -n 4 -e '1/4 "%08x"' "/dev/$disk" 2>/dev/null)
+        n=$(printf '%02x' "$(cat "$p/partition")")
+        if [ "$sig-$n" = "$root" ]; then dev=/dev/$(basename "$p"); fi
+    done
+    [ -n "$dev" ] && break
+    sleep 0.1
+done
+if [ -z "$dev" ] || ! mount -t ext4 -o rw "$dev" /newroot; then
+    echo "harmony-initramfs: cannot mount root PARTUUID=$root"
+    exit 1
+fi
+init=/newroot/sbin/init
+if [ -L "$init" ]; then
+    t=$(readlink "$init")
+    case "$t" in /*) init="/newroot$t" ;; *) init="/newroot/sbin/$t" ;; esac
+fi
+if [ ! -x "$init" ]; then
+    echo "harmony-initramfs: no /sbin/init on $dev"
+    exit 1
+fi
+mount --move /dev /newroot/dev
+umount /proc /sys
+exec switch_root /newroot /sbin/init
+"""
+
+
+def stage_initrd(out: Path, base: Path, kdir: Path, force: bool) -> Path:
+    initrd = out / "initrd"
+    st = Stage(out, "initrd", sha(INIT, kdir / "version", kdir / "initrd-modules",
+                                   base / "bin/busybox"), force)
+    if st.fresh() and initrd.is_file():
+        return initrd
+    tmp = out / "initrd.d"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    for d in ("bin", "dev", "proc", "sys", "newroot", "lib/modules"):
+        (tmp / d).mkdir(parents=True)
+    shutil.copy2(base / "bin/busybox", tmp / "bin/busybox")
+    (tmp / "init").write_text(INIT)
+    (tmp / "init").chmod(0o755)
+    kver = (kdir / "version").read_text()
+    lst = []
+    for m in (kdir / "initrd-modules").read_text().split():
+        dst = tmp / "lib/modules" / Path(m).name
+        shutil.copy2(kdir / "modules/lib/modules" / kver / m, dst)
+        lst.append(Path(m).name)
+    (tmp / "modules.list").write_text("\n".join(lst) + "\n")
+    run(f"cd {shlex.quote(str(tmp))} && find . | sort | cpio -o -H newc -R 0:0 --quiet | gzip -9 > {shlex.quote(str(initrd))}")
+    shutil.rmtree(tmp)
+    st.done()
+    return initrd
+
+
+def stage_keys(out: Path) -> Path:
+    keys = out / "keys"
+    if (keys / "untrusted-signer.key.pem").is_file():
+        return keys
+    keys.mkdir(parents=True, exist_ok=True)
+    log("keys: generating the test CA, signer and an untrusted CA (build-time only)")
+
+    def ca(name, cn):
+        run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-keyout", keys / f"{name}.key.pem", "-out", keys / f"{name}.cert.pem",
+             "-days", "3650", "-subj", f"/O=Harmony Fleet test/CN={cn}",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"],
+            stderr=subprocess.DEVNULL)
+
+    def signer(name, ca_name, cn):
+        run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", keys / f"{name}.key.pem", "-out", keys / f"{name}.csr", "-subj",
+             f"/O=Harmony Fleet test/CN={cn}"], stderr=subprocess.DEVNULL)
+        ext = keys / "signer.ext"
+        ext.write_text("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n")
+        run(["openssl", "x509", "-req", "-in", keys / f"{name}.csr", "-CA", keys / f"{ca_name}.cert.pem",
+             "-CAkey", keys / f"{ca_name}.key.pem", "-CAcreateserial", "-days", "3650",
+             "-extfile", ext, "-out", keys / f"{name}.cert.pem"], stderr=subprocess.DEVNULL)
+
+    ca("ca", "QEMU test CA")
+    signer("signer", "ca", "QEMU test signer")
+    ca("untrusted-ca", "Untrusted CA")
+    signer("untrusted-signer", "untrusted-ca", "Untrusted signer")
+    return keys
+
+
+def agent_binary(no_agent: bool):
+    if no_agent:
+        return None
+    p = os.environ.get("HARMONY_AGENT_BIN") or str(REPO / "target/aarch64-unknown-linux-gnu/release/harmony-agent")
+    p = Path(p)
+    return p if p.is_file() else None
+
+
+def write(path: Path, text: str, mode=0o644):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink() or path.exists():
+        path.unlink()
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def enable(root: Path, unit: str, target: str):
+    wants = root / "etc/systemd/system" / f"{target}.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / Path(unit).name
+    if not link.exists():
+        link.symlink_to(unit)
+
+
+def stage_rootfs(out: Path, name: str, base: Path, kdir: Path, initrd: Path, keys: Path,
+                 parts, agent, key: str, force: bool) -> Path:
+    img = out / f"rootfs-{name}.ext4"
+    st = Stage(out, f"rootfs-{name}", key, force)
+    if st.fresh() and img.is_file():
+        return img
+    version = VARIANTS[name]["version"]
+    log(f"rootfs-{name}: version {version}")
+    root = out / f"rootfs-{name}.d"
+    if root.exists():
+        shutil.rmtree(root)
+    run(["cp", "-a", str(base), str(root)])
+    for t in TRIM:
+        if (root / t).is_dir() and not (root / t).is_symlink():
+            shutil.rmtree(root / t)
+        elif (root / t).exists():
+            (root / t).unlink()
+    for f in (root / "var/cache/apt").glob("*") if (root / "var/cache/apt").exists() else []:
+        f.unlink()
+
+    # what base-files' maintainer script would have done
+    for link, target in (("var/run", "/run"), ("var/lock", "/run/lock")):
+        if (root / link).is_dir() and not (root / link).is_symlink():
+            shutil.rmtree(root / link)
+        if not (root / link).is_symlink():
+            (root / link).symlink_to(target)
+
+    # users and groups: base files, then systemd-sysusers from the packages' sysusers.d
+    write(root / "etc/passwd", "root:x:0:0:root:/root:/bin/bash\n")
+    write(root / "etc/group", "root:x:0:\ntty:x:5:\ndisk:x:6:\nkmem:x:15:\ndialout:x:20:\n"
+          "audio:x:29:\nvideo:x:44:\nutmp:x:43:\ninput:x:101:\nkvm:x:102:\nrender:x:103:\n"
+          "sgx:x:104:\ncdrom:x:24:\ntape:x:26:\nfloppy:x:25:\nusers:x:100:\nnogroup:x:65534:\n")
+    write(root / "etc/shadow", "root::19000:0:99999:7:::\n", 0o640)
+    write(root / "etc/gshadow", "root:*::\n", 0o640)
+    run(["systemd-sysusers", f"--root={root}"], stdout=subprocess.DEVNULL)
+    run(["ldconfig", "-r", str(root)])
+
+    # identity
+    write(root / "etc/hostname", "harmony-qemu\n")
+    write(root / "etc/machine-id", "")
+    write(root / "etc/os-release",
+          f'NAME="Harmony Fleet"\nID=harmony\nID_LIKE=debian\nVERSION="{version}"\n'
+          f'VERSION_ID={version}\nPRETTY_NAME="Harmony Fleet {version} (QEMU test image)"\n'
+          f"HARMONY_MACHINE={MACHINE}\n")
+    (root / "usr/lib/os-release").unlink(missing_ok=True)
+
+    # mounts from the wks (every partition with a mount point but "/")
+    fstab = ["# from meta-harmony/wic/" + WKS.name]
+    for p in parts:
+        if p["mount"] and p["mount"] != "/":
+            fs = p["fstype"]
+            opts = "defaults,noatime" if fs == "ext4" else "defaults,noatime,flush"
+            fstab.append(f"{p['device']}\t{p['mount']}\t{fs}\t{opts}\t0\t{2 if fs == 'ext4' else 0}")
+            (root / p["mount"].lstrip("/")).mkdir(parents=True, exist_ok=True)
+    write(root / "etc/fstab", "\n".join(fstab) + "\n")
+
+    # RAUC, U-Boot env tools: the layer's own files
+    (root / "etc/rauc").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(SYSTEM_CONF, root / "etc/rauc/system.conf")
+    (root / "usr/lib/rauc").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(keys / "ca.cert.pem", root / "usr/lib/rauc/ca.cert.pem")
+    shutil.copy2(FW_ENV, root / "etc/fw_env.config")
+
+    # kernel + initramfs in the slot's /boot, modules
+    (root / "boot").mkdir(exist_ok=True)
+    shutil.copy2(kdir / "Image", root / "boot/Image")
+    shutil.copy2(initrd, root / "boot/initrd")
+    run(["cp", "-a", str(kdir / "modules/lib/modules"), str(root / "lib/")])
+
+    # console: a root shell on the serial console for the test harness
+    # (no login/PAM: a root shell service owns ttyAMA0 instead of a getty)
+    (root / "etc/systemd/system/serial-getty@ttyAMA0.service").symlink_to("/dev/null")
+    write(root / "etc/systemd/system/harmony-console.service",
+          "[Unit]\nDescription=Root shell on the serial console (QEMU test image only)\n"
+          "After=systemd-user-sessions.service\nConflicts=rescue.service\n\n"
+          "[Service]\nExecStart=-/bin/bash -l\nStandardInput=tty-force\nStandardOutput=tty\n"
+          "StandardError=tty\nTTYPath=/dev/ttyAMA0\nTTYReset=yes\nTTYVHangup=yes\n"
+          "Environment=HOME=/root TERM=dumb\nWorkingDirectory=/root\nRestart=always\nRestartSec=1\n")
+    enable(root, "/etc/systemd/system/harmony-console.service", "multi-user.target")
+    write(root / "root/.bashrc", "PS1='harmony# '\nexport TERM=dumb\nstty -echo 2>/dev/null\necho HARMONY-CONSOLE-READY\n")
+    write(root / "root/.profile", ". ~/.bashrc\n")
+    # user-mode networking (the host is 10.0.2.2)
+    write(root / "etc/systemd/network/50-qemu.network", "[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\n")
+    enable(root, "/lib/systemd/system/systemd-networkd.service", "multi-user.target")
+    # nothing in the image may commit a slot: that is the operator's job
+    for unit in ("e2scrub_all.timer", "e2scrub_reap.service", "apt-daily.timer", "fstrim.timer"):
+        (root / "etc/systemd/system" / unit).unlink(missing_ok=True)
+        (root / "etc/systemd/system" / unit).symlink_to("/dev/null")
+    write(root / "etc/systemd/journald.conf.d/harmony.conf", "[Journal]\nStorage=volatile\n")
+
+    # the agent, when it has been cross-built
+    if agent is not None:
+        log(f"rootfs-{name}: including the agent {agent}")
+        shutil.copy2(agent, root / "usr/bin/harmony-agent")
+        (root / "usr/bin/harmony-agent").chmod(0o755)
+        unit = AGENT_FILES / "harmony-agent.service"
+        if unit.is_file():
+            shutil.copy2(unit, root / "lib/systemd/system/harmony-agent.service")
+            enable(root, "/lib/systemd/system/harmony-agent.service", "multi-user.target")
+        conf = AGENT_FILES / "agent.toml"
+        if conf.is_file():
+            (root / "etc/harmony").mkdir(parents=True, exist_ok=True)
+            shutil.copy2(conf, root / "etc/harmony/agent.toml")
+
+    if name == "broken":
+        # Installs like any bundle, but nothing can start: no init.
+        for f in ("sbin/init", "lib/systemd/systemd"):
+            (root / f).unlink()
+
+    # ext4 image: content + 30 % + 24 MiB, in 4 KiB blocks
+    used = int(out_of(["du", "-s", "--block-size=1", str(root)]).split()[0])
+    blocks = (int(used * 1.3) + 24 * 1024 * 1024) // 4096
+    slot = next(p for p in parts if p["mount"] == "/")
+    if blocks * 4096 > slot["bytes"]:
+        raise SystemExit(f"build: rootfs-{name} needs {blocks * 4} KiB, the slot has {slot['bytes'] // 1024}")
+    img.unlink(missing_ok=True)
+    run(["mke2fs", "-q", "-t", "ext4", "-b", "4096", "-L", f"harmony-{name}", "-E", "root_owner=0:0",
+         "-d", str(root), str(img), str(blocks)])
+    shutil.rmtree(root)
+    st.done()
+    return img
+
+
+def bundle(out: Path, name: str, img: Path, version: str, cert: Path, key: Path, keyring: Path) -> Path:
+    bdir = out / "bundles"
+    bdir.mkdir(exist_ok=True)
+    work = out / f"bundle-{name}.d"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir()
+    os.link(img, work / "rootfs.ext4")
+    compatible = next(l.split("=", 1)[1].strip() for l in SYSTEM_CONF.read_text().splitlines()
+                      if l.startswith("compatible="))
+    (work / "manifest.raucm").write_text(
+        f"[update]\ncompatible={compatible}\nversion={version}\n"
+        f"description=Harmony Fleet {name} (QEMU test bundle)\n\n"
+        f"[bundle]\nformat=verity\n\n[image.rootfs]\nfilename=rootfs.ext4\n")
+    dst = bdir / f"{name}.raucb"
+    dst.unlink(missing_ok=True)
+    # lz4: fast to build and to read under TCG (the guest kernel has it).
+    run(["rauc", "bundle", "--mksquashfs-args=-comp lz4", f"--cert={cert}", f"--key={key}", f"--keyring={keyring}",
+         str(work), str(dst)], stdout=subprocess.DEVNULL)
+    shutil.rmtree(work)
+    return dst
+
+
+def mkfs_ext4_dir(img: Path, src: Path, size: int, label: str):
+    img.unlink(missing_ok=True)
+    run(["mke2fs", "-q", "-t", "ext4", "-b", "4096", "-L", label, "-E", "root_owner=0:0",
+         "-d", str(src), str(img), str(size // 4096)])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=REPO / "build" / "qemu")
+    ap.add_argument("--no-agent", action="store_true")
+    ap.add_argument("--force", action="store_true", help="rebuild every stage")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("build: run as root (mmdebstrap root mode, root-owned files in mke2fs -d)")
+    for tool in ("mmdebstrap", "mke2fs", "mkfs.vfat", "mcopy", "sfdisk", "mkimage", "rauc", "depmod",
+                 "cpio", "openssl", "systemd-sysusers"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"build: {tool} is missing (run scripts/setup)")
+    t0 = time.time()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    parts = read_wks(WKS)
+    base = stage_base(out, args.force)
+    kdir = stage_kernel(out, args.force)
+    initrd = stage_initrd(out, base, kdir, args.force)
+    keys = stage_keys(out)
+    agent = agent_binary(args.no_agent)
+    common = sha(Path(__file__), out / "stamps/base", out / "stamps/kernel", initrd, SYSTEM_CONF,
+                 FW_ENV, keys / "ca.cert.pem", WKS, agent or "no-agent",
+                 AGENT_FILES / "harmony-agent.service" if agent else "", AGENT_FILES / "agent.toml" if agent else "")
+    imgs = {n: stage_rootfs(out, n, base, kdir, initrd, keys, parts, agent, sha(common, n), args.force)
+            for n in VARIANTS}
+
+    # bundles
+    bkey = sha(common, *[out / f"stamps/rootfs-{n}" for n in VARIANTS], keys / "signer.cert.pem",
+               keys / "untrusted-signer.cert.pem")
+    st = Stage(out, "bundles", bkey, args.force)
+    bundles = {n: out / "bundles" / f"{n}.raucb" for n in list(VARIANTS) + ["untrusted"]}
+    if not (st.fresh() and all(b.is_file() for b in bundles.values())):
+        for n in VARIANTS:
+            log(f"bundle {n}")
+            bundle(out, n, imgs[n], VARIANTS[n]["version"], keys / "signer.cert.pem",
+                   keys / "signer.key.pem", keys / "ca.cert.pem")
+        log("bundle untrusted (v2 signed by a CA the device does not know)")
+        bundle(out, "untrusted", imgs["v2"], "2.0.1-untrusted", keys / "untrusted-signer.cert.pem",
+               keys / "untrusted-signer.key.pem", keys / "untrusted-ca.cert.pem")
+        st.done()
+
+    # boot partition, data partition, disk
+    boot_scr = out / "boot.scr"
+    dkey = sha(bkey, BOOT_CMD, WKS, *[out / f"stamps/rootfs-{n}" for n in VARIANTS])
+    st = Stage(out, "disk", dkey, args.force)
+    disk = out / "disk.img"
+    if not (st.fresh() and disk.is_file()):
+        cmd = BOOT_CMD.read_text().replace("@@KERNEL_IMAGETYPE@@", "Image").replace("@@KERNEL_BOOTCMD@@", "booti")
+        if "@@" in cmd:
+            raise SystemExit("build: boot.cmd.in has placeholders this builder does not fill")
+        (out / "boot.cmd").write_text(cmd)
+        run(["mkimage", "-q", "-A", "arm64", "-O", "linux", "-T", "script", "-C", "none",
+             "-n", "harmony boot", "-d", str(out / "boot.cmd"), str(boot_scr)], stdout=subprocess.DEVNULL)
+        boot, slot_a, slot_b, data = parts
+        vfat = out / "boot.vfat"
+        vfat.unlink(missing_ok=True)
+        run(["mkfs.vfat", "-n", boot["label"].upper()[:11], "-C", str(vfat), str(boot["bytes"] // 1024)],
+            stdout=subprocess.DEVNULL)
+        run(["mcopy", "-i", str(vfat), str(boot_scr), "::boot.scr"])
+        dd = out / "data.d"
+        if dd.exists():
+            shutil.rmtree(dd)
+        (dd / "bundles").mkdir(parents=True)
+        (dd / "rauc").mkdir()
+        for n, b in bundles.items():
+            os.link(b, dd / "bundles" / b.name)
+        mkfs_ext4_dir(out / "data.ext4", dd, data["bytes"], data["label"])
+        shutil.rmtree(dd)
+        # partition table from the wks
+        offs = []
+        pos = 0
+        for p in parts:
+            pos = -(-max(pos, 1024 * 1024) // p["align"]) * p["align"]
+            offs.append(pos)
+            pos += p["bytes"]
+        total = pos + 1024 * 1024
+        disk.unlink(missing_ok=True)
+        with open(disk, "wb") as f:
+            f.truncate(total)
+        table = [f"label: dos", f"label-id: {DISK_ID}", "unit: sectors", ""]
+        for p, off in zip(parts, offs):
+            ptype = "c" if p["fstype"] == "vfat" else "83"
+            boot_flag = ", bootable" if p["active"] else ""
+            table.append(f"start={off // 512}, size={p['bytes'] // 512}, type={ptype}{boot_flag}")
+        run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(disk)],
+            input="\n".join(table) + "\n", text=True)
+        for p, off, img in zip(parts, offs, [vfat, imgs["v1"], imgs["v1"], out / "data.ext4"]):
+            if img.stat().st_size > p["bytes"]:
+                raise SystemExit(f"build: {img} is larger than partition {p['num']}")
+            run(["dd", f"if={img}", f"of={disk}", "bs=4M", f"seek={off}", "oflag=seek_bytes",
+                 "conv=notrunc,sparse", "status=none"])
+        shutil.copy2(UBOOT_BIN, out / "u-boot.bin")
+        manifest = {
+            "machine": MACHINE,
+            "disk": str(disk),
+            "u_boot": str(out / "u-boot.bin"),
+            "partitions": [{"num": p["num"], "device": p["device"], "label": p.get("label"),
+                            "mount": p["mount"], "fstype": p["fstype"], "offset": o, "bytes": p["bytes"]}
+                           for p, o in zip(parts, offs)],
+            "versions": {n: v["version"] for n, v in VARIANTS.items()},
+            "bundles_in_guest": {n: f"{data['mount']}/bundles/{b.name}" for n, b in bundles.items()},
+            "rootfs_images": {n: str(i) for n, i in imgs.items()},
+            "agent": str(agent) if agent else None,
+            "kernel": (kdir / "version").read_text(),
+        }
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        st.done()
+    log(f"done in {time.time() - t0:.0f} s: {disk}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,482 @@
+#!/usr/bin/env python3
+"""Harmony Fleet QEMU boot-chain tests (issue 6).
+
+    qemu-tests/run [--ci | --all] [--only N,N] [--image DIR]
+
+Boots build/qemu/disk.img (image/qemu/build) with Debian's qemu_arm64 U-Boot
+under qemu-system-aarch64 -M virt (TCG), drives a root shell on the serial
+console, and proves the A/B boot chain with real U-Boot, RAUC and Linux:
+
+  1 fresh image boots slot A, rauc status: A booted, good
+  2 install v2, reboot -> B; mark-good -> B stays over a reboot, and that
+    normal boot of the committed slot does not rewrite the U-Boot environment
+  3 install the broken bundle, reboot -> U-Boot counts down and falls back to
+    A by itself; RAUC reports B bad
+  4 bundle signed by an untrusted CA -> rauc install refuses; nothing changes
+  5 power cut (QEMU killed) in the middle of an install -> the old slot boots
+    and works; a retried install succeeds
+
+--ci runs 1-3, --all (the default) 1-5. Every run writes the serial console
+of every boot and a summary to qemu-tests/artifacts/<timestamp>/. The last
+line printed is "N passed, N failed".
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BOOT_TIMEOUT = 300
+SCENARIOS = {}
+
+
+def scenario(num, title):
+    def deco(fn):
+        SCENARIOS[num] = (title, fn)
+        return fn
+    return deco
+
+
+class Fail(Exception):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise Fail(msg)
+
+
+class Guest:
+    """One QEMU machine on one disk overlay; boots can be repeated."""
+
+    def __init__(self, image: Path, art: Path, name: str):
+        self.image = image
+        self.art = art
+        self.name = name
+        self.overlay = art / f"{name}.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image / "disk.img"),
+                        "-F", "raw", str(self.overlay)], check=True)
+        self.proc = None
+        self.boots = 0
+        self.buf = ""
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
+        self.seq = 0
+
+    # -- process ------------------------------------------------------------
+    def start(self):
+        self.boots += 1
+        self.logpath = self.art / f"{self.name}.console-{self.boots}.log"
+        self.log = open(self.logpath, "w", errors="replace")
+        with self.lock:
+            self.buf = ""
+        cmd = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57", "-smp", "2", "-m", "1024",
+               "-nographic", "-monitor", "none", "-serial", "stdio",
+               "-bios", str(self.image / "u-boot.bin"),
+               "-drive", f"if=none,id=hd,format=qcow2,file={self.overlay}",
+               "-device", "virtio-blk-pci,drive=hd",
+               "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile="]
+        self.t0 = time.monotonic()
+        # PR_SET_PDEATHSIG would be nicer; a killed runner is handled by _terminate.
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, bufsize=0)
+        threading.Thread(target=self._reader, args=(self.proc, self.log), daemon=True).start()
+
+    def _reader(self, proc, log):
+        while True:
+            data = proc.stdout.read(4096)
+            if not data:
+                break
+            text = data.decode("utf-8", "replace").replace("\r", "")
+            log.write(text)
+            log.flush()
+            with self.cond:
+                if proc is self.proc:
+                    self.buf += text
+                self.cond.notify_all()
+
+    def kill(self):
+        """Power cut: SIGKILL, no flush, no shutdown."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def stop(self):
+        self.kill()
+
+    # -- console ------------------------------------------------------------
+    def mark(self):
+        with self.lock:
+            return len(self.buf)
+
+    def wait_for(self, pattern, timeout, since=0):
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                m = rx.search(self.buf, since)
+                if m:
+                    return m
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Fail(f"timeout ({timeout}s) waiting for /{pattern}/ on the console "
+                               f"(see {self.logpath.name})")
+                if self.proc is None or self.proc.poll() is not None:
+                    raise Fail(f"QEMU exited while waiting for /{pattern}/")
+                self.cond.wait(min(left, 1.0))
+
+    def send(self, text):
+        self.proc.stdin.write(text.encode())
+        self.proc.stdin.flush()
+
+    def sh(self, command, timeout=120, ok=True):
+        """Run a shell command in the guest; returns (rc, output)."""
+        self.seq += 1
+        tag = f"H{self.seq}X"
+        since = self.mark()
+        # The marker is printed by printf from pieces, so an echoed command
+        # line could never match it.
+        self.send(f"{command} ; printf '\\n@@%s@@%s@@\\n' {tag[:1]} {tag[1:]}$?\n")
+        m = self.wait_for(rf"\n@@{tag[:1]}@@{tag[1:]}(\d+)@@\n", timeout, since)
+        out = self.buf[since:m.start()].replace("harmony# ", "")
+        rc = int(m.group(1))
+        if ok and rc != 0:
+            raise Fail(f"guest command failed (rc {rc}): {command}\n{out[-2000:]}")
+        return rc, out.strip("\n")
+
+    def boot(self, expect_slot=None, timeout=BOOT_TIMEOUT):
+        """Start QEMU (if not running) and wait for the root shell; returns
+        (seconds to the shell, U-Boot's slot lines of this boot)."""
+        if self.proc is None:
+            self.start()
+        since = 0
+        m = self.wait_for(r"HARMONY-CONSOLE-READY", timeout, since)
+        t = time.monotonic() - self.t0
+        self.sh("true", timeout=60)
+        slots = re.findall(r"harmony: slot (\w)", self.buf[:m.start()])
+        if expect_slot is not None:
+            check(slots and slots[-1] == expect_slot,
+                  f"U-Boot chose slot {slots[-1] if slots else '?'} , expected {expect_slot}")
+        return t, self.buf[:m.start()]
+
+    def reboot(self, expect_slot=None, timeout=BOOT_TIMEOUT):
+        """systemctl reboot; QEMU resets in place (same process, same disk)."""
+        with self.lock:
+            self.buf = ""
+        self.log.write("\n===== harness: reboot =====\n")
+        self.t0 = time.monotonic()
+        self.send("systemctl reboot\n")
+        self.wait_for(r"U-Boot 20\d\d", 180)
+        return self.boot(expect_slot, timeout)
+
+    # -- helpers ------------------------------------------------------------
+    def rauc_status(self):
+        _, out = self.sh("rauc status --output-format=json 2>/dev/null")
+        start = out.index("{")
+        return json.loads(out[start:out.rindex("}") + 1])
+
+    def env(self):
+        _, out = self.sh("fw_printenv 2>/dev/null | grep -E '^BOOT_(ORDER|A_LEFT|B_LEFT)='")
+        return dict(l.split("=", 1) for l in out.splitlines() if "=" in l)
+
+    def os_version(self):
+        _, out = self.sh(". /etc/os-release; echo \"V=$VERSION_ID\"")
+        return re.search(r"V=(\S*)", out).group(1)
+
+    def wait_running(self):
+        """Wait for multi-user (systemd finished starting); returns systemd-analyze's line."""
+        self.sh("systemctl is-system-running --wait >/dev/null; true", timeout=240)
+        _, out = self.sh("systemd-analyze time 2>/dev/null | head -n1; true")
+        return out.strip()
+
+
+def slot_state(status, bootname):
+    for entry in status["slots"]:
+        for name, s in entry.items():
+            if s.get("bootname") == bootname:
+                return name, s
+    raise Fail(f"rauc status has no slot with bootname {bootname}")
+
+
+# ---------------------------------------------------------------------------
+# scenarios
+# ---------------------------------------------------------------------------
+
+@scenario(1, "fresh image boots slot A; rauc status: A booted, good")
+def s1(ctx):
+    g = ctx.guest("s1")
+    t, _ = g.boot(expect_slot="A")
+    analyze = g.wait_running()
+    ctx.metric("boot: QEMU start -> root shell (s)", round(t, 1))
+    ctx.metric("boot: systemd-analyze", analyze)
+    _, out = g.sh("systemctl is-active multi-user.target")
+    check(out.strip().endswith("active"), f"multi-user.target not active: {out}")
+    st = g.rauc_status()
+    check(st.get("booted") == "A", f"rauc status booted={st.get('booted')}")
+    _, a = slot_state(st, "A")
+    check(a.get("state") == "booted", f"slot A state {a.get('state')}")
+    check(a.get("boot_status") == "good", f"slot A boot_status {a.get('boot_status')}")
+    check(g.os_version() == ctx.versions["v1"], "not running v1")
+    env = g.env()
+    check(env.get("BOOT_ORDER") == "A B", f"BOOT_ORDER={env.get('BOOT_ORDER')}")
+    _, cmdline = g.sh("cat /proc/cmdline")
+    check("rauc.slot=A" in cmdline, f"kernel command line lacks rauc.slot=A: {cmdline}")
+
+
+def measure_install(ctx, g, bundle):
+    """dd of the bundle's own slot image to the slot device, then rauc install
+    of the bundle, in the same boot; returns install seconds."""
+    g.sh("mkdir -p /mnt/b && mount -o loop,ro %s /mnt/b" % bundle, timeout=60)
+    _, out = g.sh("sync; echo 3 > /proc/sys/vm/drop_caches; s=$(date +%s.%N); "
+                  "dd if=/mnt/b/rootfs.ext4 of=/dev/vda3 bs=1M conv=fsync status=none; "
+                  "e=$(date +%s.%N); echo DD=$(busybox awk \"BEGIN{print $e - $s}\")", timeout=900)
+    dd_s = float(re.search(r"DD=([\d.]+)", out).group(1))
+    _, size = g.sh("stat -c %s /mnt/b/rootfs.ext4")
+    g.sh("umount /mnt/b")
+    _, out = g.sh("sync; echo 3 > /proc/sys/vm/drop_caches; s=$(date +%s.%N); "
+                  f"rauc install {bundle} >/tmp/install.log 2>&1; rc=$?; e=$(date +%s.%N); "
+                  "tail -n 3 /tmp/install.log; echo INST=$(busybox awk \"BEGIN{print $e - $s}\") RC=$rc", timeout=1200)
+    rc = int(re.search(r"RC=(\d+)", out).group(1))
+    check(rc == 0, f"rauc install {bundle} failed:\n{out}")
+    inst = float(re.search(r"INST=([\d.]+)", out).group(1))
+    mib = int(size.strip().splitlines()[-1]) / 2 ** 20
+    ctx.metric("slot image size (MiB)", round(mib, 1))
+    ctx.metric("raw dd of the slot image to /dev/vda3 (s)", round(dd_s, 1))
+    ctx.metric("rauc install, verity bundle (s)", round(inst, 1))
+    ctx.metric("install / dd ratio", round(inst / dd_s, 2) if dd_s > 0 else None)
+    return inst
+
+
+@scenario(2, "install v2 -> B; mark-good -> B stays; committed boot writes no env")
+def s2(ctx):
+    g = ctx.guest("s2")
+    g.boot(expect_slot="A")
+    g.wait_running()
+    measure_install(ctx, g, ctx.bundle("v2"))
+    env = g.env()
+    check(env.get("BOOT_ORDER", "").startswith("B"), f"after install BOOT_ORDER={env.get('BOOT_ORDER')}")
+    check(env.get("BOOT_B_LEFT") == "2", f"after install BOOT_B_LEFT={env.get('BOOT_B_LEFT')} (want 2 trials)")
+    t, uboot = g.reboot(expect_slot="B")
+    ctx.metric("reboot into the new slot -> root shell (s)", round(t, 1))
+    check("harmony: saving boot state" in uboot, "trial boot of B did not count down (no env save)")
+    check(g.os_version() == ctx.versions["v2"], "not running v2 after the reboot")
+    st = g.rauc_status()
+    check(st.get("booted") == "B", f"rauc status booted={st.get('booted')}")
+    env = g.env()
+    check(env.get("BOOT_B_LEFT") == "1", f"on trial: BOOT_B_LEFT={env.get('BOOT_B_LEFT')} (want 1)")
+    g.wait_running()
+    g.sh("rauc status mark-good")
+    env = g.env()
+    check(env.get("BOOT_B_LEFT") == "3", f"after mark-good BOOT_B_LEFT={env.get('BOOT_B_LEFT')}")
+    _, h1 = g.sh("sync; sha256sum /boot/firmware/uboot.env | cut -c1-64")
+    t, uboot = g.reboot(expect_slot="B")
+    ctx.metric("boot of the committed slot -> root shell (s)", round(t, 1))
+    check("harmony: saving boot state" not in uboot, "U-Boot wrote the environment on a committed boot")
+    _, h2 = g.sh("sha256sum /boot/firmware/uboot.env | cut -c1-64")
+    check(h1.strip() == h2.strip(), "uboot.env changed across a committed boot")
+    st = g.rauc_status()
+    check(st.get("booted") == "B", f"after commit + reboot booted={st.get('booted')}")
+    _, b = slot_state(st, "B")
+    check(b.get("boot_status") == "good", f"B boot_status {b.get('boot_status')}")
+    check(g.os_version() == ctx.versions["v2"], "not v2 after the second reboot")
+
+
+@scenario(3, "broken bundle -> U-Boot counts down and falls back to A; B reported bad")
+def s3(ctx):
+    g = ctx.guest("s3")
+    g.boot(expect_slot="A")
+    g.wait_running()
+    g.sh(f"rauc install {ctx.bundle('broken')} >/tmp/install.log 2>&1 || (cat /tmp/install.log; false)",
+         timeout=1200)
+    env = g.env()
+    check(env.get("BOOT_ORDER", "").startswith("B"), f"after install BOOT_ORDER={env.get('BOOT_ORDER')}")
+    t0 = time.monotonic()
+    with g.lock:
+        g.buf = ""
+    g.send("systemctl reboot\n")
+    t, uboot = g.boot(timeout=900)
+    ctx.metric("broken slot -> fallback to a root shell (s)", round(time.monotonic() - t0, 1))
+    tries = re.findall(r"harmony: slot (\w)", uboot)
+    check(tries[-1] == "A", f"U-Boot's choices {tries}: did not end on A")
+    check(tries.count("B") >= 1, f"U-Boot never tried B: {tries}")
+    check("no /sbin/init" in uboot, "the broken slot did not fail the way it should (no init)")
+    ctx.metric("attempts on the broken slot", tries.count("B"))
+    check(g.os_version() == ctx.versions["v1"], "not running v1 after the fallback")
+    st = g.rauc_status()
+    check(st.get("booted") == "A", f"rauc status booted={st.get('booted')}")
+    _, b = slot_state(st, "B")
+    check(b.get("boot_status") == "bad", f"RAUC reports B boot_status={b.get('boot_status')}, want bad")
+    env = g.env()
+    check(env.get("BOOT_B_LEFT") == "0", f"BOOT_B_LEFT={env.get('BOOT_B_LEFT')}")
+    # and A keeps booting without writing anything
+    t, uboot = g.reboot(expect_slot="A")
+    check("harmony: saving boot state" not in uboot, "a normal boot of A after the fallback wrote the env")
+
+
+@scenario(4, "untrusted bundle -> rauc install refuses; nothing changes")
+def s4(ctx):
+    g = ctx.guest("s4")
+    g.boot(expect_slot="A")
+    g.wait_running()
+    env0 = g.env()
+    _, h0 = g.sh("dd if=/dev/vda3 bs=1M count=64 status=none | sha256sum | cut -c1-64")
+    st0 = g.rauc_status()
+    rc, out = g.sh(f"rauc install {ctx.bundle('untrusted')} 2>&1", ok=False, timeout=600)
+    check(rc != 0, "rauc install accepted a bundle signed by an untrusted CA")
+    check(re.search(r"signature|verif|certificate", out, re.I), f"refusal does not name the signature: {out[-500:]}")
+    ctx.note(f"refusal: {out.strip().splitlines()[-1][:200]}")
+    check(g.env() == env0, f"U-Boot env changed: {env0} -> {g.env()}")
+    _, h1 = g.sh("dd if=/dev/vda3 bs=1M count=64 status=none | sha256sum | cut -c1-64")
+    check(h0 == h1, "slot B was written")
+    st1 = g.rauc_status()
+    check(slot_state(st1, "B")[1].get("boot_status") == slot_state(st0, "B")[1].get("boot_status"),
+          "slot B's boot status changed")
+    g.reboot(expect_slot="A")
+
+
+@scenario(5, "power cut during install -> old slot boots and works; retried install succeeds")
+def s5(ctx):
+    g = ctx.guest("s5")
+    g.boot(expect_slot="A")
+    g.wait_running()
+    env0 = g.env()
+    since = g.mark()
+    g.send(f"rauc install {ctx.bundle('v2')} 2>&1 | tee /tmp/install.log\n")
+    # kill once RAUC is writing the slot
+    g.wait_for(r"Copying image to rootfs\.1|(?:[4-9]\d)% ", 900, since)
+    time.sleep(3)
+    ctx.note("power cut while RAUC copied the image to rootfs.1")
+    g.kill()
+    g.log.write("\n===== harness: power cut (SIGKILL) =====\n")
+    g.start()
+    g.boot(expect_slot="A")
+    g.wait_running()
+    check(g.os_version() == ctx.versions["v1"], "the old slot is not v1")
+    env1 = g.env()
+    # RAUC marks the target slot bad (BOOT_B_LEFT=0) before writing it; the
+    # order and the booted slot's attempts must be untouched.
+    check(env1.get("BOOT_ORDER") == env0.get("BOOT_ORDER") and env1.get("BOOT_A_LEFT") == env0.get("BOOT_A_LEFT"),
+          f"the interrupted install changed the boot order: {env0} -> {env1}")
+    _, out = g.sh("systemctl is-system-running || true")
+    check(out.strip().splitlines()[-1] in ("running", "degraded"), f"system state {out}")
+    st = g.rauc_status()
+    check(st.get("booted") == "A", f"booted={st.get('booted')}")
+    g.sh(f"rauc install {ctx.bundle('v2')} >/tmp/install.log 2>&1 || (cat /tmp/install.log; false)",
+         timeout=1200)
+    g.reboot(expect_slot="B")
+    check(g.os_version() == ctx.versions["v2"], "the retried install did not boot v2")
+
+
+# ---------------------------------------------------------------------------
+
+class Ctx:
+    def __init__(self, image, art, num):
+        self.image = image
+        self.art = art
+        self.num = num
+        self.metrics = []
+        self.guests = []
+        m = json.loads((image / "manifest.json").read_text())
+        self.versions = m["versions"]
+        self.bundles = m["bundles_in_guest"]
+
+    def guest(self, name):
+        g = Guest(self.image, self.art, name)
+        self.guests.append(g)
+        LIVE.append(g)
+        return g
+
+    def bundle(self, name):
+        return self.bundles[name]
+
+    def metric(self, name, value):
+        self.metrics.append((name, value))
+        print(f"    {name}: {value}", flush=True)
+
+    def note(self, text):
+        self.metrics.append(("note", text))
+        print(f"    {text}", flush=True)
+
+    def close(self):
+        for g in self.guests:
+            g.stop()
+            try:
+                g.overlay.unlink()
+            except FileNotFoundError:
+                pass
+
+
+LIVE = []
+
+
+def _terminate(signum, frame):
+    for g in LIVE:
+        g.kill()
+    sys.exit(128 + signum)
+
+
+def main():
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ci", action="store_true", help="scenarios 1-3")
+    ap.add_argument("--all", action="store_true", help="scenarios 1-5 (default)")
+    ap.add_argument("--only", help="comma-separated scenario numbers")
+    ap.add_argument("--image", type=Path, default=REPO / "build" / "qemu")
+    args = ap.parse_args()
+    nums = sorted(SCENARIOS)
+    if args.ci:
+        nums = [1, 2, 3]
+    if args.only:
+        nums = [int(n) for n in args.only.split(",")]
+    if not (args.image / "manifest.json").is_file():
+        print(f"no image in {args.image}: run image/qemu/build first", file=sys.stderr)
+        print("0 passed, 1 failed")
+        return 1
+    art = REPO / "qemu-tests" / "artifacts" / time.strftime("%Y%m%d-%H%M%S")
+    art.mkdir(parents=True, exist_ok=True)
+    print(f"artifacts: {art}", flush=True)
+    passed = failed = 0
+    summary = []
+    for n in nums:
+        title, fn = SCENARIOS[n]
+        print(f"scenario {n}: {title}", flush=True)
+        sdir = art / f"scenario-{n}"
+        sdir.mkdir()
+        ctx = Ctx(args.image, sdir, n)
+        t0 = time.monotonic()
+        try:
+            fn(ctx)
+            ok, err = True, None
+        except Fail as e:
+            ok, err = False, str(e)
+        except Exception:
+            ok, err = False, traceback.format_exc()
+        finally:
+            ctx.close()
+        dt = time.monotonic() - t0
+        if ok:
+            passed += 1
+            print(f"PASS scenario {n} ({dt:.0f} s)", flush=True)
+        else:
+            failed += 1
+            print(f"FAIL scenario {n} ({dt:.0f} s): {err}", flush=True)
+        summary.append({"scenario": n, "title": title, "passed": ok, "error": err, "seconds": round(dt, 1),
+                        "metrics": ctx.metrics})
+    (art / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"{passed} passed, {failed} failed")
+    return 0 if failed == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
