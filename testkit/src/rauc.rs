@@ -32,13 +32,17 @@ impl RaucService {
             f.set_len(SLOT_BYTES).expect("size slot image");
         }
         std::fs::create_dir_all(dir.path().join("data")).expect("rauc data dir");
+        std::fs::create_dir_all(dir.path().join("mnt")).expect("rauc mount prefix");
         let conf = format!(
-            "[system]\ncompatible={TEST_COMPATIBLE}\nbootloader=custom\ndata-directory={data}\n\n\
+            // Own mount prefix: RAUC's default (/mnt/rauc) is shared, and
+            // parallel tests would install each other's bundles.
+            "[system]\ncompatible={TEST_COMPATIBLE}\nbootloader=custom\ndata-directory={data}\nmountprefix={mnt}\n\n\
              [keyring]\npath={keyring}\n\n\
              [handlers]\nbootloader-custom-backend={backend}\n\n\
              [slot.rootfs.0]\ndevice={a}\ntype=raw\nbootname=A\n\n\
              [slot.rootfs.1]\ndevice={b}\ntype=raw\nbootname=B\n",
             data = dir.path().join("data").display(),
+            mnt = dir.path().join("mnt").display(),
             keyring = ca.cert.display(),
             backend = Self::backend_script().display(),
             a = dir.path().join("slot-a.img").display(),
