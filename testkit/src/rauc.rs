@@ -153,13 +153,18 @@ impl RaucService {
                     panic!("rauc service exited with {status}: {}", self.log());
                 }
             }
-            let out = Command::new(find_tool("busctl"))
-                .arg(format!("--address={}", self.address()))
-                .args(["status", "de.pengutronix.rauc"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-            if out.is_ok_and(|s| s.success()) {
+            // dbus-send ships with the dbus package (busctl would need systemd).
+            let out = Command::new(find_tool("dbus-send"))
+                .arg(format!("--bus={}", self.address()))
+                .args([
+                    "--print-reply",
+                    "--dest=org.freedesktop.DBus",
+                    "/org/freedesktop/DBus",
+                    "org.freedesktop.DBus.NameHasOwner",
+                    "string:de.pengutronix.rauc",
+                ])
+                .output();
+            if out.is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("boolean true")) {
                 return;
             }
             assert!(Instant::now() < deadline, "rauc service not on the bus within 20 s: {}", self.log());
