@@ -240,3 +240,29 @@ async fn download_resumes_after_the_agent_is_killed_midway() {
     agent.stop().await;
     let _ = &mut rig;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_reboot_is_refused_mid_upgrade_and_carried_out_when_idle() {
+    let mut rig = Rig::start().await;
+    rig.extra_upgrade_config = "download_max_bytes_per_sec = 524288".into();
+    let agent = rig.start_agent(30);
+    rig.wait_heartbeat(WAIT, |hb| hb.booted_slot.as_deref() == Some("A")).await;
+    let reply = rig.command(Command::Reboot).await;
+    assert_eq!(reply.into_result().unwrap(), ReplyBody::RebootScheduled);
+    rig.wait_heartbeat(WAIT, |_| rig.reboot.count() == 1).await;
+
+    let b = bundle(trusted_ca(), &rig.path("bundles"), "v2", "2.0.0", 2 * 1024 * 1024);
+    rig.push_bundle("v2.raucb", &b).await;
+    rig.send_offer(&rig.offer(1, "v2.raucb", &b)).await;
+    rig.wait_phase(WAIT, "downloading").await;
+    let reply = rig.command(Command::Reboot).await;
+    assert!(reply.into_result().is_err(), "no reboot in the middle of an upgrade");
+    // A commit with nothing awaiting commit is refused too.
+    let reply = rig
+        .command(Command::Commit(CommitArgs { target_version: "2.0.0".into(), boot_id: "boot-1".into() }))
+        .await;
+    assert!(reply.into_result().is_err());
+    assert_eq!(rig.reboot.count(), 1);
+    agent.stop().await;
+    let _ = &mut rig;
+}
