@@ -56,9 +56,7 @@ pub fn parse_manifest(text: &str) -> std::result::Result<Manifest, String> {
 pub fn read_manifest(path: &Path) -> Result<Manifest> {
     let not = |detail: String| Error::NotABundle { path: path.to_path_buf(), detail };
     let mut magic = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .map_err(|e| Error::io(path, e))?;
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).map_err(|e| Error::io(path, e))?;
     if &magic != b"hsqs" {
         return Err(not("no squashfs header".into()));
     }
@@ -109,7 +107,13 @@ impl<R: AsyncRead + Unpin> AsyncRead for Progress<R> {
 
 /// Uploads a bundle. `id` defaults to the manifest version. Pushing the same
 /// content again is a no-op; a different file under an existing id is refused.
-pub async fn push(b: &Buckets, path: &Path, id: Option<&str>, show_progress: bool, now: UnixMillis) -> Result<BundleRecord> {
+pub async fn push(
+    b: &Buckets,
+    path: &Path,
+    id: Option<&str>,
+    show_progress: bool,
+    now: UnixMillis,
+) -> Result<BundleRecord> {
     let manifest = read_manifest(path)?;
     let (sha256, size) = sha256_file(path)?;
     let id = id.map(str::to_string).unwrap_or_else(|| manifest.version.clone());
@@ -125,9 +129,9 @@ pub async fn push(b: &Buckets, path: &Path, id: Option<&str>, show_progress: boo
     let file = tokio::fs::File::open(path).await.map_err(|e| Error::io(path, e))?;
     let bar = if show_progress {
         let bar = indicatif::ProgressBar::new(size);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        ) {
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+        {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_message(id.clone());
@@ -180,7 +184,8 @@ mod tests {
 
     #[test]
     fn manifest_update_section() {
-        let m = parse_manifest("[update]\ncompatible=harmony-rpi4\nversion=2.1.0\n\n[bundle]\nformat=verity\n").unwrap();
+        let m =
+            parse_manifest("[update]\ncompatible=harmony-rpi4\nversion=2.1.0\n\n[bundle]\nformat=verity\n").unwrap();
         assert_eq!(m, Manifest { compatible: "harmony-rpi4".into(), version: "2.1.0".into() });
         assert!(parse_manifest("[bundle]\nformat=plain\n").is_err());
         assert!(parse_manifest("[update]\ncompatible=x\n").is_err());

@@ -68,7 +68,8 @@ pub async fn heartbeats(b: &Buckets) -> Result<Vec<Heartbeat>> {
 pub async fn devices_list(cfg: &Config) -> Result<Output> {
     let b = open(cfg).await?;
     let now = SystemClock.now();
-    let rows: Vec<DeviceRow> = heartbeats(&b).await?.iter().map(|h| DeviceRow::from_heartbeat(h, now, &cfg.fleet)).collect();
+    let rows: Vec<DeviceRow> =
+        heartbeats(&b).await?.iter().map(|h| DeviceRow::from_heartbeat(h, now, &cfg.fleet)).collect();
     let text = table(
         &["DEVICE", "PRESENCE", "VERSION", "SLOT", "HEALTH", "PHASE", "SEEN"],
         &rows
@@ -143,9 +144,14 @@ pub async fn provision(cfg: &Config, a: &ProvisionArgs) -> Result<Output> {
         commit_deadline_secs: a.commit_deadline_secs,
     };
     let (prov, _seed) = provision::provision_device(&device, &settings, &cfg.keys.signing_key, &a.out)?;
-    store::put_json(&b.state, &format!("device.{device}"), &DeviceUser { device: device.clone(), nkey: prov.nkey.clone() })
-        .await?;
-    let users: Vec<DeviceUser> = store::read_prefix(&b.state, "device.").await?.iter().map(store::decode).collect::<Result<_>>()?;
+    store::put_json(
+        &b.state,
+        &format!("device.{device}"),
+        &DeviceUser { device: device.clone(), nkey: prov.nkey.clone() },
+    )
+    .await?;
+    let users: Vec<DeviceUser> =
+        store::read_prefix(&b.state, "device.").await?.iter().map(store::decode).collect::<Result<_>>()?;
     let op = provision::operator_nkey(&a.operator_nkey)?;
     let conf = provision::render_auth_conf(&op, &users);
     std::fs::write(&a.auth_conf, conf).map_err(|e| Error::io(&a.auth_conf, e))?;
@@ -171,7 +177,15 @@ pub async fn bundle_list(cfg: &Config) -> Result<Output> {
         &["BUNDLE", "VERSION", "COMPATIBLE", "SIZE", "SHA256"],
         &list
             .iter()
-            .map(|r| vec![r.id.clone(), r.version.clone(), r.compatible.clone(), r.size.to_string(), r.sha256[..16.min(r.sha256.len())].to_string()])
+            .map(|r| {
+                vec![
+                    r.id.clone(),
+                    r.version.clone(),
+                    r.compatible.clone(),
+                    r.size.to_string(),
+                    r.sha256[..16.min(r.sha256.len())].to_string(),
+                ]
+            })
             .collect::<Vec<_>>(),
     );
     Ok(Output::new(&list, text))
@@ -232,9 +246,10 @@ pub async fn rollout_start(cfg: &Config, a: &StartArgs) -> Result<Output> {
     let now = SystemClock.now();
     let bundle = crate::bundle::get(&b, &a.bundle).await?;
     let devices: Vec<DeviceId> = match &a.target {
-        Target::Devices(list) => {
-            list.iter().map(|d| DeviceId::new(d.as_str()).map_err(|e| Error::Invalid(format!("{d}: {e}")))).collect::<Result<_>>()?
-        }
+        Target::Devices(list) => list
+            .iter()
+            .map(|d| DeviceId::new(d.as_str()).map_err(|e| Error::Invalid(format!("{d}: {e}"))))
+            .collect::<Result<_>>()?,
         Target::Selector(sel) => {
             heartbeats(&b).await?.into_iter().filter(|h| matches_selector(h, sel)).map(|h| h.device_id).collect()
         }
@@ -343,7 +358,12 @@ pub async fn rollout_status(cfg: &Config, id: Option<&str>) -> Result<Output> {
                     }
                     s => s.name().to_string(),
                 };
-                vec![j.device.to_string(), j.wave.to_string(), detail, j.history.last().map(|t| t.at.0.to_string()).unwrap_or_default()]
+                vec![
+                    j.device.to_string(),
+                    j.wave.to_string(),
+                    detail,
+                    j.history.last().map(|t| t.at.0.to_string()).unwrap_or_default(),
+                ]
             })
             .collect::<Vec<_>>(),
     ));

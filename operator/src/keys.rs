@@ -57,7 +57,8 @@ pub fn load(path: &Path) -> Result<SigningKey> {
 
 pub fn load_public(path: &Path) -> Result<KeyId> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let key = verifying_key_from_hex(&text).map_err(|e| Error::Key { path: path.to_path_buf(), detail: e.to_string() })?;
+    let key =
+        verifying_key_from_hex(&text).map_err(|e| Error::Key { path: path.to_path_buf(), detail: e.to_string() })?;
     Ok(KeyId::of(&key))
 }
 

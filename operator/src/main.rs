@@ -84,11 +84,19 @@ enum DevicesCmd {
 enum RolloutCmd {
     /// Start a rollout of a pushed bundle.
     Start(StartCli),
-    Pause { id: String },
-    Resume { id: String },
-    Abort { id: String },
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    Abort {
+        id: String,
+    },
     /// All rollouts, or one in detail.
-    Status { id: Option<String> },
+    Status {
+        id: Option<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -139,7 +147,9 @@ enum BundleCmd {
     },
     List,
     /// Remove a bundle (refused while an unfinished rollout uses it).
-    Rm { id: String },
+    Rm {
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,7 +196,13 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
     let json = cli.json;
     if let Cmd::Keys(KeysCmd::Generate { out: Some(path) }) = &cli.cmd {
         let id = keys::generate(path)?;
-        print(&Output { json: serde_json::json!({"key_id": id, "public": keys::public_path(path)}), text: format!("key {id}") }, json);
+        print(
+            &Output {
+                json: serde_json::json!({"key_id": id, "public": keys::public_path(path)}),
+                text: format!("key {id}"),
+            },
+            json,
+        );
         return Ok(());
     }
     let cfg = Config::load(&cli.config)?;
@@ -266,14 +282,23 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
         Cmd::Rollout(RolloutCmd::Abort { id }) => commands::rollout_control(&cfg, &id, "abort").await?,
         Cmd::Rollout(RolloutCmd::Status { id }) => commands::rollout_status(&cfg, id.as_deref()).await?,
         Cmd::Bundle(BundleCmd::Push { file, id }) => {
-            commands::bundle_push(&cfg, &file, id.as_deref(), !json && std::io::IsTerminal::is_terminal(&std::io::stderr())).await?
+            commands::bundle_push(
+                &cfg,
+                &file,
+                id.as_deref(),
+                !json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            )
+            .await?
         }
         Cmd::Bundle(BundleCmd::List) => commands::bundle_list(&cfg).await?,
         Cmd::Bundle(BundleCmd::Rm { id }) => commands::bundle_rm(&cfg, &id).await?,
         Cmd::Keys(KeysCmd::Generate { .. }) => {
             let path = &cfg.keys.signing_key;
             let id = keys::generate(path)?;
-            Output { json: serde_json::json!({"key_id": id, "public": keys::public_path(path)}), text: format!("key {id}; public key in {}", keys::public_path(path).display()) }
+            Output {
+                json: serde_json::json!({"key_id": id, "public": keys::public_path(path)}),
+                text: format!("key {id}; public key in {}", keys::public_path(path).display()),
+            }
         }
         Cmd::Keys(KeysCmd::Rotate) => {
             let r = keys::rotate(&cfg.keys.signing_key)?;

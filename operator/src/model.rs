@@ -142,10 +142,16 @@ pub enum JobState {
     /// Commit command sent after the right heartbeat.
     CommitSent,
     Committed,
-    RolledBack { reason: String },
+    RolledBack {
+        reason: String,
+    },
     /// Refused by the agent or failed before the reboot.
-    Failed { reason: String },
-    TimedOut { waiting_for: String },
+    Failed {
+        reason: String,
+    },
+    TimedOut {
+        waiting_for: String,
+    },
     /// The rollout was aborted before this device got an offer.
     Skipped,
 }

@@ -275,7 +275,8 @@ async fn execute(
                     if let Err(e) = &result {
                         log::warn!("commit {device}: {e}");
                     }
-                    let _ = tx.send(Event::CommitReplied { device, offer_seq, result: result.map_err(|e| e.to_string()) });
+                    let _ =
+                        tx.send(Event::CommitReplied { device, offer_seq, result: result.map_err(|e| e.to_string()) });
                 });
             }
             Action::WriteOffer(offer) => {

@@ -102,7 +102,11 @@ impl SimState {
     }
 
     fn other_slot(&self) -> String {
-        if self.slot == "A" { "B".into() } else { "A".into() }
+        if self.slot == "A" {
+            "B".into()
+        } else {
+            "A".into()
+        }
     }
 
     fn status(&self, phase: UpgradePhase, offer: &UpgradeOffer, now: UnixMillis) -> UpgradeStatus {
@@ -122,7 +126,8 @@ impl SimState {
     /// until [`SimState::finish_reboot`].
     pub fn run_offer(&mut self, offer: &UpgradeOffer, now: UnixMillis) -> Vec<Heartbeat> {
         let mut out = Vec::new();
-        self.upgrade = self.status(UpgradePhase::Downloading { bytes_done: 0, bytes_total: offer.bundle.size }, offer, now);
+        self.upgrade =
+            self.status(UpgradePhase::Downloading { bytes_done: 0, bytes_total: offer.bundle.size }, offer, now);
         out.push(self.heartbeat(now));
         if self.behavior == Behavior::FailInstall {
             self.upgrade = self.status(
@@ -288,7 +293,11 @@ impl SimFleet {
                 return Vec::new();
             }
             d.offers.push(offer.clone());
-            if d.behavior == Behavior::Manual { Vec::new() } else { d.run_offer(&offer, now) }
+            if d.behavior == Behavior::Manual {
+                Vec::new()
+            } else {
+                d.run_offer(&offer, now)
+            }
         });
         for hb in beats.unwrap_or_default() {
             let _ = self.put(&hb).await;

@@ -93,7 +93,8 @@ async fn rollback_reported_by_the_agent_halts_the_rollout() {
     env.rollout(&env.start_args(&["pi-1", "pi-2"])).await;
     let job = env.wait_job("pi-1", |s| matches!(s, JobState::RolledBack { .. }), 10).await;
     assert!(format!("{:?}", job.state).contains("boot"), "{:?}", job.state);
-    eventually(5, "halt", || async { matches!(env.rollout_state("r1").await.status, RolloutStatus::Halted { .. }) }).await;
+    eventually(5, "halt", || async { matches!(env.rollout_state("r1").await.status, RolloutStatus::Halted { .. }) })
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(env.offers_to("pi-2"), 0, "halted: no offer to the next wave");
     assert_eq!(env.commits_to("pi-1"), 0);
@@ -139,7 +140,8 @@ async fn no_heartbeat_from_the_new_boot_times_out() {
     env.rollout(&a).await;
     let job = env.wait_job("pi-1", |s| matches!(s, JobState::TimedOut { .. }), 10).await;
     assert_eq!(job.state, JobState::TimedOut { waiting_for: "heartbeat from the new boot".into() });
-    eventually(5, "halt", || async { matches!(env.rollout_state("r1").await.status, RolloutStatus::Halted { .. }) }).await;
+    eventually(5, "halt", || async { matches!(env.rollout_state("r1").await.status, RolloutStatus::Halted { .. }) })
+        .await;
     op.stop().await;
 }
 
@@ -154,7 +156,8 @@ async fn canary_failures_halt_and_the_rest_get_no_offer() {
     a.policy.max_in_flight = 3;
     a.policy.halt = harmony_operator::model::HaltThreshold::Count(2);
     env.rollout(&a).await;
-    eventually(10, "halt", || async { matches!(env.rollout_state("r1").await.status, RolloutStatus::Halted { .. }) }).await;
+    eventually(10, "halt", || async { matches!(env.rollout_state("r1").await.status, RolloutStatus::Halted { .. }) })
+        .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     for d in ["d-1", "d-2", "d-3", "d-4"] {
         assert_eq!(env.offers_to(d), 0, "{d} got an offer from a halted rollout");

@@ -145,7 +145,9 @@ async fn a_device_can_do_its_own_things_and_nothing_else() {
     // It cannot listen on another device's subject: nobody answers there.
     let mut other = dev.subscribe(command_subject(&pi2)).await.unwrap();
     let _ = dev.flush().await;
-    let r = tokio::time::timeout(Duration::from_secs(2), op.request(command_subject(&pi2), Command::Ping.encode().into())).await;
+    let r =
+        tokio::time::timeout(Duration::from_secs(2), op.request(command_subject(&pi2), Command::Ping.encode().into()))
+            .await;
     assert!(!matches!(r, Ok(Ok(_))), "pi-1 answered for pi-2");
     assert!(tokio::time::timeout(Duration::from_millis(300), other.next()).await.ok().flatten().is_none());
 }

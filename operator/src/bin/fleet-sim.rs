@@ -147,7 +147,8 @@ async fn bench(args: Args) -> Res<()> {
     let public = harmony_operator::keys::load(&key)?.verifying_key();
     let mut fleet = SimFleet::connect(&url, public).await?;
     fleet.install_delay = Duration::from_millis(args.install_ms);
-    let ids: Vec<DeviceId> = (0..args.devices).map(|i| DeviceId::new(format!("sim-{i:06}"))).collect::<Result<_, _>>()?;
+    let ids: Vec<DeviceId> =
+        (0..args.devices).map(|i| DeviceId::new(format!("sim-{i:06}"))).collect::<Result<_, _>>()?;
     for id in &ids {
         fleet.add(SimState::new(id.clone(), "1.0", Behavior::Happy));
     }
@@ -191,7 +192,12 @@ async fn bench(args: Args) -> Res<()> {
             .spawn()?,
     );
     let pid = op.0.id();
-    println!("fleet-sim: {} devices, 1 heartbeat / {} s each ({:.0}/s), operator pid {pid}", args.devices, args.interval_secs, args.devices as f64 / args.interval_secs as f64);
+    println!(
+        "fleet-sim: {} devices, 1 heartbeat / {} s each ({:.0}/s), operator pid {pid}",
+        args.devices,
+        args.interval_secs,
+        args.devices as f64 / args.interval_secs as f64
+    );
 
     tokio::time::sleep(Duration::from_secs(args.interval_secs + 2)).await;
     let (c0, _) = usage(pid).ok_or("operator not running")?;
@@ -208,7 +214,11 @@ async fn bench(args: Args) -> Res<()> {
     let (c1, rss) = usage(pid).ok_or("operator died")?;
     let secs = t0.elapsed().as_secs_f64();
     let hb1 = fleet.stats.lock().map(|s| s.heartbeats).unwrap_or(0);
-    println!("heartbeats written: {:.0}/s (target {:.0}/s)", (hb1 - hb0) as f64 / secs, args.devices as f64 / args.interval_secs as f64);
+    println!(
+        "heartbeats written: {:.0}/s (target {:.0}/s)",
+        (hb1 - hb0) as f64 / secs,
+        args.devices as f64 / args.interval_secs as f64
+    );
     println!(
         "steady state over {secs:.0} s: operator CPU {:.1}% of one core, RSS {:.1} MiB (peak {:.1} MiB)",
         (c1 - c0) / secs * 100.0,
@@ -232,7 +242,8 @@ async fn bench(args: Args) -> Res<()> {
         rollout_start(&cfg, &a).await?;
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            let r: Option<harmony_operator::model::Rollout> = store::get_json(&buckets.state, &keys::rollout("bench")).await?;
+            let r: Option<harmony_operator::model::Rollout> =
+                store::get_json(&buckets.state, &keys::rollout("bench")).await?;
             match r.map(|r| r.status) {
                 Some(RolloutStatus::Completed) => break,
                 Some(RolloutStatus::Halted { reason }) => return Err(format!("rollout halted: {reason}").into()),

@@ -172,9 +172,9 @@ fn on_heartbeat(job: &mut Job, hb: &Heartbeat, now: UnixMillis, tuning: &Tuning,
         }
         UpgradePhase::AwaitingCommit => {
             let due = match job.state {
-                JobState::CommitSent => job
-                    .commit_sent_at
-                    .is_none_or(|t| now.saturating_since(t) >= tuning.commit_retry_ms),
+                JobState::CommitSent => {
+                    job.commit_sent_at.is_none_or(|t| now.saturating_since(t) >= tuning.commit_retry_ms)
+                }
                 _ => true,
             };
             if !due {

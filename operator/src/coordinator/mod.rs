@@ -67,16 +67,28 @@ pub enum Event {
     Heartbeat(Box<Heartbeat>),
     /// Periodic: deadlines and wave progress.
     Tick,
-    CommitReplied { device: DeviceId, offer_seq: u64, result: Result<(), String> },
+    CommitReplied {
+        device: DeviceId,
+        offer_seq: u64,
+        result: Result<(), String>,
+    },
     RolloutCreated(Box<Rollout>),
-    Control { rollout_id: String, control: Control, revision: u64 },
+    Control {
+        rollout_id: String,
+        control: Control,
+        revision: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Sign and put this offer under the device's key in the offer bucket.
     WriteOffer(Box<UpgradeOffer>),
-    SendCommit { device: DeviceId, offer_seq: u64, args: CommitArgs },
+    SendCommit {
+        device: DeviceId,
+        offer_seq: u64,
+        args: CommitArgs,
+    },
     PersistJob(DeviceId),
     PersistSeq(DeviceId),
     PersistRollout(String),

@@ -77,9 +77,9 @@ pub(super) fn control(
     actions: &mut Vec<Action>,
 ) {
     let bad_now = state.rollouts.get(id).map_or(0, |r| {
-        r.waves
-            .get(r.current_wave)
-            .map_or(0, |w| w.iter().filter(|d| state.jobs.get(*d).is_some_and(|j| j.rollout_id == r.id && j.state.is_bad())).count())
+        r.waves.get(r.current_wave).map_or(0, |w| {
+            w.iter().filter(|d| state.jobs.get(*d).is_some_and(|j| j.rollout_id == r.id && j.state.is_bad())).count()
+        })
     });
     let Some(r) = state.rollouts.get_mut(id) else { return };
     if revision != 0 && revision <= r.last_ctl_rev {
@@ -118,12 +118,8 @@ pub(super) fn control(
 }
 
 pub(super) fn advance_all(state: &mut State, now: UnixMillis, actions: &mut Vec<Action>) {
-    let ids: Vec<String> = state
-        .rollouts
-        .iter()
-        .filter(|(_, r)| r.status == RolloutStatus::Running)
-        .map(|(id, _)| id.clone())
-        .collect();
+    let ids: Vec<String> =
+        state.rollouts.iter().filter(|(_, r)| r.status == RolloutStatus::Running).map(|(id, _)| id.clone()).collect();
     for id in ids {
         advance(state, &id, now, actions);
     }
@@ -138,13 +134,12 @@ fn advance(state: &mut State, id: &str, now: UnixMillis, actions: &mut Vec<Actio
             changed = true;
             break;
         };
-        let job_states: Vec<Option<&JobState>> = wave
-            .iter()
-            .map(|d| state.jobs.get(d).filter(|j| j.rollout_id == r.id).map(|j| &j.state))
-            .collect();
+        let job_states: Vec<Option<&JobState>> =
+            wave.iter().map(|d| state.jobs.get(d).filter(|j| j.rollout_id == r.id).map(|j| &j.state)).collect();
         let bad = job_states.iter().filter(|s| s.is_some_and(|s| s.is_bad())).count();
         if r.policy.halt.reached(bad.saturating_sub(r.accepted_failures), wave.len()) {
-            let reason = format!("{bad} of {} devices in wave {} failed, rolled back or timed out", wave.len(), r.current_wave);
+            let reason =
+                format!("{bad} of {} devices in wave {} failed, rolled back or timed out", wave.len(), r.current_wave);
             r.set_status(RolloutStatus::Halted { reason }, now, "threshold reached");
             changed = true;
             break;
@@ -154,7 +149,11 @@ fn advance(state: &mut State, id: &str, now: UnixMillis, actions: &mut Vec<Actio
         if all_done {
             r.current_wave += 1;
             r.accepted_failures = 0;
-            r.history.push(crate::model::Transition { at: now, to: format!("wave {}", r.current_wave), note: String::new() });
+            r.history.push(crate::model::Transition {
+                at: now,
+                to: format!("wave {}", r.current_wave),
+                note: String::new(),
+            });
             changed = true;
             continue;
         }

@@ -34,7 +34,8 @@ fn job_in(state: JobState) -> Job {
     let mut j = Job::pending(d.clone(), "r1", 0, UnixMillis(NOW - 10_000));
     if state != JobState::Pending {
         j.offer = Some(offer(&d, 5));
-        j.baseline = Some(Baseline { boot_id: "b0".into(), booted_slot: Some("A".into()), os_version: Some("1.0".into()) });
+        j.baseline =
+            Some(Baseline { boot_id: "b0".into(), booted_slot: Some("A".into()), os_version: Some("1.0".into()) });
         j.deadline = Some(UnixMillis(NOW + 60_000));
     }
     if matches!(state, JobState::Rebooting | JobState::CommitSent) {
@@ -110,10 +111,24 @@ fn table() -> Vec<Row> {
     use UpgradePhase as P;
     let t = ["=", "=", "=", "=", "=", "=", "=", "=", "=", "="];
     vec![
-        ("progress", hb(|h| { pre_reboot(h); h.upgrade.phase = P::Downloading { bytes_done: 1, bytes_total: 2 } }), NOW,
-            ["=", "installing", "=", "=", "=", "=", "=", "=", "=", "="]),
-        ("installed", hb(|h| { pre_reboot(h); h.upgrade.phase = P::Installed }), NOW,
-            ["=", "rebooting", "rebooting", "=", "=", "=", "=", "=", "=", "="]),
+        (
+            "progress",
+            hb(|h| {
+                pre_reboot(h);
+                h.upgrade.phase = P::Downloading { bytes_done: 1, bytes_total: 2 }
+            }),
+            NOW,
+            ["=", "installing", "=", "=", "=", "=", "=", "=", "=", "="],
+        ),
+        (
+            "installed",
+            hb(|h| {
+                pre_reboot(h);
+                h.upgrade.phase = P::Installed
+            }),
+            NOW,
+            ["=", "rebooting", "rebooting", "=", "=", "=", "=", "=", "=", "="],
+        ),
         ("good new boot", hb(|_| {}), NOW, ["=", "C", "C", "C", "=", "=", "=", "=", "=", "="]),
         ("good new boot, retry due", hb(|_| {}), NOW + 5_000, ["=", "C", "C", "C", "C", "=", "=", "=", "=", "="]),
         ("same boot id as before reboot", hb(|h| h.boot_id = "b0".into()), NOW, t),
@@ -125,35 +140,99 @@ fn table() -> Vec<Row> {
         ("wrong version", hb(|h| h.os_version = Some("1.9".into())), NOW, t),
         ("other offer", hb(|h| h.upgrade.offer_seq = Some(4)), NOW, t),
         ("no offer", hb(|h| h.upgrade.offer_seq = None), NOW, t),
-        ("not awaiting commit yet", hb(|h| h.upgrade.phase = P::Rebooting), NOW,
-            ["=", "rebooting", "rebooting", "=", "=", "=", "=", "=", "=", "="]),
-        ("agent reports rollback", hb(|h| {
-            pre_reboot(h);
-            h.boot_id = "b2".into();
-            h.upgrade.phase = P::RolledBack { reason: RollbackReason::BootFailed };
-        }), NOW, ["=", "rolled_back", "rolled_back", "rolled_back", "rolled_back", "=", "=", "=", "=", "="]),
-        ("old version back on old slot, new boot", hb(|h| {
-            pre_reboot(h);
-            h.boot_id = "b2".into();
-            h.upgrade = UpgradeStatus::idle(UnixMillis(NOW));
-        }), NOW, ["=", "=", "=", "rolled_back", "rolled_back", "=", "=", "=", "=", "="]),
-        ("refused", hb(|h| { pre_reboot(h); h.upgrade.phase = P::Refused { reason: RefusalReason::Expired } }), NOW,
-            ["=", "failed", "failed", "failed", "failed", "=", "=", "=", "=", "="]),
-        ("install failed", hb(|h| {
-            pre_reboot(h);
-            h.upgrade.phase = P::Failed { reason: FailureReason::InstallFailed { last_error: "e".into() } };
-        }), NOW, ["=", "failed", "failed", "failed", "failed", "=", "=", "=", "=", "="]),
-        ("agent reports committed", hb(|h| h.upgrade.phase = P::Committed), NOW,
-            ["=", "committed", "committed", "committed", "committed", "=", "=", "=", "=", "="]),
-        ("committed but wrong version", hb(|h| { h.upgrade.phase = P::Committed; h.os_version = Some("1.0".into()) }), NOW, t),
-        ("idle", hb(|h| { pre_reboot(h); h.upgrade = UpgradeStatus::idle(UnixMillis(NOW)) }), NOW, t),
+        (
+            "not awaiting commit yet",
+            hb(|h| h.upgrade.phase = P::Rebooting),
+            NOW,
+            ["=", "rebooting", "rebooting", "=", "=", "=", "=", "=", "=", "="],
+        ),
+        (
+            "agent reports rollback",
+            hb(|h| {
+                pre_reboot(h);
+                h.boot_id = "b2".into();
+                h.upgrade.phase = P::RolledBack { reason: RollbackReason::BootFailed };
+            }),
+            NOW,
+            ["=", "rolled_back", "rolled_back", "rolled_back", "rolled_back", "=", "=", "=", "=", "="],
+        ),
+        (
+            "old version back on old slot, new boot",
+            hb(|h| {
+                pre_reboot(h);
+                h.boot_id = "b2".into();
+                h.upgrade = UpgradeStatus::idle(UnixMillis(NOW));
+            }),
+            NOW,
+            ["=", "=", "=", "rolled_back", "rolled_back", "=", "=", "=", "=", "="],
+        ),
+        (
+            "refused",
+            hb(|h| {
+                pre_reboot(h);
+                h.upgrade.phase = P::Refused { reason: RefusalReason::Expired }
+            }),
+            NOW,
+            ["=", "failed", "failed", "failed", "failed", "=", "=", "=", "=", "="],
+        ),
+        (
+            "install failed",
+            hb(|h| {
+                pre_reboot(h);
+                h.upgrade.phase = P::Failed { reason: FailureReason::InstallFailed { last_error: "e".into() } };
+            }),
+            NOW,
+            ["=", "failed", "failed", "failed", "failed", "=", "=", "=", "=", "="],
+        ),
+        (
+            "agent reports committed",
+            hb(|h| h.upgrade.phase = P::Committed),
+            NOW,
+            ["=", "committed", "committed", "committed", "committed", "=", "=", "=", "=", "="],
+        ),
+        (
+            "committed but wrong version",
+            hb(|h| {
+                h.upgrade.phase = P::Committed;
+                h.os_version = Some("1.0".into())
+            }),
+            NOW,
+            t,
+        ),
+        (
+            "idle",
+            hb(|h| {
+                pre_reboot(h);
+                h.upgrade = UpgradeStatus::idle(UnixMillis(NOW))
+            }),
+            NOW,
+            t,
+        ),
         ("tick before deadline", Event::Tick, NOW + 59_999, t),
-        ("tick at deadline", Event::Tick, NOW + 60_000,
-            ["=", "timed_out", "timed_out", "timed_out", "timed_out", "=", "=", "=", "=", "="]),
-        ("commit acknowledged", Event::CommitReplied { device: dev("pi-1"), offer_seq: 5, result: Ok(()) }, NOW,
-            ["=", "=", "=", "=", "committed", "=", "=", "=", "=", "="]),
-        ("commit ack for another offer", Event::CommitReplied { device: dev("pi-1"), offer_seq: 4, result: Ok(()) }, NOW, t),
-        ("commit failed", Event::CommitReplied { device: dev("pi-1"), offer_seq: 5, result: Err("timeout".into()) }, NOW, t),
+        (
+            "tick at deadline",
+            Event::Tick,
+            NOW + 60_000,
+            ["=", "timed_out", "timed_out", "timed_out", "timed_out", "=", "=", "=", "=", "="],
+        ),
+        (
+            "commit acknowledged",
+            Event::CommitReplied { device: dev("pi-1"), offer_seq: 5, result: Ok(()) },
+            NOW,
+            ["=", "=", "=", "=", "committed", "=", "=", "=", "=", "="],
+        ),
+        (
+            "commit ack for another offer",
+            Event::CommitReplied { device: dev("pi-1"), offer_seq: 4, result: Ok(()) },
+            NOW,
+            t,
+        ),
+        (
+            "commit failed",
+            Event::CommitReplied { device: dev("pi-1"), offer_seq: 5, result: Err("timeout".into()) },
+            NOW,
+            t,
+        ),
         ("control", Event::Control { rollout_id: "r1".into(), control: Control::Pause, revision: 1 }, NOW, t),
     ]
 }
@@ -173,7 +252,11 @@ fn every_state_event_pair() {
                 other => after.state.name() == other && commits == 0,
             };
             if !ok {
-                failures.push(format!("{name} in {}: want {want}, got {} with {commits} commits", state.name(), after.state.name()));
+                failures.push(format!(
+                    "{name} in {}: want {want}, got {} with {commits} commits",
+                    state.name(),
+                    after.state.name()
+                ));
             }
             // Terminal jobs never change at all, not even their history.
             if state.is_terminal() && after != job {
@@ -219,7 +302,13 @@ fn commit_refusals_say_why() {
     assert!(matches!(check(|h| h.sent_at = UnixMillis(0)), Err(CommitRefusal::Stale { .. })));
     assert!(matches!(check(|h| h.os_version = None), Err(CommitRefusal::Version { .. })));
     // The slot recorded before the reboot wins over what the new boot claims.
-    assert!(matches!(check(|h| { h.booted_slot = Some("C".into()); h.upgrade.target_slot = Some("C".into()) }), Err(CommitRefusal::Slot { .. })));
+    assert!(matches!(
+        check(|h| {
+            h.booted_slot = Some("C".into());
+            h.upgrade.target_slot = Some("C".into())
+        }),
+        Err(CommitRefusal::Slot { .. })
+    ));
 }
 
 #[test]
@@ -279,23 +368,36 @@ fn offers(actions: &[Action]) -> Vec<DeviceId> {
 #[test]
 fn waves_are_canary_then_cumulative_percentages() {
     let d: Vec<DeviceId> = (0..10).map(|i| dev(&format!("d{i}"))).collect();
-    let sizes = |canary, p: Vec<u8>| plan_waves(&d, &WavePlan { canary, percents: p }).iter().map(Vec::len).collect::<Vec<_>>();
+    let sizes =
+        |canary, p: Vec<u8>| plan_waves(&d, &WavePlan { canary, percents: p }).iter().map(Vec::len).collect::<Vec<_>>();
     assert_eq!(sizes(1, vec![50, 100]), vec![1, 4, 5]);
     assert_eq!(sizes(2, vec![10]), vec![2, 8]);
     assert_eq!(sizes(0, vec![]), vec![10]);
     assert_eq!(sizes(20, vec![50]), vec![10]);
-    assert_eq!(plan_waves(&d, &WavePlan { canary: 3, percents: vec![30, 60] }).concat(), d, "every device exactly once, in order");
+    assert_eq!(
+        plan_waves(&d, &WavePlan { canary: 3, percents: vec![30, 60] }).concat(),
+        d,
+        "every device exactly once, in order"
+    );
 }
 
 #[test]
 fn creation_offers_only_the_canary_up_to_max_in_flight() {
-    let (state, actions) = step(State::default(), &Event::RolloutCreated(Box::new(rollout(10, 3, HaltThreshold::Count(2), 2))), UnixMillis(NOW));
+    let (state, actions) = step(
+        State::default(),
+        &Event::RolloutCreated(Box::new(rollout(10, 3, HaltThreshold::Count(2), 2))),
+        UnixMillis(NOW),
+    );
     assert_eq!(offers(&actions), vec![dev("d000"), dev("d001")]);
     // Persist before the offer is written: a crash in between re-puts the same offer.
     let pos = |pred: &dyn Fn(&Action) -> bool| actions.iter().position(pred).unwrap();
     assert!(pos(&|a| *a == Action::PersistJob(dev("d000"))) < pos(&|a| matches!(a, Action::WriteOffer(_))));
     // The same rollout again (our own KV write echoed back) changes nothing.
-    let (state2, again) = step(state.clone(), &Event::RolloutCreated(Box::new(rollout(10, 3, HaltThreshold::Count(2), 2))), UnixMillis(NOW + 1));
+    let (state2, again) = step(
+        state.clone(),
+        &Event::RolloutCreated(Box::new(rollout(10, 3, HaltThreshold::Count(2), 2))),
+        UnixMillis(NOW + 1),
+    );
     assert!(again.iter().all(|a| !matches!(a, Action::WriteOffer(_))), "{again:?}");
     assert_eq!(state2.jobs, state.jobs);
 }
@@ -315,7 +417,11 @@ fn fail(h: &mut Heartbeat) {
 
 #[test]
 fn canary_failures_halt_and_nobody_else_gets_an_offer() {
-    let (s, _) = step(State::default(), &Event::RolloutCreated(Box::new(rollout(10, 3, HaltThreshold::Count(2), 3))), UnixMillis(NOW));
+    let (s, _) = step(
+        State::default(),
+        &Event::RolloutCreated(Box::new(rollout(10, 3, HaltThreshold::Count(2), 3))),
+        UnixMillis(NOW),
+    );
     let (s, a) = report(s, "d000", fail, NOW + 1);
     assert!(offers(&a).is_empty(), "one failure is below the threshold; the wave is fully in flight");
     assert_eq!(s.rollouts["r1"].status, RolloutStatus::Running);
@@ -325,7 +431,8 @@ fn canary_failures_halt_and_nobody_else_gets_an_offer() {
     // The third canary device still commits: a halt stops offers, not commits.
     let (s, a) = report(s, "d002", |_| {}, NOW + 3);
     assert!(a.iter().any(|a| matches!(a, Action::SendCommit { .. })));
-    let (s, a) = step(s, &Event::CommitReplied { device: dev("d002"), offer_seq: NOW, result: Ok(()) }, UnixMillis(NOW + 4));
+    let (s, a) =
+        step(s, &Event::CommitReplied { device: dev("d002"), offer_seq: NOW, result: Ok(()) }, UnixMillis(NOW + 4));
     assert_eq!(s.jobs[&dev("d002")].state, JobState::Committed);
     assert!(offers(&a).is_empty());
     let (s, a) = step(s, &Event::Tick, UnixMillis(NOW + 10_000_000));
@@ -336,7 +443,11 @@ fn canary_failures_halt_and_nobody_else_gets_an_offer() {
 
 #[test]
 fn percent_threshold_and_timeouts_count() {
-    let (s, _) = step(State::default(), &Event::RolloutCreated(Box::new(rollout(4, 4, HaltThreshold::Percent(50), 4))), UnixMillis(NOW));
+    let (s, _) = step(
+        State::default(),
+        &Event::RolloutCreated(Box::new(rollout(4, 4, HaltThreshold::Percent(50), 4))),
+        UnixMillis(NOW),
+    );
     let (s, _) = report(s, "d000", fail, NOW + 1);
     assert_eq!(s.rollouts["r1"].status, RolloutStatus::Running, "1 of 4 is 25%");
     let (s, _) = step(s, &Event::Tick, UnixMillis(NOW + 60_000));
@@ -346,7 +457,11 @@ fn percent_threshold_and_timeouts_count() {
 
 #[test]
 fn waves_advance_when_every_device_is_done_and_seqs_increase() {
-    let (mut s, _) = step(State::default(), &Event::RolloutCreated(Box::new(rollout(4, 1, HaltThreshold::Count(1), 10))), UnixMillis(NOW));
+    let (mut s, _) = step(
+        State::default(),
+        &Event::RolloutCreated(Box::new(rollout(4, 1, HaltThreshold::Count(1), 10))),
+        UnixMillis(NOW),
+    );
     s.seqs.insert(dev("d001"), NOW + 500); // a higher sequence from an earlier rollout
     let (s, _) = report(s, "d000", |h| h.upgrade.phase = UpgradePhase::Committed, NOW + 1);
     assert_eq!(s.rollouts["r1"].current_wave, 1);
@@ -361,7 +476,11 @@ fn waves_advance_when_every_device_is_done_and_seqs_increase() {
 
 #[test]
 fn pause_resume_abort() {
-    let (s, _) = step(State::default(), &Event::RolloutCreated(Box::new(rollout(4, 1, HaltThreshold::Count(1), 10))), UnixMillis(NOW));
+    let (s, _) = step(
+        State::default(),
+        &Event::RolloutCreated(Box::new(rollout(4, 1, HaltThreshold::Count(1), 10))),
+        UnixMillis(NOW),
+    );
     let ctl = |c, rev| Event::Control { rollout_id: "r1".into(), control: c, revision: rev };
     let (s, _) = step(s, &ctl(Control::Pause, 10), UnixMillis(NOW + 1));
     assert_eq!(s.rollouts["r1"].status, RolloutStatus::Paused);
@@ -389,6 +508,13 @@ fn heartbeats_of_devices_outside_rollouts_only_update_the_registry() {
     assert!(a.is_empty());
     assert_eq!(s.seen[&dev("pi-1")].boot_id, "b1");
     // an older heartbeat does not overwrite a newer one
-    let (s, _) = step(s, &hb(|h| { h.boot_id = "old".into(); h.sent_at = UnixMillis(1) }), UnixMillis(NOW));
+    let (s, _) = step(
+        s,
+        &hb(|h| {
+            h.boot_id = "old".into();
+            h.sent_at = UnixMillis(1)
+        }),
+        UnixMillis(NOW),
+    );
     assert_eq!(s.seen[&dev("pi-1")].boot_id, "b1");
 }

@@ -70,7 +70,11 @@ impl Env {
     }
 
     pub fn start_args(&self, devices: &[&str]) -> StartArgs {
-        let mut a = StartArgs::from_defaults(&self.cfg, "2.0", Target::Devices(devices.iter().map(|s| s.to_string()).collect()));
+        let mut a = StartArgs::from_defaults(
+            &self.cfg,
+            "2.0",
+            Target::Devices(devices.iter().map(|s| s.to_string()).collect()),
+        );
         a.id = Some("r1".into());
         a.canary = 1;
         a.waves = vec![100];
