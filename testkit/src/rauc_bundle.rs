@@ -31,7 +31,15 @@ impl TestCa {
 
 /// Builds `<dir>/<name>.raucb` with one rootfs image of `payload` bytes.
 /// `format` is `plain` or `verity`.
-pub fn build_bundle(ca: &TestCa, dir: &Path, name: &str, compatible: &str, version: &str, format: &str, payload: &[u8]) -> PathBuf {
+pub fn build_bundle(
+    ca: &TestCa,
+    dir: &Path,
+    name: &str,
+    compatible: &str,
+    version: &str,
+    format: &str,
+    payload: &[u8],
+) -> PathBuf {
     let content = dir.join(format!("{name}-content"));
     std::fs::create_dir_all(&content).expect("content dir");
     std::fs::write(content.join("rootfs.img"), payload).expect("rootfs image");
