@@ -337,37 +337,66 @@ pub fn decode_offer(keys: &TrustedKeys, bytes: &[u8]) -> Result<UpgradeOffer, Re
 /// Watch this device's key in the offers bucket (current value first, then
 /// every update) and forward each as an event. Retries while the bucket is
 /// missing or NATS is away.
+///
+/// Not `kv::Store::watch`: that creates an unnamed consumer with the filter
+/// in the payload, which device credentials cannot be limited by. A named
+/// consumer puts the filter in the API subject, where the device's
+/// permissions pin it to its own key (see operator/src/provision.rs).
 async fn watch_offers(
     client: async_nats::Client,
     keys: TrustedKeys,
     device: harmony_protocol::DeviceId,
     tx: mpsc::Sender<Msg>,
 ) {
-    use async_nats::jetstream::kv::Operation;
-    let js = async_nats::jetstream::new(client);
+    use async_nats::jetstream::consumer::{push::OrderedConfig, DeliverPolicy};
+    let js = async_nats::jetstream::new(client.clone());
+    let filter = format!("$KV.{OFFER_BUCKET}.{}", device_key(&device));
+    let mut attempt = 0u64;
     loop {
-        match js.get_key_value(OFFER_BUCKET).await {
-            Err(e) => log::warn!("offer bucket {OFFER_BUCKET} not available: {e}"),
-            Ok(kv) => match kv.watch_with_history(device_key(&device)).await {
-                Err(e) => log::warn!("cannot watch offers: {e}"),
-                Ok(mut watch) => {
-                    while let Some(entry) = watch.next().await {
-                        match entry {
-                            Ok(entry) if entry.operation == Operation::Put => {
-                                let offer = decode_offer(&keys, &entry.value);
-                                if tx.send(Msg::Event(Event::Offer(offer))).await.is_err() {
-                                    return;
-                                }
+        attempt += 1;
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let name = format!("offers_{}_{started}_{attempt}", device_key(&device));
+        let consumer = async {
+            let stream = js.get_stream(format!("KV_{OFFER_BUCKET}")).await.map_err(|e| e.to_string())?;
+            stream
+                .create_consumer(OrderedConfig {
+                    name: Some(name),
+                    deliver_subject: client.new_inbox(),
+                    filter_subject: filter.clone(),
+                    deliver_policy: DeliverPolicy::LastPerSubject,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .messages()
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match consumer.await {
+            Err(e) => log::warn!("cannot watch offers in {OFFER_BUCKET}: {e}"),
+            Ok(mut messages) => {
+                while let Some(msg) = messages.next().await {
+                    match msg {
+                        Ok(msg) => {
+                            // Deletes and purges carry a KV-Operation header and no offer.
+                            if msg.headers.as_ref().is_some_and(|h| h.get("KV-Operation").is_some()) {
+                                continue;
                             }
-                            Ok(_) => {}
-                            Err(e) => {
-                                log::warn!("offer watch: {e}");
-                                break;
+                            let offer = decode_offer(&keys, &msg.payload);
+                            if tx.send(Msg::Event(Event::Offer(offer))).await.is_err() {
+                                return;
                             }
+                        }
+                        Err(e) => {
+                            log::warn!("offer watch: {e}");
+                            break;
                         }
                     }
                 }
-            },
+            }
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
