@@ -92,11 +92,19 @@ pub struct Rig {
     pub bundles: jetstream::object_store::ObjectStore,
     pub reboot: Arc<RecordingReboot>,
     pub extra_upgrade_config: String,
+    /// Device nkey seed file, when the server requires authentication.
+    pub nkey_seed_file: Option<PathBuf>,
 }
 
 impl Rig {
     pub async fn start() -> Self {
         let nats = NatsServer::start();
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        Self::start_with(nats, client).await
+    }
+
+    /// With a given server and an admin client that may create buckets.
+    pub async fn start_with(nats: NatsServer, client: async_nats::Client) -> Self {
         let rauc = RaucService::start(trusted_ca());
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("os-release"), "NAME=Harmony\nVERSION_ID=\"1.0.0\"\n").unwrap();
@@ -108,7 +116,6 @@ impl Rig {
         std::fs::write(dir.path().join("fleet-keys/fleet.pub"), hex::encode(fleet_key().verifying_key().to_bytes()))
             .unwrap();
         std::fs::write(dir.path().join("boot_id"), "boot-1\n").unwrap();
-        let client = async_nats::connect(nats.url()).await.unwrap();
         let js = jetstream::new(client.clone());
         let heartbeats = js
             .create_key_value(jetstream::kv::Config { bucket: HEARTBEAT_BUCKET.into(), history: 1, ..Default::default() })
@@ -135,6 +142,7 @@ impl Rig {
             bundles,
             reboot: Arc::new(RecordingReboot::default()),
             extra_upgrade_config: String::new(),
+            nkey_seed_file: None,
         }
     }
 
@@ -161,6 +169,7 @@ startup_grace_secs = 3
 [nats]
 urls = ["{url}"]
 request_timeout_secs = 2
+{nkey}
 [rauc]
 dbus_address = "{bus}"
 [system]
@@ -185,6 +194,11 @@ progress_interval_ms = 100
             mid = self.path("machine-id").display(),
             health = self.path("health.d").display(),
             extra = self.extra_upgrade_config,
+            nkey = self
+                .nkey_seed_file
+                .as_ref()
+                .map(|p| format!("nkey_seed_file = \"{}\"", p.display()))
+                .unwrap_or_default(),
         );
         AgentConfig::parse(&text, Path::new("upgrade-test.toml")).expect("test config")
     }
