@@ -8,6 +8,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod coordinator;
+pub mod effects;
 pub mod error;
 pub mod keys;
 pub mod lease;

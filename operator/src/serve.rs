@@ -10,20 +10,20 @@
 use crate::bus::{connect, Buckets};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::coordinator::{step, Action, Control, Event, State, Tuning};
+use crate::coordinator::{step, Control, Event, State, Tuning};
+use crate::effects::{execute, NatsEffects};
 use crate::error::{Error, Result};
 use crate::lease::LeaseKeeper;
-use crate::model::{keys, Job, JobState, Rollout};
+use crate::model::{JobState, Rollout};
 use crate::store;
 use crate::writer::Writer;
 use async_nats::jetstream::kv;
 use ed25519_dalek::SigningKey;
 use futures::StreamExt;
 use harmony_protocol::command::{Command, CommandReply};
-use harmony_protocol::names::{command_subject, OFFER_BUCKET, OPERATOR_STATE_BUCKET};
+use harmony_protocol::names::command_subject;
 use harmony_protocol::{DeviceId, Heartbeat, SignedEnvelope, UpgradeOffer};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -116,12 +116,13 @@ async fn lead(
 ) -> Result<Outcome> {
     let mut state = store::load_state(&b.state).await?;
     let writer = Writer::start(b.js.clone());
+    let (commit_tx, mut commit_rx) = mpsc::unbounded_channel::<Event>();
+    let fx = NatsEffects { writer: writer.clone(), client: b.client.clone(), replies: commit_tx };
     state.tuning = tuning(cfg);
     log::debug!("loaded {} rollouts, {} jobs", state.rollouts.len(), state.jobs.len());
     reconcile_offers(b, key, &state).await?;
     // Rollouts written by the CLI while no operator led have no jobs yet:
     // give them theirs before any tick can judge their waves.
-    let (commit_tx, mut commit_rx) = mpsc::unbounded_channel::<Event>();
     let mut heartbeats = b.heartbeats.watch_with_history(">").await.map_err(Error::nats)?;
     // Replay the last heartbeat of every device before deciding anything, so
     // offers record a baseline and pending commits are found at once.
@@ -132,7 +133,7 @@ async fn lead(
             if let Some(hb) = decode_heartbeat(&entry) {
                 let (next, actions) = step(state, &Event::Heartbeat(Box::new(hb)), clock.now());
                 state = next;
-                execute(&writer, b, key, &state, actions, &commit_tx).await?;
+                execute(&fx, key, &state, actions)?;
             }
             if caught_up {
                 break;
@@ -143,7 +144,7 @@ async fn lead(
     for r in open {
         let (next, actions) = step(state, &Event::RolloutCreated(Box::new(r)), clock.now());
         state = next;
-        execute(&writer, b, key, &state, actions, &commit_tx).await?;
+        execute(&fx, key, &state, actions)?;
     }
 
     let mut rollouts = b.state.watch_with_history("rollout.>").await.map_err(Error::nats)?;
@@ -199,7 +200,7 @@ async fn lead(
         }
         let (next, actions) = step(state, &event, clock.now());
         state = next;
-        execute(&writer, b, key, &state, actions, &commit_tx).await?;
+        execute(&fx, key, &state, actions)?;
     }
 }
 
@@ -250,87 +251,6 @@ async fn reconcile_offers(b: &Buckets, key: &SigningKey, state: &State) -> Resul
         }
     }
     Ok(())
-}
-
-async fn execute(
-    writer: &Writer,
-    b: &Buckets,
-    key: &SigningKey,
-    state: &State,
-    actions: Vec<Action>,
-    commit_tx: &mpsc::UnboundedSender<Event>,
-) -> Result<()> {
-    let mut persisted: HashSet<String> = HashSet::new();
-    let json = |k: &str, v: &dyn erased::Json| -> Result<bytes::Bytes> {
-        v.to_json().map(Into::into).map_err(|e| Error::Corrupt { key: k.to_string(), detail: e.to_string() })
-    };
-    for action in actions {
-        match action {
-            Action::SendCommit { device, offer_seq, args } => {
-                log::info!("commit {device} (offer {offer_seq}, boot {})", args.boot_id);
-                let client = b.client.clone();
-                let tx = commit_tx.clone();
-                tokio::spawn(async move {
-                    let result = send_commit(&client, &device, Command::Commit(args)).await;
-                    if let Err(e) = &result {
-                        log::warn!("commit {device}: {e}");
-                    }
-                    let _ =
-                        tx.send(Event::CommitReplied { device, offer_seq, result: result.map_err(|e| e.to_string()) });
-                });
-            }
-            Action::WriteOffer(offer) => {
-                log::info!("offer {} to {}: {}", offer.offer_seq, offer.device_id, offer.target_version);
-                let env = SignedEnvelope::sign(key, &*offer).map_err(|e| Error::Invalid(e.to_string()))?;
-                // A barrier: the job and sequence number written before it are durable first.
-                writer.put(OFFER_BUCKET, offer.device_id.as_str(), env.encode().into(), true);
-            }
-            Action::PersistJob(id) => {
-                let k = keys::job(&id);
-                if persisted.insert(k.clone()) {
-                    if let Some(job) = state.jobs.get(&id) {
-                        log_transition(job);
-                        writer.put(OPERATOR_STATE_BUCKET, &k, json(&k, job)?, false);
-                    }
-                }
-            }
-            Action::PersistSeq(id) => {
-                let k = keys::seq(&id);
-                if persisted.insert(k.clone()) {
-                    if let Some(seq) = state.seqs.get(&id) {
-                        writer.put(OPERATOR_STATE_BUCKET, &k, json(&k, seq)?, false);
-                    }
-                }
-            }
-            Action::PersistRollout(id) => {
-                let k = keys::rollout(&id);
-                if persisted.insert(k.clone()) {
-                    if let Some(r) = state.rollouts.get(&id) {
-                        writer.put(OPERATOR_STATE_BUCKET, &k, json(&k, r)?, false);
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-mod erased {
-    /// Object-safe "serialize to JSON" for the persist helper.
-    pub trait Json {
-        fn to_json(&self) -> serde_json::Result<Vec<u8>>;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn to_json(&self) -> serde_json::Result<Vec<u8>> {
-            serde_json::to_vec(self)
-        }
-    }
-}
-
-fn log_transition(job: &Job) {
-    if let Some(t) = job.history.last() {
-        log::info!("{} [{}]: {} {}", job.device, job.rollout_id, t.to, t.note);
-    }
 }
 
 /// Sends one command and waits for the typed reply.
