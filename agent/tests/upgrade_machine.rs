@@ -49,6 +49,7 @@ fn with_job(phase: UpgradePhase, edit: impl FnOnce(&mut Job)) -> State {
         awaiting_since: None,
         fallback: None,
         rebooting_from: None,
+        install_boot: None,
     };
     edit(&mut job);
     State { phase, job: Some(job), last_accepted_seq: 5, refused: None, since: T0, marking: false }
@@ -487,4 +488,29 @@ fn busy_and_redelivered_offers_leave_the_upgrade_alone() {
     let committed = with_job(UpgradePhase::Committed, |_| {});
     let (s, a) = step(&pre_env(), committed.clone(), Event::Offer(Ok(offer(5, "2.0.0"))), T0);
     assert_eq!((s, a), (committed, vec![]));
+}
+
+#[test]
+fn a_power_cut_after_rauc_switched_slots_continues_as_after_the_reboot() {
+    let (s, _) = run(
+        &pre_env(),
+        State::initial(T0),
+        vec![Event::Offer(Ok(offer(7, "2.0.0"))), Event::Downloaded, Event::Verified { sha256: SHA.into() }],
+        T0,
+    );
+    assert_eq!(s.phase, UpgradePhase::Installing { percent: 0 });
+    // Agent restart in the same boot: install again.
+    let (_, a) = run(&pre_env(), s.clone(), vec![Event::Started], T0);
+    assert_eq!(a, ["install"]);
+    // Power cut, and the device came back in the old slot: install again.
+    let same_slot = Env { boot_id: "boot-9".into(), ..pre_env() };
+    let (_, a) = run(&same_slot, s.clone(), vec![Event::Started], T0);
+    assert_eq!(a, ["install"]);
+    // Power cut after RAUC switched primary: up on B in a new boot.
+    let (s, a) = run(&env(), s, vec![Event::Started], NOW);
+    assert_eq!(a, ["delete", "deadline@1001500", "health"]);
+    let (s, _) = step(&env(), s, Event::HealthChecked { failed: vec![] }, NOW);
+    assert_eq!(s.phase, UpgradePhase::AwaitingCommit);
+    assert_eq!(s.status().pre_reboot_boot_id.as_deref(), Some("boot-1"));
+    assert_eq!(s.status().target_slot.as_deref(), Some("B"));
 }

@@ -44,6 +44,11 @@ pub struct Job {
     pub fallback: Option<RollbackReason>,
     /// Boot id in which the current reboot was requested.
     pub rebooting_from: Option<String>,
+    /// Boot id and slot when the install started: a power cut after RAUC
+    /// switched the primary slot but before `Installed` was recorded shows
+    /// up as a new boot on a different slot.
+    #[serde(default)]
+    pub install_boot: Option<(String, String)>,
 }
 
 impl Job {
@@ -55,6 +60,7 @@ impl Job {
             awaiting_since: None,
             fallback: None,
             rebooting_from: None,
+            install_boot: None,
         }
     }
 }
@@ -223,6 +229,9 @@ pub fn step(env: &Env, state: State, event: Event, now: UnixMillis) -> (State, V
         (P::Verifying, Event::Verified { sha256 }) => {
             let expected = s.job.as_ref().map(|j| j.offer.bundle.sha256.to_ascii_lowercase()).unwrap_or_default();
             if sha256.eq_ignore_ascii_case(&expected) {
+                if let Some(job) = s.job.as_mut() {
+                    job.install_boot = Some((env.boot_id.clone(), env.booted_slot.clone()));
+                }
                 (moved(s, P::Installing { percent: 0 }), vec![Action::Install])
             } else {
                 let reason = FailureReason::VerifyFailed { expected, actual: sha256 };
@@ -408,7 +417,25 @@ fn on_started(env: &Env, mut s: State, now: UnixMillis) -> (State, Vec<Action>) 
     match &s.phase {
         P::Offered | P::Downloading { .. } => (s, vec![Action::Download]),
         P::Verifying => (s, vec![Action::Verify]),
-        P::Installing { .. } => (s, vec![Action::Install]),
+        P::Installing { .. } => match &job.install_boot {
+            Some((boot, slot)) if *boot != env.boot_id && *slot != env.booted_slot => {
+                // RAUC finished and the device came up in the other slot
+                // before `Installed` was recorded: continue as after the
+                // upgrade reboot.
+                let since = now;
+                if let Some(j) = s.job.as_mut() {
+                    j.target_slot = Some(env.booted_slot.clone());
+                    j.pre_reboot_boot_id = Some(boot.clone());
+                    j.awaiting_since = Some(since);
+                    j.rebooting_from = Some(env.boot_id.clone());
+                }
+                let deadline = since.saturating_add_ms(env.commit_deadline_ms);
+                (set_phase(s, P::Rebooting), vec![Action::DeleteBundle, Action::ArmDeadline(deadline), Action::RunHealthChecks])
+            }
+            // Same boot (agent restart) or still the old slot: install again;
+            // RAUC writes the inactive slot from scratch.
+            _ => (s, vec![Action::Install]),
+        },
         P::Installed | P::Rebooting | P::Failed { reason: FailureReason::RebootFailed { .. } } | P::AwaitingCommit
             if job.target_slot.is_some() =>
         {
