@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // integration-test code: failing loudly is the point
 //! The agent authenticates with an nkey seed file and works under
 //! credentials limited to its own subjects: heartbeat key, command subject,
 //! replies to requests, and its own inbox prefix.

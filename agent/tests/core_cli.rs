@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // integration-test code: failing loudly is the point
 //! The shipped binary: --version, bad arguments, and --self-test exit codes.
 
 mod common;

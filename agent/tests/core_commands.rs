@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // integration-test code: failing loudly is the point
 //! The command server answers every request with a typed reply and keeps
 //! serving after garbage.
 

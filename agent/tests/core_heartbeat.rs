@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // integration-test code: failing loudly is the point
 //! Heartbeats reach the KV bucket on a real nats-server, carry the facts
 //! the operator needs, and survive a server crash without an agent restart.
 

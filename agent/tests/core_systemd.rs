@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // integration-test code: failing loudly is the point
 //! What the agent tells systemd: READY after connecting (or after the
 //! startup grace when offline), watchdog pings while alive, STOPPING on exit.
 

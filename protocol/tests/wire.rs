@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // integration-test code: failing loudly is the point
 //! Wire compatibility: golden JSON fixtures under tests/data/ must decode to
 //! the expected values and the values must encode to the same JSON. A change
 //! that breaks this breaks deployed devices or operators.

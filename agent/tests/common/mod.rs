@@ -1,7 +1,7 @@
 //! Shared setup for the agent's core integration tests: a real nats-server,
 //! the buckets the operator would create, a temp "device" (machine id, boot
 //! id, os-release, fleet keys), and the real agent loop under test control.
-#![allow(dead_code, clippy::expect_used)]
+#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
 use async_nats::jetstream;
 use harmony_agent::service_manager::RecordingServiceManager;
