@@ -15,7 +15,6 @@ use futures::StreamExt;
 use harmony_protocol::command::ReplyBody;
 use harmony_protocol::names::{device_key, BUNDLE_OBJECT_BUCKET, OFFER_BUCKET};
 use harmony_protocol::signing::SigningError;
-use harmony_protocol::time::UnixMillis;
 use harmony_protocol::{CommandError, RefusalReason, SignedEnvelope, TrustedKeys, UpgradeOffer, UpgradePhase};
 use sha2::{Digest, Sha256};
 use std::future::Future;
@@ -56,7 +55,9 @@ struct Service {
     files: BundleFiles,
     tx: mpsc::Sender<Msg>,
     pending_reply: Option<Reply>,
-    deadline: Option<UnixMillis>,
+    /// Converted to the monotonic clock when armed: a Pi has no RTC, and an
+    /// NTP step after boot must not fire (or postpone) the commit deadline.
+    deadline: Option<tokio::time::Instant>,
     download_sha: Option<String>,
     /// Helper tasks (download, install, checks...). Dropping the set aborts
     /// them, so a stopped service leaves nothing running behind it.
@@ -94,10 +95,7 @@ pub async fn run(ctx: UpgradeContext, mut requests: mpsc::Receiver<UpgradeReques
     svc.apply(Event::Started);
     tokio::pin!(shutdown);
     loop {
-        let deadline = svc.deadline.map(|at| {
-            let wait = at.saturating_since(svc.ctx.clock.now());
-            tokio::time::Instant::now() + Duration::from_millis(wait)
-        });
+        let deadline = svc.deadline;
         tokio::select! {
             () = &mut shutdown => break,
             Some(msg) = rx.recv() => match msg {
@@ -238,7 +236,10 @@ impl Service {
                 let timeout = Duration::from_secs(self.ctx.config.health_check_timeout_secs);
                 self.send_later(async move { Event::HealthChecked { failed: health::run(&units, &dir, timeout).await } });
             }
-            Action::ArmDeadline(at) => self.deadline = Some(at),
+            Action::ArmDeadline(at) => {
+                let wait = at.saturating_since(self.ctx.clock.now());
+                self.deadline = Some(tokio::time::Instant::now() + Duration::from_millis(wait));
+            }
             Action::MarkGood | Action::MarkBad => {
                 let good = matches!(action, Action::MarkGood);
                 let installer = self.ctx.installer.clone();
