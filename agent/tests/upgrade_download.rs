@@ -35,7 +35,10 @@ async fn object_store_download_resumes_after_being_killed_midway() {
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = jetstream::new(client.clone());
     let store = js
-        .create_object_store(jetstream::object_store::Config { bucket: BUNDLE_OBJECT_BUCKET.into(), ..Default::default() })
+        .create_object_store(jetstream::object_store::Config {
+            bucket: BUNDLE_OBJECT_BUCKET.into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let bytes = data();
@@ -45,7 +48,12 @@ async fn object_store_download_resumes_after_being_killed_midway() {
     let src = source(Some("b.raucb"), None, &bytes);
 
     // First attempt at 1 MiB/s, killed after ~1.5 s.
-    let slow = Downloader { js: js.clone(), bucket: BUNDLE_OBJECT_BUCKET.into(), files: files.clone(), max_bytes_per_sec: 1024 * 1024 };
+    let slow = Downloader {
+        js: js.clone(),
+        bucket: BUNDLE_OBJECT_BUCKET.into(),
+        files: files.clone(),
+        max_bytes_per_sec: 1024 * 1024,
+    };
     let seen = Arc::new(AtomicU64::new(0));
     let seen2 = seen.clone();
     let src2 = src.clone();
@@ -84,7 +92,10 @@ async fn a_different_bundle_discards_the_partial_download() {
     let nats = NatsServer::start();
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let store = js
-        .create_object_store(jetstream::object_store::Config { bucket: BUNDLE_OBJECT_BUCKET.into(), ..Default::default() })
+        .create_object_store(jetstream::object_store::Config {
+            bucket: BUNDLE_OBJECT_BUCKET.into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let bytes = data();
@@ -105,7 +116,12 @@ async fn not_enough_free_space_is_refused_before_fetching() {
     let nats = NatsServer::start();
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let state = tempfile::tempdir().unwrap();
-    let d = Downloader { js, bucket: BUNDLE_OBJECT_BUCKET.into(), files: BundleFiles::new(state.path()), max_bytes_per_sec: 0 };
+    let d = Downloader {
+        js,
+        bucket: BUNDLE_OBJECT_BUCKET.into(),
+        files: BundleFiles::new(state.path()),
+        max_bytes_per_sec: 0,
+    };
     let mut src = source(Some("whatever"), None, b"x");
     src.size = 1 << 60;
     match d.fetch(&src, &mut |_, _| {}).await {
@@ -157,7 +173,12 @@ async fn http_download_resumes_with_a_range_request_after_the_connection_drops()
     let nats = NatsServer::start();
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let state = tempfile::tempdir().unwrap();
-    let d = Downloader { js, bucket: BUNDLE_OBJECT_BUCKET.into(), files: BundleFiles::new(state.path()), max_bytes_per_sec: 0 };
+    let d = Downloader {
+        js,
+        bucket: BUNDLE_OBJECT_BUCKET.into(),
+        files: BundleFiles::new(state.path()),
+        max_bytes_per_sec: 0,
+    };
     let src = source(None, Some(url), &bytes);
     let err = d.fetch(&src, &mut |_, _| {}).await.unwrap_err();
     assert!(err.to_string().contains("connection closed"), "{err}");

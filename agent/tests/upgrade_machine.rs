@@ -318,7 +318,12 @@ fn install_reboot_health_commit() {
 #[test]
 fn a_failed_mark_good_keeps_awaiting_commit_and_reports_the_error() {
     let s = installed_into_b();
-    let (s, _) = run(&env(), s, vec![Event::Started, Event::HealthChecked { failed: vec![] }, Event::CommitRequested(good_commit())], NOW);
+    let (s, _) = run(
+        &env(),
+        s,
+        vec![Event::Started, Event::HealthChecked { failed: vec![] }, Event::CommitRequested(good_commit())],
+        NOW,
+    );
     let (s, a) = run(&env(), s, vec![Event::MarkedGood(Err("dbus gone".into()))], NOW);
     assert_eq!(s.phase, UpgradePhase::AwaitingCommit);
     assert!(a[0].starts_with("reply_err_"), "{a:?}");
@@ -406,7 +411,12 @@ fn rauc_install_into_the_booted_slot_is_a_failure() {
     let (s, _) = run(
         &pre_env(),
         State::initial(T0),
-        vec![Event::Offer(Ok(offer(7, "2.0.0"))), Event::Downloaded, Event::Verified { sha256: SHA.into() }, Event::InstallFinished { target_slot: "A".into() }],
+        vec![
+            Event::Offer(Ok(offer(7, "2.0.0"))),
+            Event::Downloaded,
+            Event::Verified { sha256: SHA.into() },
+            Event::InstallFinished { target_slot: "A".into() },
+        ],
         T0,
     );
     assert!(matches!(s.phase, UpgradePhase::Failed { reason: FailureReason::InstallFailed { .. } }));

@@ -61,7 +61,13 @@ async fn every_offer_refusal_reaches_the_operator_typed() {
 
     let mut o = base(5);
     o.compatible = "some-other-board".into();
-    expect_refusal(&rig, Some(5), signed(&o), |r| matches!(r, RefusalReason::Incompatible { device, .. } if device == "harmony-test-board")).await;
+    expect_refusal(
+        &rig,
+        Some(5),
+        signed(&o),
+        |r| matches!(r, RefusalReason::Incompatible { device, .. } if device == "harmony-test-board"),
+    )
+    .await;
 
     let mut o = base(6);
     o.target_version = "0.9.0".into();

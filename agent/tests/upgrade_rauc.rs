@@ -58,14 +58,12 @@ async fn upgrade_installs_reboots_and_commits_only_on_operator_command() {
     assert!(rig.rauc.boot_state().contains("BOOT_B_LEFT=2"), "{}", rig.rauc.boot_state());
 
     // A commit for the wrong boot is refused.
-    let stale = rig
-        .command(Command::Commit(CommitArgs { target_version: "2.0.0".into(), boot_id: "boot-1".into() }))
-        .await;
+    let stale =
+        rig.command(Command::Commit(CommitArgs { target_version: "2.0.0".into(), boot_id: "boot-1".into() })).await;
     assert!(stale.into_result().is_err());
 
-    let reply = rig
-        .command(Command::Commit(CommitArgs { target_version: "2.0.0".into(), boot_id: "boot-2".into() }))
-        .await;
+    let reply =
+        rig.command(Command::Commit(CommitArgs { target_version: "2.0.0".into(), boot_id: "boot-2".into() })).await;
     assert_eq!(reply.into_result().unwrap(), ReplyBody::Committed { slot: "B".into() });
     rig.wait_phase(WAIT, "committed").await;
     let state = rig.rauc.boot_state();
@@ -96,9 +94,8 @@ async fn no_commit_before_the_deadline_marks_the_slot_bad_and_falls_back() {
     assert!(state.contains("BOOT_B_LEFT=0"), "{state}");
     assert!(!state.contains("BOOT_ORDER=\"B"), "{state}");
     assert_eq!(rig.rauc_boot_status("B"), "bad", "rauc status agrees");
-    let late = rig
-        .command(Command::Commit(CommitArgs { target_version: "2.0.0".into(), boot_id: "boot-2".into() }))
-        .await;
+    let late =
+        rig.command(Command::Commit(CommitArgs { target_version: "2.0.0".into(), boot_id: "boot-2".into() })).await;
     assert!(late.into_result().is_err(), "too late to commit");
 
     assert_eq!(reboot_device(&mut rig, agent, "boot-3").await, "A", "the bootloader falls back at once");
@@ -163,8 +160,10 @@ async fn bundle_from_an_untrusted_ca_is_rejected_by_rauc_with_its_error() {
     eprintln!("RAUC LastError: {last_error}");
     assert!(!last_error.is_empty());
     let rauc_log = rig.rauc.log();
-    assert!(rauc_log.contains(last_error.lines().next().unwrap()) || last_error.to_lowercase().contains("signature"),
-        "LastError is RAUC's own text: {last_error:?}\n{rauc_log}");
+    assert!(
+        rauc_log.contains(last_error.lines().next().unwrap()) || last_error.to_lowercase().contains("signature"),
+        "LastError is RAUC's own text: {last_error:?}\n{rauc_log}"
+    );
     assert_eq!(rig.rauc.backend(&["get-primary"]), "A", "nothing switched");
     assert_eq!(rig.reboot.count(), 0);
     assert!(rig.download_files().is_empty());
@@ -217,9 +216,10 @@ async fn download_resumes_after_the_agent_is_killed_midway() {
 
     let agent = rig.start_agent(30);
     rig.send_offer(&rig.offer(1, "v2.raucb", &b)).await;
-    rig.wait_heartbeat(WAIT, |hb| {
-        matches!(hb.upgrade.phase, UpgradePhase::Downloading { bytes_done, .. } if bytes_done > 1_300_000)
-    })
+    rig.wait_heartbeat(
+        WAIT,
+        |hb| matches!(hb.upgrade.phase, UpgradePhase::Downloading { bytes_done, .. } if bytes_done > 1_300_000),
+    )
     .await;
     agent.kill(); // no orderly shutdown: like pulling the plug on the agent
     let resume: serde_json::Value =
@@ -233,7 +233,10 @@ async fn download_resumes_after_the_agent_is_killed_midway() {
     let agent = rig.start_agent(30);
     rig.wait_phase(WAIT, "rebooting").await;
     let second_run = delivered.load(Ordering::SeqCst);
-    eprintln!("bundle {} bytes; first run got {first_run}, resume point {kept}, second run fetched {second_run}", b.size);
+    eprintln!(
+        "bundle {} bytes; first run got {first_run}, resume point {kept}, second run fetched {second_run}",
+        b.size
+    );
     assert_eq!(second_run, b.size - kept, "the restarted agent fetched only what was missing");
     let slot_b = std::fs::read(rig.rauc.slot_image("B")).unwrap();
     assert_eq!(&slot_b[..b.payload.len()], &b.payload[..], "the resumed bundle installed intact");
@@ -258,9 +261,8 @@ async fn operator_reboot_is_refused_mid_upgrade_and_carried_out_when_idle() {
     let reply = rig.command(Command::Reboot).await;
     assert!(reply.into_result().is_err(), "no reboot in the middle of an upgrade");
     // A commit with nothing awaiting commit is refused too.
-    let reply = rig
-        .command(Command::Commit(CommitArgs { target_version: "2.0.0".into(), boot_id: "boot-1".into() }))
-        .await;
+    let reply =
+        rig.command(Command::Commit(CommitArgs { target_version: "2.0.0".into(), boot_id: "boot-1".into() })).await;
     assert!(reply.into_result().is_err());
     assert_eq!(rig.reboot.count(), 1);
     agent.stop().await;

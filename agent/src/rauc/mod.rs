@@ -101,11 +101,7 @@ impl RaucClient {
     pub async fn primary_bootname(&self) -> Result<String, RaucError> {
         let name = self.proxy.get_primary().await.map_err(call("GetPrimary"))?;
         let slots = self.slots().await?;
-        slots
-            .into_iter()
-            .find(|s| s.name == name)
-            .and_then(|s| s.bootname)
-            .ok_or(RaucError::UnknownSlot(name))
+        slots.into_iter().find(|s| s.name == name).and_then(|s| s.bootname).ok_or(RaucError::UnknownSlot(name))
     }
 
     /// Install `bundle` and wait for RAUC to finish. Progress percentages go
@@ -163,7 +159,8 @@ impl RaucClient {
     async fn mark_booted(&self, state: &'static str) -> Result<String, RaucError> {
         let (slot, message) = self.proxy.mark(state, "booted").await.map_err(call("Mark"))?;
         log::info!("RAUC: {message}");
-        let found = self.slots().await?.into_iter().find(|s| s.name == slot).ok_or(RaucError::UnknownSlot(slot.clone()))?;
+        let found =
+            self.slots().await?.into_iter().find(|s| s.name == slot).ok_or(RaucError::UnknownSlot(slot.clone()))?;
         let status = found.boot_status.clone().unwrap_or_default();
         if status != state {
             return Err(RaucError::MarkNotApplied { slot, wanted: state, found: status });

@@ -248,7 +248,9 @@ impl Downloader {
             if sink.point.bytes > 0 {
                 log::warn!("object {object} was replaced since the download started; starting over");
                 sink.file.set_len(0).map_err(|source| DownloadError::Io { path: sink.path.clone(), source })?;
-                sink.file.seek(SeekFrom::Start(0)).map_err(|source| DownloadError::Io { path: sink.path.clone(), source })?;
+                sink.file
+                    .seek(SeekFrom::Start(0))
+                    .map_err(|source| DownloadError::Io { path: sink.path.clone(), source })?;
                 sink.hasher = Sha256::new();
                 sink.point.bytes = 0;
                 sink.point.stream_seq = None;
@@ -285,7 +287,10 @@ impl Downloader {
             sink.write(&msg.payload, seq).await?;
         }
         if sink.point.bytes > sink.total {
-            return Err(DownloadError::Source(format!("object store sent {} bytes, more than {}", sink.point.bytes, sink.total)));
+            return Err(DownloadError::Source(format!(
+                "object store sent {} bytes, more than {}",
+                sink.point.bytes, sink.total
+            )));
         }
         Ok(())
     }
@@ -302,9 +307,7 @@ async fn fetch_http(url: &str, sink: &mut Sink<'_>) -> Result<(), DownloadError>
     if sink.point.bytes == sink.total {
         return Ok(());
     }
-    let mut response = http_get::open(url, sink.point.bytes)
-        .await
-        .map_err(|e| DownloadError::Source(e.to_string()))?;
+    let mut response = http_get::open(url, sink.point.bytes).await.map_err(|e| DownloadError::Source(e.to_string()))?;
     if !response.partial && sink.point.bytes > 0 {
         log::warn!("{url} ignored the range request; downloading from the start");
         sink.file.set_len(0).map_err(io(&sink.path))?;

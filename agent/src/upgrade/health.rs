@@ -20,7 +20,11 @@ pub async fn run(units: &[String], checks_dir: &Path, timeout: Duration) -> Vec<
         match tokio::time::timeout(timeout, cmd.output()).await {
             Ok(Ok(out)) if out.status.success() => {}
             Ok(Ok(out)) => {
-                log::warn!("health check {name} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+                log::warn!(
+                    "health check {name} failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
                 failed.push(format!("check {name}"));
             }
             Ok(Err(e)) => {

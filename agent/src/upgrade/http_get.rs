@@ -67,7 +67,10 @@ pub async fn open(url: &str, offset: u64) -> Result<Response, HttpError> {
         }
         let lower = line.to_ascii_lowercase();
         if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
-            return Err(HttpError::Malformed { url: url.to_string(), detail: "chunked encoding is not supported".into() });
+            return Err(HttpError::Malformed {
+                url: url.to_string(),
+                detail: "chunked encoding is not supported".into(),
+            });
         }
     }
     match status {

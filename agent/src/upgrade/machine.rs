@@ -120,18 +120,38 @@ pub enum Event {
     Started,
     /// An offer whose signature verified; `Err` when it did not.
     Offer(Result<UpgradeOffer, RefusalReason>),
-    DownloadProgress { done: u64, total: u64 },
+    DownloadProgress {
+        done: u64,
+        total: u64,
+    },
     Downloaded,
-    DownloadFailed { detail: String },
-    NoSpace { needed: u64, available: u64 },
-    Verified { sha256: String },
-    InstallProgress { percent: u8 },
-    InstallFinished { target_slot: String },
-    InstallFailed { last_error: String },
+    DownloadFailed {
+        detail: String,
+    },
+    NoSpace {
+        needed: u64,
+        available: u64,
+    },
+    Verified {
+        sha256: String,
+    },
+    InstallProgress {
+        percent: u8,
+    },
+    InstallFinished {
+        target_slot: String,
+    },
+    InstallFailed {
+        last_error: String,
+    },
     /// The `Installed` status has had its chance to reach the operator.
     RebootDue,
-    RebootFailed { detail: String },
-    HealthChecked { failed: Vec<String> },
+    RebootFailed {
+        detail: String,
+    },
+    HealthChecked {
+        failed: Vec<String>,
+    },
     CommitRequested(CommitArgs),
     MarkedGood(Result<String, String>),
     MarkedBad(Result<String, String>),
@@ -250,7 +270,10 @@ pub fn step(env: &Env, state: State, event: Event, now: UnixMillis) -> (State, V
         (P::Installing { .. }, Event::InstallFinished { target_slot }) => {
             if target_slot == env.booted_slot {
                 let last_error = format!("RAUC made the booted slot {target_slot} primary, not the other one");
-                return (moved(s, P::Failed { reason: FailureReason::InstallFailed { last_error } }), vec![Action::DeleteBundle]);
+                return (
+                    moved(s, P::Failed { reason: FailureReason::InstallFailed { last_error } }),
+                    vec![Action::DeleteBundle],
+                );
             }
             if let Some(job) = s.job.as_mut() {
                 job.target_slot = Some(target_slot);
@@ -290,10 +313,14 @@ pub fn step(env: &Env, state: State, event: Event, now: UnixMillis) -> (State, V
                 fall_back(s, RollbackReason::HealthCheckFailed { failed })
             }
         }
-        (P::Rebooting | P::AwaitingCommit, Event::DeadlineReached) if awaiting_health(&s, env) || matches!(s.phase, P::AwaitingCommit) => {
+        (P::Rebooting | P::AwaitingCommit, Event::DeadlineReached)
+            if awaiting_health(&s, env) || matches!(s.phase, P::AwaitingCommit) =>
+        {
             fall_back(s, RollbackReason::CommitTimeout)
         }
-        (P::Rebooting | P::AwaitingCommit, Event::MarkedBad(result)) if s.job.as_ref().is_some_and(|j| j.fallback.is_some()) => {
+        (P::Rebooting | P::AwaitingCommit, Event::MarkedBad(result))
+            if s.job.as_ref().is_some_and(|j| j.fallback.is_some()) =>
+        {
             if let Err(e) = result {
                 // Reboot anyway: the slot was never marked good, so the boot
                 // counter still runs out and the bootloader falls back.
@@ -326,9 +353,7 @@ pub fn step(env: &Env, state: State, event: Event, now: UnixMillis) -> (State, V
         (P::AwaitingCommit, Event::MarkedGood(result)) if s.marking => {
             s.marking = false;
             match result {
-                Ok(slot) => {
-                    (moved(s, P::Committed), vec![Action::Reply(Ok(ReplyBody::Committed { slot }))])
-                }
+                Ok(slot) => (moved(s, P::Committed), vec![Action::Reply(Ok(ReplyBody::Committed { slot }))]),
                 Err(e) => {
                     let reason = FailureReason::CommitFailed { detail: e };
                     (s, vec![Action::Reply(Err(CommandError::Internal { detail: reason.to_string() }))])
@@ -337,9 +362,10 @@ pub fn step(env: &Env, state: State, event: Event, now: UnixMillis) -> (State, V
         }
         (P::Committed, Event::CommitRequested(args)) => {
             // A retried commit (the first reply got lost) is answered again.
-            let same = s.job.as_ref().is_some_and(|j| {
-                j.offer.target_version == args.target_version && args.boot_id == env.boot_id
-            });
+            let same = s
+                .job
+                .as_ref()
+                .is_some_and(|j| j.offer.target_version == args.target_version && args.boot_id == env.boot_id);
             let slot = s.job.as_ref().and_then(|j| j.target_slot.clone()).unwrap_or_default();
             if same {
                 (s, vec![Action::Reply(Ok(ReplyBody::Committed { slot }))])
@@ -373,13 +399,16 @@ pub fn step(env: &Env, state: State, event: Event, now: UnixMillis) -> (State, V
 /// After reboot into the target slot: health checks have not reported yet.
 fn awaiting_health(s: &State, env: &Env) -> bool {
     s.job.as_ref().is_some_and(|j| {
-        j.fallback.is_none()
-            && j.awaiting_since.is_some()
-            && j.target_slot.as_deref() == Some(env.booted_slot.as_str())
+        j.fallback.is_none() && j.awaiting_since.is_some() && j.target_slot.as_deref() == Some(env.booted_slot.as_str())
     })
 }
 
-fn refuse_offer(mut s: State, offer: Option<UpgradeOffer>, reason: RefusalReason, now: UnixMillis) -> (State, Vec<Action>) {
+fn refuse_offer(
+    mut s: State,
+    offer: Option<UpgradeOffer>,
+    reason: RefusalReason,
+    now: UnixMillis,
+) -> (State, Vec<Action>) {
     if !s.is_settled() {
         // Never let a bad offer overwrite an upgrade in flight.
         return (s, vec![Action::LogRefusal(reason)]);
@@ -430,7 +459,10 @@ fn on_started(env: &Env, mut s: State, now: UnixMillis) -> (State, Vec<Action>) 
                     j.rebooting_from = Some(env.boot_id.clone());
                 }
                 let deadline = since.saturating_add_ms(env.commit_deadline_ms);
-                (set_phase(s, P::Rebooting), vec![Action::DeleteBundle, Action::ArmDeadline(deadline), Action::RunHealthChecks])
+                (
+                    set_phase(s, P::Rebooting),
+                    vec![Action::DeleteBundle, Action::ArmDeadline(deadline), Action::RunHealthChecks],
+                )
             }
             // Same boot (agent restart) or still the old slot: install again;
             // RAUC writes the inactive slot from scratch.

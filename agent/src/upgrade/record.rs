@@ -46,7 +46,9 @@ impl RecordStore for FileRecordStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(RecordError::Read { path: self.path.clone(), source }),
         };
-        serde_json::from_slice(&bytes).map(Some).map_err(|source| RecordError::Corrupt { path: self.path.clone(), source })
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| RecordError::Corrupt { path: self.path.clone(), source })
     }
 
     fn save(&self, state: &State) -> Result<(), RecordError> {

@@ -43,7 +43,10 @@ pub struct UpgradeContext {
 enum Msg {
     Event(Event),
     /// Download complete with the streaming hash of the file.
-    Downloaded { sha256: String, fetched: u64 },
+    Downloaded {
+        sha256: String,
+        fetched: u64,
+    },
 }
 
 type Reply = oneshot::Sender<Result<ReplyBody, CommandError>>;
@@ -66,7 +69,11 @@ struct Service {
 
 /// Run until `shutdown` completes. Never returns early: a failure is an
 /// upgrade state, not the end of the service.
-pub async fn run(ctx: UpgradeContext, mut requests: mpsc::Receiver<UpgradeRequest>, shutdown: impl Future<Output = ()>) {
+pub async fn run(
+    ctx: UpgradeContext,
+    mut requests: mpsc::Receiver<UpgradeRequest>,
+    shutdown: impl Future<Output = ()>,
+) {
     let env = Env {
         device_id: ctx.facts.device_id.clone(),
         compatible: ctx.facts.compatible.clone().unwrap_or_default(),
@@ -90,7 +97,8 @@ pub async fn run(ctx: UpgradeContext, mut requests: mpsc::Receiver<UpgradeReques
     let files = BundleFiles::new(&ctx.state_dir);
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(watch_offers(ctx.client.clone(), ctx.keys.clone(), env.device_id.clone(), tx.clone()));
-    let mut svc = Service { ctx, env, state, files, tx, pending_reply: None, deadline: None, download_sha: None, tasks };
+    let mut svc =
+        Service { ctx, env, state, files, tx, pending_reply: None, deadline: None, download_sha: None, tasks };
     svc.publish();
     svc.apply(Event::Started);
     tokio::pin!(shutdown);
@@ -234,7 +242,9 @@ impl Service {
                 let units = self.ctx.config.health_units.clone();
                 let dir = self.ctx.config.health_checks_dir.clone();
                 let timeout = Duration::from_secs(self.ctx.config.health_check_timeout_secs);
-                self.send_later(async move { Event::HealthChecked { failed: health::run(&units, &dir, timeout).await } });
+                self.send_later(
+                    async move { Event::HealthChecked { failed: health::run(&units, &dir, timeout).await } },
+                );
             }
             Action::ArmDeadline(at) => {
                 let wait = at.saturating_since(self.ctx.clock.now());
@@ -355,10 +365,8 @@ async fn watch_offers(
     let mut attempt = 0u64;
     loop {
         attempt += 1;
-        let started = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
+        let started =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         let name = format!("offers_{}_{started}_{attempt}", device_key(&device));
         let consumer = async {
             let stream = js.get_stream(format!("KV_{OFFER_BUCKET}")).await.map_err(|e| e.to_string())?;

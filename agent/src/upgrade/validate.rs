@@ -46,11 +46,17 @@ fn check(env: &Env, state: &State, offer: &UpgradeOffer, now: UnixMillis) -> Res
         return Err(Some(RefusalReason::Expired));
     }
     if offer.compatible != env.compatible {
-        return Err(Some(RefusalReason::Incompatible { offered: offer.compatible.clone(), device: env.compatible.clone() }));
+        return Err(Some(RefusalReason::Incompatible {
+            offered: offer.compatible.clone(),
+            device: env.compatible.clone(),
+        }));
     }
     let current = env.current_version.as_deref().unwrap_or("0");
     if version::compare(&offer.target_version, current) != Ordering::Greater && !offer.allow_downgrade {
-        return Err(Some(RefusalReason::Downgrade { current: current.to_string(), target: offer.target_version.clone() }));
+        return Err(Some(RefusalReason::Downgrade {
+            current: current.to_string(),
+            target: offer.target_version.clone(),
+        }));
     }
     if offer.bundle.size > env.max_bundle_bytes {
         return Err(Some(RefusalReason::TooLarge { size: offer.bundle.size, limit: env.max_bundle_bytes }));

@@ -78,7 +78,13 @@ pub fn bundle(ca: &TestCa, dir: &Path, name: &str, version: &str, payload_len: u
         .collect();
     let path = build_bundle(ca, dir, name, TEST_COMPATIBLE, version, "plain", &payload);
     let bytes = std::fs::read(&path).unwrap();
-    Bundle { sha256: hex::encode(Sha256::digest(&bytes)), size: bytes.len() as u64, path, version: version.into(), payload }
+    Bundle {
+        sha256: hex::encode(Sha256::digest(&bytes)),
+        size: bytes.len() as u64,
+        path,
+        version: version.into(),
+        payload,
+    }
 }
 
 /// Everything one test device needs.
@@ -118,7 +124,11 @@ impl Rig {
         std::fs::write(dir.path().join("boot_id"), "boot-1\n").unwrap();
         let js = jetstream::new(client.clone());
         let heartbeats = js
-            .create_key_value(jetstream::kv::Config { bucket: HEARTBEAT_BUCKET.into(), history: 1, ..Default::default() })
+            .create_key_value(jetstream::kv::Config {
+                bucket: HEARTBEAT_BUCKET.into(),
+                history: 1,
+                ..Default::default()
+            })
             .await
             .unwrap();
         let offers = js
