@@ -24,15 +24,21 @@ trait LoginManager {
     fn reboot(&self, interactive: bool) -> zbus::Result<()>;
 }
 
-/// The real thing: logind on the system bus.
+/// The real thing: logind on the system bus (or on `address`, for tests).
 #[derive(Debug, Clone, Default)]
-pub struct LogindReboot;
+pub struct LogindReboot {
+    pub address: Option<String>,
+}
 
 impl Reboot for LogindReboot {
     fn reboot(&self) -> BoxFuture<'_, Result<(), RebootError>> {
         Box::pin(async {
             let err = |e: zbus::Error| RebootError(e.to_string());
-            let connection = zbus::Connection::system().await.map_err(err)?;
+            let connection = match &self.address {
+                Some(a) => zbus::connection::Builder::address(a.as_str()).map_err(err)?.build().await,
+                None => zbus::Connection::system().await,
+            }
+            .map_err(err)?;
             let manager = LoginManagerProxy::new(&connection).await.map_err(err)?;
             log::warn!("rebooting through logind");
             manager.reboot(false).await.map_err(err)
