@@ -31,7 +31,11 @@ pub struct Effects {
 
 impl Effects {
     pub fn real() -> Self {
-        Self { service_manager: Arc::new(SdNotify), clock: Arc::new(SystemClock), reboot: Arc::new(LogindReboot) }
+        Self {
+            service_manager: Arc::new(SdNotify),
+            clock: Arc::new(SystemClock),
+            reboot: Arc::new(LogindReboot::default()),
+        }
     }
 }
 
