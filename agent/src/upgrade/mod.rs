@@ -1,6 +1,15 @@
 //! OS upgrades through RAUC: offer validation, download, install, reboot,
 //! commit and fallback. The decision core is a pure state machine; every
 //! effect sits behind a trait.
+//!
+//! - `machine`: `step(env, state, event, now) -> (state, actions)`, pure.
+//! - `validate`, `version`: may an offer start an upgrade (pure).
+//! - `service`: the loop that feeds the machine, persists, publishes the
+//!   status and carries out actions; `UpgradeContext` is what it needs.
+//! - `record`: the atomically written upgrade record (`RecordStore`).
+//! - `download`, `http_get`: resumable object-store / http:// download.
+//! - `installer`: the install/mark effect, implemented by `crate::rauc`.
+//! - `health`: systemd units + check executables after the new boot.
 
 pub mod config;
 pub mod download;
