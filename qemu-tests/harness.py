@@ -295,7 +295,6 @@ def s2(ctx):
 def s3(ctx):
     g = ctx.guest("s3")
     g.boot(expect_slot="A")
-    g.wait_running()
     g.sh(f"rauc install {ctx.bundle('broken')} >/tmp/install.log 2>&1 || (cat /tmp/install.log; false)",
          timeout=1200)
     env = g.env()
@@ -327,7 +326,6 @@ def s3(ctx):
 def s4(ctx):
     g = ctx.guest("s4")
     g.boot(expect_slot="A")
-    g.wait_running()
     env0 = g.env()
     _, h0 = g.sh("dd if=/dev/vda3 bs=1M count=64 status=none | sha256sum | cut -c1-64")
     st0 = g.rauc_status()

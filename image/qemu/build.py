@@ -643,6 +643,10 @@ def main():
         (dd / "rauc").mkdir()
         for n, b in bundles.items():
             os.link(b, dd / "bundles" / b.name)
+        used = int(out_of(["du", "-s", "--block-size=1", str(dd)]).split()[0])
+        if used + 128 * 2 ** 20 > data["bytes"]:
+            raise SystemExit(f"build: the bundles ({used >> 20} MiB) leave less than 128 MiB free "
+                             f"on the {data['bytes'] >> 20} MiB data partition ({WKS.name})")
         mkfs_ext4_dir(out / "data.ext4", dd, data["bytes"], data["label"])
         shutil.rmtree(dd)
         # partition table from the wks
