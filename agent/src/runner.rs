@@ -47,6 +47,8 @@ pub enum AgentError {
     Bus(#[from] BusError),
     #[error("the {0} loop stopped unexpectedly")]
     LoopEnded(&'static str),
+    #[error("RAUC is unreachable while an upgrade is {0}; exiting so systemd retries")]
+    RaucNeededForUpgrade(&'static str),
 }
 
 pub async fn run(cfg: AgentConfig, effects: Effects, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
@@ -56,6 +58,15 @@ pub async fn run(cfg: AgentConfig, effects: Effects, shutdown: impl Future<Outpu
     // Without RAUC the agent still heartbeats and serves commands; it just
     // cannot upgrade (and says so in the log and by answering commit/reboot).
     let rauc = connect_rauc(cfg.rauc.dbus_address.as_deref()).await;
+    if rauc.is_none() {
+        // On a trial boot only this agent can mark the slot bad when the
+        // commit deadline passes. Carrying on without RAUC would leave the
+        // device on an uncommitted slot indefinitely, so let systemd restart
+        // us until RAUC answers.
+        if let Some(phase) = upgrade_in_flight(&cfg.state_dir) {
+            return Err(AgentError::RaucNeededForUpgrade(phase));
+        }
+    }
     let facts = Arc::new(DeviceFacts {
         device_id: device_id.clone(),
         os_version: identity::os_version(&cfg.system.os_release),
@@ -163,6 +174,19 @@ struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// The upgrade phase, if the persisted record says an upgrade spans a
+/// reboot (installed, rebooting or awaiting commit).
+fn upgrade_in_flight(state_dir: &std::path::Path) -> Option<&'static str> {
+    use crate::upgrade::record::RecordStore;
+    let state = crate::upgrade::record::FileRecordStore::in_dir(state_dir).load().ok()??;
+    match state.phase {
+        harmony_protocol::UpgradePhase::Installed
+        | harmony_protocol::UpgradePhase::Rebooting
+        | harmony_protocol::UpgradePhase::AwaitingCommit => Some(state.phase.name()),
+        _ => None,
     }
 }
 
