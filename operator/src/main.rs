@@ -57,7 +57,7 @@ struct InitArgs {
     /// NATS URL(s) as the device sees them (default: the operator's).
     #[arg(long = "device-nats-url")]
     nats_urls: Vec<String>,
-    /// Directory receiving the device files (etc/harmony/...).
+    /// Directory receiving the device files (data/harmony/... for the data partition, etc/harmony/fleet-keys).
     #[arg(long, default_value = "device-files")]
     out: PathBuf,
     /// nats-server include file with the users (regenerated).

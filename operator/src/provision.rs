@@ -125,6 +125,14 @@ struct AgentUpgrade {
     commit_deadline_secs: u64,
 }
 
+/// Where provisioning puts the device's files. Both are on the data
+/// partition: an OS upgrade replaces the root filesystem (and /etc with it),
+/// so identity and credentials must live where upgrades do not reach. The
+/// image's /etc/harmony/agent.toml names `/data/harmony/agent.d` as its
+/// drop-in directory.
+pub const AGENT_DROP_IN_PATH: &str = "data/harmony/agent.d/10-provisioned.toml";
+pub const DEVICE_NKEY_PATH: &str = "/data/harmony/device.nk";
+
 pub fn render_agent_toml(device: &DeviceId, s: &AgentSettings) -> Result<String> {
     toml::to_string(&AgentToml {
         device_id: device.as_str(),
@@ -132,7 +140,7 @@ pub fn render_agent_toml(device: &DeviceId, s: &AgentSettings) -> Result<String>
         state_dir: "/data/harmony",
         fleet_keys_dir: "/etc/harmony/fleet-keys",
         labels: &s.labels,
-        nats: AgentNats { urls: &s.nats_urls, nkey_seed_file: "/etc/harmony/device.nk" },
+        nats: AgentNats { urls: &s.nats_urls, nkey_seed_file: DEVICE_NKEY_PATH },
         upgrade: AgentUpgrade { commit_deadline_secs: s.commit_deadline_secs },
     })
     .map_err(|e| Error::Invalid(e.to_string()))
@@ -162,14 +170,16 @@ pub fn provision_device(
 ) -> Result<(Provisioned, String)> {
     let user = nkeys::KeyPair::new_user();
     let seed = user.seed().map_err(|e| Error::Invalid(format!("nkey: {e}")))?;
-    let etc = out_dir.join("etc/harmony");
-    let keys_dir = etc.join("fleet-keys");
+    let keys_dir = out_dir.join("etc/harmony/fleet-keys");
     std::fs::create_dir_all(&keys_dir).map_err(|e| Error::io(&keys_dir, e))?;
     let mut files = Vec::new();
-    let agent = etc.join("agent.toml");
+    let agent = out_dir.join(AGENT_DROP_IN_PATH);
+    if let Some(parent) = agent.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
     write(&agent, &render_agent_toml(device, settings)?, 0o644)?;
     files.push(agent);
-    let nk = etc.join("device.nk");
+    let nk = out_dir.join(DEVICE_NKEY_PATH.trim_start_matches('/'));
     write(&nk, &format!("{seed}\n"), 0o600)?;
     files.push(nk);
     // Every fleet public key currently valid (two during a rotation).

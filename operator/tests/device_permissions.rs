@@ -62,10 +62,10 @@ async fn a_device_can_do_its_own_things_and_nothing_else() {
         users.push(DeviceUser { device: d.clone(), nkey: p.nkey });
     }
     // agent.toml as the agent expects it
-    let agent_toml = std::fs::read_to_string(dir.path().join("pi-1/etc/harmony/agent.toml")).unwrap();
+    let agent_toml = std::fs::read_to_string(dir.path().join("pi-1/data/harmony/agent.d/10-provisioned.toml")).unwrap();
     let parsed: toml::Value = toml::from_str(&agent_toml).unwrap();
     assert_eq!(parsed["device_id"].as_str(), Some("pi-1"));
-    assert_eq!(parsed["nats"]["nkey_seed_file"].as_str(), Some("/etc/harmony/device.nk"));
+    assert_eq!(parsed["nats"]["nkey_seed_file"].as_str(), Some("/data/harmony/device.nk"));
     assert_eq!(parsed["labels"]["site"].as_str(), Some("kitchen"));
     assert!(dir.path().join("pi-1/etc/harmony/fleet-keys/fleet.key.pub").exists());
 
@@ -92,7 +92,7 @@ async fn a_device_can_do_its_own_things_and_nothing_else() {
         .await
         .is_err());
 
-    let dev = device_client(&nats.url(), &dir.path().join("pi-1/etc/harmony/device.nk"), &pi1).await;
+    let dev = device_client(&nats.url(), &dir.path().join("pi-1/data/harmony/device.nk"), &pi1).await;
     // Denied requests get no answer: a short timeout keeps the test quick.
     let js = jetstream::ContextBuilder::new().timeout(Duration::from_millis(1500)).build(dev.clone());
 
