@@ -4,6 +4,7 @@
 //! object-store buckets and wire types. It does no I/O and knows nothing of
 //! tokio, so both sides (and tests) can depend on it freely.
 
+pub mod clock;
 pub mod command;
 pub mod device_id;
 pub mod heartbeat;
