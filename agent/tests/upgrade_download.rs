@@ -53,6 +53,7 @@ async fn object_store_download_resumes_after_being_killed_midway() {
         bucket: BUNDLE_OBJECT_BUCKET.into(),
         files: files.clone(),
         max_bytes_per_sec: 1024 * 1024,
+        https_ca_file: None,
     };
     let seen = Arc::new(AtomicU64::new(0));
     let seen2 = seen.clone();
@@ -69,7 +70,7 @@ async fn object_store_download_resumes_after_being_killed_midway() {
     assert!(files.resume().exists(), "resume point persisted");
 
     // Second attempt (a restarted agent) finishes without the rate limit.
-    let fast = Downloader { js, bucket: BUNDLE_OBJECT_BUCKET.into(), files: files.clone(), max_bytes_per_sec: 0 };
+    let fast = Downloader { js, bucket: BUNDLE_OBJECT_BUCKET.into(), files: files.clone(), max_bytes_per_sec: 0, https_ca_file: None };
     let mut first_report = None;
     let mut progress = |done: u64, _| {
         first_report.get_or_insert(done);
@@ -105,7 +106,7 @@ async fn a_different_bundle_discards_the_partial_download() {
     std::fs::create_dir_all(files.part().parent().unwrap()).unwrap();
     std::fs::write(files.part(), b"stale bytes of another bundle").unwrap();
     std::fs::write(files.resume(), br#"{"sha256":"00","bytes":29,"nuid":null,"stream_seq":null}"#).unwrap();
-    let d = Downloader { js, bucket: BUNDLE_OBJECT_BUCKET.into(), files, max_bytes_per_sec: 0 };
+    let d = Downloader { js, bucket: BUNDLE_OBJECT_BUCKET.into(), files, max_bytes_per_sec: 0, https_ca_file: None };
     let done = d.fetch(&source(Some("b.raucb"), None, &bytes), &mut |_, _| {}).await.unwrap();
     assert_eq!(done.fetched, SIZE as u64);
     assert_eq!(done.sha256, source(None, None, &bytes).sha256);
@@ -121,6 +122,7 @@ async fn not_enough_free_space_is_refused_before_fetching() {
         bucket: BUNDLE_OBJECT_BUCKET.into(),
         files: BundleFiles::new(state.path()),
         max_bytes_per_sec: 0,
+        https_ca_file: None,
     };
     let mut src = source(Some("whatever"), None, b"x");
     src.size = 1 << 60;
@@ -178,6 +180,7 @@ async fn http_download_resumes_with_a_range_request_after_the_connection_drops()
         bucket: BUNDLE_OBJECT_BUCKET.into(),
         files: BundleFiles::new(state.path()),
         max_bytes_per_sec: 0,
+        https_ca_file: None,
     };
     let src = source(None, Some(url), &bytes);
     let err = d.fetch(&src, &mut |_, _| {}).await.unwrap_err();

@@ -31,6 +31,10 @@ pub struct UpgradeConfig {
     /// Minimum time between progress updates in the status (each one is a heartbeat).
     #[serde(default = "default_progress_interval_ms")]
     pub progress_interval_ms: u64,
+    /// Extra CA certificate (PEM) trusted for `https://` bundle URLs, for a
+    /// fleet's private mirror; the system's CA store is always trusted.
+    #[serde(default)]
+    pub https_ca_file: Option<PathBuf>,
 }
 
 impl Default for UpgradeConfig {
@@ -44,6 +48,7 @@ impl Default for UpgradeConfig {
             reboot_delay_ms: default_reboot_delay_ms(),
             download_max_bytes_per_sec: 0,
             progress_interval_ms: default_progress_interval_ms(),
+            https_ca_file: None,
         }
     }
 }

@@ -88,6 +88,8 @@ pub struct Downloader {
     pub files: BundleFiles,
     /// 0 = unlimited. Spares metered links; also lets tests interrupt mid-way.
     pub max_bytes_per_sec: u64,
+    /// Extra CA (PEM) trusted for https:// bundle URLs, besides the system's.
+    pub https_ca_file: Option<PathBuf>,
 }
 
 struct Sink<'a> {
@@ -201,7 +203,7 @@ impl Downloader {
         let fetched = if let Some(object) = &source.object {
             self.fetch_object(object, &mut sink).await
         } else if let Some(url) = &source.url {
-            fetch_http(url, &mut sink).await
+            fetch_http(url, self.https_ca_file.as_deref(), &mut sink).await
         } else {
             Err(DownloadError::NoSource)
         };
@@ -296,9 +298,9 @@ impl Downloader {
     }
 }
 
-/// Plain HTTP with a `Range` request to resume. A server that ignores the
+/// HTTP or HTTPS with a `Range` request to resume. A server that ignores the
 /// range (200 instead of 206) sends everything again: start over.
-async fn fetch_http(url: &str, sink: &mut Sink<'_>) -> Result<(), DownloadError> {
+async fn fetch_http(url: &str, extra_ca: Option<&Path>, sink: &mut Sink<'_>) -> Result<(), DownloadError> {
     use tokio::io::AsyncReadExt;
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -307,7 +309,7 @@ async fn fetch_http(url: &str, sink: &mut Sink<'_>) -> Result<(), DownloadError>
     if sink.point.bytes == sink.total {
         return Ok(());
     }
-    let mut response = http_get::open(url, sink.point.bytes).await.map_err(|e| DownloadError::Source(e.to_string()))?;
+    let mut response = http_get::open(url, sink.point.bytes, extra_ca).await.map_err(|e| DownloadError::Source(e.to_string()))?;
     if !response.partial && sink.point.bytes > 0 {
         log::warn!("{url} ignored the range request; downloading from the start");
         sink.file.set_len(0).map_err(io(&sink.path))?;

@@ -1,16 +1,31 @@
-//! A minimal HTTP/1.1 GET with `Range` over a tokio TCP stream: enough to
-//! fetch a bundle from a plain `http://` mirror and resume it. HTTPS is not
-//! supported here (the NATS object store, which rides the agent's TLS
-//! connection, is the authenticated path); the bundle hash and RAUC's
-//! signature check protect integrity either way.
+//! A minimal HTTP/1.1 GET with `Range`, over plain TCP (`http://`) or TLS
+//! (`https://`, rustls with the system's CA store plus an optional extra
+//! CA): enough to fetch a bundle from a mirror and resume it. The bundle hash
+//! and RAUC's signature check protect integrity either way; TLS adds privacy
+//! and keeps a broken mirror from wasting a download.
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+
+/// A byte stream to the server: TCP or TLS over TCP.
+pub trait Connection: AsyncRead + AsyncWrite + Send + Unpin + std::fmt::Debug {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + std::fmt::Debug> Connection for T {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("unsupported URL {0} (only http:// is supported; use the object store otherwise)")]
+    #[error("unsupported URL {0} (http:// and https:// are supported)")]
     Unsupported(String),
+    #[error("{url}: TLS: {detail}")]
+    Tls { url: String, detail: String },
     #[error("{url}: {source}")]
     Io { url: String, source: std::io::Error },
     #[error("{url}: HTTP {status}")]
@@ -23,34 +38,89 @@ pub enum HttpError {
 pub struct Response {
     /// 206: the body starts at the requested offset.
     pub partial: bool,
-    pub body: BufReader<TcpStream>,
+    pub body: BufReader<Box<dyn Connection>>,
 }
 
-/// `(host, port, path)` of an `http://` URL.
-pub fn parse_url(url: &str) -> Result<(String, u16, String), HttpError> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| HttpError::Unsupported(url.to_string()))?;
+/// `(scheme, host, port, path)` of an `http://` or `https://` URL.
+pub fn parse_url(url: &str) -> Result<(Scheme, String, u16, String), HttpError> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("http://") {
+        (Scheme::Http, rest)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (Scheme::Https, rest)
+    } else {
+        return Err(HttpError::Unsupported(url.to_string()));
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) => (h, p.parse::<u16>().map_err(|_| HttpError::Unsupported(url.to_string()))?),
-        None => (authority, 80),
+        None => (authority, if scheme == Scheme::Https { 443 } else { 80 }),
     };
     if host.is_empty() {
         return Err(HttpError::Unsupported(url.to_string()));
     }
-    Ok((host.to_string(), port, path.to_string()))
+    Ok((scheme, host.to_string(), port, path.to_string()))
 }
 
-pub async fn open(url: &str, offset: u64) -> Result<Response, HttpError> {
-    let (host, port, path) = parse_url(url)?;
+/// rustls client config: the system's trusted CAs plus `extra_ca` (PEM), if
+/// given, for a fleet's private mirror.
+fn tls_config(url: &str, extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, HttpError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let tls = |detail: String| HttpError::Tls { url: url.to_string(), detail };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        // A system certificate rustls cannot parse is skipped, as browsers do.
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = extra_ca {
+        let certs = CertificateDer::pem_file_iter(path).map_err(|e| tls(format!("{}: {e}", path.display())))?;
+        for cert in certs {
+            roots.add(cert.map_err(|e| tls(format!("{}: {e}", path.display())))?).map_err(|e| tls(e.to_string()))?;
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+async fn connect(
+    url: &str,
+    scheme: Scheme,
+    host: &str,
+    port: u16,
+    extra_ca: Option<&Path>,
+) -> Result<Box<dyn Connection>, HttpError> {
+    let tcp =
+        TcpStream::connect((host, port)).await.map_err(|source| HttpError::Io { url: url.to_string(), source })?;
+    match scheme {
+        Scheme::Http => Ok(Box::new(tcp)),
+        Scheme::Https => {
+            let config = tls_config(url, extra_ca)?;
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| HttpError::Tls { url: url.to_string(), detail: e.to_string() })?;
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| HttpError::Tls { url: url.to_string(), detail: e.to_string() })?;
+            Ok(Box::new(tls))
+        }
+    }
+}
+
+pub async fn open(url: &str, offset: u64, extra_ca: Option<&Path>) -> Result<Response, HttpError> {
+    let (scheme, host, port, path) = parse_url(url)?;
     let io = |source| HttpError::Io { url: url.to_string(), source };
-    let mut stream = TcpStream::connect((host.as_str(), port)).await.map_err(io)?;
+    let mut stream = connect(url, scheme, &host, port, extra_ca).await?;
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nRange: bytes={offset}-\r\nUser-Agent: harmony-agent\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await.map_err(io)?;
+    stream.flush().await.map_err(io)?;
     let mut body = BufReader::new(stream);
     let mut line = String::new();
     body.read_line(&mut line).await.map_err(io)?;
@@ -85,10 +155,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_http_urls_and_refuses_others() {
-        assert_eq!(parse_url("http://mirror:8080/b/x.raucb").unwrap(), ("mirror".into(), 8080, "/b/x.raucb".into()));
-        assert_eq!(parse_url("http://mirror").unwrap(), ("mirror".into(), 80, "/".into()));
-        assert!(matches!(parse_url("https://mirror/x"), Err(HttpError::Unsupported(_))));
+    fn parses_http_and_https_urls_and_refuses_others() {
+        assert_eq!(
+            parse_url("http://mirror:8080/b/x.raucb").unwrap(),
+            (Scheme::Http, "mirror".into(), 8080, "/b/x.raucb".into())
+        );
+        assert_eq!(parse_url("http://mirror").unwrap(), (Scheme::Http, "mirror".into(), 80, "/".into()));
+        assert_eq!(parse_url("https://mirror/x").unwrap(), (Scheme::Https, "mirror".into(), 443, "/x".into()));
         assert!(matches!(parse_url("ftp://mirror/x"), Err(HttpError::Unsupported(_))));
     }
 }

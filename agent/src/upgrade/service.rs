@@ -279,6 +279,7 @@ impl Service {
             bucket: BUNDLE_OBJECT_BUCKET.to_string(),
             files: self.files.clone(),
             max_bytes_per_sec: self.ctx.config.download_max_bytes_per_sec,
+            https_ca_file: self.ctx.config.https_ca_file.clone(),
         };
         let tx = self.tx.clone();
         let every = Duration::from_millis(self.ctx.config.progress_interval_ms);

@@ -1,0 +1,128 @@
+//! https:// bundle URLs against a real TLS server (`openssl s_server -WWW`):
+//! downloads when the server's CA is trusted, refuses when it is not.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use async_nats::jetstream;
+use harmony_agent::upgrade::download::{BundleFiles, Downloader};
+use harmony_protocol::names::BUNDLE_OBJECT_BUCKET;
+use harmony_protocol::BundleSource;
+use harmony_testkit::NatsServer;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A test CA and a server certificate for 127.0.0.1 signed by it.
+fn make_pki(dir: &Path) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    openssl(
+        dir,
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-subj", "/CN=harmony-test-ca", "-days", "1", "-keyout", "ca.key", "-out", "ca.pem"],
+        ]
+        .concat(),
+    );
+    openssl(dir, &[&["req"][..], &ec, &["-subj", "/CN=127.0.0.1", "-keyout", "srv.key", "-out", "srv.csr"]].concat());
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "srv.pem",
+        ],
+    );
+}
+
+struct TlsServer(Child);
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve_dir(dir: &Path) -> (TlsServer, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new("openssl")
+        .args([
+            "s_server",
+            "-quiet",
+            "-WWW",
+            "-accept",
+            &format!("127.0.0.1:{port}"),
+            "-cert",
+            "srv.pem",
+            "-key",
+            "srv.key",
+        ])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start openssl s_server");
+    let server = TlsServer(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "s_server did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (server, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_download_verifies_the_server_against_the_configured_ca() {
+    let www = tempfile::tempdir().unwrap();
+    make_pki(www.path());
+    let bytes: Vec<u8> = (0..512 * 1024).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(www.path().join("bundle.raucb"), &bytes).unwrap();
+    let (_server, port) = serve_dir(www.path());
+    let src = BundleSource {
+        object: None,
+        url: Some(format!("https://127.0.0.1:{port}/bundle.raucb")),
+        sha256: hex::encode(Sha256::digest(&bytes)),
+        size: bytes.len() as u64,
+    };
+    let nats = NatsServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let state = tempfile::tempdir().unwrap();
+    let downloader = |ca: Option<&Path>| Downloader {
+        js: js.clone(),
+        bucket: BUNDLE_OBJECT_BUCKET.into(),
+        files: BundleFiles::new(state.path()),
+        max_bytes_per_sec: 0,
+        https_ca_file: ca.map(Path::to_path_buf),
+    };
+
+    // The test CA is not in the system store: the server is not trusted.
+    let err = downloader(None).fetch(&src, &mut |_, _| {}).await.unwrap_err().to_string();
+    assert!(err.contains("TLS") && err.to_lowercase().contains("certificate"), "{err}");
+
+    let done = downloader(Some(&www.path().join("ca.pem"))).fetch(&src, &mut |_, _| {}).await.unwrap();
+    assert_eq!(done.sha256, src.sha256);
+}
