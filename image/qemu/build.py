@@ -501,7 +501,9 @@ def stage_rootfs(out: Path, name: str, base: Path, kdir: Path, initrd: Path, key
           "After=systemd-user-sessions.service\nConflicts=rescue.service\n\n"
           "[Service]\nExecStart=-/bin/bash -l\nStandardInput=tty-force\nStandardOutput=tty\n"
           "StandardError=tty\nTTYPath=/dev/ttyAMA0\nTTYReset=yes\nTTYVHangup=yes\n"
-          "Environment=HOME=/root TERM=dumb\nWorkingDirectory=/root\nRestart=always\nRestartSec=1\n")
+          "Environment=HOME=/root TERM=dumb\nWorkingDirectory=/root\nRestart=always\nRestartSec=1\n"
+          # an interactive bash ignores SIGTERM: without this every shutdown waits 90 s
+          "KillSignal=SIGHUP\nTimeoutStopSec=5\n")
     enable(root, "/etc/systemd/system/harmony-console.service", "multi-user.target")
     write(root / "root/.bashrc", "PS1='harmony# '\nexport TERM=dumb\nstty -echo 2>/dev/null\necho HARMONY-CONSOLE-READY\n")
     write(root / "root/.profile", ". ~/.bashrc\n")
