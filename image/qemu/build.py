@@ -4,7 +4,7 @@
     image/qemu/build [--out DIR] [--no-agent] [--force]
 
 Output (default build/qemu/):
-    disk.img            A/B disk (layout read from meta-harmony/wic/harmony-qemuarm64.wks):
+    disk.img            A/B disk (layout read from meta-harmony/files/wic/harmony-qemuarm64.wks):
                         boot vfat (boot.scr), rootfs A = v1, rootfs B = v1, data ext4
                         (bundles/ with every bundle below, rauc/ data directory)
     bundles/v1.raucb, v2.raucb       signed verity bundles (version 1.0.0 / 2.0.0)
@@ -41,7 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 LAYER = REPO / "meta-harmony"
 MACHINE = "qemuarm64"
-WKS = LAYER / "wic" / f"harmony-{MACHINE}.wks"
+WKS = LAYER / "files" / "wic" / f"harmony-{MACHINE}.wks"
 BOOT_CMD = LAYER / "recipes-bsp/u-boot/files/boot.cmd.in"
 SYSTEM_CONF = LAYER / f"recipes-core/rauc/files/{MACHINE}/system.conf"
 FW_ENV = LAYER / f"recipes-bsp/libubootenv/files/{MACHINE}/fw_env.config"
@@ -471,7 +471,7 @@ def stage_rootfs(out: Path, name: str, base: Path, kdir: Path, initrd: Path, key
     (root / "usr/lib/os-release").unlink(missing_ok=True)
 
     # mounts from the wks (every partition with a mount point but "/")
-    fstab = ["# from meta-harmony/wic/" + WKS.name]
+    fstab = ["# from meta-harmony/files/wic/" + WKS.name]
     for p in parts:
         if p["mount"] and p["mount"] != "/":
             fs = p["fstype"]
