@@ -7,32 +7,15 @@
 
 mod upgrade_common;
 
-use harmony_protocol::names::{
-    command_subject, device_inbox_prefix, kv_put_subject, BUNDLE_OBJECT_BUCKET, HEARTBEAT_BUCKET, OFFER_BUCKET,
-};
 use harmony_protocol::DeviceId;
 use harmony_testkit::NatsServer;
 use std::time::Duration;
 use upgrade_common::*;
 
+/// The permissions `harmony-operator init --device` grants.
 fn device_permissions(id: &DeviceId) -> (Vec<String>, Vec<String>) {
-    let obj = format!("OBJ_{BUNDLE_OBJECT_BUCKET}");
-    let offers = format!("KV_{OFFER_BUCKET}");
-    let publish = vec![
-        kv_put_subject(HEARTBEAT_BUCKET, id.as_str()),
-        format!("$JS.API.STREAM.INFO.KV_{HEARTBEAT_BUCKET}"),
-        format!("$JS.API.STREAM.INFO.{offers}"),
-        format!("$JS.API.DIRECT.GET.{offers}.$KV.{OFFER_BUCKET}.{id}"),
-        format!("$JS.API.CONSUMER.CREATE.{offers}.*.$KV.{OFFER_BUCKET}.{id}"),
-        format!("$JS.FC.{offers}.>"),
-        format!("$JS.API.STREAM.INFO.{obj}"),
-        format!("$JS.API.DIRECT.GET.{obj}.>"),
-        format!("$JS.API.CONSUMER.CREATE.{obj}"),
-        format!("$JS.API.CONSUMER.CREATE.{obj}.>"),
-        format!("$JS.FC.{obj}.>"),
-    ];
-    let subscribe = vec![command_subject(id), format!("{}.>", device_inbox_prefix(id))];
-    (publish, subscribe)
+    let p = harmony_protocol::permissions::device_permissions(id);
+    (p.publish, p.subscribe)
 }
 
 fn quoted(items: &[String]) -> String {

@@ -9,7 +9,6 @@
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::model::valid_name;
-use harmony_protocol::names::{command_subject, kv_put_subject, BUNDLE_OBJECT_BUCKET, HEARTBEAT_BUCKET, OFFER_BUCKET};
 use harmony_protocol::DeviceId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -18,47 +17,7 @@ use std::path::{Path, PathBuf};
 /// The inbox prefix a device must use (async-nats `custom_inbox_prefix`).
 pub use harmony_protocol::names::device_inbox_prefix;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Permissions {
-    pub publish: Vec<String>,
-    pub subscribe: Vec<String>,
-}
-
-/// What a device may publish and subscribe to (nats-server 2.10+ JetStream API).
-///
-/// The offer watch must be created as a *named* consumer with a filter
-/// (`$JS.API.CONSUMER.CREATE.<stream>.<name>.<filter>`), because only that
-/// form carries the filter in the subject where a permission can pin it to
-/// the device's own key. async-nats' `Store::watch` creates its first
-/// consumer unnamed (`$JS.API.CONSUMER.CREATE.<stream>`, filter in the
-/// payload), which would let a device watch any key, so it is not allowed;
-/// the agent creates an `OrderedConfig { name: Some(..), filter_subject:
-/// "$KV.harmony-offers.<id>", .. }` push consumer on the `KV_harmony-offers`
-/// stream instead (see the `device_permissions` test).
-pub fn device_permissions(device: &DeviceId) -> Permissions {
-    let id = device.as_str();
-    let kv = |b: &str| format!("KV_{b}");
-    let obj = format!("OBJ_{BUNDLE_OBJECT_BUCKET}");
-    let offers = kv(OFFER_BUCKET);
-    let publish = vec![
-        // heartbeat: put its own key, look the bucket up
-        kv_put_subject(HEARTBEAT_BUCKET, id),
-        format!("$JS.API.STREAM.INFO.{}", kv(HEARTBEAT_BUCKET)),
-        // offer: read (direct get by subject) and watch its own key only
-        format!("$JS.API.STREAM.INFO.{offers}"),
-        format!("$JS.API.DIRECT.GET.{offers}.$KV.{OFFER_BUCKET}.{id}"),
-        format!("$JS.API.CONSUMER.CREATE.{offers}.*.$KV.{OFFER_BUCKET}.{id}"),
-        format!("$JS.FC.{offers}.>"),
-        // bundles: every device may download every bundle
-        format!("$JS.API.STREAM.INFO.{obj}"),
-        format!("$JS.API.DIRECT.GET.{obj}.>"),
-        format!("$JS.API.CONSUMER.CREATE.{obj}"),
-        format!("$JS.API.CONSUMER.CREATE.{obj}.>"),
-        format!("$JS.FC.{obj}.>"),
-    ];
-    let subscribe = vec![command_subject(device), format!("{}.>", device_inbox_prefix(device))];
-    Permissions { publish, subscribe }
-}
+pub use harmony_protocol::permissions::{device_permissions, Permissions};
 
 /// A provisioned device as remembered by the operator (public nkey only).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

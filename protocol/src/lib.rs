@@ -9,6 +9,7 @@ pub mod command;
 pub mod device_id;
 pub mod heartbeat;
 pub mod names;
+pub mod permissions;
 pub mod signing;
 pub mod time;
 pub mod upgrade;
