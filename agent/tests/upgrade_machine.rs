@@ -42,15 +42,7 @@ fn offer(seq: u64, target: &str) -> UpgradeOffer {
 }
 
 fn with_job(phase: UpgradePhase, edit: impl FnOnce(&mut Job)) -> State {
-    let mut job = Job {
-        offer: offer(5, "2.0.0"),
-        pre_reboot_boot_id: None,
-        target_slot: None,
-        awaiting_since: None,
-        fallback: None,
-        rebooting_from: None,
-        install_boot: None,
-    };
+    let mut job = Job::new(offer(5, "2.0.0"));
     edit(&mut job);
     State { phase, job: Some(job), last_accepted_seq: 5, refused: None, since: T0, marking: false }
 }

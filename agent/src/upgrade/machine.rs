@@ -52,7 +52,7 @@ pub struct Job {
 }
 
 impl Job {
-    fn new(offer: UpgradeOffer) -> Self {
+    pub fn new(offer: UpgradeOffer) -> Self {
         Self {
             offer,
             pre_reboot_boot_id: None,
