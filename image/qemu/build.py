@@ -10,8 +10,13 @@ Output (default build/qemu/):
     bundles/v1.raucb, v2.raucb       signed verity bundles (version 1.0.0 / 2.0.0)
     bundles/broken.raucb             signed, installs fine, cannot boot (no init)
     bundles/untrusted.raucb          v2 signed by a CA the device does not trust
+    bundles/v3.raucb                 version 3.0.0 whose agent is pointed at a NATS URL
+                                     nobody listens on (it can never be committed)
+    bundles/old.raucb                the v1 slot image as version 0.9.0 (a downgrade)
+    bundles/foreign.raucb            the v2 slot image for another `compatible`
     rootfs-{v1,v2,broken}.ext4       the slot images inside the bundles
-    keys/                            test CA + signer (generated here, never committed)
+    keys/                            test CA + signer, and the fleet's ed25519 offer key
+                                     (fleet.key, fleet.pub; generated here, never committed)
     u-boot.bin                       Debian's u-boot-qemu qemu_arm64 build
     manifest.json                    what the test runner needs to know
 
@@ -24,7 +29,10 @@ Agent hook: if an aarch64 harmony-agent binary exists (HARMONY_AGENT_BIN, or
 target/aarch64-unknown-linux-gnu/release/harmony-agent), it is installed as
 /usr/bin/harmony-agent in every rootfs variant together with
 meta-harmony/recipes-harmony/harmony-agent/files/{harmony-agent.service,agent.toml}
-(unit enabled). --no-agent leaves it out.
+(unit enabled), and keys/fleet.pub as /etc/harmony/fleet-keys/fleet.pub.
+--no-agent leaves the agent out. The data partition carries the bundles the
+boot-chain tests install by hand (v2, broken, untrusted); the OTA tests push
+theirs to the operator from the host.
 """
 
 import argparse
@@ -77,7 +85,18 @@ VARIANTS = {
     "v1": {"version": "1.0.0"},
     "v2": {"version": "2.0.0"},
     "broken": {"version": "9.9.9-broken"},
+    # Boots and runs, but its agent is configured for a NATS server nobody
+    # listens on: the operator can never commit it.
+    "v3": {"version": "3.0.0", "misdirected_nats": "nats://10.0.2.2:9"},
 }
+# Bundles made from another variant's slot image: (image, version, signer, compatible).
+DERIVED_BUNDLES = {
+    "untrusted": ("v2", "2.0.1-untrusted", "untrusted", None),
+    "old": ("v1", "0.9.0", "trusted", None),
+    "foreign": ("v2", "2.0.0", "trusted", "harmony-some-other-machine"),
+}
+# What the boot-chain tests install from the data partition.
+DATA_BUNDLES = ["v2", "broken", "untrusted"]
 DISK_ID = "0x4861726d"  # MBR disk signature; PARTUUIDs are 4861726d-0N
 
 
@@ -96,6 +115,10 @@ def run(cmd, **kw):
 
 def out_of(cmd):
     return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+def out_of_bytes(cmd):
+    return subprocess.run(cmd, check=True, capture_output=True).stdout
 
 
 def sha(*parts) -> str:
@@ -369,10 +392,27 @@ def stage_initrd(out: Path, base: Path, kdir: Path, force: bool) -> Path:
     return initrd
 
 
+def fleet_key(keys: Path):
+    """The fleet's ed25519 offer-signing key in harmony-operator's format
+    (one line of hex seed, 0600; <key>.pub one line of hex public key)."""
+    pem = keys / "fleet.pem"
+    run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", pem])
+    der = out_of_bytes(["openssl", "pkey", "-in", pem, "-outform", "DER"])
+    pub = out_of_bytes(["openssl", "pkey", "-in", pem, "-pubout", "-outform", "DER"])
+    pem.unlink()
+    # PKCS#8 and SPKI DER of an ed25519 key end with the 32 raw bytes.
+    seed = keys / "fleet.key"
+    seed.touch(mode=0o600)
+    seed.write_text(der[-32:].hex() + "\n")
+    (keys / "fleet.pub").write_text(pub[-32:].hex() + "\n")
+
+
 def stage_keys(out: Path) -> Path:
     keys = out / "keys"
-    if (keys / "untrusted-signer.key.pem").is_file():
+    if (keys / "untrusted-signer.key.pem").is_file() and (keys / "fleet.pub").is_file():
         return keys
+    if keys.exists():
+        shutil.rmtree(keys)
     keys.mkdir(parents=True, exist_ok=True)
     log("keys: generating the test CA, signer and an untrusted CA (build-time only)")
 
@@ -393,6 +433,7 @@ def stage_keys(out: Path) -> Path:
              "-CAkey", keys / f"{ca_name}.key.pem", "-CAcreateserial", "-days", "3650",
              "-extfile", ext, "-out", keys / f"{name}.cert.pem"], stderr=subprocess.DEVNULL)
 
+    fleet_key(keys)
     ca("ca", "QEMU test CA")
     signer("signer", "ca", "QEMU test signer")
     ca("untrusted-ca", "Untrusted CA")
@@ -529,6 +570,22 @@ def stage_rootfs(out: Path, name: str, base: Path, kdir: Path, initrd: Path, key
         if conf.is_file():
             (root / "etc/harmony").mkdir(parents=True, exist_ok=True)
             shutil.copy2(conf, root / "etc/harmony/agent.toml")
+        (root / "etc/harmony/fleet-keys").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(keys / "fleet.pub", root / "etc/harmony/fleet-keys/fleet.pub")
+        wrong = VARIANTS[name].get("misdirected_nats")
+        if wrong:
+            # The fault this variant exists for: its image-level config sorts
+            # a drop-in after the device's provisioning one that points the
+            # agent at a server nobody runs, as a bad release would.
+            text = (root / "etc/harmony/agent.toml").read_text()
+            text = text.replace('drop_in_dir = "/data/harmony/agent.d"', 'drop_in_dir = "/etc/harmony/agent.d"')
+            if 'drop_in_dir = "/etc/harmony/agent.d"' not in text:
+                raise SystemExit("build: agent.toml no longer names drop_in_dir = \"/data/harmony/agent.d\"")
+            write(root / "etc/harmony/agent.toml", text)
+            (root / "etc/harmony/agent.d").mkdir(parents=True, exist_ok=True)
+            (root / "etc/harmony/agent.d/10-provisioned.toml").symlink_to(
+                "/data/harmony/agent.d/10-provisioned.toml")
+            write(root / "etc/harmony/agent.d/90-release.toml", f'[nats]\nurls = ["{wrong}"]\n')
 
     if name == "broken":
         # Installs like any bundle, but nothing can start: no init.
@@ -549,7 +606,8 @@ def stage_rootfs(out: Path, name: str, base: Path, kdir: Path, initrd: Path, key
     return img
 
 
-def bundle(out: Path, name: str, img: Path, version: str, cert: Path, key: Path, keyring: Path) -> Path:
+def bundle(out: Path, name: str, img: Path, version: str, cert: Path, key: Path, keyring: Path,
+           compatible=None) -> Path:
     bdir = out / "bundles"
     bdir.mkdir(exist_ok=True)
     work = out / f"bundle-{name}.d"
@@ -557,8 +615,8 @@ def bundle(out: Path, name: str, img: Path, version: str, cert: Path, key: Path,
         shutil.rmtree(work)
     work.mkdir()
     os.link(img, work / "rootfs.ext4")
-    compatible = next(l.split("=", 1)[1].strip() for l in SYSTEM_CONF.read_text().splitlines()
-                      if l.startswith("compatible="))
+    compatible = compatible or next(l.split("=", 1)[1].strip() for l in SYSTEM_CONF.read_text().splitlines()
+                                    if l.startswith("compatible="))
     (work / "manifest.raucm").write_text(
         f"[update]\ncompatible={compatible}\nversion={version}\n"
         f"description=Harmony Fleet {name} (QEMU test bundle)\n\n"
@@ -600,7 +658,7 @@ def main():
     keys = stage_keys(out)
     agent = agent_binary(args.no_agent)
     common = sha(Path(__file__), out / "stamps/base", out / "stamps/kernel", initrd, SYSTEM_CONF,
-                 FW_ENV, keys / "ca.cert.pem", WKS, agent or "no-agent",
+                 FW_ENV, keys / "ca.cert.pem", keys / "fleet.pub", WKS, agent or "no-agent",
                  AGENT_FILES / "harmony-agent.service" if agent else "", AGENT_FILES / "agent.toml" if agent else "")
     imgs = {n: stage_rootfs(out, n, base, kdir, initrd, keys, parts, agent, sha(common, n), args.force)
             for n in VARIANTS}
@@ -609,15 +667,18 @@ def main():
     bkey = sha(common, *[out / f"stamps/rootfs-{n}" for n in VARIANTS], keys / "signer.cert.pem",
                keys / "untrusted-signer.cert.pem")
     st = Stage(out, "bundles", bkey, args.force)
-    bundles = {n: out / "bundles" / f"{n}.raucb" for n in list(VARIANTS) + ["untrusted"]}
+    bundles = {n: out / "bundles" / f"{n}.raucb" for n in list(VARIANTS) + list(DERIVED_BUNDLES)}
     if not (st.fresh() and all(b.is_file() for b in bundles.values())):
         for n in VARIANTS:
             log(f"bundle {n}")
             bundle(out, n, imgs[n], VARIANTS[n]["version"], keys / "signer.cert.pem",
                    keys / "signer.key.pem", keys / "ca.cert.pem")
-        log("bundle untrusted (v2 signed by a CA the device does not know)")
-        bundle(out, "untrusted", imgs["v2"], "2.0.1-untrusted", keys / "untrusted-signer.cert.pem",
-               keys / "untrusted-signer.key.pem", keys / "untrusted-ca.cert.pem")
+        for n, (img, version, signer, compatible) in DERIVED_BUNDLES.items():
+            log(f"bundle {n} (slot image {img}, version {version}, {signer} signer, "
+                f"compatible {compatible or 'of the machine'})")
+            prefix = "untrusted-" if signer == "untrusted" else ""
+            bundle(out, n, imgs[img], version, keys / f"{prefix}signer.cert.pem", keys / f"{prefix}signer.key.pem",
+                   keys / f"{prefix}ca.cert.pem", compatible)
         st.done()
 
     # boot partition, data partition, disk
@@ -643,8 +704,8 @@ def main():
             shutil.rmtree(dd)
         (dd / "bundles").mkdir(parents=True)
         (dd / "rauc").mkdir()
-        for n, b in bundles.items():
-            os.link(b, dd / "bundles" / b.name)
+        for n in DATA_BUNDLES:
+            os.link(bundles[n], dd / "bundles" / bundles[n].name)
         used = int(out_of(["du", "-s", "--block-size=1", str(dd)]).split()[0])
         if used + 128 * 2 ** 20 > data["bytes"]:
             raise SystemExit(f"build: the bundles ({used >> 20} MiB) leave less than 128 MiB free "
@@ -683,7 +744,11 @@ def main():
                             "mount": p["mount"], "fstype": p["fstype"], "offset": o, "bytes": p["bytes"]}
                            for p, o in zip(parts, offs)],
             "versions": {n: v["version"] for n, v in VARIANTS.items()},
-            "bundles_in_guest": {n: f"{data['mount']}/bundles/{b.name}" for n, b in bundles.items()},
+            "bundles_in_guest": {n: f"{data['mount']}/bundles/{bundles[n].name}" for n in DATA_BUNDLES},
+            "bundles_on_host": {n: str(b) for n, b in bundles.items()},
+            "bundle_versions": {**{n: v["version"] for n, v in VARIANTS.items()},
+                                **{n: d[1] for n, d in DERIVED_BUNDLES.items()}},
+            "fleet_key": str(keys / "fleet.key"),
             "rootfs_images": {n: str(i) for n, i in imgs.items()},
             "agent": str(agent) if agent else None,
             "kernel": (kdir / "version").read_text(),

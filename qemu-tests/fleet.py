@@ -1,0 +1,165 @@
+"""The host side of an OTA test: a real nats-server with JetStream on
+loopback (the guest reaches it as 10.0.2.2 through QEMU's user network) and
+the real `harmony-operator`, used only through its CLI, as an operator would.
+
+Everything lives in one directory per scenario: the NATS store, the
+operator's config, its copy of the fleet key, the provisioned device files
+and the logs."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from guest import Fail
+
+REPO = Path(__file__).resolve().parents[1]
+NATS_SERVER = REPO / ".tools" / "venv" / "bin" / "nats-server"
+OPERATOR = Path(os.environ.get("HARMONY_OPERATOR_BIN", REPO / "target" / "debug" / "harmony-operator"))
+# How QEMU's user network (slirp) shows the host's loopback to the guest.
+HOST_FROM_GUEST = "10.0.2.2"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Fleet:
+    def __init__(self, art: Path, manifest: dict, device="qemu-1", heartbeat_interval_secs=2,
+                 commit_deadline_secs=180):
+        for tool in (NATS_SERVER, OPERATOR):
+            if not tool.is_file():
+                raise Fail(f"{tool} is missing (qemu-tests/ota builds the operator; scripts/setup installs nats-server)")
+        self.dir = art / "fleet"
+        self.dir.mkdir(parents=True)
+        self.logs = art
+        self.manifest = manifest
+        self.device = device
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.nats = None
+        self.serve_proc = None
+        self.serve_starts = 0
+        # The operator's own copy of the fleet key: `keys rotate` in a
+        # scenario must not touch the image's.
+        self.key = self.dir / "fleet.key"
+        shutil.copy2(manifest["fleet_key"], self.key)
+        self.key.chmod(0o600)
+        shutil.copy2(Path(manifest["fleet_key"]).with_suffix(".pub"), self.dir / "fleet.key.pub")
+        self.config = self.dir / "operator.toml"
+        self._write_config(nkey=False)
+        self._start_nats(auth=False)
+        self.op("init")
+        self.device_files = self.dir / "device"
+        self.op("init", "--device", device, "--label", "site=qemu",
+                "--device-nats-url", f"nats://{HOST_FROM_GUEST}:{self.port}",
+                "--out", self.device_files, "--auth-conf", self.dir / "harmony-auth.conf",
+                "--operator-nkey", self.dir / "operator.nk",
+                "--heartbeat-interval-secs", heartbeat_interval_secs,
+                "--commit-deadline-secs", commit_deadline_secs)
+        # From here on every client authenticates with its nkey; the device
+        # only on its own subjects.
+        self._stop_nats()
+        self._write_config(nkey=True)
+        self._start_nats(auth=True)
+
+    # -- processes -----------------------------------------------------------
+    def _write_config(self, nkey: bool):
+        lines = ["[nats]", f'url = "{self.url}"']
+        if nkey:
+            lines.append(f'nkey_seed_file = "{self.dir / "operator.nk"}"')
+        lines += ["[keys]", f'signing_key = "{self.key}"',
+                  # the guest's clock comes from QEMU's RTC: same as ours
+                  "[fleet]", "stale_after_secs = 30", "offline_after_secs = 120",
+                  "[coordinator]", 'operator_id = "qemu-test-operator"', "lease_ttl_secs = 6",
+                  "commit_retry_secs = 5"]
+        self.config.write_text("\n".join(lines) + "\n")
+
+    def _start_nats(self, auth: bool):
+        conf = self.dir / "nats.conf"
+        text = f'listen: 127.0.0.1:{self.port}\njetstream {{ store_dir: "{self.dir / "js"}" }}\n'
+        if auth:
+            text += 'include "harmony-auth.conf"\n'
+        conf.write_text(text)
+        log = open(self.logs / "nats-server.log", "a")
+        self.nats = subprocess.Popen([str(NATS_SERVER), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                if self.nats.poll() is not None:
+                    break
+                time.sleep(0.1)
+        raise Fail("nats-server did not start (nats-server.log)")
+
+    def _stop_nats(self):
+        if self.nats and self.nats.poll() is None:
+            self.nats.terminate()
+            self.nats.wait(15)
+        self.nats = None
+
+    def start_serve(self):
+        self.serve_starts += 1
+        log = open(self.logs / f"operator-serve-{self.serve_starts}.log", "w")
+        env = dict(os.environ, HARMONY_LOG="debug")
+        self.serve_proc = subprocess.Popen([str(OPERATOR), "-c", str(self.config), "serve"],
+                                           stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def kill_serve(self, sig=signal.SIGKILL):
+        """Stops the coordinator; SIGKILL by default (a crash: no lease release)."""
+        if self.serve_proc and self.serve_proc.poll() is None:
+            self.serve_proc.send_signal(sig)
+            self.serve_proc.wait(30)
+        self.serve_proc = None
+
+    def close(self):
+        self.kill_serve(signal.SIGTERM)
+        self._stop_nats()
+
+    # -- CLI -----------------------------------------------------------------
+    def op(self, *args, ok=True, timeout=300):
+        """Runs `harmony-operator --json ARGS`; returns (rc, parsed JSON or text)."""
+        cmd = [str(OPERATOR), "-c", str(self.config), "--json", *map(str, args)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        with open(self.logs / "operator-cli.log", "a") as f:
+            f.write(f"$ {' '.join(cmd[3:])}\n[rc {r.returncode}]\n{r.stdout}{r.stderr}\n")
+        if ok and r.returncode != 0:
+            raise Fail(f"harmony-operator {' '.join(map(str, args))} failed ({r.returncode}): {r.stderr.strip()[-800:]}")
+        try:
+            return r.returncode, json.loads(r.stdout)
+        except json.JSONDecodeError:
+            return r.returncode, (r.stdout + r.stderr).strip()
+
+    def push(self, name):
+        """Pushes one of the image's bundles under its variant name (two of
+        them share version 2.0.0); returns that id."""
+        self.op("bundle", "push", self.manifest["bundles_on_host"][name], "--id", name, timeout=600)
+        return name
+
+    def show(self):
+        """`devices show`: {"device", "heartbeat", "job"}, or None before the first heartbeat."""
+        rc, out = self.op("devices", "show", self.device, ok=False)
+        return out if rc == 0 and isinstance(out, dict) else None
+
+    def rollout(self, *args):
+        return self.op("rollout", *args)[1]
+
+    # -- device files ----------------------------------------------------------
+    def provisioned_files(self):
+        """{path on the device: bytes} of what provisioning wrote for the data partition."""
+        root = self.device_files
+        files = {}
+        for f in sorted((root / "data").rglob("*")):
+            if f.is_file():
+                files["/" + str(f.relative_to(root))] = (f.read_bytes(), f.stat().st_mode & 0o777)
+        if not files:
+            raise Fail(f"provisioning wrote nothing under {root}/data")
+        return files
