@@ -1,0 +1,452 @@
+#!/usr/bin/env python3
+"""Harmony Fleet end-to-end OTA tests in QEMU aarch64 (issue 7).
+
+    qemu-tests/ota [--ci | --all] [--only N,N] [--image DIR]
+
+The real thing, end to end: a host nats-server with JetStream and the real
+`harmony-operator serve`, driven through its CLI (bundle push, rollout start);
+in the guest (image/qemu/build, built with the cross-compiled agent) the real
+harmony-agent under systemd, RAUC and U-Boot. The device is provisioned with
+`harmony-operator init --device` (its credential and agent drop-in are copied
+to /data/harmony, as on a real data partition); heartbeat interval (2 s) and
+commit deadline come from that agent config, not from code.
+
+  1 happy path: rollout of v2 -> download from the object store, install,
+    reboot; commit only after the v2 heartbeat of the new boot; device
+    committed, booted B, B good; another reboot stays on B
+  2 broken bundle -> U-Boot falls back -> RolledBack{boot_failed}; the
+    operator marks the device rolled back and halts the rollout
+  3 v3 whose agent points at a wrong NATS URL -> commit deadline expires ->
+    the agent marks its slot bad and reboots -> RolledBack{commit_timeout}
+  4 refusals: downgrade, foreign compatible, tampered object (sha mismatch),
+    offer signed by an unknown key -> typed reason, nothing installed
+  5 operator killed while the device reboots; a restarted operator commits
+    it when its heartbeat arrives, without a second offer
+  6 power cut (QEMU killed) during the download -> after boot the download
+    resumes where it stopped (bytes re-downloaded reported)
+
+--ci runs 1 and 2, --all (the default) every scenario. Console logs, operator
+logs and CLI transcripts of each scenario go to
+qemu-tests/artifacts/<timestamp>-ota/scenario-N/. The last line printed is
+"N passed, N failed".
+"""
+
+import base64
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import suite
+from fleet import REPO, Fleet
+from guest import Fail, check, slot_state
+
+REGISTRY = suite.Registry()
+scenario = REGISTRY.scenario
+CI = [1, 2]
+DEVICE = "qemu-1"
+COMMIT_DEADLINE_SECS = 120
+OVERWRITE_TOOL = REPO / "target" / "debug" / "overwrite-bundle-object"
+
+
+class Ota:
+    """One scenario's fleet (host) and device (guest), and what the harness
+    saw of them: every heartbeat phase with the device's `since` time."""
+
+    def __init__(self, ctx, commit_deadline_secs=COMMIT_DEADLINE_SECS):
+        if not ctx.manifest.get("agent"):
+            raise Fail("the image has no agent: run scripts/cross-build-agent, then image/qemu/build")
+        self.ctx = ctx
+        self.fleet = Fleet(ctx.art, ctx.manifest, DEVICE, commit_deadline_secs=commit_deadline_secs)
+        ctx.closers.append(self.fleet.close)
+        self.fleet.start_serve()
+        self.g = ctx.guest("device")
+        self.seen = []          # (phase, since ms, boot id, heartbeat) in order of arrival
+        self.first_hb_of_boot = {}   # boot id -> first heartbeat seen
+        self.last = None
+
+    # -- device --------------------------------------------------------------
+    def boot_and_provision(self):
+        """First boot of a fresh device: copy the provisioned files to the
+        data partition, restart the agent, wait for its v1 heartbeat."""
+        g = self.g
+        g.boot(expect_slot="A")
+        g.wait_running()
+        for path, (data, mode) in self.fleet.provisioned_files().items():
+            b64 = base64.b64encode(data).decode()
+            g.sh(f"mkdir -p {Path(path).parent} && printf %s {b64} | base64 -d > {path} && chmod {mode:o} {path}")
+        g.sh("systemctl restart harmony-agent")
+        boot_id = self.boot_id()
+        hb = self.watch(lambda s: s["heartbeat"]["boot_id"] == boot_id, 180, "the first heartbeat")["heartbeat"]
+        check(hb["os_version"] == self.ctx.versions["v1"], f"first heartbeat reports {hb['os_version']}")
+        check(hb["booted_slot"] == "A", f"first heartbeat reports slot {hb['booted_slot']}")
+        return hb
+
+    def save_agent_journal(self):
+        """Best effort, for the artifacts: the agent's log of this boot."""
+        try:
+            _, out = self.g.sh("ip -br addr; systemctl status harmony-agent --no-pager | head -n 5; "
+                               "journalctl -b -u harmony-agent --no-pager -o short-monotonic | tail -n 300", timeout=30)
+            (self.ctx.art / f"agent-journal-{time.strftime('%H%M%S')}.log").write_text(out + "\n")
+        except Exception as e:  # the guest may be rebooting or gone
+            print(f"      (no agent journal: {e})", flush=True)
+
+    def boot_id(self):
+        _, out = self.g.sh("cat /proc/sys/kernel/random/boot_id")
+        return out.strip().splitlines()[-1]
+
+    def await_reboot(self, since, expect_slot, timeout=900):
+        """The agent (or a kernel panic) reset the machine after `since`:
+        wait for U-Boot, then for the shell of the boot it chose."""
+        g = self.g
+        m = g.wait_for(r"U-Boot 20\d\d", timeout, since)
+        t0 = time.monotonic()
+        with g.lock:
+            g.buf = g.buf[m.start():]
+        g.log.write("\n===== harness: reboot observed =====\n")
+        g.t0 = t0
+        t, _ = g.boot(expect_slot=expect_slot, timeout=timeout)
+        return t
+
+    # -- operator --------------------------------------------------------------
+    def watch(self, until, timeout, what, interval=1.0):
+        """Polls `devices show` until `until(show)` holds; records phases."""
+        deadline = time.monotonic() + timeout
+        while True:
+            s = self.fleet.show()
+            if s and s.get("heartbeat"):
+                self._record(s)
+                self.last = s
+                if until(s):
+                    return s
+            if time.monotonic() > deadline:
+                self.save_agent_journal()
+                last = self.last and {k: self.last[k] for k in ("heartbeat", "job") if k in self.last}
+                raise Fail(f"timeout ({timeout}s) waiting for {what}; last seen: {str(last)[:1500]}")
+            if self.fleet.serve_proc is not None and self.fleet.serve_proc.poll() is not None:
+                raise Fail("harmony-operator serve exited (see operator-serve-*.log)")
+            time.sleep(interval)
+
+    def _record(self, s):
+        hb = s["heartbeat"]
+        up = hb["upgrade"]
+        key = (up["phase"], up["since"], hb["boot_id"])
+        self.first_hb_of_boot.setdefault(hb["boot_id"], hb)
+        if not self.seen or self.seen[-1][:3] != key:
+            self.seen.append((*key, hb))
+            extra = ""
+            if up["phase"] == "downloading":
+                extra = f" {up.get('bytes_done')}/{up.get('bytes_total')} bytes"
+            job = (s.get("job") or {}).get("state", "-")
+            print(f"      device: {up['phase']}{extra} (os {hb['os_version']}, slot {hb['booted_slot']}, "
+                  f"boot {hb['boot_id'][:8]}; operator job: {job})", flush=True)
+
+    def since(self, phase, boot_id=None):
+        for p, since, b, _ in self.seen:
+            if p == phase and (boot_id is None or b == boot_id):
+                return since
+        return None
+
+    def start_rollout(self, bundle, rid, *extra):
+        bid = self.fleet.push(bundle)
+        self.fleet.rollout("start", "--bundle", bid, "--devices", DEVICE, "--id", rid, "--canary", "1",
+                           "--halt-after", "1", "--device-timeout-secs", "3600", "--reboot-timeout-secs", "1200",
+                           *extra)
+        return bid
+
+    def rollout_status(self, rid):
+        out = self.fleet.rollout("status", rid)
+        return out
+
+    def job(self):
+        s = self.fleet.show()
+        return (s or {}).get("job") or {}
+
+    # -- guest checks ------------------------------------------------------------
+    def rauc(self):
+        return self.g.rauc_status()
+
+    def slot_image_hash(self, dev="/dev/vda3", mib=32):
+        _, out = self.g.sh(f"dd if={dev} bs=1M count={mib} status=none | sha256sum | cut -c1-64")
+        return out.strip().splitlines()[-1]
+
+
+def job_state(s):
+    return ((s or {}).get("job") or {}).get("state")
+
+
+def transition_at(job, to):
+    for t in job.get("history", []):
+        if t["to"] == to:
+            return t["at"]
+    return None
+
+
+def report_timings(ctx, o, new_boot_id, t_rollout_ms, t_done_ms):
+    """Wall time split by the phases the agent reported (device clock, the
+    `since` of each phase) and the operator's transitions (host clock; the
+    guest's clock comes from QEMU's RTC)."""
+    dl, ver, inst, done = (o.since("downloading"), o.since("verifying"), o.since("installing"),
+                           o.since("installed"))
+    rebooting = o.since("rebooting")
+    awaiting = o.since("awaiting_commit", new_boot_id)
+    first_new = o.first_hb_of_boot.get(new_boot_id)
+    parts = {}
+    if dl and (ver or inst):
+        parts["download (s)"] = ((ver or inst) - dl) / 1000
+    if ver and inst:
+        parts["verify (s)"] = (inst - ver) / 1000
+    if inst and done:
+        parts["install (s)"] = (done - inst) / 1000
+    if rebooting and awaiting:
+        parts["reboot: rebooting -> agent up in the new boot (s)"] = (awaiting - rebooting) / 1000
+    if first_new and t_done_ms:
+        parts["commit: first heartbeat of the new boot -> committed (s)"] = (t_done_ms - first_new["sent_at"]) / 1000
+    for k, v in parts.items():
+        ctx.metric(k, round(v, 1))
+    total = (t_done_ms - t_rollout_ms) / 1000
+    ctx.metric("OTA total: rollout start -> committed (s)", round(total, 1))
+    ctx.metric("sum of the steps above (s)", round(sum(parts.values()), 1))
+
+
+# ---------------------------------------------------------------------------
+# scenarios
+# ---------------------------------------------------------------------------
+
+@scenario(1, "happy path: v2 downloaded, installed, rebooted, committed after the new boot's heartbeat")
+def s1(ctx):
+    o = Ota(ctx)
+    g = o.g
+    hb0 = o.boot_and_provision()
+    old_boot = hb0["boot_id"]
+    t_start = int(time.time() * 1000)
+    o.start_rollout("v2", "s1")
+    since = g.mark()
+    o.watch(lambda s: s["heartbeat"]["upgrade"]["phase"] in ("rebooting", "failed", "refused"), 1500,
+            "the device to install v2 and reboot")
+    check(o.last["heartbeat"]["upgrade"]["phase"] == "rebooting", f"upgrade ended {o.last['heartbeat']['upgrade']}")
+    t = o.await_reboot(since, expect_slot="B")
+    ctx.metric("reboot into B: U-Boot -> root shell (s)", round(t, 1))
+    new_boot = o.boot_id()
+    check(new_boot != old_boot, "boot id did not change")
+    s = o.watch(lambda s: job_state(s) == "committed" and s["heartbeat"]["upgrade"]["phase"] == "committed",
+                COMMIT_DEADLINE_SECS + 120, "the operator to commit and the agent to report committed")
+    job = s["job"]
+    t_committed = transition_at(job, "committed")
+    # The operator committed exactly the boot it saw: the new one, on v2, in B.
+    check(job.get("commit_boot_id") == new_boot, f"commit named boot {job.get('commit_boot_id')}, guest runs {new_boot}")
+    check(job.get("pre_reboot_boot_id") == old_boot, f"pre-reboot boot id {job.get('pre_reboot_boot_id')}")
+    first_new = o.first_hb_of_boot.get(new_boot)
+    check(first_new is not None and first_new["os_version"] == ctx.versions["v2"],
+          f"first heartbeat of the new boot: {first_new and first_new['os_version']}")
+    t_sent = transition_at(job, "commit_sent")
+    check(t_sent is not None, f"no commit_sent transition: {job.get('history')}")
+    hb_awaiting = o.since("awaiting_commit", new_boot)
+    check(hb_awaiting is not None and t_sent >= hb_awaiting,
+          "commit sent before the device reported awaiting_commit in the new boot")
+    ctx.note(f"operator history: {[t['to'] for t in job['history']]}")
+    report_timings(ctx, o, new_boot, t_start, t_committed)
+    # RAUC in the guest agrees
+    st = o.rauc()
+    check(st.get("booted") == "B", f"rauc status booted={st.get('booted')}")
+    check(slot_state(st, "B")[1].get("boot_status") == "good", f"B {slot_state(st, 'B')[1]}")
+    check(g.os_version() == ctx.versions["v2"], "not running v2")
+    # ...and stays there
+    g.reboot(expect_slot="B")
+    third = o.boot_id()
+    s = o.watch(lambda s: s["heartbeat"]["boot_id"] == third, 240, "a heartbeat after the second reboot")
+    hb = s["heartbeat"]
+    check(hb["os_version"] == ctx.versions["v2"] and hb["booted_slot"] == "B", f"after another reboot: {hb}")
+    check(job_state(s) == "committed", f"job after another reboot: {job_state(s)}")
+    st = o.rauc()
+    check(st.get("booted") == "B" and slot_state(st, "B")[1].get("boot_status") == "good",
+          "B is not booted+good after another reboot")
+    rs = o.rollout_status("s1")
+    ctx.note(f"rollout s1: {rollout_state(rs)}")
+    check(rollout_state(rs) == "completed", f"rollout state {rollout_state(rs)}")
+
+
+def rollout_state(rs):
+    r = rs.get("rollout", rs) if isinstance(rs, dict) else {}
+    return r.get("status") or r.get("state")
+
+
+@scenario(2, "broken bundle: U-Boot falls back, RolledBack{boot_failed}, rollout halted")
+def s2(ctx):
+    o = Ota(ctx)
+    g = o.g
+    o.boot_and_provision()
+    o.start_rollout("broken", "s2")
+    since = g.mark()
+    o.watch(lambda s: s["heartbeat"]["upgrade"]["phase"] in ("rebooting", "failed", "refused"), 1500,
+            "the device to install the broken bundle and reboot")
+    check(o.last["heartbeat"]["upgrade"]["phase"] == "rebooting", f"upgrade ended {o.last['heartbeat']['upgrade']}")
+    t0 = time.monotonic()
+    o.await_reboot(since, expect_slot="A", timeout=1200)
+    ctx.metric("reboot -> U-Boot fallback -> shell on A (s)", round(time.monotonic() - t0, 1))
+    tries = re.findall(r"harmony: slot (\w)", g.buf)
+    ctx.metric("U-Boot attempts on the broken slot", tries.count("B"))
+    s = o.watch(lambda s: job_state(s) == "rolled_back", 300, "the operator to mark the device rolled back")
+    up = s["heartbeat"]["upgrade"]
+    check(up["phase"] == "rolled_back" and up["reason"]["kind"] == "boot_failed", f"agent reports {up}")
+    check(s["heartbeat"]["os_version"] == ctx.versions["v1"], "not back on v1")
+    ctx.note(f"operator: rolled_back ({s['job'].get('reason')}); agent: {up['reason']}")
+    rs = o.rollout_status("s2")
+    check(rollout_state(rs) == "halted", f"rollout state {rollout_state(rs)}, want halted")
+    st = o.rauc()
+    check(st.get("booted") == "A", f"rauc booted={st.get('booted')}")
+    check(slot_state(st, "B")[1].get("boot_status") == "bad", f"B {slot_state(st, 'B')[1]}")
+    check(g.os_version() == ctx.versions["v1"], "not running v1")
+
+
+@scenario(3, "v3 cannot reach the operator: commit deadline -> slot marked bad -> RolledBack{commit_timeout}")
+def s3(ctx):
+    o = Ota(ctx)
+    g = o.g
+    o.boot_and_provision()
+    o.start_rollout("v3", "s3")
+    since = g.mark()
+    o.watch(lambda s: s["heartbeat"]["upgrade"]["phase"] in ("rebooting", "failed", "refused"), 1500,
+            "the device to install v3 and reboot")
+    check(o.last["heartbeat"]["upgrade"]["phase"] == "rebooting", f"upgrade ended {o.last['heartbeat']['upgrade']}")
+    o.await_reboot(since, expect_slot="B")
+    check(g.os_version() == ctx.versions["v3"], "the new slot is not v3")
+    g.wait_running()
+    _, urls = g.sh("journalctl -b -u harmony-agent --no-pager | grep -ci '10.0.2.2:9' ; true")
+    ctx.note(f"v3 agent log lines naming its (wrong) server: {urls.strip().splitlines()[-1]}")
+    t0 = time.monotonic()
+    since = g.mark()
+    o.await_reboot(since, expect_slot="A", timeout=COMMIT_DEADLINE_SECS + 600)
+    ctx.metric("v3 up -> deadline -> reboot -> shell on A (s)", round(time.monotonic() - t0, 1))
+    s = o.watch(lambda s: job_state(s) == "rolled_back", 300, "the operator to mark the device rolled back")
+    up = s["heartbeat"]["upgrade"]
+    check(up["phase"] == "rolled_back" and up["reason"]["kind"] == "commit_timeout", f"agent reports {up}")
+    check(transition_at(s["job"], "commit_sent") is None, "the operator sent a commit for v3")
+    st = o.rauc()
+    check(st.get("booted") == "A", f"rauc booted={st.get('booted')}")
+    check(slot_state(st, "B")[1].get("boot_status") == "bad", f"B {slot_state(st, 'B')[1]}")
+    check(g.os_version() == ctx.versions["v1"], "not running v1")
+
+
+@scenario(4, "refusals: downgrade, foreign compatible, tampered bundle, unknown signing key")
+def s4(ctx):
+    o = Ota(ctx)
+    g = o.g
+    o.boot_and_provision()
+    env0, st0, h0 = g.env(), o.rauc(), o.slot_image_hash()
+    b0 = slot_state(st0, "B")[1].get("boot_status")
+
+    def expect(rid, phase, kind):
+        s = o.watch(lambda s: s["heartbeat"]["upgrade"].get("rollout_id") == rid
+                    and s["heartbeat"]["upgrade"]["phase"] in ("refused", "failed", "rebooting", "installed"),
+                    900, f"the device to answer rollout {rid}")
+        up = s["heartbeat"]["upgrade"]
+        check(up["phase"] == phase and up["reason"]["kind"] == kind, f"{rid}: device reports {up}, want {phase}/{kind}")
+        s = o.watch(lambda s: job_state(s) == "failed", 60, f"the operator to record {rid} as failed")
+        ctx.note(f"{rid}: agent {up['phase']} {up['reason']}; operator: failed ({s['job'].get('reason')})")
+        check(g.env() == env0, f"{rid}: U-Boot env changed {env0} -> {g.env()}")
+        st = o.rauc()
+        check(st.get("booted") == "A" and slot_state(st, "B")[1].get("boot_status") == b0,
+              f"{rid}: RAUC slot state changed")
+        check(o.slot_image_hash() == h0, f"{rid}: slot B was written")
+        o.fleet.rollout("abort", rid)
+
+    o.start_rollout("old", "s4-downgrade")
+    expect("s4-downgrade", "refused", "downgrade")
+    o.start_rollout("foreign", "s4-foreign")
+    expect("s4-foreign", "refused", "incompatible")
+    # Tampered: the stored object is replaced after the push; the operator's
+    # record, and so the signed offer, keep the original sha256.
+    o.fleet.push("v2")
+    r = subprocess.run([str(OVERWRITE_TOOL), o.fleet.url, str(o.fleet.dir / "operator.nk"), "v2",
+                        ctx.manifest["bundles_on_host"]["untrusted"]], capture_output=True, text=True)
+    check(r.returncode == 0, f"overwrite-bundle-object: {r.stderr}")
+    o.fleet.rollout("start", "--bundle", "v2", "--devices", DEVICE, "--id", "s4-tampered", "--halt-after", "1")
+    expect("s4-tampered", "failed", "verify_failed")
+    # Unknown key: the operator rotates its key but the device only trusts the old one.
+    o.fleet.kill_serve()
+    o.fleet.op("keys", "rotate")
+    (o.fleet.dir / "fleet.key.old").unlink()   # and the old key is gone for good
+    o.fleet.start_serve()
+    o.fleet.rollout("start", "--bundle", "v2", "--devices", DEVICE, "--id", "s4-unknown-key", "--halt-after", "1")
+    expect("s4-unknown-key", "refused", "unknown_key")
+
+
+@scenario(5, "operator killed during the device's reboot; the restarted operator commits, no second offer")
+def s5(ctx):
+    o = Ota(ctx)
+    g = o.g
+    o.boot_and_provision()
+    o.start_rollout("v2", "s5")
+    since = g.mark()
+    o.watch(lambda s: job_state(s) == "rebooting" or s["heartbeat"]["upgrade"]["phase"] in ("failed", "refused"),
+            1500, "the operator to see the device rebooting")
+    check(job_state(o.last) == "rebooting", f"job {job_state(o.last)}")
+    seq = o.last["job"]["offer"]["seq"] if o.last["job"].get("offer") else None
+    o.fleet.kill_serve()
+    ctx.note("operator killed (SIGKILL) while the device reboots")
+    o.await_reboot(since, expect_slot="B")
+    new_boot = o.boot_id()
+    # The device waits for its commit; nobody is there to send it.
+    o.watch(lambda s: s["heartbeat"]["boot_id"] == new_boot
+            and s["heartbeat"]["upgrade"]["phase"] == "awaiting_commit", 240, "the new boot awaiting its commit")
+    time.sleep(5)
+    check(job_state(o.fleet.show()) == "rebooting", "the job moved without an operator")
+    o.fleet.start_serve()
+    t0 = time.monotonic()
+    s = o.watch(lambda s: job_state(s) == "committed" and s["heartbeat"]["upgrade"]["phase"] == "committed",
+                COMMIT_DEADLINE_SECS, "the restarted operator to commit")
+    ctx.metric("operator restart -> device committed (s)", round(time.monotonic() - t0, 1))
+    job = s["job"]
+    check(job.get("commit_boot_id") == new_boot, "commit did not name the new boot")
+    offers = [t for t in job["history"] if t["to"] == "offered"]
+    check(len(offers) == 1, f"{len(offers)} offered transitions: {job['history']}")
+    check((job.get("offer") or {}).get("seq") == seq, "the offer changed across the restart")
+    _, out = g.sh("journalctl -b -1 -u harmony-agent --no-pager 2>/dev/null | grep -ci 'offer' ; true")
+    st = o.rauc()
+    check(st.get("booted") == "B" and slot_state(st, "B")[1].get("boot_status") == "good", "B not booted+good")
+
+
+@scenario(6, "power cut during the download; the download resumes after boot")
+def s6(ctx):
+    o = Ota(ctx)
+    g = o.g
+    o.boot_and_provision()
+    # Slow the download down (agent config drop-in) so it can be cut midway.
+    g.sh("printf '[upgrade]\\ndownload_max_bytes_per_sec = 3000000\\n' > /data/harmony/agent.d/50-test-throttle.toml")
+    g.sh("systemctl restart harmony-agent")
+    o.start_rollout("v2", "s6")
+    s = o.watch(lambda s: s["heartbeat"]["upgrade"]["phase"] == "downloading"
+                and s["heartbeat"]["upgrade"]["bytes_done"] >= 20 * 2 ** 20, 900, "20 MiB downloaded")
+    done_before = s["heartbeat"]["upgrade"]["bytes_done"]
+    total = s["heartbeat"]["upgrade"]["bytes_total"]
+    g.kill()
+    g.log.write("\n===== harness: power cut (SIGKILL) =====\n")
+    ctx.note(f"power cut with {done_before} of {total} bytes reported downloaded")
+    g.start()
+    g.boot(expect_slot="A")
+    boot = o.boot_id()
+    s = o.watch(lambda s: s["heartbeat"]["boot_id"] == boot and s["heartbeat"]["upgrade"]["phase"] == "downloading",
+                300, "the download to restart after the power cut")
+    first = s["heartbeat"]["upgrade"]["bytes_done"]
+    _, log = g.sh("journalctl -b -u harmony-agent --no-pager | grep -iE 'resum|download' | tail -n 5; true")
+    ctx.note(f"agent after boot: {log.strip()[-600:]}")
+    m = re.search(r"resuming bundle download at (\d+)", log)
+    resumed_at = int(m.group(1)) if m else first
+    ctx.metric("bytes reported before the power cut", done_before)
+    ctx.metric("download resumed at byte", resumed_at)
+    ctx.metric("bytes downloaded again (reported before the cut - resumed at)", max(0, done_before - resumed_at))
+    check(resumed_at > 0, "the download started over from byte 0")
+    g.sh("rm /data/harmony/agent.d/50-test-throttle.toml")
+    since = g.mark()
+    o.watch(lambda s: s["heartbeat"]["upgrade"]["phase"] in ("rebooting", "failed", "refused"), 1500,
+            "the resumed download to install and reboot")
+    check(o.last["heartbeat"]["upgrade"]["phase"] == "rebooting", f"upgrade ended {o.last['heartbeat']['upgrade']}")
+    o.await_reboot(since, expect_slot="B")
+    o.watch(lambda s: job_state(s) == "committed", COMMIT_DEADLINE_SECS + 120, "the commit")
+    check(g.os_version() == ctx.versions["v2"], "not running v2")
+
+
+if __name__ == "__main__":
+    sys.exit(suite.main(__doc__, REGISTRY, CI, "ota"))
