@@ -12,8 +12,12 @@ use serde::Serialize;
 /// Every live entry of a bucket whose key starts with `prefix` (one pass over
 /// the bucket's last values; returns at once for an empty bucket).
 pub async fn read_prefix(store: &kv::Store, prefix: &str) -> Result<Vec<kv::Entry>> {
-    let status = store.status().await.map_err(Error::nats)?;
-    if status.values() == 0 {
+    // Fresh stream info: `kv::Store::status()` answers from the info cached
+    // when the store was opened, so a key written since (by this process or
+    // another operator) would be missed and an empty bucket never noticed.
+    let info = store.stream.get_info().await.map_err(|e| Error::Nats(format!("stream info: {e}")))?;
+    if info.state.messages == 0 {
+        // A watch on an empty bucket would wait forever for its first entry.
         return Ok(Vec::new());
     }
     let mut watch = store.watch_with_history(">").await.map_err(Error::nats)?;

@@ -91,3 +91,46 @@ fn keys_init_bundles_devices_and_rollouts_from_the_command_line() {
     let auth = std::fs::read_to_string(d.join("auth.conf")).unwrap();
     assert!(auth.contains("$KV.harmony-heartbeats.pi-1") && auth.contains("# pi-1"), "{auth}");
 }
+
+/// Every provisioned device is in the regenerated nats-server auth include,
+/// including the one provisioned by this very call (it once was missing:
+/// the device could never log in until the next device was provisioned).
+#[test]
+fn auth_include_lists_every_provisioned_device_at_once() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = d.join("operator.toml");
+    std::fs::write(
+        &cfg,
+        format!("[nats]\nurl = \"{}\"\n[keys]\nsigning_key = \"{}\"\n", nats.url(), d.join("fleet.key").display()),
+    )
+    .unwrap();
+    ok(&op(&cfg, &["keys", "generate"]));
+    ok(&op(&cfg, &["init"]));
+    let auth = d.join("auth.conf");
+    let mut nkeys = Vec::new();
+    for device in ["pi-1", "pi-2", "pi-3"] {
+        let out = ok(&op(
+            &cfg,
+            &[
+                "--json",
+                "init",
+                "--device",
+                device,
+                "--out",
+                d.join(device).to_str().unwrap(),
+                "--auth-conf",
+                auth.to_str().unwrap(),
+                "--operator-nkey",
+                d.join("operator.nk").to_str().unwrap(),
+            ],
+        ));
+        let out: serde_json::Value = serde_json::from_str(&out).unwrap();
+        nkeys.push(out["nkey"].as_str().unwrap().to_string());
+        let conf = std::fs::read_to_string(&auth).unwrap();
+        for (n, nkey) in nkeys.iter().enumerate() {
+            assert!(conf.contains(nkey.as_str()), "after provisioning {device}, device #{n} is missing:\n{conf}");
+        }
+    }
+}
