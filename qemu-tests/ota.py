@@ -383,7 +383,7 @@ def s5(ctx):
     o.watch(lambda s: job_state(s) == "rebooting" or s["heartbeat"]["upgrade"]["phase"] in ("failed", "refused"),
             1500, "the operator to see the device rebooting")
     check(job_state(o.last) == "rebooting", f"job {job_state(o.last)}")
-    seq = o.last["job"]["offer"]["seq"] if o.last["job"].get("offer") else None
+    seq = (o.last["job"].get("offer") or {}).get("offer_seq")
     o.fleet.kill_serve()
     ctx.note("operator killed (SIGKILL) while the device reboots")
     o.await_reboot(since, expect_slot="B")
@@ -402,8 +402,9 @@ def s5(ctx):
     check(job.get("commit_boot_id") == new_boot, "commit did not name the new boot")
     offers = [t for t in job["history"] if t["to"] == "offered"]
     check(len(offers) == 1, f"{len(offers)} offered transitions: {job['history']}")
-    check((job.get("offer") or {}).get("seq") == seq, "the offer changed across the restart")
-    _, out = g.sh("journalctl -b -1 -u harmony-agent --no-pager 2>/dev/null | grep -ci 'offer' ; true")
+    check((job.get("offer") or {}).get("offer_seq") == seq, "the offer changed across the restart")
+    up = s["heartbeat"]["upgrade"]
+    check(up.get("offer_seq") == seq, f"the device committed offer {up.get('offer_seq')}, the operator made {seq}")
     st = o.rauc()
     check(st.get("booted") == "B" and slot_state(st, "B")[1].get("boot_status") == "good", "B not booted+good")
 

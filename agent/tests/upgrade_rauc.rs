@@ -53,6 +53,8 @@ async fn upgrade_installs_reboots_and_commits_only_on_operator_command() {
     assert_eq!(hb.boot_id, "boot-2");
     assert_eq!(hb.booted_slot.as_deref(), Some("B"));
     assert_eq!(hb.os_version.as_deref(), Some("2.0.0"));
+    // The operator commits only on a healthy heartbeat of the new boot.
+    assert_eq!(hb.health.status, harmony_protocol::heartbeat::HealthStatus::Healthy, "{:?}", hb.health);
     // Never marks itself good: B is still on trial (tries being used up).
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(rig.rauc.boot_state().contains("BOOT_B_LEFT=2"), "{}", rig.rauc.boot_state());
@@ -115,6 +117,9 @@ async fn failing_health_check_falls_back_with_its_name() {
     std::fs::write(&check, "#!/bin/sh\necho app down >&2\nexit 1\n").unwrap();
     std::fs::set_permissions(&check, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let agent = rig.start_agent(30);
+    let unhealthy = rig.wait_heartbeat(WAIT, |hb| !hb.health.failed_checks.is_empty()).await;
+    assert_eq!(unhealthy.health.status, harmony_protocol::heartbeat::HealthStatus::Unhealthy);
+    assert_eq!(unhealthy.health.failed_checks, vec!["check 50-app".to_string()]);
     rig.wait_heartbeat(WAIT, |_| rig.reboot.count() == 2).await;
     assert!(rig.rauc.boot_state().contains("BOOT_B_LEFT=0"));
     assert_eq!(reboot_device(&mut rig, agent, "boot-3").await, "A");

@@ -21,6 +21,9 @@ pub struct UpgradeConfig {
     pub health_checks_dir: PathBuf,
     #[serde(default = "default_health_check_timeout_secs")]
     pub health_check_timeout_secs: u64,
+    /// How often the checks run outside an upgrade, for the heartbeat's health.
+    #[serde(default = "default_health_check_interval_secs")]
+    pub health_check_interval_secs: u64,
     /// Pause between reporting `Installed` and rebooting, so the operator
     /// sees the status (and the pre-reboot boot id) before the device goes.
     #[serde(default = "default_reboot_delay_ms")]
@@ -45,6 +48,7 @@ impl Default for UpgradeConfig {
             health_units: Vec::new(),
             health_checks_dir: default_health_checks_dir(),
             health_check_timeout_secs: default_health_check_timeout_secs(),
+            health_check_interval_secs: default_health_check_interval_secs(),
             reboot_delay_ms: default_reboot_delay_ms(),
             download_max_bytes_per_sec: 0,
             progress_interval_ms: default_progress_interval_ms(),
@@ -57,6 +61,9 @@ impl UpgradeConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.commit_deadline_secs == 0 {
             return Err("upgrade.commit_deadline_secs must be at least 1".into());
+        }
+        if self.health_check_interval_secs == 0 {
+            return Err("upgrade.health_check_interval_secs must be at least 1".into());
         }
         if self.health_check_timeout_secs == 0 {
             return Err("upgrade.health_check_timeout_secs must be at least 1".into());
@@ -73,6 +80,9 @@ fn default_max_bundle_bytes() -> u64 {
 }
 fn default_health_checks_dir() -> PathBuf {
     PathBuf::from("/etc/harmony/health.d")
+}
+fn default_health_check_interval_secs() -> u64 {
+    60
 }
 fn default_health_check_timeout_secs() -> u64 {
     30

@@ -2,9 +2,45 @@
 //! active, and every executable in the checks directory must exit 0 within
 //! the timeout. Returns the names of what failed (empty = healthy).
 
-use std::path::Path;
+use crate::shared::StatusBoard;
+use harmony_protocol::heartbeat::{Health, HealthStatus};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::process::Command;
+
+/// What heartbeats report for a check run: the operator commits an upgrade
+/// only on a `healthy` heartbeat of the new boot.
+pub fn status(failed: &[String]) -> Health {
+    let status = if failed.is_empty() { HealthStatus::Healthy } else { HealthStatus::Unhealthy };
+    Health { status, failed_checks: failed.to_vec() }
+}
+
+/// Runs the checks now and then every `interval`, publishing each result,
+/// so every heartbeat (not only the one after an upgrade) says whether the
+/// device is healthy.
+pub async fn monitor(units: Vec<String>, dir: PathBuf, timeout: Duration, interval: Duration, board: Arc<StatusBoard>) {
+    loop {
+        let failed = run(&units, &dir, timeout).await;
+        publish(&board, &failed);
+        tokio::time::sleep(interval).await;
+    }
+}
+
+pub fn publish(board: &StatusBoard, failed: &[String]) {
+    let health = status(failed);
+    board.health.send_if_modified(|current| {
+        if *current == health {
+            false
+        } else {
+            if !failed.is_empty() {
+                log::warn!("unhealthy: {}", failed.join(", "));
+            }
+            *current = health;
+            true
+        }
+    });
+}
 
 pub async fn run(units: &[String], checks_dir: &Path, timeout: Duration) -> Vec<String> {
     let mut failed = Vec::new();

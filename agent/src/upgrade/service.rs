@@ -97,6 +97,13 @@ pub async fn run(
     let files = BundleFiles::new(&ctx.state_dir);
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(watch_offers(ctx.client.clone(), ctx.keys.clone(), env.device_id.clone(), tx.clone()));
+    tasks.spawn(health::monitor(
+        ctx.config.health_units.clone(),
+        ctx.config.health_checks_dir.clone(),
+        Duration::from_secs(ctx.config.health_check_timeout_secs),
+        Duration::from_secs(ctx.config.health_check_interval_secs),
+        ctx.board.clone(),
+    ));
     let mut svc =
         Service { ctx, env, state, files, tx, pending_reply: None, deadline: None, download_sha: None, tasks };
     svc.publish();
@@ -149,6 +156,11 @@ impl Service {
     }
 
     fn apply(&mut self, event: Event) {
+        if let Event::HealthChecked { failed } = &event {
+            // Before the step: the heartbeat announcing awaiting_commit must
+            // already carry the health the operator's commit depends on.
+            health::publish(&self.ctx.board, failed);
+        }
         let now = self.ctx.clock.now();
         let name = event.name();
         let (next, actions) = machine::step(&self.env, self.state.clone(), event, now);
