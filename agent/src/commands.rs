@@ -72,9 +72,9 @@ impl CommandServer {
                 booted_slot: self.facts.booted_slot.clone(),
                 boot_id: self.facts.boot_id.clone(),
             }),
-            Command::Status => {
-                Ok(ReplyBody::Status { heartbeat: Box::new(self.board.current_heartbeat(&self.facts, self.clock.now())) })
-            }
+            Command::Status => Ok(ReplyBody::Status {
+                heartbeat: Box::new(self.board.current_heartbeat(&self.facts, self.clock.now())),
+            }),
             Command::Commit(args) => self.upgrade.commit(args).await,
             Command::Reboot => self.upgrade.reboot().await,
         }

@@ -70,7 +70,13 @@ async fn object_store_download_resumes_after_being_killed_midway() {
     assert!(files.resume().exists(), "resume point persisted");
 
     // Second attempt (a restarted agent) finishes without the rate limit.
-    let fast = Downloader { js, bucket: BUNDLE_OBJECT_BUCKET.into(), files: files.clone(), max_bytes_per_sec: 0, https_ca_file: None };
+    let fast = Downloader {
+        js,
+        bucket: BUNDLE_OBJECT_BUCKET.into(),
+        files: files.clone(),
+        max_bytes_per_sec: 0,
+        https_ca_file: None,
+    };
     let mut first_report = None;
     let mut progress = |done: u64, _| {
         first_report.get_or_insert(done);

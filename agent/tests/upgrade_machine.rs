@@ -447,7 +447,11 @@ fn every_refusal_reason() {
     assert_eq!(refusal(|o| o.offer_seq = 5, idle()), Some(RefusalReason::Replay { offered: 5, last_accepted: 5 }));
     assert_eq!(refusal(|o| o.offer_seq = 2, idle()), Some(RefusalReason::Replay { offered: 2, last_accepted: 5 }));
     assert_eq!(refusal(|o| o.expires_at = T0, idle()), Some(RefusalReason::Expired));
-    assert_eq!(refusal(|o| o.not_before = UnixMillis(T0.0 + 1), idle()), Some(RefusalReason::NotYetValid));
+    // A device clock somewhat behind the operator's still takes a fresh offer...
+    let allowance = harmony_agent::upgrade::validate::NOT_BEFORE_ALLOWANCE_MS;
+    assert_eq!(refusal(|o| o.not_before = UnixMillis(T0.0 + allowance), idle()), None);
+    // ...but not one meant for later than that.
+    assert_eq!(refusal(|o| o.not_before = UnixMillis(T0.0 + allowance + 1), idle()), Some(RefusalReason::NotYetValid));
     assert_eq!(
         refusal(|o| o.compatible = "other-board".into(), idle()),
         Some(RefusalReason::Incompatible { offered: "other-board".into(), device: "board".into() })

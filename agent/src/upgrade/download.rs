@@ -309,7 +309,8 @@ async fn fetch_http(url: &str, extra_ca: Option<&Path>, sink: &mut Sink<'_>) -> 
     if sink.point.bytes == sink.total {
         return Ok(());
     }
-    let mut response = http_get::open(url, sink.point.bytes, extra_ca).await.map_err(|e| DownloadError::Source(e.to_string()))?;
+    let mut response =
+        http_get::open(url, sink.point.bytes, extra_ca).await.map_err(|e| DownloadError::Source(e.to_string()))?;
     if !response.partial && sink.point.bytes > 0 {
         log::warn!("{url} ignored the range request; downloading from the start");
         sink.file.set_len(0).map_err(io(&sink.path))?;

@@ -7,6 +7,13 @@ use harmony_protocol::time::UnixMillis;
 use harmony_protocol::{RefusalReason, UpgradeOffer};
 use std::cmp::Ordering;
 
+/// How far the device clock may lag the operator's before a fresh offer
+/// counts as "not valid yet". The operator stamps `not_before` with its own
+/// clock at offer time; a device a few hundred milliseconds (or, before NTP,
+/// minutes) behind must still take it. Expiry gets no allowance: it would
+/// only lengthen an offer's life.
+pub const NOT_BEFORE_ALLOWANCE_MS: u64 = 5 * 60 * 1000;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Accept,
@@ -39,7 +46,7 @@ fn check(env: &Env, state: &State, offer: &UpgradeOffer, now: UnixMillis) -> Res
     if offer.offer_seq <= state.last_accepted_seq {
         return Err(Some(RefusalReason::Replay { offered: offer.offer_seq, last_accepted: state.last_accepted_seq }));
     }
-    if now < offer.not_before {
+    if now.saturating_add_ms(NOT_BEFORE_ALLOWANCE_MS) < offer.not_before {
         return Err(Some(RefusalReason::NotYetValid));
     }
     if now >= offer.expires_at {
