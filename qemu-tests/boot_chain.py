@@ -17,7 +17,7 @@ console, and proves the A/B boot chain with real U-Boot, RAUC and Linux:
     and works; a retried install succeeds
 
 --ci runs 1-3, --all (the default) 1-5. Every run writes the serial console
-of every boot and a summary to qemu-tests/artifacts/<timestamp>/. The last
+of every boot and a summary to qemu-tests/artifacts/<timestamp>-boot-chain/. The last
 line printed is "N passed, N failed".
 """
 

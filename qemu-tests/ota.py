@@ -183,7 +183,7 @@ def transition_at(job, to):
     return None
 
 
-def report_timings(ctx, o, new_boot_id, t_rollout_ms, t_done_ms):
+def report_timings(ctx, o, new_boot_id, t_rollout_ms, t_done_ms, end="committed"):
     """Wall time split by the phases the agent reported (device clock, the
     `since` of each phase) and the operator's transitions (host clock; the
     guest's clock comes from QEMU's RTC)."""
@@ -201,13 +201,15 @@ def report_timings(ctx, o, new_boot_id, t_rollout_ms, t_done_ms):
         parts["install (s)"] = (done - inst) / 1000
     if rebooting and awaiting:
         parts["reboot: rebooting -> agent up in the new boot (s)"] = (awaiting - rebooting) / 1000
-    if first_new and t_done_ms:
+    if first_new and t_done_ms and end == "committed":
         parts["commit: first heartbeat of the new boot -> committed (s)"] = (t_done_ms - first_new["sent_at"]) / 1000
     for k, v in parts.items():
         ctx.metric(k, round(v, 1))
     total = (t_done_ms - t_rollout_ms) / 1000
-    ctx.metric("OTA total: rollout start -> committed (s)", round(total, 1))
-    ctx.metric("sum of the steps above (s)", round(sum(parts.values()), 1))
+    steps = sum(parts.values())
+    ctx.metric(f"OTA total: rollout start -> {end} (s)", round(total, 1))
+    ctx.metric("sum of the steps above (s)", round(steps, 1))
+    ctx.metric("not in any step: offer delivery, health checks, polling (s)", round(total - steps, 1))
 
 
 # ---------------------------------------------------------------------------
@@ -277,6 +279,7 @@ def s2(ctx):
     o = Ota(ctx)
     g = o.g
     o.boot_and_provision()
+    t_start = int(time.time() * 1000)
     o.start_rollout("broken", "s2")
     since = g.mark()
     o.watch(lambda s: s["heartbeat"]["upgrade"]["phase"] in ("rebooting", "failed", "refused"), 1500,
@@ -292,6 +295,7 @@ def s2(ctx):
     check(up["phase"] == "rolled_back" and up["reason"]["kind"] == "boot_failed", f"agent reports {up}")
     check(s["heartbeat"]["os_version"] == ctx.versions["v1"], "not back on v1")
     ctx.note(f"operator: rolled_back ({s['job'].get('reason')}); agent: {up['reason']}")
+    report_timings(ctx, o, None, t_start, transition_at(s["job"], "rolled_back"), end="rolled back")
     rs = o.rollout_status("s2")
     check(rollout_state(rs) == "halted", f"rollout state {rollout_state(rs)}, want halted")
     st = o.rauc()
@@ -305,6 +309,7 @@ def s3(ctx):
     o = Ota(ctx)
     g = o.g
     o.boot_and_provision()
+    t_start = int(time.time() * 1000)
     o.start_rollout("v3", "s3")
     since = g.mark()
     o.watch(lambda s: s["heartbeat"]["upgrade"]["phase"] in ("rebooting", "failed", "refused"), 1500,
@@ -323,6 +328,7 @@ def s3(ctx):
     up = s["heartbeat"]["upgrade"]
     check(up["phase"] == "rolled_back" and up["reason"]["kind"] == "commit_timeout", f"agent reports {up}")
     check(transition_at(s["job"], "commit_sent") is None, "the operator sent a commit for v3")
+    report_timings(ctx, o, None, t_start, transition_at(s["job"], "rolled_back"), end="rolled back")
     st = o.rauc()
     check(st.get("booted") == "A", f"rauc booted={st.get('booted')}")
     check(slot_state(st, "B")[1].get("boot_status") == "bad", f"B {slot_state(st, 'B')[1]}")

@@ -85,7 +85,9 @@ fn keys_init_bundles_devices_and_rollouts_from_the_command_line() {
             d.join("op.nk").to_str().unwrap(),
         ],
     ));
-    for f in ["data/harmony/agent.d/10-provisioned.toml", "data/harmony/device.nk", "etc/harmony/fleet-keys/fleet.key.pub"] {
+    for f in
+        ["data/harmony/agent.d/10-provisioned.toml", "data/harmony/device.nk", "etc/harmony/fleet-keys/fleet.key.pub"]
+    {
         assert!(out.join(f).is_file(), "{f}");
     }
     let auth = std::fs::read_to_string(d.join("auth.conf")).unwrap();
