@@ -123,6 +123,8 @@ class Fleet:
     def close(self):
         self.kill_serve(signal.SIGTERM)
         self._stop_nats()
+        # The JetStream store holds every pushed bundle; the logs stay.
+        shutil.rmtree(self.dir / "js", ignore_errors=True)
 
     # -- CLI -----------------------------------------------------------------
     def op(self, *args, ok=True, timeout=300):

@@ -364,9 +364,15 @@ def s4(ctx):
     expect("s4-foreign", "refused", "incompatible")
     # Tampered: the stored object is replaced after the push; the operator's
     # record, and so the signed offer, keep the original sha256.
+    # Same size, one byte different: only the sha256 can tell.
     o.fleet.push("v2")
-    r = subprocess.run([str(OVERWRITE_TOOL), o.fleet.url, str(o.fleet.dir / "operator.nk"), "v2",
-                        ctx.manifest["bundles_on_host"]["untrusted"]], capture_output=True, text=True)
+    tampered = ctx.art / "v2-tampered.raucb"
+    data = bytearray(Path(ctx.manifest["bundles_on_host"]["v2"]).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tampered.write_bytes(data)
+    ctx.closers.append(lambda: tampered.unlink(missing_ok=True))
+    r = subprocess.run([str(OVERWRITE_TOOL), o.fleet.url, str(o.fleet.dir / "operator.nk"), "v2", str(tampered)],
+                       capture_output=True, text=True)
     check(r.returncode == 0, f"overwrite-bundle-object: {r.stderr}")
     o.fleet.rollout("start", "--bundle", "v2", "--devices", DEVICE, "--id", "s4-tampered", "--halt-after", "1")
     expect("s4-tampered", "failed", "verify_failed")
