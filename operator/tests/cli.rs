@@ -15,17 +15,23 @@ fn ok(out: &Output) -> String {
     String::from_utf8(out.stdout.clone()).unwrap()
 }
 
-#[test]
-fn keys_init_bundles_devices_and_rollouts_from_the_command_line() {
-    let nats = NatsServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// A minimal operator config in `d`: this server, a fleet key next to it.
+fn write_config(nats: &NatsServer, d: &Path) -> std::path::PathBuf {
     let cfg = d.join("operator.toml");
     std::fs::write(
         &cfg,
         format!("[nats]\nurl = \"{}\"\n[keys]\nsigning_key = \"{}\"\n", nats.url(), d.join("fleet.key").display()),
     )
     .unwrap();
+    cfg
+}
+
+#[test]
+fn keys_init_bundles_devices_and_rollouts_from_the_command_line() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = write_config(&nats, d);
 
     let key = ok(&op(&cfg, &["--json", "keys", "generate"]));
     let key: serde_json::Value = serde_json::from_str(&key).unwrap();
@@ -102,12 +108,7 @@ fn auth_include_lists_every_provisioned_device_at_once() {
     let nats = NatsServer::start();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let cfg = d.join("operator.toml");
-    std::fs::write(
-        &cfg,
-        format!("[nats]\nurl = \"{}\"\n[keys]\nsigning_key = \"{}\"\n", nats.url(), d.join("fleet.key").display()),
-    )
-    .unwrap();
+    let cfg = write_config(&nats, d);
     ok(&op(&cfg, &["keys", "generate"]));
     ok(&op(&cfg, &["init"]));
     let auth = d.join("auth.conf");
