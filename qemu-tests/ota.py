@@ -442,6 +442,9 @@ def s6(ctx):
     _, log = g.sh("journalctl -b -u harmony-agent --no-pager | grep -m1 'resuming bundle download' ; true")
     ctx.note(f"agent after boot: {log.strip()[-300:]}")
     m = re.search(r"resuming bundle download at (\d+)", log)
+    if m is None:
+        o.save_agent_journal()
+        g.sh("ls -l /data/harmony /data/harmony/* > /tmp/ls.txt 2>&1; cat /tmp/ls.txt; true")
     check(m is not None, "the agent did not resume the download (no 'resuming bundle download' in its journal)")
     resumed_at = int(m.group(1))
     ctx.metric("bytes reported before the power cut", done_before)
