@@ -182,12 +182,7 @@ class Ota:
         return s
 
     def rollout_status(self, rid):
-        out = self.fleet.rollout("status", rid)
-        return out
-
-    def job(self):
-        s = self.fleet.show()
-        return (s or {}).get("job") or {}
+        return self.fleet.rollout("status", rid)
 
     # -- guest checks ------------------------------------------------------------
     def rauc(self):
