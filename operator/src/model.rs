@@ -125,6 +125,11 @@ pub struct Baseline {
     pub boot_id: String,
     pub booted_slot: Option<String>,
     pub os_version: Option<String>,
+    /// The `since` (device clock) of the upgrade status the device reported
+    /// then: a refusal the agent could not tie to an offer is about this
+    /// offer only if it is newer than that.
+    #[serde(default)]
+    pub upgrade_since: Option<UnixMillis>,
 }
 
 /// Where one device stands in its rollout.

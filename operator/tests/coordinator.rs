@@ -7,7 +7,7 @@ use common::{dev, eventually, now, Env, Operator};
 use harmony_operator::model::{JobState, RolloutStatus};
 use harmony_operator::sim::Behavior;
 use harmony_protocol::time::UnixMillis;
-use harmony_protocol::{HealthStatus, UpgradePhase};
+use harmony_protocol::{HealthStatus, RefusalReason, UpgradePhase, UpgradeStatus};
 use std::time::Duration;
 
 /// Sends a heartbeat of the scripted device after `f` shaped it.
@@ -98,6 +98,29 @@ async fn rollback_reported_by_the_agent_halts_the_rollout() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(env.offers_to("pi-2"), 0, "halted: no offer to the next wave");
     assert_eq!(env.commits_to("pi-1"), 0);
+    op.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_the_device_cannot_verify_fails_its_job() {
+    let env = Env::start().await;
+    env.devices(&["pi-1"], Behavior::Manual).await;
+    let op = Operator::start(&env.cfg);
+    env.rollout(&env.start_args(&["pi-1"])).await;
+    eventually(10, "offer", || async { env.offers_to("pi-1") == 1 }).await;
+    env.wait_job("pi-1", |s| *s == JobState::Offered, 10).await;
+    // Signed by a key the device does not trust: the agent reads nothing of
+    // the offer, so its refusal names no offer_seq and no rollout.
+    beat_with(&env, "pi-1", |h| {
+        h.upgrade = UpgradeStatus {
+            phase: UpgradePhase::Refused { reason: RefusalReason::UnknownKey { key_id: "rotated".into() } },
+            ..UpgradeStatus::idle(now())
+        }
+    })
+    .await;
+    let job = env.wait_job("pi-1", |s| matches!(s, JobState::Failed { .. }), 10).await;
+    assert!(format!("{:?}", job.state).contains("unknown key rotated"), "{:?}", job.state);
+    assert_eq!(env.offers_to("pi-1"), 1);
     op.stop().await;
 }
 

@@ -4,7 +4,7 @@ use super::{Action, Event, Tuning};
 use crate::model::{Job, JobState};
 use harmony_protocol::command::CommitArgs;
 use harmony_protocol::time::UnixMillis;
-use harmony_protocol::{HealthStatus, Heartbeat, UpgradePhase};
+use harmony_protocol::{HealthStatus, Heartbeat, RefusalReason, UpgradePhase};
 
 /// Why a heartbeat is not (yet) evidence enough to commit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -84,6 +84,23 @@ fn looks_rolled_back(job: &Job, hb: &Heartbeat) -> bool {
         && !matches!(hb.upgrade.phase, UpgradePhase::AwaitingCommit | UpgradePhase::Committed)
 }
 
+/// The agent refused an offer whose content it could not trust (signature,
+/// key or format), so its status names no offer. It is this job's offer when
+/// the refusal is newer (device clock against device clock) than the status
+/// the device reported when the offer was made: the device has one offer key
+/// and only the operator can write it. Without that baseline, the job waits
+/// for its deadline instead.
+fn refused_unreadable_offer(job: &Job, hb: &Heartbeat) -> bool {
+    let unreadable = matches!(
+        &hb.upgrade.phase,
+        UpgradePhase::Refused {
+            reason: RefusalReason::UnknownKey { .. } | RefusalReason::BadSignature | RefusalReason::Malformed { .. }
+        }
+    );
+    let baseline = job.baseline.as_ref().and_then(|b| b.upgrade_since);
+    unreadable && hb.upgrade.offer_seq.is_none() && baseline.is_some_and(|b| hb.upgrade.since > b)
+}
+
 /// Moves one job on one event. Terminal jobs and unrelated events are ignored.
 pub fn device_step(mut job: Job, event: &Event, now: UnixMillis, tuning: &Tuning) -> (Job, Vec<Action>) {
     let mut actions = Vec::new();
@@ -136,6 +153,14 @@ fn on_heartbeat(job: &mut Job, hb: &Heartbeat, now: UnixMillis, tuning: &Tuning,
             now,
             format!("boot {}", hb.boot_id),
         );
+        return;
+    }
+    if job.state == JobState::Offered && refused_unreadable_offer(job, hb) {
+        let reason = match &hb.upgrade.phase {
+            UpgradePhase::Refused { reason } => reason.to_string(),
+            other => other.name().to_string(),
+        };
+        job.go(JobState::Failed { reason: format!("refused: {reason}") }, now, "reported by agent, offer unreadable");
         return;
     }
     if hb.upgrade.offer_seq.is_none() || hb.upgrade.offer_seq != job.offer_seq() {

@@ -27,6 +27,8 @@ pub struct Seen {
     pub boot_id: String,
     pub booted_slot: Option<String>,
     pub os_version: Option<String>,
+    /// The device's upgrade status `since` (device clock).
+    pub upgrade_since: UnixMillis,
     pub sent_at: UnixMillis,
 }
 
@@ -108,6 +110,7 @@ pub fn step(mut state: State, event: &Event, now: UnixMillis) -> (State, Vec<Act
                         boot_id: hb.boot_id.clone(),
                         booted_slot: hb.booted_slot.clone(),
                         os_version: hb.os_version.clone(),
+                        upgrade_since: hb.upgrade.since,
                         sent_at: hb.sent_at,
                     },
                 );

@@ -195,6 +195,7 @@ fn advance(state: &mut State, id: &str, now: UnixMillis, actions: &mut Vec<Actio
                 boot_id: s.boot_id.clone(),
                 booted_slot: s.booted_slot.clone(),
                 os_version: s.os_version.clone(),
+                upgrade_since: Some(s.upgrade_since),
             });
             job.deadline = Some(now.saturating_add_ms(r.policy.device_timeout_ms));
             job.reboot_timeout_ms = r.policy.reboot_timeout_ms;

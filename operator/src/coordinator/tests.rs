@@ -34,8 +34,12 @@ fn job_in(state: JobState) -> Job {
     let mut j = Job::pending(d.clone(), "r1", 0, UnixMillis(NOW - 10_000));
     if state != JobState::Pending {
         j.offer = Some(offer(&d, 5));
-        j.baseline =
-            Some(Baseline { boot_id: "b0".into(), booted_slot: Some("A".into()), os_version: Some("1.0".into()) });
+        j.baseline = Some(Baseline {
+            boot_id: "b0".into(),
+            booted_slot: Some("A".into()),
+            os_version: Some("1.0".into()),
+            upgrade_since: Some(UnixMillis(NOW - 5_000)),
+        });
         j.deadline = Some(UnixMillis(NOW + 60_000));
     }
     if matches!(state, JobState::Rebooting | JobState::CommitSent) {
@@ -101,6 +105,15 @@ fn pre_reboot(h: &mut Heartbeat) {
     h.os_version = Some("1.0".into());
     h.booted_slot = Some("A".into());
     h.boot_id = "b0".into();
+}
+
+/// A refusal the agent could not tie to any offer (it did not trust the content).
+fn unreadable(h: &mut Heartbeat, since: u64) {
+    pre_reboot(h);
+    h.upgrade = UpgradeStatus {
+        phase: UpgradePhase::Refused { reason: RefusalReason::UnknownKey { key_id: "k2".into() } },
+        ..UpgradeStatus::idle(UnixMillis(since))
+    };
 }
 
 /// Expected outcome per state, in the order of [`all_states`]:
@@ -175,6 +188,13 @@ fn table() -> Vec<Row> {
             NOW,
             ["=", "failed", "failed", "failed", "failed", "=", "=", "=", "=", "="],
         ),
+        (
+            "refused, offer unreadable (unknown key), after the offer",
+            hb(|h| unreadable(h, NOW - 4_999)),
+            NOW,
+            ["=", "failed", "=", "=", "=", "=", "=", "=", "=", "="],
+        ),
+        ("refused, offer unreadable, before the offer", hb(|h| unreadable(h, NOW - 5_000)), NOW, t),
         (
             "install failed",
             hb(|h| {
@@ -319,6 +339,30 @@ fn without_a_pre_reboot_record_the_slot_must_differ_from_the_offer_time_slot() {
     h.booted_slot = Some("A".into());
     h.upgrade.target_slot = Some("A".into()); // claims it installed into the slot it was already on
     assert!(matches!(check_commit(&j, &h, UnixMillis(NOW), &Tuning::default()), Err(CommitRefusal::Slot { .. })));
+}
+
+#[test]
+fn an_unreadable_refusal_without_a_baseline_is_left_to_the_deadline() {
+    let mut j = job_in(JobState::Offered);
+    j.baseline = None;
+    let (after, _) = device_step(j, &hb(|h| unreadable(h, NOW)), UnixMillis(NOW), &Tuning::default());
+    assert_eq!(after.state, JobState::Offered);
+}
+
+#[test]
+fn every_unreadable_reason_fails_the_offered_job_and_no_other_refusal_without_seq_does() {
+    let with = |reason: RefusalReason| {
+        let e = hb(|h| {
+            unreadable(h, NOW);
+            h.upgrade.phase = UpgradePhase::Refused { reason };
+        });
+        device_step(job_in(JobState::Offered), &e, UnixMillis(NOW), &Tuning::default()).0.state.name()
+    };
+    assert_eq!(with(RefusalReason::BadSignature), "failed");
+    assert_eq!(with(RefusalReason::Malformed { detail: "x".into() }), "failed");
+    assert_eq!(with(RefusalReason::UnknownKey { key_id: "k".into() }), "failed");
+    assert_eq!(with(RefusalReason::Expired), "offered");
+    assert_eq!(with(RefusalReason::Busy), "offered");
 }
 
 fn policy(halt: HaltThreshold, max_in_flight: usize) -> RolloutPolicy {
