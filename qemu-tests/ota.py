@@ -159,13 +159,21 @@ class Ota:
         """Starts a rollout of `bundle` and waits for the agent to reboot for
         it; returns (rollout start in ms, console mark before the reboot)."""
         t_start = int(time.time() * 1000)
-        self.start_rollout(bundle, rid)
         since = self.g.mark()
-        self.watch(lambda s: s["heartbeat"]["upgrade"]["phase"] in ("rebooting", "failed", "refused"), 1500,
-                   f"the device to install {bundle} and reboot")
-        up = self.last["heartbeat"]["upgrade"]
-        check(up["phase"] == "rebooting", f"upgrade ended {up}")
+        self.start_rollout(bundle, rid)
+        self.await_upgrade_reboot(f"the device to install {bundle} and reboot")
         return t_start, since
+
+    def await_upgrade_reboot(self, what, timeout=900):
+        """Waits until the agent installed and went down for the reboot. Its
+        `rebooting` heartbeat is best effort (the reboot may beat it out), so a
+        heartbeat from another boot after `installed` counts as well."""
+        boot = self.last["heartbeat"]["boot_id"]
+        s = self.watch(lambda s: s["heartbeat"]["upgrade"]["phase"] in ("rebooting", "failed", "refused")
+                       or s["heartbeat"]["boot_id"] != boot, timeout, what)
+        up = s["heartbeat"]["upgrade"]
+        check(up["phase"] not in ("failed", "refused"), f"upgrade ended {up}")
+        check(self.since("installed") or self.since("rebooting"), f"rebooted without reporting installed: {up}")
 
     def expect_rolled_back(self, kind):
         """Operator and agent agree the device rolled back for `kind`; RAUC
@@ -210,7 +218,6 @@ def report_timings(ctx, o, new_boot_id, t_rollout_ms, t_done_ms, end="committed"
     guest's clock comes from QEMU's RTC)."""
     dl, ver, inst, done = (o.since("downloading"), o.since("verifying"), o.since("installing"),
                            o.since("installed"))
-    rebooting = o.since("rebooting")
     awaiting = o.since("awaiting_commit", new_boot_id)
     first_new = o.first_hb_of_boot.get(new_boot_id)
     parts = {}
@@ -220,8 +227,10 @@ def report_timings(ctx, o, new_boot_id, t_rollout_ms, t_done_ms, end="committed"
         parts["verify (s)"] = (inst - ver) / 1000
     if inst and done:
         parts["install (s)"] = (done - inst) / 1000
-    if rebooting and awaiting:
-        parts["reboot: rebooting -> agent up in the new boot (s)"] = (awaiting - rebooting) / 1000
+    if done and awaiting:
+        # From `installed`, not `rebooting`: that heartbeat may not get out
+        # before the reboot. Includes the agent's reboot_delay_ms.
+        parts["reboot: installed -> agent up in the new boot (s)"] = (awaiting - done) / 1000
     if first_new and t_done_ms and end == "committed":
         parts["commit: first heartbeat of the new boot -> committed (s)"] = (t_done_ms - first_new["sent_at"]) / 1000
     for k, v in parts.items():
@@ -336,12 +345,17 @@ def s4(ctx):
     b0 = slot_state(st0, "B")[1].get("boot_status")
 
     def expect(rid, phase, kind):
-        s = o.watch(lambda s: s["heartbeat"]["upgrade"].get("rollout_id") == rid
-                    and s["heartbeat"]["upgrade"]["phase"] in ("refused", "failed", "rebooting", "installed"),
-                    900, f"the device to answer rollout {rid}")
+        # The operator's job for this rollout settles once the device answers
+        # (a refusal of an offer the agent cannot read names no rollout, so
+        # the job is what ties the answer to the rollout).
+        s = o.watch(lambda s: (s.get("job") or {}).get("rollout_id") == rid
+                    and job_state(s) not in ("pending", "offered", "installing"),
+                    600, f"the operator to settle rollout {rid}")
         up = s["heartbeat"]["upgrade"]
         check(up["phase"] == phase and up["reason"]["kind"] == kind, f"{rid}: device reports {up}, want {phase}/{kind}")
-        s = o.watch(lambda s: job_state(s) == "failed", 60, f"the operator to record {rid} as failed")
+        check(job_state(s) == "failed", f"{rid}: operator job {job_state(s)}, want failed")
+        if kind != "unknown_key":
+            check(up.get("rollout_id") == rid, f"{rid}: the device's answer names rollout {up.get('rollout_id')}")
         ctx.note(f"{rid}: agent {up['phase']} {up['reason']}; operator: failed ({s['job'].get('reason')})")
         check(g.env() == env0, f"{rid}: U-Boot env changed {env0} -> {g.env()}")
         st = o.rauc()
@@ -432,14 +446,20 @@ def s6(ctx):
     ctx.note(f"power cut with {done_before} of {total} bytes reported downloaded")
     g.start()
     g.boot(expect_slot="A")
-    s = o.watch(lambda s: s["heartbeat"]["boot_id"] != cut_boot and s["heartbeat"]["upgrade"]["phase"] == "downloading",
-                300, "the download to restart after the power cut")
-    _, log = g.sh("journalctl -b -u harmony-agent --no-pager | grep -m1 'resuming bundle download' ; true")
+    o.watch(lambda s: s["heartbeat"]["boot_id"] != cut_boot, 300, "a heartbeat after the power cut")
+    # The restored record reports the phase at once; the download itself
+    # starts once the agent is connected: wait for the line that says how.
+    deadline, log = time.monotonic() + 180, ""
+    while time.monotonic() < deadline:
+        _, log = g.sh("journalctl -b -u harmony-agent --no-pager | grep -m1 -E 'resuming bundle download|downloading bundle' ; true")
+        if "bundle download" in log:
+            break
+        time.sleep(2)
     ctx.note(f"agent after boot: {log.strip()[-300:]}")
     m = re.search(r"resuming bundle download at (\d+)", log)
     if m is None:
         o.save_agent_journal()
-        g.sh("ls -l /data/harmony /data/harmony/* > /tmp/ls.txt 2>&1; cat /tmp/ls.txt; true")
+        g.sh("ls -l /data/harmony/download; cat /data/harmony/download/bundle.resume.json; true")
     check(m is not None, "the agent did not resume the download (no 'resuming bundle download' in its journal)")
     resumed_at = int(m.group(1))
     ctx.metric("bytes reported before the power cut", done_before)
@@ -448,9 +468,14 @@ def s6(ctx):
     check(resumed_at > 0, "the download started over from byte 0")
     g.sh("rm /data/harmony/agent.d/50-test-throttle.toml")
     since = g.mark()
-    o.watch(lambda s: s["heartbeat"]["upgrade"]["phase"] in ("rebooting", "failed", "refused"), 1500,
-            "the resumed download to install and reboot")
-    check(o.last["heartbeat"]["upgrade"]["phase"] == "rebooting", f"upgrade ended {o.last['heartbeat']['upgrade']}")
+    s = o.watch(lambda s: s["heartbeat"]["upgrade"]["phase"] != "downloading", 600, "the resumed download to finish")
+    _, log = g.sh("journalctl -b -u harmony-agent --no-pager | grep -m1 'bundle downloaded' ; true")
+    m = re.search(r"bundle downloaded \((\d+) bytes fetched in this run\)", log)
+    check(m is not None, f"no 'bundle downloaded' line in the agent's journal (phase {s['heartbeat']['upgrade']['phase']})")
+    ctx.metric("bytes fetched after the power cut", int(m.group(1)))
+    ctx.metric("bundle size", total)
+    check(int(m.group(1)) == total - resumed_at, "fetched after the cut != size - resume point")
+    o.await_upgrade_reboot("the resumed download to install and reboot")
     o.await_reboot(since, expect_slot="B")
     o.watch(lambda s: job_state(s) == "committed", COMMIT_DEADLINE_SECS + 120, "the commit")
     check(g.os_version() == ctx.versions["v2"], "not running v2")

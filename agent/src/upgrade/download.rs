@@ -185,6 +185,8 @@ impl Downloader {
         }
         if point.bytes > 0 {
             log::info!("resuming bundle download at {} of {} bytes", point.bytes, source.size);
+        } else {
+            log::info!("downloading bundle ({} bytes) from the start", source.size);
         }
         point.sha256 = source.sha256.clone();
         let mut sink = Sink {
