@@ -48,6 +48,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 LAYER = REPO / "meta-harmony"
+sys.path.insert(0, str(LAYER / "checks" / "lib"))
+import wks  # noqa: E402  (the layer's wks reader)
 MACHINE = "qemuarm64"
 WKS = LAYER / "files" / "wic" / f"harmony-{MACHINE}.wks"
 BOOT_CMD = LAYER / "recipes-bsp/u-boot/files/boot.cmd.in"
@@ -173,45 +175,19 @@ def size_bytes(s: str) -> int:
 
 
 def read_wks(path: Path):
-    parts = []
-    ptable = "msdos"
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        words = shlex.split(line)
-        if words[0] == "bootloader":
-            if "--ptable" in words:
-                ptable = words[words.index("--ptable") + 1]
-            continue
-        if words[0] not in ("part", "partition"):
-            continue
-        p = {"mount": None, "active": False, "align": 1024}
-        rest = words[1:]
-        if rest and not rest[0].startswith("--"):
-            p["mount"] = rest.pop(0)
-        i = 0
-        while i < len(rest):
-            k = rest[i][2:]
-            if "=" in k:
-                k, v = k.split("=", 1)
-            elif i + 1 < len(rest) and not rest[i + 1].startswith("--"):
-                v = rest[i + 1]
-                i += 1
-            else:
-                v = True
-            p[k] = v
-            i += 1
+    """The layer's partitions, numbered and named as wic does (the layer's
+    own reader), plus what this builder needs: sizes and alignment in bytes."""
+    ptable, parts = wks.read_wks(path)
+    if ptable != "msdos" or len(parts) != 4 or any(p["num"] is None for p in parts):
+        raise SystemExit(f"build: {path}: expected an msdos table with 4 partitions")
+    for p in parts:
         if "fixed-size" not in p and "size" not in p:
             raise SystemExit(f"build: {path}: every partition needs --fixed-size (or --size)")
         p["bytes"] = size_bytes(p.get("fixed-size") or p.get("size"))
-        p["align"] = int(p["align"]) * 1024
-        parts.append(p)
-    if ptable != "msdos" or len(parts) != 4:
-        raise SystemExit(f"build: {path}: expected an msdos table with 4 partitions")
-    for n, p in enumerate(parts, 1):
-        p["num"] = n
-        p["device"] = f"/dev/{p['ondisk']}{'p' if p['ondisk'][-1].isdigit() else ''}{n}"
+        p["align"] = int(p.get("align", 1024)) * 1024  # KiB; 1 MiB unless the wks says
+        p["active"] = bool(p.get("active", False))
+        if "device" not in p:
+            raise SystemExit(f"build: {path}: partition {p['num']} has no --ondisk")
     return parts
 
 
@@ -657,7 +633,7 @@ def main():
     initrd = stage_initrd(out, base, kdir, args.force)
     keys = stage_keys(out)
     agent = agent_binary(args.no_agent)
-    common = sha(Path(__file__), out / "stamps/base", out / "stamps/kernel", initrd, SYSTEM_CONF,
+    common = sha(Path(__file__), Path(wks.__file__), out / "stamps/base", out / "stamps/kernel", initrd, SYSTEM_CONF,
                  FW_ENV, keys / "ca.cert.pem", keys / "fleet.pub", WKS, agent or "no-agent",
                  AGENT_FILES / "harmony-agent.service" if agent else "", AGENT_FILES / "agent.toml" if agent else "")
     imgs = {n: stage_rootfs(out, n, base, kdir, initrd, keys, parts, agent, sha(common, n), args.force)

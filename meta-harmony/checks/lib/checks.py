@@ -13,7 +13,6 @@ non-zero if any check failed. checks/run counts these lines.
 import argparse
 import configparser
 import re
-import shlex
 import subprocess
 import sys
 import tomllib
@@ -21,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bbharness  # noqa: E402
+import wks  # noqa: E402
 from bbharness import MACHINES  # noqa: E402
 
 CRATES_IO = "registry+https://github.com/rust-lang/crates.io-index"
@@ -86,57 +86,7 @@ def read_wks(path: Path, d=None):
     """(ptable, [partition dicts]) from a .wks / .wks.in file."""
     if not path.is_file():
         raise CheckError(f"{path} does not exist")
-    ptable = "msdos"
-    parts = []
-    for lineno, raw in enumerate(path.read_text().splitlines(), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if d is not None and "${" in line:
-            line = d.expand(line)
-        words = shlex.split(line)
-        if words[0] == "bootloader":
-            if "--ptable" in words:
-                ptable = words[words.index("--ptable") + 1]
-            continue
-        if words[0] not in ("part", "partition"):
-            continue
-        part = {"line": lineno, "mount": None}
-        rest = words[1:]
-        if rest and not rest[0].startswith("--"):
-            part["mount"] = rest[0]
-            rest = rest[1:]
-        i = 0
-        while i < len(rest):
-            opt = rest[i]
-            if opt.startswith("--"):
-                key = opt[2:]
-                if "=" in key:
-                    key, val = key.split("=", 1)
-                    part[key] = val
-                elif i + 1 < len(rest) and not rest[i + 1].startswith("--"):
-                    part[key] = rest[i + 1]
-                    i += 1
-                else:
-                    part[key] = True
-            i += 1
-        parts.append(part)
-    # wic numbers partitions in order; with an msdos table and more than four
-    # partitions the fourth becomes the extended one and the rest are logical.
-    num = 0
-    for idx, p in enumerate(parts):
-        if p.get("no-table"):
-            p["num"] = None
-            continue
-        num += 1
-        if ptable == "msdos" and len(parts) > 4 and num == 4:
-            num = 5
-        p["num"] = num
-        disk = p.get("ondisk") or p.get("ondrive")
-        if disk:
-            sep = "p" if disk[-1].isdigit() else ""
-            p["device"] = f"/dev/{disk}{sep}{num}"
-    return ptable, parts
+    return wks.read_wks(path, d.expand if d is not None else None)
 
 
 def read_fw_env(path: Path):
