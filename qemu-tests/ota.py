@@ -207,7 +207,12 @@ class Ota:
     def expect_rolled_back(self, kind):
         """Operator and agent agree the device rolled back for `kind`; RAUC
         runs A (v1) and holds B bad. Returns the last `devices show`."""
-        s = self.watch(lambda s: job_state(s) == "rolled_back", 300, "the operator to mark the device rolled back")
+        # The operator may infer the rollback from the first heartbeat of the
+        # old slot, which can still carry the phase restored from the agent's
+        # record ("rebooting") for a moment: wait for the agent's own verdict.
+        settled = ("idle", "committed", "refused", "failed", "rolled_back")
+        s = self.watch(lambda s: job_state(s) == "rolled_back" and s["heartbeat"]["upgrade"]["phase"] in settled,
+                       300, "the operator to mark the device rolled back and the agent to say why")
         up = s["heartbeat"]["upgrade"]
         check(up["phase"] == "rolled_back" and up["reason"]["kind"] == kind, f"agent reports {up}, want {kind}")
         check(s["heartbeat"]["os_version"] == self.ctx.versions["v1"], "not back on v1")
