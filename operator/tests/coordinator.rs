@@ -18,6 +18,17 @@ async fn beat_with(env: &Env, d: &str, f: impl FnOnce(&mut harmony_protocol::Hea
     env.fleet.put(&hb).await.unwrap();
 }
 
+/// A running operator that has offered a one-device rollout to `pi-1`, a
+/// device that does only what the test makes it do.
+async fn offered_to_one_scripted_device() -> (Env, Operator) {
+    let env = Env::start().await;
+    env.devices(&["pi-1"], Behavior::Manual).await;
+    let op = Operator::start(&env.cfg);
+    env.rollout(&env.start_args(&["pi-1"])).await;
+    eventually(10, "offer", || async { env.offers_to("pi-1") == 1 }).await;
+    (env, op)
+}
+
 async fn no_commit_for(env: &Env, d: &str, ms: u64) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
     assert_eq!(env.commits_to(d), 0, "{d} must not be committed yet");
@@ -25,11 +36,7 @@ async fn no_commit_for(env: &Env, d: &str, ms: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_only_after_the_right_heartbeat() {
-    let env = Env::start().await;
-    env.devices(&["pi-1"], Behavior::Manual).await;
-    let op = Operator::start(&env.cfg);
-    env.rollout(&env.start_args(&["pi-1"])).await;
-    eventually(10, "offer", || async { env.offers_to("pi-1") == 1 }).await;
+    let (env, op) = offered_to_one_scripted_device().await;
     let offer = env.fleet.with(&dev("pi-1"), |s| s.offers[0].clone()).unwrap();
 
     // Before the reboot: installed into B, recorded boot b0.
@@ -103,11 +110,7 @@ async fn rollback_reported_by_the_agent_halts_the_rollout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offer_the_device_cannot_verify_fails_its_job() {
-    let env = Env::start().await;
-    env.devices(&["pi-1"], Behavior::Manual).await;
-    let op = Operator::start(&env.cfg);
-    env.rollout(&env.start_args(&["pi-1"])).await;
-    eventually(10, "offer", || async { env.offers_to("pi-1") == 1 }).await;
+    let (env, op) = offered_to_one_scripted_device().await;
     env.wait_job("pi-1", |s| *s == JobState::Offered, 10).await;
     // Signed by a key the device does not trust: the agent reads nothing of
     // the offer, so its refusal names no offer_seq and no rollout.
@@ -126,11 +129,7 @@ async fn an_offer_the_device_cannot_verify_fails_its_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollback_inferred_from_old_version_on_old_slot_after_reboot() {
-    let env = Env::start().await;
-    env.devices(&["pi-1"], Behavior::Manual).await;
-    let op = Operator::start(&env.cfg);
-    env.rollout(&env.start_args(&["pi-1"])).await;
-    eventually(10, "offer", || async { env.offers_to("pi-1") == 1 }).await;
+    let (env, op) = offered_to_one_scripted_device().await;
     let offer = env.fleet.with(&dev("pi-1"), |s| s.offers[0].clone()).unwrap();
     let t = now();
     env.fleet.with(&dev("pi-1"), |s| {
@@ -251,11 +250,7 @@ async fn operator_killed_mid_rollout_resumes_without_a_second_offer_or_a_missed_
 async fn offer_decided_but_not_written_is_put_again_identically() {
     // Simulates a crash after the job was persisted and before the offer put:
     // the job says Offered but the offer bucket is empty.
-    let env = Env::start().await;
-    env.devices(&["pi-1"], Behavior::Manual).await;
-    let op = Operator::start(&env.cfg);
-    env.rollout(&env.start_args(&["pi-1"])).await;
-    eventually(10, "offer", || async { env.offers_to("pi-1") == 1 }).await;
+    let (env, op) = offered_to_one_scripted_device().await;
     op.stop().await;
     let before = env.buckets.offers.get("pi-1").await.unwrap().unwrap();
     env.buckets.offers.purge("pi-1").await.unwrap();

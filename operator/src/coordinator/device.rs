@@ -89,16 +89,17 @@ fn looks_rolled_back(job: &Job, hb: &Heartbeat) -> bool {
 /// the refusal is newer (device clock against device clock) than the status
 /// the device reported when the offer was made: the device has one offer key
 /// and only the operator can write it. Without that baseline, the job waits
-/// for its deadline instead.
-fn refused_unreadable_offer(job: &Job, hb: &Heartbeat) -> bool {
-    let unreadable = matches!(
-        &hb.upgrade.phase,
-        UpgradePhase::Refused {
-            reason: RefusalReason::UnknownKey { .. } | RefusalReason::BadSignature | RefusalReason::Malformed { .. }
-        }
-    );
+/// for its deadline instead. Returns the refusal's reason when it applies.
+fn refused_unreadable_offer<'a>(job: &Job, hb: &'a Heartbeat) -> Option<&'a RefusalReason> {
+    let UpgradePhase::Refused {
+        reason:
+            reason @ (RefusalReason::UnknownKey { .. } | RefusalReason::BadSignature | RefusalReason::Malformed { .. }),
+    } = &hb.upgrade.phase
+    else {
+        return None;
+    };
     let baseline = job.baseline.as_ref().and_then(|b| b.upgrade_since);
-    unreadable && hb.upgrade.offer_seq.is_none() && baseline.is_some_and(|b| hb.upgrade.since > b)
+    (hb.upgrade.offer_seq.is_none() && baseline.is_some_and(|b| hb.upgrade.since > b)).then_some(reason)
 }
 
 /// Moves one job on one event. Terminal jobs and unrelated events are ignored.
@@ -155,13 +156,15 @@ fn on_heartbeat(job: &mut Job, hb: &Heartbeat, now: UnixMillis, tuning: &Tuning,
         );
         return;
     }
-    if job.state == JobState::Offered && refused_unreadable_offer(job, hb) {
-        let reason = match &hb.upgrade.phase {
-            UpgradePhase::Refused { reason } => reason.to_string(),
-            other => other.name().to_string(),
-        };
-        job.go(JobState::Failed { reason: format!("refused: {reason}") }, now, "reported by agent, offer unreadable");
-        return;
+    if job.state == JobState::Offered {
+        if let Some(reason) = refused_unreadable_offer(job, hb) {
+            job.go(
+                JobState::Failed { reason: format!("refused: {reason}") },
+                now,
+                "reported by agent, offer unreadable",
+            );
+            return;
+        }
     }
     if hb.upgrade.offer_seq.is_none() || hb.upgrade.offer_seq != job.offer_seq() {
         return; // status about another (older) offer
