@@ -33,6 +33,7 @@ qemu-tests/artifacts/<timestamp>-ota/scenario-N/. The last line printed is
 
 import base64
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -131,10 +132,15 @@ class Ota:
     def host_ms(self, device_ms, boot_id):
         return device_ms - self.clock_offsets.get(boot_id, 0)
 
+    def agent_log(self, pattern):
+        """The messages of this boot's agent journal that match `pattern`
+        (an extended regex), in the agent's own order."""
+        _, out = self.g.sh(f"journalctl -b -u harmony-agent --no-pager -o cat | grep -E {shlex.quote(pattern)} ; true")
+        return out
+
     def agent_transitions(self):
         """The agent's phase changes in this boot, in its own order (one clock)."""
-        _, out = self.g.sh("journalctl -b -u harmony-agent --no-pager -o cat | grep -E '^upgrade: [a-z_]+ -> ' ; true")
-        return re.findall(r"^upgrade: ([a-z_]+) -> ([a-z_]+)", out, re.M)
+        return re.findall(r"^upgrade: ([a-z_]+) -> ([a-z_]+)", self.agent_log("^upgrade: [a-z_]+ -> "), re.M)
 
     # -- operator --------------------------------------------------------------
     def watch(self, until, timeout, what, interval=1.0):
@@ -247,9 +253,9 @@ def transition_at(job, to):
 
 
 def report_timings(ctx, o, new_boot_id, t_rollout_ms, t_done_ms, end="committed"):
-    """Wall time split by the phases the agent reported (device clock, the
-    `since` of each phase) and the operator's transitions (host clock; the
-    guest's clock comes from QEMU's RTC)."""
+    """Wall time split by the phases the agent reported (the `since` of each
+    phase, converted to host time with its boot's clock offset) and the
+    operator's transitions (host clock)."""
     dl, ver, inst, done = (o.since("downloading"), o.since("verifying"), o.since("installing"),
                            o.since("installed"))
     awaiting = o.since("awaiting_commit", new_boot_id)
@@ -499,7 +505,7 @@ def s6(ctx):
     # starts once the agent is connected: wait for the line that says how.
     deadline, log = time.monotonic() + 180, ""
     while time.monotonic() < deadline:
-        _, log = g.sh("journalctl -b -u harmony-agent --no-pager | grep -m1 -E 'resuming bundle download|downloading bundle' ; true")
+        log = o.agent_log("resuming bundle download|downloading bundle")
         if "bundle download" in log:
             break
         time.sleep(2)
@@ -520,7 +526,7 @@ def s6(ctx):
     g.sh("rm /data/harmony/agent.d/50-test-throttle.toml")
     since = g.mark()
     s = o.watch(lambda s: s["heartbeat"]["upgrade"]["phase"] != "downloading", 600, "the resumed download to finish")
-    _, log = g.sh("journalctl -b -u harmony-agent --no-pager | grep -m1 'bundle downloaded' ; true")
+    log = o.agent_log("bundle downloaded")
     m = re.search(r"bundle downloaded \((\d+) bytes fetched in this run\)", log)
     check(m is not None, f"no 'bundle downloaded' line in the agent's journal (phase {s['heartbeat']['upgrade']['phase']})")
     ctx.metric("bytes fetched after the power cut", int(m.group(1)))
