@@ -296,6 +296,7 @@ impl Service {
             files: self.files.clone(),
             max_bytes_per_sec: self.ctx.config.download_max_bytes_per_sec,
             https_ca_file: self.ctx.config.https_ca_file.clone(),
+            retry: super::download::RetryPolicy::default(),
         };
         let tx = self.tx.clone();
         let every = Duration::from_millis(self.ctx.config.progress_interval_ms);
@@ -310,7 +311,12 @@ impl Service {
                 }
             };
             let msg = match downloader.fetch(&source, &mut progress).await {
-                Ok(d) => Msg::Downloaded { sha256: d.sha256, fetched: d.fetched },
+                Ok(d) => {
+                    if !d.resumed_at.is_empty() {
+                        log::info!("bundle download resumed after interruptions at {:?}", d.resumed_at);
+                    }
+                    Msg::Downloaded { sha256: d.sha256, fetched: d.fetched }
+                }
                 Err(super::download::DownloadError::NoSpace { needed, available }) => {
                     Msg::Event(Event::NoSpace { needed, available })
                 }
