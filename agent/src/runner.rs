@@ -114,6 +114,7 @@ pub async fn run(cfg: AgentConfig, effects: Effects, shutdown: impl Future<Outpu
         .run(),
     );
     // UPGRADE SERVICE HOOK: the RAUC upgrade service (issue 3) is spawned here.
+    let mut watched = vec![heartbeat_liveness];
     let upgrade = match rauc {
         Some((client, _, _)) => {
             let keys = crate::fleet_keys::load(&cfg.fleet_keys_dir).unwrap_or_else(|e| {
@@ -131,7 +132,11 @@ pub async fn run(cfg: AgentConfig, effects: Effects, shutdown: impl Future<Outpu
                 reboot: effects.reboot.clone(),
                 clock: effects.clock.clone(),
                 records: Arc::new(crate::upgrade::record::FileRecordStore::in_dir(&cfg.state_dir)),
+                liveness: Arc::new(Liveness::new("upgrade service")),
             };
+            // On a trial slot this loop owns the commit deadline: a wedged
+            // one must get the agent restarted, not keep the watchdog fed.
+            watched.push(ctx.liveness.clone());
             tokio::spawn(crate::upgrade::service::run(ctx, upgrade_requests, futures::future::pending()))
         }
         None => tokio::spawn(answer_upgrade_requests_while_idle(upgrade_requests)),
@@ -141,9 +146,10 @@ pub async fn run(cfg: AgentConfig, effects: Effects, shutdown: impl Future<Outpu
         service_manager: effects.service_manager.clone(),
         connected: bus.connected.clone(),
         startup_grace: Duration::from_secs(cfg.startup_grace_secs),
-        // A heartbeat loop silent for three intervals is wedged.
+        // A heartbeat loop silent for three intervals is wedged (the upgrade
+        // service beats every second, well inside this).
         max_silence: cfg.heartbeat_interval() * 3 + Duration::from_secs(5),
-        liveness: vec![heartbeat_liveness],
+        liveness: watched,
         device: device_id.to_string(),
     };
     // Spawned loops outlive `run` unless stopped: abort them when `run`

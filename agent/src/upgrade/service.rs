@@ -36,7 +36,15 @@ pub struct UpgradeContext {
     pub reboot: Arc<dyn Reboot>,
     pub clock: Arc<dyn Clock>,
     pub records: Arc<dyn RecordStore>,
+    /// Beaten by the service loop (see `LIVENESS_TICK`); the supervisor
+    /// withholds the watchdog ping when it goes silent.
+    pub liveness: Arc<crate::liveness::Liveness>,
 }
+
+/// The service loop proves it still turns at least this often. Long work
+/// (download, install, checks, Mark) runs in helper tasks, so only a loop
+/// stuck in one step (a hung record write, a blocking call) misses it.
+pub const LIVENESS_TICK: Duration = Duration::from_secs(1);
 
 /// Messages from the service's helper tasks back to its loop.
 #[derive(Debug)]
@@ -109,10 +117,12 @@ pub async fn run(
     svc.publish();
     svc.apply(Event::Started);
     tokio::pin!(shutdown);
+    let mut liveness_tick = tokio::time::interval(LIVENESS_TICK);
     loop {
         let deadline = svc.deadline;
         tokio::select! {
             () = &mut shutdown => break,
+            _ = liveness_tick.tick() => svc.ctx.liveness.beat(),
             Some(msg) = rx.recv() => match msg {
                 Msg::Event(e) => svc.apply(e),
                 Msg::Downloaded { sha256, fetched } => {
