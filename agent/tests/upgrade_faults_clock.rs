@@ -24,12 +24,7 @@ const IN_2020: UnixMillis = UnixMillis(1_577_836_800_000);
 /// Installs 2.0.0 into B with the device clock right, reboots into B with
 /// the wall clock at `wall` and boottime at 5 s, and starts the agent there
 /// with a `deadline_secs` commit deadline. Returns once it awaits the commit.
-async fn awaiting_commit_on_b(
-    rig: &mut Rig,
-    clock: &FakeClock,
-    wall: UnixMillis,
-    deadline_secs: u64,
-) -> RunningAgent {
+async fn awaiting_commit_on_b(rig: &mut Rig, clock: &FakeClock, wall: UnixMillis, deadline_secs: u64) -> RunningAgent {
     let b = bundle(trusted_ca(), &rig.path("bundles"), "v2", "2.0.0", 256 * 1024);
     rig.push_bundle("v2.raucb", &b).await;
     let agent = rig.start_agent_with_clock(deadline_secs, Arc::new(clock.clone()));

@@ -26,7 +26,11 @@ impl Tmpfs {
             .arg(dir)
             .output()
             .expect("run mount");
-        assert!(out.status.success(), "this test needs root to mount a tmpfs: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "this test needs root to mount a tmpfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Self(dir.to_path_buf())
     }
 }
@@ -64,9 +68,10 @@ async fn a_disk_that_fills_mid_download_is_no_space_persisted_and_never_installe
     rig.wait_heartbeat(WAIT, |hb| hb.booted_slot.as_deref() == Some("A")).await;
 
     rig.send_offer(&rig.offer(1, "v2.raucb", &b)).await;
-    rig.wait_heartbeat(WAIT, |hb| {
-        matches!(hb.upgrade.phase, UpgradePhase::Downloading { bytes_done, .. } if bytes_done >= 128 * 1024)
-    })
+    rig.wait_heartbeat(
+        WAIT,
+        |hb| matches!(hb.upgrade.phase, UpgradePhase::Downloading { bytes_done, .. } if bytes_done >= 128 * 1024),
+    )
     .await;
     // Something else on the device takes all the space that is left.
     let filler = rig.path("state/filler");
