@@ -220,12 +220,10 @@ progress_interval_ms = 100
 
     /// With a clock the test steps (wall clock and boottime independently).
     pub fn start_agent_with_clock(&self, commit_deadline_secs: u64, clock: Arc<dyn Clock>) -> RunningAgent {
-        let effects = Effects {
-            service_manager: Arc::new(RecordingServiceManager::default()),
-            reboot: self.reboot.clone(),
-            clock,
-            ..Effects::real()
-        };
+        let mut effects = Effects::real();
+        effects.service_manager = Arc::new(RecordingServiceManager::default());
+        effects.reboot = self.reboot.clone();
+        effects.clock = clock;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(harmony_agent::run(self.config(commit_deadline_secs), effects, async move {
             let _ = stopped.await;
