@@ -109,3 +109,32 @@ async fn a_disk_that_fills_mid_download_is_no_space_persisted_and_never_installe
     assert_eq!(rig.temp_files(), Vec::<PathBuf>::new());
     agent.stop().await;
 }
+
+/// The state directory is full when the new slot comes up: the record cannot
+/// be saved, but the trial slot must still get its deadline and fall back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_on_the_trial_slot_still_falls_back() {
+    let mut rig = Rig::start().await;
+    let _tmpfs = Tmpfs::mount(&rig.path("state"), "4m");
+    let b = bundle(trusted_ca(), &rig.path("bundles"), "v2", "2.0.0", 64 * 1024);
+    rig.push_bundle("v2.raucb", &b).await;
+    let agent = rig.start_agent(3);
+    rig.wait_heartbeat(WAIT, |hb| hb.booted_slot.as_deref() == Some("A")).await;
+    install_into_b_and_reboot(&mut rig, agent, 1, &b, "boot-2").await;
+    let record_before = std::fs::read(rig.path("state/upgrade-record.json")).unwrap();
+    assert!(fill(&rig.path("state/filler")) > 0);
+    let agent = rig.start_agent(3);
+    // Nobody commits; after 3 s the agent marks B bad and reboots.
+    rig.wait_heartbeat(WAIT, |_| rig.reboot.count() == 2).await;
+    assert_eq!(rig.rauc_boot_status("B"), "bad");
+    assert_eq!(rig.temp_files(), Vec::<PathBuf>::new(), "no temp files left");
+    assert_eq!(std::fs::read(rig.path("state/upgrade-record.json")).unwrap(), record_before, "the record is intact");
+    agent.stop().await;
+    // Back on A (the disk still full): the old system reports the rollback.
+    assert_eq!(rig.rauc.reboot(), "A");
+    rig.new_boot("boot-3");
+    let agent = rig.start_agent(3);
+    let hb = rig.wait_phase(WAIT, "rolled_back").await;
+    assert_eq!(hb.booted_slot.as_deref(), Some("A"));
+    agent.stop().await;
+}

@@ -64,6 +64,8 @@ struct Service {
     deadline: Option<tokio::time::Instant>,
     /// Last (wall, boottime) reading, to see the wall clock being stepped.
     clock_seen: (UnixMillis, BootMillis),
+    /// The state in memory is ahead of the record (see `safe_unsaved`).
+    record_behind: bool,
     download_sha: Option<String>,
     /// Helper tasks (download, install, checks...). Dropping the set aborts
     /// them, so a stopped service leaves nothing running behind it.
@@ -120,6 +122,7 @@ pub async fn run(
         pending_reply: None,
         deadline: None,
         clock_seen,
+        record_behind: false,
         download_sha: None,
         tasks,
     };
@@ -148,6 +151,9 @@ pub async fn run(
             }
             Some(_) = svc.tasks.join_next() => {}
             _ = clock_check.tick() => {
+                if svc.record_behind {
+                    svc.record_behind = svc.ctx.records.save(&svc.state).is_err();
+                }
                 if svc.wall_clock_stepped() {
                     svc.apply(Event::ClockStepped);
                 }
@@ -223,12 +229,24 @@ impl Service {
                     // needs.
                     self.files.remove_all();
                 }
-                if let Err(e) = self.ctx.records.save(&next) {
-                    // Acting on a state we could not persist could repeat or
-                    // skip a step after a power cut: stay in the saved state,
-                    // do nothing, and try the same event again later.
-                    self.unsaved(e, retry);
-                    return;
+                match self.ctx.records.save(&next) {
+                    Ok(()) => self.record_behind = false,
+                    Err(e) if safe_unsaved(&next, &actions) => {
+                        // Safety first: a trial slot must still fall back on
+                        // a full disk, and the status must still be told. A
+                        // record that lags behind these is re-derived safely
+                        // after a restart (a fallback on the old slot as
+                        // boot_failed if it never gets saved).
+                        log::error!("{e}; carrying on with what is safe unsaved, saving again later");
+                        self.record_behind = true;
+                    }
+                    Err(e) => {
+                        // Acting on a state we could not persist could repeat
+                        // or skip a step after a power cut: stay in the saved
+                        // state, do nothing, and try the same event again.
+                        self.unsaved(e, retry);
+                        return;
+                    }
                 }
             }
             self.state = next;
@@ -418,6 +436,26 @@ impl Service {
             let _ = tx.send(Msg::Event(event)).await;
         });
     }
+}
+
+/// A transition that may go ahead although its state could not be saved:
+/// one that only reports (no action, a reply, a log line) or only keeps a
+/// trial slot's way back open (the commit deadline, the checks that may cut
+/// it short, marking the slot bad and the fallback reboot). Anything that
+/// moves an upgrade forward (download, install, the upgrade reboot, marking
+/// good) waits until its state is saved.
+fn safe_unsaved(next: &State, actions: &[Action]) -> bool {
+    let fallback = next.job.as_ref().is_some_and(|j| j.fallback.is_some());
+    actions.iter().all(|a| match a {
+        Action::ArmDeadline(_)
+        | Action::RunHealthChecks
+        | Action::DeleteBundle
+        | Action::Reply(_)
+        | Action::LogRefusal(_)
+        | Action::SchedulePending => true,
+        Action::MarkBad | Action::Reboot => fallback,
+        Action::Download | Action::Verify | Action::Install | Action::ScheduleReboot | Action::MarkGood => false,
+    })
 }
 
 /// ENOSPC (or a quota): the disk is full, not the source broken.
