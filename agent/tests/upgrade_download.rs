@@ -4,7 +4,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use async_nats::jetstream;
-use harmony_agent::upgrade::download::{BundleFiles, DownloadError, Downloader};
+use harmony_agent::upgrade::download::{BundleFiles, DownloadError, Downloader, RetryPolicy};
 use harmony_protocol::names::BUNDLE_OBJECT_BUCKET;
 use harmony_protocol::BundleSource;
 use harmony_testkit::NatsServer;
@@ -54,6 +54,7 @@ async fn object_store_download_resumes_after_being_killed_midway() {
         files: files.clone(),
         max_bytes_per_sec: 1024 * 1024,
         https_ca_file: None,
+        retry: RetryPolicy::default(),
     };
     let seen = Arc::new(AtomicU64::new(0));
     let seen2 = seen.clone();
@@ -76,6 +77,7 @@ async fn object_store_download_resumes_after_being_killed_midway() {
         files: files.clone(),
         max_bytes_per_sec: 0,
         https_ca_file: None,
+        retry: RetryPolicy::default(),
     };
     let mut first_report = None;
     let mut progress = |done: u64, _| {
@@ -112,7 +114,14 @@ async fn a_different_bundle_discards_the_partial_download() {
     std::fs::create_dir_all(files.part().parent().unwrap()).unwrap();
     std::fs::write(files.part(), b"stale bytes of another bundle").unwrap();
     std::fs::write(files.resume(), br#"{"sha256":"00","bytes":29,"nuid":null,"stream_seq":null}"#).unwrap();
-    let d = Downloader { js, bucket: BUNDLE_OBJECT_BUCKET.into(), files, max_bytes_per_sec: 0, https_ca_file: None };
+    let d = Downloader {
+        js,
+        bucket: BUNDLE_OBJECT_BUCKET.into(),
+        files,
+        max_bytes_per_sec: 0,
+        https_ca_file: None,
+        retry: RetryPolicy::default(),
+    };
     let done = d.fetch(&source(Some("b.raucb"), None, &bytes), &mut |_, _| {}).await.unwrap();
     assert_eq!(done.fetched, SIZE as u64);
     assert_eq!(done.sha256, source(None, None, &bytes).sha256);
@@ -129,6 +138,7 @@ async fn not_enough_free_space_is_refused_before_fetching() {
         files: BundleFiles::new(state.path()),
         max_bytes_per_sec: 0,
         https_ca_file: None,
+        retry: RetryPolicy::default(),
     };
     let mut src = source(Some("whatever"), None, b"x");
     src.size = 1 << 60;
@@ -177,7 +187,8 @@ async fn serve(bytes: Arc<Vec<u8>>, cut: usize) -> (String, Arc<AtomicU64>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_download_resumes_with_a_range_request_after_the_connection_drops() {
     let bytes = Arc::new(data());
-    let (url, served) = serve(bytes.clone(), 2 * 1024 * 1024).await;
+    let cut = 2 * 1024 * 1024;
+    let (url, served) = serve(bytes.clone(), cut).await;
     let nats = NatsServer::start();
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let state = tempfile::tempdir().unwrap();
@@ -187,13 +198,40 @@ async fn http_download_resumes_with_a_range_request_after_the_connection_drops()
         files: BundleFiles::new(state.path()),
         max_bytes_per_sec: 0,
         https_ca_file: None,
+        retry: RetryPolicy { first_backoff: Duration::from_millis(100), ..RetryPolicy::default() },
     };
     let src = source(None, Some(url), &bytes);
-    let err = d.fetch(&src, &mut |_, _| {}).await.unwrap_err();
-    assert!(err.to_string().contains("connection closed"), "{err}");
+    // One call (one agent run): the server closes the first connection
+    // after `cut` bytes; the download resumes there with a Range request.
     let done = d.fetch(&src, &mut |_, _| {}).await.unwrap();
     assert_eq!(done.sha256, src.sha256);
-    // A clean connection loss keeps every byte received as the resume point.
-    assert_eq!(done.fetched, (SIZE - 2 * 1024 * 1024) as u64, "only the missing tail is fetched");
-    assert!(served.load(Ordering::SeqCst) < 2 * SIZE as u64);
+    assert_eq!(done.resumed_at, vec![cut as u64], "resumed once, at the byte where the connection closed");
+    assert_eq!(done.fetched, SIZE as u64, "every byte fetched once in this run, the tail after the drop too");
+    assert_eq!(served.load(Ordering::SeqCst), SIZE as u64, "the server sent nothing twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_download_gives_up_after_bounded_retries_with_the_last_error() {
+    // Nothing listens on this port: every attempt is refused, none makes progress.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let nats = NatsServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let state = tempfile::tempdir().unwrap();
+    let d = Downloader {
+        js,
+        bucket: BUNDLE_OBJECT_BUCKET.into(),
+        files: BundleFiles::new(state.path()),
+        max_bytes_per_sec: 0,
+        https_ca_file: None,
+        retry: RetryPolicy { attempts: 3, first_backoff: Duration::from_millis(50), ..RetryPolicy::default() },
+    };
+    let bytes = data();
+    let src = source(None, Some(format!("http://127.0.0.1:{port}/b.raucb")), &bytes);
+    let started = std::time::Instant::now();
+    let err = d.fetch(&src, &mut |_, _| {}).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, DownloadError::Interrupted(_)), "{err:?}");
+    assert!(text.contains("gave up after 3 attempts") && text.contains("refused"), "{text}");
+    // Backoff 50 ms then 100 ms between the three attempts.
+    assert!(started.elapsed() >= Duration::from_millis(150), "{:?}", started.elapsed());
 }

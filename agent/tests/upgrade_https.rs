@@ -117,6 +117,7 @@ async fn https_download_verifies_the_server_against_the_configured_ca() {
         files: BundleFiles::new(state.path()),
         max_bytes_per_sec: 0,
         https_ca_file: ca.map(Path::to_path_buf),
+        retry: harmony_agent::upgrade::download::RetryPolicy::default(),
     };
 
     // The test CA is not in the system store: the server is not trusted.

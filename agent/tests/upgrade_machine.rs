@@ -141,6 +141,7 @@ fn action_name(a: &Action) -> String {
         Action::Download => "download".into(),
         Action::Verify => "verify".into(),
         Action::Install => "install".into(),
+        Action::AdoptInstall => "adopt_install".into(),
         Action::DeleteBundle => "delete".into(),
         Action::ScheduleReboot => "schedule_reboot".into(),
         Action::Reboot => "reboot".into(),
@@ -181,7 +182,7 @@ fn expected(state: &str, event: &str) -> Option<(&'static str, Vec<&'static str>
             match s {
                 "offered" | "downloading" => vec!["download"],
                 "verifying" => vec!["verify"],
-                "installing" => vec!["install"],
+                "installing" => vec!["adopt_install"],
                 "installed" => vec!["schedule_reboot"],
                 "rebooting" => vec!["reboot"],
                 // Same boot as the trial window: boottime 2000 + 1000 ms.
@@ -547,13 +548,14 @@ fn a_power_cut_after_rauc_switched_slots_continues_as_after_the_reboot() {
         T0,
     );
     assert_eq!(s.phase, UpgradePhase::Installing { percent: 0 });
-    // Agent restart in the same boot: install again.
+    // Agent restart in the same boot: adopt the install already started
+    // (RAUC decides whether anything is left to install).
     let (_, a) = run(&pre_env(), s.clone(), vec![Event::Started], T0);
-    assert_eq!(a, ["install"]);
-    // Power cut, and the device came back in the old slot: install again.
+    assert_eq!(a, ["adopt_install"]);
+    // Power cut, and the device came back in the old slot: the same.
     let same_slot = Env { boot_id: "boot-9".into(), ..pre_env() };
     let (_, a) = run(&same_slot, s.clone(), vec![Event::Started], T0);
-    assert_eq!(a, ["install"]);
+    assert_eq!(a, ["adopt_install"]);
     // Power cut after RAUC switched primary: up on B in a new boot.
     let (s, a) = run(&env(), s, vec![Event::Started], NOW);
     assert_eq!(a, ["delete", "deadline@6000", "health"]);

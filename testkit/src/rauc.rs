@@ -25,6 +25,12 @@ pub struct RaucService {
 impl RaucService {
     /// Start with a keyring that trusts `ca`, booted from slot A.
     pub fn start(ca: &TestCa) -> Self {
+        Self::start_with_handlers(ca, "")
+    }
+
+    /// Like `start`, with extra `[handlers]` lines in system.conf (for
+    /// example `pre-install=/path/hook` for a hook that counts its runs).
+    pub fn start_with_handlers(ca: &TestCa, extra_handlers: &str) -> Self {
         let bus = DbusDaemon::start();
         let dir = tempfile::tempdir().expect("tempdir for rauc");
         for slot in ["a", "b"] {
@@ -38,7 +44,7 @@ impl RaucService {
             // parallel tests would install each other's bundles.
             "[system]\ncompatible={TEST_COMPATIBLE}\nbootloader=custom\ndata-directory={data}\nmountprefix={mnt}\n\n\
              [keyring]\npath={keyring}\n\n\
-             [handlers]\nbootloader-custom-backend={backend}\n\n\
+             [handlers]\nbootloader-custom-backend={backend}\n{extra_handlers}\n\n\
              [slot.rootfs.0]\ndevice={a}\ntype=raw\nbootname=A\n\n\
              [slot.rootfs.1]\ndevice={b}\ntype=raw\nbootname=B\n",
             data = dir.path().join("data").display(),
@@ -100,6 +106,26 @@ impl RaucService {
         let out = self.rauc_cli(&["status", "--detailed", "--output-format=json"]);
         assert!(out.status.success(), "rauc status: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// RAUC's `Operation` property (`idle`, `installing`), read over D-Bus
+    /// with dbus-send.
+    pub fn operation(&self) -> String {
+        let out = Command::new(find_tool("dbus-send"))
+            .arg(format!("--bus={}", self.address()))
+            .args([
+                "--print-reply",
+                "--dest=de.pengutronix.rauc",
+                "/",
+                "org.freedesktop.DBus.Properties.Get",
+                "string:de.pengutronix.rauc.Installer",
+                "string:Operation",
+            ])
+            .output()
+            .expect("run dbus-send");
+        assert!(out.status.success(), "Operation: {}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split('"').nth(1).unwrap_or_default().to_string()
     }
 
     pub fn rauc_cli(&self, args: &[&str]) -> std::process::Output {

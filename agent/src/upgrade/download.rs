@@ -25,8 +25,13 @@ const CHECKPOINT_BYTES: u64 = 1024 * 1024;
 pub enum DownloadError {
     #[error("not enough free space: need {needed} bytes, have {available}")]
     NoSpace { needed: u64, available: u64 },
+    /// The source refused or does not match the offer: retrying will not help.
     #[error("{0}")]
     Source(String),
+    /// The network or the server went away mid-way: worth a retry from the
+    /// checkpoint.
+    #[error("{0}")]
+    Interrupted(String),
     #[error("local file {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("bundle source has neither an object name nor a URL")]
@@ -51,6 +56,42 @@ pub struct Downloaded {
     /// Bytes fetched over the network by this call (less than the size when
     /// it resumed).
     pub fetched: u64,
+    /// Offsets at which this call resumed after an interruption, in order.
+    pub resumed_at: Vec<u64>,
+}
+
+/// How a download rides out interruptions within one run: retry from the
+/// checkpoint with exponential backoff; give up after `attempts` attempts in
+/// a row that each added no byte (an attempt that made progress resets the
+/// count, so a link that keeps dropping but keeps delivering still finishes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+    /// No byte for this long counts as an interruption.
+    pub stall_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        // Worst case before `download_failed`: 1+2+4+8+16 s of backoff plus
+        // six stalls; a few minutes of outage does not cost the job.
+        Self {
+            attempts: 6,
+            first_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Wait before retry number `failures` (1-based).
+    pub fn backoff(&self, failures: u32) -> Duration {
+        let factor = 1u32.checked_shl(failures.saturating_sub(1)).unwrap_or(u32::MAX);
+        self.first_backoff.saturating_mul(factor).min(self.max_backoff)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -90,6 +131,7 @@ pub struct Downloader {
     pub max_bytes_per_sec: u64,
     /// Extra CA (PEM) trusted for https:// bundle URLs, besides the system's.
     pub https_ca_file: Option<PathBuf>,
+    pub retry: RetryPolicy,
 }
 
 struct Sink<'a> {
@@ -202,12 +244,39 @@ impl Downloader {
             max_rate: self.max_bytes_per_sec,
             progress,
         };
-        let fetched = if let Some(object) = &source.object {
-            self.fetch_object(object, &mut sink).await
-        } else if let Some(url) = &source.url {
-            fetch_http(url, self.https_ca_file.as_deref(), &mut sink).await
-        } else {
-            Err(DownloadError::NoSource)
+        let mut resumed_at = Vec::new();
+        let mut failures = 0u32;
+        let fetched = loop {
+            let before = sink.point.bytes;
+            let attempt = if let Some(object) = &source.object {
+                self.fetch_object(object, &mut sink).await
+            } else if let Some(url) = &source.url {
+                fetch_http(url, self.https_ca_file.as_deref(), &mut sink, self.retry.stall_timeout).await
+            } else {
+                Err(DownloadError::NoSource)
+            };
+            let e = match attempt {
+                Err(DownloadError::Interrupted(e)) => e,
+                other => break other,
+            };
+            // Keep what arrived: the retry (or a later run) starts there.
+            sink.checkpoint()?;
+            failures = if sink.point.bytes > before { 1 } else { failures + 1 };
+            if failures >= self.retry.attempts {
+                break Err(DownloadError::Interrupted(format!(
+                    "{e} (gave up after {failures} attempts in a row without progress)"
+                )));
+            }
+            let wait = self.retry.backoff(failures);
+            log::warn!(
+                "bundle download interrupted at {} of {} bytes: {e}; resuming in {wait:?} (attempt {} of {})",
+                sink.point.bytes,
+                sink.total,
+                failures + 1,
+                self.retry.attempts
+            );
+            tokio::time::sleep(wait).await;
+            resumed_at.push(sink.point.bytes);
         };
         if let Err(e) = fetched {
             // What was written is good: keep it as the resume point.
@@ -220,7 +289,12 @@ impl Downloader {
         drop(sink.file);
         std::fs::rename(&part, &complete).map_err(io(&complete))?;
         let _ = std::fs::remove_file(self.files.resume());
-        Ok(Downloaded { path: complete, sha256: hex::encode(sink.hasher.finalize()), fetched: sink.fetched })
+        Ok(Downloaded {
+            path: complete,
+            sha256: hex::encode(sink.hasher.finalize()),
+            fetched: sink.fetched,
+            resumed_at,
+        })
     }
 
     fn load_resume_point(&self, source: &BundleSource) -> ResumePoint {
@@ -238,7 +312,9 @@ impl Downloader {
 
     async fn fetch_object(&self, object: &str, sink: &mut Sink<'_>) -> Result<(), DownloadError> {
         use async_nats::jetstream::consumer::{push::OrderedConfig, DeliverPolicy};
-        let src = |what: &str, e: &dyn std::fmt::Display| DownloadError::Source(format!("object store {what}: {e}"));
+        // NATS away, a stream or consumer not reachable: all transient.
+        let src =
+            |what: &str, e: &dyn std::fmt::Display| DownloadError::Interrupted(format!("object store {what}: {e}"));
         let store = self.js.get_object_store(&self.bucket).await.map_err(|e| src("bucket", &e))?;
         let info = store.info(object).await.map_err(|e| src(&format!("object {object}"), &e))?;
         if info.size as u64 != sink.total {
@@ -281,9 +357,10 @@ impl Downloader {
             .map_err(|e| src("consumer", &e))?;
         let mut messages = consumer.messages().await.map_err(|e| src("subscribe", &e))?;
         while sink.point.bytes < sink.total {
-            let msg = match tokio::time::timeout(Duration::from_secs(30), messages.next()).await {
-                Err(_) => return Err(DownloadError::Source("object store: no data for 30 s".into())),
-                Ok(None) => return Err(DownloadError::Source("object store: stream ended early".into())),
+            let stall = self.retry.stall_timeout;
+            let msg = match tokio::time::timeout(stall, messages.next()).await {
+                Err(_) => return Err(DownloadError::Interrupted(format!("object store: no data for {stall:?}"))),
+                Ok(None) => return Err(DownloadError::Interrupted("object store: stream ended early".into())),
                 Ok(Some(Err(e))) => return Err(src("read", &e)),
                 Ok(Some(Ok(m))) => m,
             };
@@ -302,7 +379,12 @@ impl Downloader {
 
 /// HTTP or HTTPS with a `Range` request to resume. A server that ignores the
 /// range (200 instead of 206) sends everything again: start over.
-async fn fetch_http(url: &str, extra_ca: Option<&Path>, sink: &mut Sink<'_>) -> Result<(), DownloadError> {
+async fn fetch_http(
+    url: &str,
+    extra_ca: Option<&Path>,
+    sink: &mut Sink<'_>,
+    stall: Duration,
+) -> Result<(), DownloadError> {
     use tokio::io::AsyncReadExt;
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -311,8 +393,12 @@ async fn fetch_http(url: &str, extra_ca: Option<&Path>, sink: &mut Sink<'_>) -> 
     if sink.point.bytes == sink.total {
         return Ok(());
     }
-    let mut response =
-        http_get::open(url, sink.point.bytes, extra_ca).await.map_err(|e| DownloadError::Source(e.to_string()))?;
+    let mut response = http_get::open(url, sink.point.bytes, extra_ca).await.map_err(|e| match e {
+        // A refused or dropped connection, or a server error: retry.
+        http_get::HttpError::Io { .. } => DownloadError::Interrupted(e.to_string()),
+        http_get::HttpError::Status { status, .. } if status >= 500 => DownloadError::Interrupted(e.to_string()),
+        other => DownloadError::Source(other.to_string()),
+    })?;
     if !response.partial && sink.point.bytes > 0 {
         log::warn!("{url} ignored the range request; downloading from the start");
         sink.file.set_len(0).map_err(io(&sink.path))?;
@@ -322,12 +408,12 @@ async fn fetch_http(url: &str, extra_ca: Option<&Path>, sink: &mut Sink<'_>) -> 
     sink.file.seek(SeekFrom::End(0)).map_err(io(&sink.path))?;
     let mut buf = vec![0u8; 64 * 1024];
     while sink.point.bytes < sink.total {
-        let n = tokio::time::timeout(Duration::from_secs(30), response.body.read(&mut buf))
+        let n = tokio::time::timeout(stall, response.body.read(&mut buf))
             .await
-            .map_err(|_| DownloadError::Source(format!("{url}: no data for 30 s")))?
-            .map_err(|e| DownloadError::Source(format!("{url}: {e}")))?;
+            .map_err(|_| DownloadError::Interrupted(format!("{url}: no data for {stall:?}")))?
+            .map_err(|e| DownloadError::Interrupted(format!("{url}: {e}")))?;
         if n == 0 {
-            return Err(DownloadError::Source(format!(
+            return Err(DownloadError::Interrupted(format!(
                 "{url}: connection closed at {} of {} bytes",
                 sink.point.bytes, sink.total
             )));

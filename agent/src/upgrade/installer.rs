@@ -2,7 +2,7 @@
 //! RAUC D-Bus client. Errors are plain strings here because they travel into
 //! the state machine and on to the operator as text (RAUC's `LastError`).
 
-use crate::rauc::{RaucClient, RaucError};
+use crate::rauc::{Adoption, InstallClaim, RaucClient, RaucError};
 use futures::future::BoxFuture;
 use std::path::Path;
 use tokio::sync::watch;
@@ -17,6 +17,23 @@ pub trait Installer: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'a, Result<String, String>>;
     /// Mark the booted slot good (`true`) or bad; returns its bootname.
     fn mark_booted(&self, good: bool) -> BoxFuture<'_, Result<String, String>>;
+    /// After a restart mid-install: the outcome of the install a previous
+    /// agent started (waiting for it if it still runs), and only when RAUC
+    /// has not installed `claim` install `bundle` now. Same result as
+    /// `install`.
+    fn adopt_install<'a>(
+        &'a self,
+        bundle: &'a Path,
+        progress: &'a watch::Sender<u8>,
+        claim: &'a InstallClaim,
+    ) -> BoxFuture<'a, Result<String, String>>;
+}
+
+fn rauc_text(e: RaucError) -> String {
+    match e {
+        RaucError::InstallFailed { last_error } => last_error,
+        other => other.to_string(),
+    }
 }
 
 impl Installer for RaucClient {
@@ -25,11 +42,21 @@ impl Installer for RaucClient {
         bundle: &'a Path,
         progress: &'a watch::Sender<u8>,
     ) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move { RaucClient::install(self, bundle, progress).await.map_err(rauc_text) })
+    }
+
+    fn adopt_install<'a>(
+        &'a self,
+        bundle: &'a Path,
+        progress: &'a watch::Sender<u8>,
+        claim: &'a InstallClaim,
+    ) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(async move {
-            RaucClient::install(self, bundle, progress).await.map_err(|e| match e {
-                RaucError::InstallFailed { last_error } => last_error,
-                other => other.to_string(),
-            })
+            match self.adopt_install(claim, progress).await.map_err(rauc_text)? {
+                Adoption::Finished(slot) => Ok(slot),
+                Adoption::Failed(last_error) => Err(last_error),
+                Adoption::NotInstalled => RaucClient::install(self, bundle, progress).await.map_err(rauc_text),
+            }
         })
     }
 

@@ -239,6 +239,11 @@ pub enum Action {
     /// Produce `Verified` with the bundle file's SHA-256.
     Verify,
     Install,
+    /// After a restart mid-install: take over the install already started
+    /// (RAUC still running it, or finished while no agent listened) and
+    /// install only if RAUC has not. Ends in `InstallFinished`/`InstallFailed`
+    /// like `Install`.
+    AdoptInstall,
     DeleteBundle,
     /// Give the `Installed` status time to go out, then send `RebootDue`.
     ScheduleReboot,
@@ -603,9 +608,9 @@ fn on_started(env: &Env, mut s: State, now: UnixMillis) -> (State, Vec<Action>) 
                     vec![Action::DeleteBundle, Action::ArmDeadline(deadline), Action::RunHealthChecks],
                 )
             }
-            // Same boot (agent restart) or still the old slot: install again;
-            // RAUC writes the inactive slot from scratch.
-            _ => (s, vec![Action::Install]),
+            // Same boot (agent restart) or still the old slot: the install
+            // may be running or done; never start a second one blindly.
+            _ => (s, vec![Action::AdoptInstall]),
         },
         P::Installed | P::Rebooting | P::Failed { reason: FailureReason::RebootFailed { .. } } | P::AwaitingCommit
             if job.target_slot.is_some() =>

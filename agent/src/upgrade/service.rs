@@ -311,7 +311,11 @@ impl Service {
                     });
                 }
             }
-            Action::Install => self.start_install(),
+            Action::Install => self.start_install(None),
+            Action::AdoptInstall => {
+                let claim = self.install_claim();
+                self.start_install(claim);
+            }
             Action::DeleteBundle => self.files.remove_all(),
             Action::ScheduleReboot => {
                 let delay = Duration::from_millis(self.ctx.config.reboot_delay_ms);
@@ -383,6 +387,7 @@ impl Service {
             files: self.files.clone(),
             max_bytes_per_sec: self.ctx.config.download_max_bytes_per_sec,
             https_ca_file: self.ctx.config.https_ca_file.clone(),
+            retry: super::download::RetryPolicy::default(),
         };
         let tx = self.tx.clone();
         let every = Duration::from_millis(self.ctx.config.progress_interval_ms);
@@ -397,7 +402,12 @@ impl Service {
                 }
             };
             let msg = match downloader.fetch(&source, &mut progress).await {
-                Ok(d) => Msg::Downloaded { sha256: d.sha256, fetched: d.fetched },
+                Ok(d) => {
+                    if !d.resumed_at.is_empty() {
+                        log::info!("bundle download resumed after interruptions at {:?}", d.resumed_at);
+                    }
+                    Msg::Downloaded { sha256: d.sha256, fetched: d.fetched }
+                }
                 Err(super::download::DownloadError::NoSpace { needed, available }) => {
                     Msg::Event(Event::NoSpace { needed, available })
                 }
@@ -414,7 +424,21 @@ impl Service {
         });
     }
 
-    fn start_install(&mut self) {
+    /// What the install the record says was started looks like in RAUC.
+    fn install_claim(&self) -> Option<crate::rauc::InstallClaim> {
+        let job = self.state.job.as_ref()?;
+        Some(crate::rauc::InstallClaim {
+            version: job.offer.target_version.clone(),
+            compatible: self.env.compatible.clone(),
+            booted_slot: self.env.booted_slot.clone(),
+            // `since` of the Installing phase: when the install was started.
+            not_before_secs: self.state.since.0 / 1000,
+        })
+    }
+
+    /// `claim`: adopt the install a previous agent started (see
+    /// `Installer::adopt_install`) instead of starting one.
+    fn start_install(&mut self, claim: Option<crate::rauc::InstallClaim>) {
         let installer = self.ctx.installer.clone();
         let bundle = self.files.complete();
         let tx = self.tx.clone();
@@ -428,7 +452,11 @@ impl Service {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             });
-            let event = match installer.install(&bundle, &progress).await {
+            let outcome = match &claim {
+                Some(claim) => installer.adopt_install(&bundle, &progress, claim).await,
+                None => installer.install(&bundle, &progress).await,
+            };
+            let event = match outcome {
                 Ok(target_slot) => Event::InstallFinished { target_slot },
                 Err(last_error) => Event::InstallFailed { last_error },
             };

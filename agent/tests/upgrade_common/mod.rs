@@ -170,7 +170,13 @@ impl Rig {
     }
 
     pub fn config(&self, commit_deadline_secs: u64) -> AgentConfig {
-        let text = format!(
+        AgentConfig::parse(&self.config_text(commit_deadline_secs), Path::new("upgrade-test.toml"))
+            .expect("test config")
+    }
+
+    /// The agent's config file text (for running the agent binary).
+    pub fn config_text(&self, commit_deadline_secs: u64) -> String {
+        format!(
             r#"
 device_id = "{DEVICE}"
 heartbeat_interval_secs = 1
@@ -210,8 +216,7 @@ progress_interval_ms = 100
                 .as_ref()
                 .map(|p| format!("nkey_seed_file = \"{}\"", p.display()))
                 .unwrap_or_default(),
-        );
-        AgentConfig::parse(&text, Path::new("upgrade-test.toml")).expect("test config")
+        )
     }
 
     pub fn start_agent(&self, commit_deadline_secs: u64) -> RunningAgent {
