@@ -482,7 +482,12 @@ fn safe_unsaved(next: &State, actions: &[Action]) -> bool {
         | Action::LogRefusal(_)
         | Action::SchedulePending => true,
         Action::MarkBad | Action::Reboot => fallback,
-        Action::Download | Action::Verify | Action::Install | Action::ScheduleReboot | Action::MarkGood => false,
+        Action::Download
+        | Action::Verify
+        | Action::Install
+        | Action::AdoptInstall
+        | Action::ScheduleReboot
+        | Action::MarkGood => false,
     })
 }
 
