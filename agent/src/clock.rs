@@ -1,3 +1,3 @@
 //! The agent's clock: the shared definition in harmony-protocol.
 
-pub use harmony_protocol::clock::{Clock, FakeClock, SystemClock};
+pub use harmony_protocol::clock::{BootMillis, Clock, FakeClock, SystemClock};

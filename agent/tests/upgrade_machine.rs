@@ -3,11 +3,13 @@
 //! restarts) and every offer refusal.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use harmony_agent::upgrade::machine::{step, Action, Env, Event, Job, State};
+use harmony_agent::upgrade::machine::{step, Action, Env, Event, Job, State, TrialWindow};
+use harmony_protocol::clock::BootMillis;
 use harmony_protocol::command::{CommitArgs, ReplyBody};
 use harmony_protocol::time::UnixMillis;
 use harmony_protocol::{
-    BundleSource, CommandError, DeviceId, FailureReason, RefusalReason, RollbackReason, UpgradeOffer, UpgradePhase,
+    BundleSource, CommandError, DeviceId, FailureReason, NotedRefusal, RefusalReason, RollbackReason, UpgradeOffer,
+    UpgradePhase,
 };
 
 const SHA: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -23,6 +25,7 @@ fn env() -> Env {
         boot_id: "boot-2".into(),
         max_bundle_bytes: 1000,
         commit_deadline_ms: 1000,
+        started_boottime: BootMillis(5000),
     }
 }
 
@@ -44,7 +47,16 @@ fn offer(seq: u64, target: &str) -> UpgradeOffer {
 fn with_job(phase: UpgradePhase, edit: impl FnOnce(&mut Job)) -> State {
     let mut job = Job::new(offer(5, "2.0.0"));
     edit(&mut job);
-    State { phase, job: Some(job), last_accepted_seq: 5, refused: None, since: T0, marking: false }
+    State {
+        phase,
+        job: Some(job),
+        last_accepted_seq: 5,
+        refused: None,
+        since: T0,
+        pending: None,
+        noted_refusal: None,
+        marking: false,
+    }
 }
 
 /// One sample state per phase. Env: booted B in boot-2. Pre-reboot states
@@ -59,6 +71,8 @@ fn states() -> Vec<(&'static str, State)> {
         j.pre_reboot_boot_id = Some("boot-1".into());
         j.awaiting_since = Some(T0);
         j.rebooting_from = Some("boot-2".into());
+        // The trial window opened at boottime 2000 of this boot.
+        j.trial_window = Some(TrialWindow { boot_id: "boot-2".into(), started: BootMillis(2000) });
     };
     let mut idle = State::initial(T0);
     idle.last_accepted_seq = 5;
@@ -116,6 +130,8 @@ fn events() -> Vec<Event> {
         Event::MarkedBad(Ok("B".into())),
         Event::DeadlineReached,
         Event::RebootRequested,
+        Event::ClockStepped,
+        Event::PendingDue,
     ]
 }
 
@@ -139,6 +155,7 @@ fn action_name(a: &Action) -> String {
         Action::Reply(Err(CommandError::Refused { .. })) => "reply_refused".into(),
         Action::Reply(Err(e)) => format!("reply_err_{e}"),
         Action::LogRefusal(r) => format!("log_refusal_{}", serde_json::to_value(r).unwrap()["kind"].as_str().unwrap()),
+        Action::SchedulePending => "schedule_pending".into(),
     }
 }
 
@@ -152,9 +169,14 @@ fn expected(state: &str, event: &str) -> Option<(&'static str, Vec<&'static str>
     let download_phase = matches!(state, "offered" | "downloading");
     Some(match (state, event) {
         (_, "offer_ok") if settled => ("offered", vec!["download"]),
-        (s, "offer_ok") => (leak(s), vec!["log_refusal_busy"]),
+        // Busy: kept for when the upgrade ends (state.pending), see the busy tests.
+        (s, "offer_ok") => (leak(s), vec![]),
+        // Garbage never overwrites an outcome the operator may not have read.
+        (s @ ("committed" | "rolled_back"), "offer_bad") => (leak(s), vec!["log_refusal_bad_signature"]),
         (_, "offer_bad") if settled => ("refused", vec![]),
         (s, "offer_bad") => (leak(s), vec!["log_refusal_bad_signature"]),
+        // The sample refusal is `expired`: judged again (now a replay of seq 4).
+        ("refused", "clock_stepped") => ("refused", vec![]),
         (s, "started") => (
             leak(s),
             match s {
@@ -163,7 +185,8 @@ fn expected(state: &str, event: &str) -> Option<(&'static str, Vec<&'static str>
                 "installing" => vec!["adopt_install"],
                 "installed" => vec!["schedule_reboot"],
                 "rebooting" => vec!["reboot"],
-                "awaiting_commit" => vec!["deadline@1001000", "health"],
+                // Same boot as the trial window: boottime 2000 + 1000 ms.
+                "awaiting_commit" => vec!["deadline@3000", "health"],
                 _ => vec![],
             },
         ),
@@ -224,7 +247,7 @@ fn every_state_event_pair_matches_the_table() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 12 * 19, "all phases × all events");
+    assert_eq!(checked, 12 * 21, "all phases × all events");
 }
 
 #[test]
@@ -281,7 +304,7 @@ fn install_reboot_health_commit() {
     let s = installed_into_b();
     // New boot on B (env()): health checks, deadline, then AwaitingCommit.
     let (s, a) = run(&env(), s, vec![Event::Started], NOW);
-    assert_eq!(a, ["deadline@1001500", "health"]);
+    assert_eq!(a, ["deadline@6000", "health"]);
     assert_eq!(s.phase, UpgradePhase::Rebooting, "not awaiting commit before the checks pass");
     let (s, a) = step(&env(), s, Event::CommitRequested(good_commit()), NOW);
     assert_eq!(a.iter().map(action_name).collect::<Vec<_>>(), ["reply_refused"], "no commit before health");
@@ -317,10 +340,18 @@ fn a_failed_mark_good_keeps_awaiting_commit_and_reports_the_error() {
         vec![Event::Started, Event::HealthChecked { failed: vec![] }, Event::CommitRequested(good_commit())],
         NOW,
     );
+    // The deadline passes while the Mark is in flight: nothing to do yet.
+    let (s, a) = run(&env(), s, vec![Event::DeadlineReached], NOW);
+    assert!(a.is_empty(), "{a:?}");
     let (s, a) = run(&env(), s, vec![Event::MarkedGood(Err("dbus gone".into()))], NOW);
     assert_eq!(s.phase, UpgradePhase::AwaitingCommit);
     assert!(a[0].starts_with("reply_err_"), "{a:?}");
+    // The deadline is armed again (the service fires it at once when it
+    // already passed), so the device falls back by itself.
+    assert_eq!(a[1..], ["deadline@6000"]);
     assert!(!s.marking);
+    let (_, a) = run(&env(), s, vec![Event::DeadlineReached], NOW);
+    assert_eq!(a, ["mark_bad"]);
 }
 
 #[test]
@@ -346,7 +377,7 @@ fn failed_health_checks_fall_back_with_the_names() {
     let s = installed_into_b();
     let failed = vec!["unit app.service".to_string()];
     let (s, a) = run(&env(), s, vec![Event::Started, Event::HealthChecked { failed: failed.clone() }], NOW);
-    assert_eq!(a, ["deadline@1001500", "health", "mark_bad"]);
+    assert_eq!(a, ["deadline@6000", "health", "mark_bad"]);
     let (s, _) = run(&env(), s, vec![Event::MarkedBad(Err("no rauc".into()))], NOW);
     assert_eq!(s.phase, UpgradePhase::Rebooting, "reboots even when marking bad failed");
     let old = Env { booted_slot: "A".into(), boot_id: "boot-3".into(), ..env() };
@@ -366,25 +397,35 @@ fn bootloader_fallback_is_boot_failed() {
 fn restarts_in_the_same_boot_do_not_reboot_or_restart_the_clock() {
     let s = installed_into_b();
     let (s, _) = run(&env(), s, vec![Event::Started, Event::HealthChecked { failed: vec![] }], NOW);
-    // Agent restarts later in the same boot: deadline still counts from NOW.
-    let (s2, a) = run(&env(), s.clone(), vec![Event::Started], UnixMillis(NOW.0 + 700));
-    assert_eq!(a, ["deadline@1001500", "health"]);
-    assert_eq!(s2.phase, UpgradePhase::AwaitingCommit);
+    // Agent restarts 700 ms later in the same boot, with the wall clock
+    // stepped a day forward, a day back, or to 1970: the deadline still
+    // counts from the boottime the window opened at (5000).
+    let later = Env { started_boottime: BootMillis(5700), ..env() };
+    for wall in [UnixMillis(NOW.0 + 86_400_000), UnixMillis(NOW.0.saturating_sub(86_400_000)), UnixMillis(0)] {
+        let (s2, a) = run(&later, s.clone(), vec![Event::Started], wall);
+        assert_eq!(a, ["deadline@6000", "health"], "wall clock {wall:?}");
+        assert_eq!(s2.phase, UpgradePhase::AwaitingCommit);
+    }
     // A restart while post-reboot checks run must not reboot again.
     let s = installed_into_b();
     let (s, _) = run(&env(), s, vec![Event::Started], NOW);
     let (_, a) = run(&env(), s, vec![Event::Started], NOW);
-    assert_eq!(a, ["deadline@1001500", "health"]);
+    assert_eq!(a, ["deadline@6000", "health"]);
 }
 
 #[test]
-fn a_power_cut_while_awaiting_commit_keeps_the_original_deadline() {
+fn a_new_boot_of_the_unconfirmed_slot_opens_a_fresh_window() {
+    // A power cut while awaiting commit: the bootloader counted one more
+    // attempt for B, and boottime restarted, so the window starts again at
+    // this boot's agent start (docs/agent-faults.md: the worst case).
     let s = installed_into_b();
     let (s, _) = run(&env(), s, vec![Event::Started, Event::HealthChecked { failed: vec![] }], NOW);
-    let again = Env { boot_id: "boot-3".into(), ..env() };
+    let again = Env { boot_id: "boot-3".into(), started_boottime: BootMillis(4000), ..env() };
     let (s, a) = run(&again, s, vec![Event::Started], UnixMillis(NOW.0 + 5000));
-    assert_eq!(a, ["deadline@1001500", "health"], "deadline already passed: fires at once");
+    assert_eq!(a, ["deadline@5000", "health"]);
     assert_eq!(s.phase, UpgradePhase::AwaitingCommit);
+    let window = s.job.as_ref().unwrap().trial_window.clone().unwrap();
+    assert_eq!(window, TrialWindow { boot_id: "boot-3".into(), started: BootMillis(4000) });
 }
 
 #[test]
@@ -487,8 +528,9 @@ fn every_refusal_reason() {
 fn busy_and_redelivered_offers_leave_the_upgrade_alone() {
     let downloading = with_job(UpgradePhase::Downloading { bytes_done: 1, bytes_total: 100 }, |_| {});
     let (s, a) = step(&pre_env(), downloading.clone(), Event::Offer(Ok(offer(9, "3.0.0"))), T0);
-    assert_eq!(s, downloading);
-    assert_eq!(a, vec![Action::LogRefusal(RefusalReason::Busy)]);
+    assert_eq!((&s.phase, &s.job), (&downloading.phase, &downloading.job), "the upgrade goes on");
+    assert_eq!(s.status().offer_notes.busy_offer_seq, Some(9), "busy is reported");
+    assert!(a.is_empty());
     // The KV watch replays the current offer after a restart: not a replay refusal.
     let (s, a) = step(&pre_env(), downloading.clone(), Event::Offer(Ok(offer(5, "2.0.0"))), T0);
     assert_eq!((s, a), (downloading, vec![]));
@@ -516,9 +558,166 @@ fn a_power_cut_after_rauc_switched_slots_continues_as_after_the_reboot() {
     assert_eq!(a, ["adopt_install"]);
     // Power cut after RAUC switched primary: up on B in a new boot.
     let (s, a) = run(&env(), s, vec![Event::Started], NOW);
-    assert_eq!(a, ["delete", "deadline@1001500", "health"]);
+    assert_eq!(a, ["delete", "deadline@6000", "health"]);
     let (s, _) = step(&env(), s, Event::HealthChecked { failed: vec![] }, NOW);
     assert_eq!(s.phase, UpgradePhase::AwaitingCommit);
     assert_eq!(s.status().pre_reboot_boot_id.as_deref(), Some("boot-1"));
     assert_eq!(s.status().target_slot.as_deref(), Some("B"));
+}
+
+// ---- clock steps and time-based refusals --------------------------------------
+
+fn refused_for_time(reason: RefusalReason, o: UpgradeOffer) -> State {
+    let (s, _) = step(&pre_env(), State::initial(T0), Event::Offer(Ok(o)), T0);
+    assert_eq!(s.phase, UpgradePhase::Refused { reason });
+    s
+}
+
+#[test]
+fn a_time_refusal_is_judged_again_when_the_clock_is_fixed() {
+    // The device clock is a day behind: the fresh offer looks not valid yet.
+    let fresh = || {
+        let mut o = offer(7, "2.0.0");
+        o.not_before = UnixMillis(T0.0 + 86_400_000);
+        o.expires_at = UnixMillis(T0.0 + 90_000_000);
+        o
+    };
+    let fixed = UnixMillis(T0.0 + 86_400_000);
+    let s = refused_for_time(RefusalReason::NotYetValid, fresh());
+    // The same offer delivered again with the clock still wrong: no change.
+    let (same, a) = step(&pre_env(), s.clone(), Event::Offer(Ok(fresh())), T0);
+    assert_eq!((same, a), (s.clone(), vec![]));
+    // Redelivered after the clock was fixed (the KV watch replays it on restart).
+    let (n, a) = step(&pre_env(), s.clone(), Event::Offer(Ok(fresh())), fixed);
+    assert_eq!((n.phase, a), (UpgradePhase::Offered, vec![Action::Download]));
+    // On restart, even without a redelivery.
+    let (n, a) = step(&pre_env(), s.clone(), Event::Started, fixed);
+    assert_eq!((n.phase, a), (UpgradePhase::Offered, vec![Action::Download]));
+    // When the service sees the wall clock step.
+    let (n, a) = step(&pre_env(), s.clone(), Event::ClockStepped, fixed);
+    assert_eq!((n.phase, a), (UpgradePhase::Offered, vec![Action::Download]));
+    // A clock stepped a day ahead makes it look expired; stepped back, it is taken.
+    let s = refused_for_time(RefusalReason::Expired, {
+        let mut o = offer(8, "2.0.0");
+        o.expires_at = UnixMillis(T0.0 - 1);
+        o
+    });
+    let mut o = s.refused.clone().unwrap();
+    o.expires_at = UnixMillis(T0.0 + 1000);
+    let mut s2 = s.clone();
+    s2.refused = Some(o);
+    let (n, _) = step(&pre_env(), s2, Event::ClockStepped, T0);
+    assert_eq!(n.phase, UpgradePhase::Offered);
+    // Other refusals are final: a clock step changes nothing.
+    let mut o = offer(9, "2.0.0");
+    o.compatible = "other".into();
+    let (s, _) = step(&pre_env(), State::initial(T0), Event::Offer(Ok(o.clone())), T0);
+    assert_eq!(step(&pre_env(), s.clone(), Event::ClockStepped, fixed), (s.clone(), vec![]));
+    assert_eq!(step(&pre_env(), s.clone(), Event::Offer(Ok(o)), fixed), (s, vec![]));
+}
+
+// ---- offers while busy -----------------------------------------------------------
+
+/// One state per busy phase, as `states()` has them.
+fn busy_states() -> Vec<(&'static str, State)> {
+    states().into_iter().filter(|(_, s)| !s.is_settled()).collect()
+}
+
+#[test]
+fn an_offer_while_busy_is_kept_reported_and_superseded_by_a_newer_one() {
+    let busy = busy_states();
+    assert_eq!(busy.len(), 7, "offered, downloading, verifying, installing, installed, rebooting, awaiting_commit");
+    for (name, s0) in busy {
+        let (s, a) = step(&env(), s0.clone(), Event::Offer(Ok(offer(9, "3.0.0"))), NOW);
+        assert!(a.is_empty(), "{name}: {a:?}");
+        assert_eq!((&s.phase, &s.job), (&s0.phase, &s0.job), "{name}: the upgrade goes on");
+        assert_eq!(s.status().offer_notes.busy_offer_seq, Some(9), "{name}");
+        // Newer replaces, older or equal changes nothing.
+        let (s, _) = step(&env(), s, Event::Offer(Ok(offer(11, "3.1.0"))), NOW);
+        assert_eq!(s.status().offer_notes.busy_offer_seq, Some(11), "{name}");
+        for seq in [10, 11] {
+            let (n, a) = step(&env(), s.clone(), Event::Offer(Ok(offer(seq, "3.0.0"))), NOW);
+            assert_eq!((n, a), (s.clone(), vec![]), "{name}: offer {seq} after 11");
+        }
+        // Nothing is judged before the upgrade ends.
+        let (n, a) = step(&env(), s.clone(), Event::PendingDue, NOW);
+        assert_eq!((n, a), (s.clone(), vec![]), "{name}");
+        // Kept across a restart (it is part of the record).
+        let json = serde_json::to_string(&s).unwrap();
+        let back: State = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.pending, s.pending, "{name}");
+    }
+}
+
+#[test]
+fn the_kept_offer_is_taken_when_the_upgrade_ends() {
+    // Downloading seq 5; seq 9 arrives; the download fails.
+    let downloading = with_job(UpgradePhase::Downloading { bytes_done: 1, bytes_total: 100 }, |_| {});
+    let (s, _) = step(&pre_env(), downloading, Event::Offer(Ok(offer(9, "3.0.0"))), T0);
+    let (s, a) = step(&pre_env(), s, Event::DownloadFailed { detail: "gone".into() }, T0);
+    assert!(matches!(s.phase, UpgradePhase::Failed { .. }), "the failure is reported first");
+    assert_eq!(a.iter().map(action_name).collect::<Vec<_>>(), ["delete", "schedule_pending"]);
+    let (s, a) = step(&pre_env(), s, Event::PendingDue, T0);
+    assert_eq!((s.phase.clone(), a), (UpgradePhase::Offered, vec![Action::Download]));
+    assert_eq!(s.status().offer_seq, Some(9));
+    assert_eq!(s.status().offer_notes.busy_offer_seq, None);
+}
+
+#[test]
+fn a_kept_offer_refused_at_the_end_does_not_overwrite_the_outcome() {
+    // Awaiting commit of 2.0.0 (running it); the operator re-sends 2.0.0 as seq 9.
+    let running_v2 = Env { current_version: Some("2.0.0".into()), ..env() };
+    let awaiting = states().into_iter().find(|(n, _)| *n == "awaiting_commit").unwrap().1;
+    let (s, _) = step(&running_v2, awaiting, Event::Offer(Ok(offer(9, "2.0.0"))), NOW);
+    let (s, _) = step(&running_v2, s, Event::CommitRequested(good_commit()), NOW);
+    let (s, a) = step(&running_v2, s, Event::MarkedGood(Ok("B".into())), NOW);
+    assert_eq!(s.phase, UpgradePhase::Committed);
+    assert_eq!(a.iter().map(action_name).collect::<Vec<_>>(), ["reply_committed_B", "schedule_pending"]);
+    let (s, a) = step(&running_v2, s, Event::PendingDue, NOW);
+    assert_eq!(s.phase, UpgradePhase::Committed, "the outcome stays");
+    assert_eq!(a.iter().map(action_name).collect::<Vec<_>>(), ["log_refusal_downgrade"]);
+    let notes = s.status().offer_notes;
+    assert_eq!(notes.busy_offer_seq, None);
+    assert_eq!(
+        notes.refusal,
+        Some(NotedRefusal {
+            offer_seq: Some(9),
+            reason: RefusalReason::Downgrade { current: "2.0.0".into(), target: "2.0.0".into() }
+        })
+    );
+    // After a rollback (new boot on A) the kept offer is judged too.
+    let rolling_back = with_job(UpgradePhase::Rebooting, |j| {
+        j.target_slot = Some("B".into());
+        j.rebooting_from = Some("boot-2".into());
+        j.fallback = Some(RollbackReason::CommitTimeout);
+    });
+    let (s, _) = step(&pre_env(), rolling_back, Event::Offer(Ok(offer(9, "3.0.0"))), T0);
+    let old = Env { boot_id: "boot-3".into(), ..pre_env() };
+    let (s, a) = step(&old, s, Event::Started, T0);
+    assert_eq!(s.phase, UpgradePhase::RolledBack { reason: RollbackReason::CommitTimeout });
+    assert_eq!(a.iter().map(action_name).collect::<Vec<_>>(), ["schedule_pending"]);
+    let (s, a) = step(&old, s, Event::PendingDue, T0);
+    assert_eq!((s.phase, a), (UpgradePhase::Offered, vec![Action::Download]));
+}
+
+// ---- garbage while an outcome waits to be read -----------------------------------------
+
+#[test]
+fn garbage_on_the_offer_key_does_not_overwrite_committed_or_rolled_back() {
+    for (name, s0) in states().into_iter().filter(|(n, _)| matches!(*n, "committed" | "rolled_back")) {
+        let (s, a) = step(&env(), s0.clone(), Event::Offer(Err(RefusalReason::BadSignature)), NOW);
+        assert_eq!(s.phase, s0.phase, "{name}");
+        assert_eq!(s.since, s0.since, "{name}");
+        assert_eq!(a, vec![Action::LogRefusal(RefusalReason::BadSignature)]);
+        let status = s.status();
+        assert_eq!(status.offer_seq, s0.status().offer_seq, "{name}: still about the finished upgrade");
+        assert_eq!(
+            status.offer_notes.refusal,
+            Some(NotedRefusal { offer_seq: None, reason: RefusalReason::BadSignature })
+        );
+        // A real offer afterwards is judged as usual and clears the note.
+        let (s, _) = step(&env(), s, Event::Offer(Ok(offer(9, "3.0.0"))), NOW);
+        assert_eq!(s.phase, UpgradePhase::Offered, "{name}");
+        assert_eq!(s.status().offer_notes.refusal, None);
+    }
 }

@@ -118,6 +118,7 @@ impl SimState {
             pre_reboot_boot_id: self.upgrade.pre_reboot_boot_id.clone(),
             target_slot: self.upgrade.target_slot.clone(),
             since: now,
+            offer_notes: Default::default(),
         }
     }
 

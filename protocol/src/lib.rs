@@ -19,7 +19,8 @@ pub use device_id::{DeviceId, DeviceIdError};
 pub use heartbeat::{Health, HealthStatus, Heartbeat};
 pub use signing::{KeyId, SignedEnvelope, SigningError, TrustedKeys};
 pub use upgrade::{
-    BundleSource, FailureReason, RefusalReason, RollbackReason, UpgradeOffer, UpgradePhase, UpgradeStatus,
+    BundleSource, FailureReason, NotedRefusal, OfferNotes, RefusalReason, RollbackReason, UpgradeOffer, UpgradePhase,
+    UpgradeStatus,
 };
 
 /// Version of every wire type defined here. A receiver refuses messages with a

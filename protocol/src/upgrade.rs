@@ -51,6 +51,38 @@ pub struct UpgradeStatus {
     /// Slot (boot name) the bundle was installed into.
     pub target_slot: Option<String>,
     pub since: UnixMillis,
+    /// What the agent noticed about offers without letting it change
+    /// `phase`. Absent (and ignored by older operators) when empty.
+    #[serde(default, skip_serializing_if = "OfferNotes::is_empty")]
+    pub offer_notes: OfferNotes,
+}
+
+/// Offers the agent did not act on yet, or refused without overwriting a
+/// status the operator still has to read.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct OfferNotes {
+    /// "Busy": an offer that arrived while an upgrade was in flight. The
+    /// agent keeps the newest one and judges it when the upgrade ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy_offer_seq: Option<u64>,
+    /// A refusal that left the phase alone: an unverifiable offer while an
+    /// upgrade is in flight or its outcome (committed, rolled back) is
+    /// reported, or a kept offer refused when the upgrade ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<NotedRefusal>,
+}
+
+impl OfferNotes {
+    pub fn is_empty(&self) -> bool {
+        self.busy_offer_seq.is_none() && self.refusal.is_none()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotedRefusal {
+    /// `None` when the offer could not be verified (nothing in it is trusted).
+    pub offer_seq: Option<u64>,
+    pub reason: RefusalReason,
 }
 
 impl UpgradeStatus {
@@ -63,6 +95,7 @@ impl UpgradeStatus {
             pre_reboot_boot_id: None,
             target_slot: None,
             since,
+            offer_notes: OfferNotes::default(),
         }
     }
 }

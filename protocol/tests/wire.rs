@@ -81,6 +81,7 @@ fn heartbeat() -> Heartbeat {
             pre_reboot_boot_id: Some("5d1e2c3b-0000-4000-8000-000000000001".into()),
             target_slot: Some("B".into()),
             since: UnixMillis(1_795_000_100_000),
+            offer_notes: Default::default(),
         },
         labels: BTreeMap::from([("site".to_string(), "kitchen".to_string())]),
         seq: 3,

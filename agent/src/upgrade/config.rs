@@ -38,6 +38,10 @@ pub struct UpgradeConfig {
     /// fleet's private mirror; the system's CA store is always trusted.
     #[serde(default)]
     pub https_ca_file: Option<PathBuf>,
+    /// How often the wall clock is compared with boottime to notice a step
+    /// (then offers refused for their validity window are judged again).
+    #[serde(default = "default_clock_check_interval_ms")]
+    pub clock_check_interval_ms: u64,
 }
 
 impl Default for UpgradeConfig {
@@ -53,6 +57,7 @@ impl Default for UpgradeConfig {
             download_max_bytes_per_sec: 0,
             progress_interval_ms: default_progress_interval_ms(),
             https_ca_file: None,
+            clock_check_interval_ms: default_clock_check_interval_ms(),
         }
     }
 }
@@ -89,6 +94,9 @@ fn default_health_check_timeout_secs() -> u64 {
 }
 fn default_reboot_delay_ms() -> u64 {
     3000
+}
+fn default_clock_check_interval_ms() -> u64 {
+    5000
 }
 fn default_progress_interval_ms() -> u64 {
     1000

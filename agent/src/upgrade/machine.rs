@@ -7,10 +7,12 @@
 //! everything from the last record and the facts of the new boot.
 
 use super::validate::{self, Verdict};
+use harmony_protocol::clock::BootMillis;
 use harmony_protocol::command::{CommitArgs, ReplyBody};
 use harmony_protocol::time::UnixMillis;
 use harmony_protocol::{
-    CommandError, DeviceId, FailureReason, RefusalReason, RollbackReason, UpgradeOffer, UpgradePhase, UpgradeStatus,
+    CommandError, DeviceId, FailureReason, NotedRefusal, OfferNotes, RefusalReason, RollbackReason, UpgradeOffer,
+    UpgradePhase, UpgradeStatus,
 };
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +29,9 @@ pub struct Env {
     pub boot_id: String,
     pub max_bundle_bytes: u64,
     pub commit_deadline_ms: u64,
+    /// Boottime when this agent run started. A trial window that begins in
+    /// this run begins here.
+    pub started_boottime: BootMillis,
 }
 
 /// The accepted offer being worked on, and what happened to it so far.
@@ -49,6 +54,20 @@ pub struct Job {
     /// up as a new boot on a different slot.
     #[serde(default)]
     pub install_boot: Option<(String, String)>,
+    /// Where the commit deadline counts from: a boottime reading and the
+    /// boot it belongs to. Never the wall clock, which NTP steps.
+    #[serde(default)]
+    pub trial_window: Option<TrialWindow>,
+}
+
+/// The commit deadline's start, on the clock nothing steps. A boottime
+/// reading means something only within its boot: an agent restart in the
+/// same boot keeps the window; a new boot of the still-unconfirmed slot
+/// (the bootloader counted an attempt for it) opens a fresh one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrialWindow {
+    pub boot_id: String,
+    pub started: BootMillis,
 }
 
 impl Job {
@@ -61,6 +80,7 @@ impl Job {
             fallback: None,
             rebooting_from: None,
             install_boot: None,
+            trial_window: None,
         }
     }
 }
@@ -75,6 +95,13 @@ pub struct State {
     /// The offer behind a `Refused` phase (never accepted, so not `job`).
     pub refused: Option<UpgradeOffer>,
     pub since: UnixMillis,
+    /// The newest offer that arrived while an upgrade was in flight; judged
+    /// when that upgrade ends (see `take_pending`).
+    #[serde(default)]
+    pub pending: Option<UpgradeOffer>,
+    /// A refusal that must not overwrite the phase (see [`OfferNotes`]).
+    #[serde(default)]
+    pub noted_refusal: Option<NotedRefusal>,
     /// A `Mark` call is in flight; never persisted (a restart forgets it and
     /// the operator retries the commit).
     #[serde(skip)]
@@ -83,7 +110,16 @@ pub struct State {
 
 impl State {
     pub fn initial(now: UnixMillis) -> Self {
-        Self { phase: UpgradePhase::Idle, job: None, last_accepted_seq: 0, refused: None, since: now, marking: false }
+        Self {
+            phase: UpgradePhase::Idle,
+            job: None,
+            last_accepted_seq: 0,
+            refused: None,
+            since: now,
+            pending: None,
+            noted_refusal: None,
+            marking: false,
+        }
     }
 
     /// The status the heartbeat reports for this state.
@@ -98,6 +134,10 @@ impl State {
             pre_reboot_boot_id: self.job.as_ref().and_then(|j| j.pre_reboot_boot_id.clone()),
             target_slot: self.job.as_ref().and_then(|j| j.target_slot.clone()),
             since: self.since,
+            offer_notes: OfferNotes {
+                busy_offer_seq: self.pending.as_ref().map(|o| o.offer_seq),
+                refusal: self.noted_refusal.clone(),
+            },
         }
     }
 
@@ -157,6 +197,12 @@ pub enum Event {
     MarkedBad(Result<String, String>),
     DeadlineReached,
     RebootRequested,
+    /// The wall clock jumped (its change disagreed with boottime's): offers
+    /// refused for their validity window are judged again.
+    ClockStepped,
+    /// The finished upgrade's status has had its chance to reach the
+    /// operator: judge the offer kept while busy.
+    PendingDue,
 }
 
 impl Event {
@@ -180,6 +226,8 @@ impl Event {
             Self::MarkedBad(_) => "marked_bad",
             Self::DeadlineReached => "deadline_reached",
             Self::RebootRequested => "reboot_requested",
+            Self::ClockStepped => "clock_stepped",
+            Self::PendingDue => "pending_due",
         }
     }
 }
@@ -201,14 +249,17 @@ pub enum Action {
     ScheduleReboot,
     Reboot,
     RunHealthChecks,
-    /// Send `DeadlineReached` at this time (replaces any earlier deadline).
-    ArmDeadline(UnixMillis),
+    /// Send `DeadlineReached` when boottime reaches this (replaces any
+    /// earlier deadline; at once when it already passed).
+    ArmDeadline(BootMillis),
     MarkGood,
     MarkBad,
     /// Answer the pending commit/reboot command.
     Reply(Result<ReplyBody, CommandError>),
     /// Tell the log why an offer was ignored without changing the status.
     LogRefusal(RefusalReason),
+    /// Give the finished upgrade's status time to go out, then send `PendingDue`.
+    SchedulePending,
 }
 
 fn refused(detail: impl Into<String>) -> Action {
@@ -218,6 +269,19 @@ fn refused(detail: impl Into<String>) -> Action {
 /// One transition. Every event not explicitly handled in the current phase
 /// leaves the state alone (and refuses a pending command).
 pub fn step(env: &Env, state: State, event: Event, now: UnixMillis) -> (State, Vec<Action>) {
+    let was_settled = state.is_settled();
+    let started = matches!(event, Event::Started);
+    let (s, mut actions) = transition(env, state, event, now);
+    // The upgrade just ended (or the agent started with nothing in flight)
+    // and an offer was kept from while it was busy: act on it once the
+    // outcome has had its chance to reach the operator.
+    if s.pending.is_some() && s.is_settled() && (!was_settled || started) {
+        actions.push(Action::SchedulePending);
+    }
+    (s, actions)
+}
+
+fn transition(env: &Env, state: State, event: Event, now: UnixMillis) -> (State, Vec<Action>) {
     use UpgradePhase as P;
     let mut s = state;
     let moved = |mut s: State, phase: UpgradePhase| {
@@ -228,17 +292,11 @@ pub fn step(env: &Env, state: State, event: Event, now: UnixMillis) -> (State, V
     match (&s.phase, event) {
         // ---- offers -------------------------------------------------------
         (_, Event::Offer(Err(reason))) => refuse_offer(s, None, reason, now),
-        (_, Event::Offer(Ok(offer))) => match validate::judge(env, &s, &offer, now) {
-            Verdict::AlreadyKnown => (s, vec![]),
-            Verdict::Refuse(RefusalReason::Busy) => (s, vec![Action::LogRefusal(RefusalReason::Busy)]),
-            Verdict::Refuse(reason) => refuse_offer(s, Some(offer), reason, now),
-            Verdict::Accept => {
-                s.last_accepted_seq = offer.offer_seq;
-                s.job = Some(Job::new(offer));
-                s.refused = None;
-                (moved(s, P::Offered), vec![Action::Download])
-            }
-        },
+        (_, Event::Offer(Ok(offer))) => judge_offer(env, s, offer, now),
+        (P::Refused { reason: RefusalReason::NotYetValid | RefusalReason::Expired }, Event::ClockStepped) => {
+            rejudge_refused(env, s, now)
+        }
+        (_, Event::PendingDue) if s.is_settled() && s.pending.is_some() => take_pending(env, s, now),
 
         // ---- download and verify -----------------------------------------
         (P::Offered | P::Downloading { .. }, Event::DownloadProgress { done, total }) => {
@@ -360,8 +418,12 @@ pub fn step(env: &Env, state: State, event: Event, now: UnixMillis) -> (State, V
             match result {
                 Ok(slot) => (moved(s, P::Committed), vec![Action::Reply(Ok(ReplyBody::Committed { slot }))]),
                 Err(e) => {
+                    // Still on trial: the deadline (which may have passed
+                    // while the Mark was in flight) decides again.
                     let reason = FailureReason::CommitFailed { detail: e };
-                    (s, vec![Action::Reply(Err(CommandError::Internal { detail: reason.to_string() }))])
+                    let mut actions = vec![Action::Reply(Err(CommandError::Internal { detail: reason.to_string() }))];
+                    actions.extend(trial_deadline(env, &s).map(Action::ArmDeadline));
+                    (s, actions)
                 }
             }
         }
@@ -408,18 +470,90 @@ fn awaiting_health(s: &State, env: &Env) -> bool {
     })
 }
 
+/// The commit deadline of the trial window opened in this boot.
+fn trial_deadline(env: &Env, s: &State) -> Option<BootMillis> {
+    let window = s.job.as_ref()?.trial_window.as_ref()?;
+    (window.boot_id == env.boot_id).then(|| window.started.saturating_add_ms(env.commit_deadline_ms))
+}
+
+fn judge_offer(env: &Env, mut s: State, offer: UpgradeOffer, now: UnixMillis) -> (State, Vec<Action>) {
+    match validate::judge(env, &s, &offer, now) {
+        Verdict::AlreadyKnown => (s, vec![]),
+        Verdict::Refuse(RefusalReason::Busy) => keep_while_busy(s, offer),
+        Verdict::Refuse(reason) => refuse_offer(s, Some(offer), reason, now),
+        Verdict::Accept => {
+            s.last_accepted_seq = offer.offer_seq;
+            if s.pending.as_ref().is_some_and(|p| p.offer_seq <= offer.offer_seq) {
+                s.pending = None;
+            }
+            s.job = Some(Job::new(offer));
+            s.refused = None;
+            s.noted_refusal = None;
+            s.phase = UpgradePhase::Offered;
+            s.since = now;
+            (s, vec![Action::Download])
+        }
+    }
+}
+
+/// Supersede rule: the newest offer (highest sequence) wins; an offer at or
+/// below the kept one changes nothing.
+fn keep_while_busy(mut s: State, offer: UpgradeOffer) -> (State, Vec<Action>) {
+    if s.pending.as_ref().is_some_and(|p| p.offer_seq >= offer.offer_seq) {
+        return (s, vec![]);
+    }
+    log::info!("upgrade busy ({}): keeping offer {} for when it ends", s.phase.name(), offer.offer_seq);
+    s.pending = Some(offer);
+    (s, vec![])
+}
+
+/// Judge the offer kept while busy. A refusal does not overwrite the
+/// outcome of the upgrade that just ended; it is noted next to it.
+fn take_pending(env: &Env, mut s: State, now: UnixMillis) -> (State, Vec<Action>) {
+    let Some(offer) = s.pending.take() else { return (s, vec![]) };
+    let outcome =
+        matches!(s.phase, UpgradePhase::Committed | UpgradePhase::Failed { .. } | UpgradePhase::RolledBack { .. });
+    match validate::judge(env, &s, &offer, now) {
+        Verdict::Refuse(reason) if outcome => {
+            s.noted_refusal = Some(NotedRefusal { offer_seq: Some(offer.offer_seq), reason: reason.clone() });
+            (s, vec![Action::LogRefusal(reason)])
+        }
+        _ => judge_offer(env, s, offer, now),
+    }
+}
+
+/// An offer refused only for its validity window gets judged again (the
+/// clock may have been wrong, not the offer).
+fn rejudge_refused(env: &Env, s: State, now: UnixMillis) -> (State, Vec<Action>) {
+    match s.refused.clone() {
+        Some(offer) => judge_offer(env, s, offer, now),
+        None => (s, vec![]),
+    }
+}
+
 fn refuse_offer(
     mut s: State,
     offer: Option<UpgradeOffer>,
     reason: RefusalReason,
     now: UnixMillis,
 ) -> (State, Vec<Action>) {
-    if !s.is_settled() {
-        // Never let a bad offer overwrite an upgrade in flight.
+    // Never let a bad offer overwrite an upgrade in flight, nor garbage (an
+    // offer nobody can be sure the operator sent) overwrite an outcome the
+    // operator has not necessarily read yet.
+    let keep_phase = !s.is_settled()
+        || (offer.is_none() && matches!(s.phase, UpgradePhase::Committed | UpgradePhase::RolledBack { .. }));
+    if keep_phase {
+        s.noted_refusal = Some(NotedRefusal { offer_seq: offer.map(|o| o.offer_seq), reason: reason.clone() });
         return (s, vec![Action::LogRefusal(reason)]);
     }
+    let phase = UpgradePhase::Refused { reason };
+    if s.phase == phase && s.refused == offer {
+        // Judged again with the same verdict: nothing new to report.
+        return (s, vec![]);
+    }
     s.refused = offer;
-    s.phase = UpgradePhase::Refused { reason };
+    s.noted_refusal = None;
+    s.phase = phase;
     s.since = now;
     (s, vec![])
 }
@@ -440,6 +574,10 @@ fn fall_back(mut s: State, reason: RollbackReason) -> (State, Vec<Action>) {
 fn on_started(env: &Env, mut s: State, now: UnixMillis) -> (State, Vec<Action>) {
     use UpgradePhase as P;
     s.marking = false;
+    if matches!(s.phase, P::Refused { reason: RefusalReason::NotYetValid | RefusalReason::Expired }) {
+        // The clock may have been fixed while the agent was down.
+        return rejudge_refused(env, s, now);
+    }
     let Some(job) = s.job.clone() else { return (s, vec![]) };
     let rebooted = |from: &Option<String>| from.as_deref().is_some_and(|b| b != env.boot_id);
     let on_target = job.target_slot.as_deref() == Some(env.booted_slot.as_str());
@@ -456,14 +594,15 @@ fn on_started(env: &Env, mut s: State, now: UnixMillis) -> (State, Vec<Action>) 
                 // RAUC finished and the device came up in the other slot
                 // before `Installed` was recorded: continue as after the
                 // upgrade reboot.
-                let since = now;
+                let window = TrialWindow { boot_id: env.boot_id.clone(), started: env.started_boottime };
+                let deadline = window.started.saturating_add_ms(env.commit_deadline_ms);
                 if let Some(j) = s.job.as_mut() {
                     j.target_slot = Some(env.booted_slot.clone());
                     j.pre_reboot_boot_id = Some(boot.clone());
-                    j.awaiting_since = Some(since);
+                    j.awaiting_since = Some(now);
                     j.rebooting_from = Some(env.boot_id.clone());
+                    j.trial_window = Some(window);
                 }
-                let deadline = since.saturating_add_ms(env.commit_deadline_ms);
                 (
                     set_phase(s, P::Rebooting),
                     vec![Action::DeleteBundle, Action::ArmDeadline(deadline), Action::RunHealthChecks],
@@ -491,13 +630,22 @@ fn on_started(env: &Env, mut s: State, now: UnixMillis) -> (State, Vec<Action>) 
                 let reason = job.fallback.clone().unwrap_or(RollbackReason::BootFailed);
                 return (set_phase(s, P::RolledBack { reason }), vec![]);
             }
-            // Up on the new slot, not committed yet.
+            // Up on the new slot, not committed yet. The deadline counts on
+            // boottime: an agent restart in the same boot keeps the window,
+            // whatever the wall clock did meanwhile; a new boot of the
+            // unconfirmed slot used up one bootloader attempt and opens a
+            // fresh window (docs/agent-faults.md: the worst case).
+            let window = match &job.trial_window {
+                Some(w) if w.boot_id == env.boot_id => w.clone(),
+                _ => TrialWindow { boot_id: env.boot_id.clone(), started: env.started_boottime },
+            };
+            let deadline = window.started.saturating_add_ms(env.commit_deadline_ms);
             let since = job.awaiting_since.unwrap_or(now);
-            let deadline = since.saturating_add_ms(env.commit_deadline_ms);
             if let Some(j) = s.job.as_mut() {
                 j.awaiting_since = Some(since);
                 j.rebooting_from = Some(env.boot_id.clone());
                 j.fallback = None;
+                j.trial_window = Some(window);
             }
             let phase = if matches!(s.phase, P::AwaitingCommit) { P::AwaitingCommit } else { P::Rebooting };
             let s = if s.phase == phase { s } else { set_phase(s, phase) };

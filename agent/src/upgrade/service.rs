@@ -8,13 +8,14 @@ use super::installer::Installer;
 use super::machine::{self, Action, Env, Event, State};
 use super::record::RecordStore;
 use super::{health, UpgradeConfig, UpgradeRequest};
-use crate::clock::Clock;
+use crate::clock::{BootMillis, Clock};
 use crate::reboot::Reboot;
 use crate::shared::{DeviceFacts, StatusBoard};
 use futures::StreamExt;
 use harmony_protocol::command::ReplyBody;
 use harmony_protocol::names::{device_key, BUNDLE_OBJECT_BUCKET, OFFER_BUCKET};
 use harmony_protocol::signing::SigningError;
+use harmony_protocol::time::UnixMillis;
 use harmony_protocol::{CommandError, RefusalReason, SignedEnvelope, TrustedKeys, UpgradeOffer, UpgradePhase};
 use sha2::{Digest, Sha256};
 use std::future::Future;
@@ -66,9 +67,13 @@ struct Service {
     files: BundleFiles,
     tx: mpsc::Sender<Msg>,
     pending_reply: Option<Reply>,
-    /// Converted to the monotonic clock when armed: a Pi has no RTC, and an
-    /// NTP step after boot must not fire (or postpone) the commit deadline.
+    /// The machine arms deadlines on boottime; converted to tokio's
+    /// monotonic clock when armed, so no wall-clock step moves it.
     deadline: Option<tokio::time::Instant>,
+    /// Last (wall, boottime) reading, to see the wall clock being stepped.
+    clock_seen: (UnixMillis, BootMillis),
+    /// The state in memory is ahead of the record (see `safe_unsaved`).
+    record_behind: bool,
     download_sha: Option<String>,
     /// Helper tasks (download, install, checks...). Dropping the set aborts
     /// them, so a stopped service leaves nothing running behind it.
@@ -90,6 +95,7 @@ pub async fn run(
         boot_id: ctx.facts.boot_id.clone(),
         max_bundle_bytes: ctx.config.max_bundle_bytes,
         commit_deadline_ms: ctx.config.commit_deadline_secs.saturating_mul(1000),
+        started_boottime: ctx.clock.boottime(),
     };
     let state = match ctx.records.load() {
         Ok(Some(s)) => s,
@@ -112,8 +118,22 @@ pub async fn run(
         Duration::from_secs(ctx.config.health_check_interval_secs),
         ctx.board.clone(),
     ));
-    let mut svc =
-        Service { ctx, env, state, files, tx, pending_reply: None, deadline: None, download_sha: None, tasks };
+    let clock_seen = (ctx.clock.now(), ctx.clock.boottime());
+    let mut clock_check = tokio::time::interval(Duration::from_millis(ctx.config.clock_check_interval_ms.max(1)));
+    clock_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut svc = Service {
+        ctx,
+        env,
+        state,
+        files,
+        tx,
+        pending_reply: None,
+        deadline: None,
+        clock_seen,
+        record_behind: false,
+        download_sha: None,
+        tasks,
+    };
     svc.publish();
     svc.apply(Event::Started);
     tokio::pin!(shutdown);
@@ -140,6 +160,14 @@ pub async fn run(
                 svc.apply(Event::DeadlineReached);
             }
             Some(_) = svc.tasks.join_next() => {}
+            _ = clock_check.tick() => {
+                if svc.record_behind {
+                    svc.record_behind = svc.ctx.records.save(&svc.state).is_err();
+                }
+                if svc.wall_clock_stepped() {
+                    svc.apply(Event::ClockStepped);
+                }
+            }
         }
     }
 }
@@ -151,7 +179,26 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// A wall-clock change that differs from boottime's by more than this is a
+/// step (NTP, `date -s`), not drift or a late tick.
+const CLOCK_STEP_MS: u64 = 2_000;
+
+/// How long a transition that could not be saved waits before it is tried again.
+const SAVE_RETRY: Duration = Duration::from_secs(2);
+
 impl Service {
+    fn wall_clock_stepped(&mut self) -> bool {
+        let (wall, boot) = (self.ctx.clock.now(), self.ctx.clock.boottime());
+        let (last_wall, last_boot) = std::mem::replace(&mut self.clock_seen, (wall, boot));
+        let wall_delta = i128::from(wall.0) - i128::from(last_wall.0);
+        let boot_delta = i128::from(boot.0) - i128::from(last_boot.0);
+        let stepped = (wall_delta - boot_delta).unsigned_abs() > u128::from(CLOCK_STEP_MS);
+        if stepped {
+            log::warn!("wall clock stepped by {} ms", wall_delta - boot_delta);
+        }
+        stepped
+    }
+
     fn request(&mut self, request: UpgradeRequest) {
         let (event, reply) = match request {
             UpgradeRequest::Commit { args, reply } => (Event::CommitRequested(args), reply),
@@ -173,6 +220,7 @@ impl Service {
         }
         let now = self.ctx.clock.now();
         let name = event.name();
+        let retry = event.clone();
         let (next, actions) = machine::step(&self.env, self.state.clone(), event, now);
         if next != self.state {
             if next.phase.name() != self.state.phase.name() {
@@ -185,11 +233,30 @@ impl Service {
                         | (UpgradePhase::Installing { .. }, UpgradePhase::Installing { .. })
                 );
             if !progress_only {
-                if let Err(e) = self.ctx.records.save(&next) {
-                    // Acting on a state we could not persist could repeat or
-                    // skip a step after a power cut; log loudly and go on —
-                    // the boot counter still guards the slots.
-                    log::error!("{e}");
+                if actions.contains(&Action::DeleteBundle) {
+                    // Before saving: a state that drops the bundle never needs
+                    // it again, and on a full disk its space is what the save
+                    // needs.
+                    self.files.remove_all();
+                }
+                match self.ctx.records.save(&next) {
+                    Ok(()) => self.record_behind = false,
+                    Err(e) if safe_unsaved(&next, &actions) => {
+                        // Safety first: a trial slot must still fall back on
+                        // a full disk, and the status must still be told. A
+                        // record that lags behind these is re-derived safely
+                        // after a restart (a fallback on the old slot as
+                        // boot_failed if it never gets saved).
+                        log::error!("{e}; carrying on with what is safe unsaved, saving again later");
+                        self.record_behind = true;
+                    }
+                    Err(e) => {
+                        // Acting on a state we could not persist could repeat
+                        // or skip a step after a power cut: stay in the saved
+                        // state, do nothing, and try the same event again.
+                        self.unsaved(e, retry);
+                        return;
+                    }
                 }
             }
             self.state = next;
@@ -198,6 +265,22 @@ impl Service {
         for action in actions {
             self.act(action);
         }
+    }
+
+    fn unsaved(&mut self, error: super::record::RecordError, event: Event) {
+        if let Some(reply) = self.pending_reply.take() {
+            let detail = format!("cannot save the upgrade record: {error}");
+            let _ = reply.send(Err(CommandError::Internal { detail }));
+        }
+        if matches!(event, Event::CommitRequested(_) | Event::RebootRequested) {
+            log::error!("{error}; the command was refused");
+            return;
+        }
+        log::error!("{error}; not acting on it, trying {} again in {SAVE_RETRY:?}", event.name());
+        self.send_later(async move {
+            tokio::time::sleep(SAVE_RETRY).await;
+            event
+        });
     }
 
     fn publish(&self) {
@@ -273,8 +356,16 @@ impl Service {
                 );
             }
             Action::ArmDeadline(at) => {
-                let wait = at.saturating_since(self.ctx.clock.now());
+                let wait = at.saturating_since(self.ctx.clock.boottime());
+                log::info!("commit deadline in {wait} ms");
                 self.deadline = Some(tokio::time::Instant::now() + Duration::from_millis(wait));
+            }
+            Action::SchedulePending => {
+                let delay = Duration::from_millis(self.ctx.config.reboot_delay_ms);
+                self.send_later(async move {
+                    tokio::time::sleep(delay).await;
+                    Event::PendingDue
+                });
             }
             Action::MarkGood | Action::MarkBad => {
                 let good = matches!(action, Action::MarkGood);
@@ -330,6 +421,13 @@ impl Service {
                 Err(super::download::DownloadError::NoSpace { needed, available }) => {
                     Msg::Event(Event::NoSpace { needed, available })
                 }
+                Err(super::download::DownloadError::Io { source: e, .. }) if is_disk_full(&e) => {
+                    // Space for the whole bundle once the partial file is gone.
+                    let dir = downloader.files.part();
+                    let partial = std::fs::metadata(&dir).map(|m| m.len()).unwrap_or(0);
+                    let free = dir.parent().and_then(|d| super::download::free_bytes(d).ok()).unwrap_or(0);
+                    Msg::Event(Event::NoSpace { needed: source.size, available: free.saturating_add(partial) })
+                }
                 Err(e) => Msg::Event(Event::DownloadFailed { detail: e.to_string() }),
             };
             let _ = tx.send(msg).await;
@@ -376,6 +474,36 @@ impl Service {
             let _ = tx.send(Msg::Event(event)).await;
         });
     }
+}
+
+/// A transition that may go ahead although its state could not be saved:
+/// one that only reports (no action, a reply, a log line) or only keeps a
+/// trial slot's way back open (the commit deadline, the checks that may cut
+/// it short, marking the slot bad and the fallback reboot). Anything that
+/// moves an upgrade forward (download, install, the upgrade reboot, marking
+/// good) waits until its state is saved.
+fn safe_unsaved(next: &State, actions: &[Action]) -> bool {
+    let fallback = next.job.as_ref().is_some_and(|j| j.fallback.is_some());
+    actions.iter().all(|a| match a {
+        Action::ArmDeadline(_)
+        | Action::RunHealthChecks
+        | Action::DeleteBundle
+        | Action::Reply(_)
+        | Action::LogRefusal(_)
+        | Action::SchedulePending => true,
+        Action::MarkBad | Action::Reboot => fallback,
+        Action::Download
+        | Action::Verify
+        | Action::Install
+        | Action::AdoptInstall
+        | Action::ScheduleReboot
+        | Action::MarkGood => false,
+    })
+}
+
+/// ENOSPC (or a quota): the disk is full, not the source broken.
+fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
 }
 
 fn hash_file(path: &std::path::Path) -> std::io::Result<String> {

@@ -4,7 +4,7 @@
 use super::machine::{Env, State};
 use super::version;
 use harmony_protocol::time::UnixMillis;
-use harmony_protocol::{RefusalReason, UpgradeOffer};
+use harmony_protocol::{RefusalReason, UpgradeOffer, UpgradePhase};
 use std::cmp::Ordering;
 
 /// How far the device clock may lag the operator's before a fresh offer
@@ -17,7 +17,8 @@ pub const NOT_BEFORE_ALLOWANCE_MS: u64 = 5 * 60 * 1000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Accept,
-    /// The offer already being worked on (or finished), delivered again —
+    /// The offer already being worked on (or finished, or kept while busy,
+    /// or refused for a reason the clock cannot change), delivered again —
     /// e.g. the KV watch replays the current value after a restart.
     AlreadyKnown,
     Refuse(RefusalReason),
@@ -36,8 +37,13 @@ fn check(env: &Env, state: &State, offer: &UpgradeOffer, now: UnixMillis) -> Res
         return Err(Some(RefusalReason::WrongDevice { offered_to: offer.device_id.to_string() }));
     }
     let current_job = state.job.as_ref().map(|j| j.offer.offer_seq);
-    let current_refusal = state.refused.as_ref().map(|o| o.offer_seq);
-    if current_job == Some(offer.offer_seq) || current_refusal == Some(offer.offer_seq) {
+    // A refusal for the validity window is a verdict on the clock as much
+    // as on the offer: the same offer delivered again is judged again.
+    let refused_for_time =
+        matches!(&state.phase, UpgradePhase::Refused { reason: RefusalReason::NotYetValid | RefusalReason::Expired });
+    let final_refusal = state.refused.as_ref().filter(|_| !refused_for_time).map(|o| o.offer_seq);
+    let kept = state.pending.as_ref().map(|o| o.offer_seq);
+    if [current_job, final_refusal, kept].contains(&Some(offer.offer_seq)) {
         return Err(None);
     }
     if !state.is_settled() {

@@ -7,6 +7,7 @@
 
 use async_nats::jetstream;
 use ed25519_dalek::SigningKey;
+use harmony_agent::clock::{Clock, SystemClock};
 use harmony_agent::reboot::RecordingReboot;
 use harmony_agent::service_manager::RecordingServiceManager;
 use harmony_agent::{AgentConfig, Effects};
@@ -219,11 +220,15 @@ progress_interval_ms = 100
     }
 
     pub fn start_agent(&self, commit_deadline_secs: u64) -> RunningAgent {
-        let effects = Effects {
-            service_manager: Arc::new(RecordingServiceManager::default()),
-            reboot: self.reboot.clone(),
-            ..Effects::real()
-        };
+        self.start_agent_with_clock(commit_deadline_secs, Arc::new(SystemClock))
+    }
+
+    /// With a clock the test steps (wall clock and boottime independently).
+    pub fn start_agent_with_clock(&self, commit_deadline_secs: u64, clock: Arc<dyn Clock>) -> RunningAgent {
+        let mut effects = Effects::real();
+        effects.service_manager = Arc::new(RecordingServiceManager::default());
+        effects.reboot = self.reboot.clone();
+        effects.clock = clock;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(harmony_agent::run(self.config(commit_deadline_secs), effects, async move {
             let _ = stopped.await;
@@ -316,6 +321,29 @@ progress_interval_ms = 100
         panic!("no slot {bootname} in {status}")
     }
 
+    /// Forget the last heartbeat, so the next one seen is a fresh one (a
+    /// definite point after a restart).
+    pub async fn forget_heartbeat(&self) {
+        self.heartbeats.purge(DEVICE).await.unwrap();
+    }
+
+    /// Temp files (`*.tmp`, `*.part`) anywhere under the state directory.
+    pub fn temp_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "tmp" || x == "part") {
+                    out.push(p);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.path("state"), &mut out);
+        out
+    }
+
     /// Files left in the agent's download directory.
     pub fn download_files(&self) -> Vec<String> {
         std::fs::read_dir(self.path("state/download"))
@@ -342,4 +370,18 @@ impl RunningAgent {
     pub fn kill(self) {
         self.task.abort();
     }
+}
+
+/// Offer `b` as `seq` and wait until the agent installed it into B and asked
+/// to reboot; then "reboot" (RAUC restarted from the slot the boot backend
+/// picks, new boot id, os-release of the new version). Returns the agent
+/// stopped; the caller starts it again in the new boot.
+pub async fn install_into_b_and_reboot(rig: &mut Rig, agent: RunningAgent, seq: u64, b: &Bundle, boot_id: &str) {
+    rig.send_offer(&rig.offer(seq, "v2.raucb", b)).await;
+    let hb = rig.wait_phase(Duration::from_secs(60), "rebooting").await;
+    assert_eq!(hb.upgrade.target_slot.as_deref(), Some("B"));
+    agent.stop().await;
+    assert_eq!(rig.rauc.reboot(), "B", "the boot backend picks the new slot");
+    rig.new_boot(boot_id);
+    rig.set_os_version(&b.version);
 }

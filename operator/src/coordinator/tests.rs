@@ -88,6 +88,7 @@ fn good() -> Heartbeat {
             pre_reboot_boot_id: Some("b0".into()),
             target_slot: Some("B".into()),
             since: UnixMillis(NOW),
+            offer_notes: Default::default(),
         },
         labels: Default::default(),
         seq: 1,
