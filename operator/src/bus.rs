@@ -6,7 +6,29 @@ use async_nats::jetstream::{self, kv, object_store};
 use harmony_protocol::names::{BUNDLE_OBJECT_BUCKET, HEARTBEAT_BUCKET, OFFER_BUCKET, OPERATOR_STATE_BUCKET};
 use std::time::Duration;
 
+/// Connects for the long-running server: keeps retrying until NATS is up.
 pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client> {
+    options(cfg)
+        .await?
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(cfg.url.as_str())
+        .await
+        .map_err(Error::nats)
+}
+
+/// Connects once, for a CLI command: an unreachable server is reported at
+/// once, by URL, instead of every later request timing out.
+pub async fn connect_once(cfg: &NatsConfig) -> Result<async_nats::Client> {
+    options(cfg)
+        .await?
+        .connection_timeout(Duration::from_secs(3))
+        .connect(cfg.url.as_str())
+        .await
+        .map_err(|e| Error::Unreachable { url: cfg.url.clone(), detail: e.to_string() })
+}
+
+async fn options(cfg: &NatsConfig) -> Result<async_nats::ConnectOptions> {
     let opts = if let Some(creds) = &cfg.credentials_file {
         async_nats::ConnectOptions::with_credentials_file(creds.clone()).await.map_err(|e| Error::io(creds, e))?
     } else if let Some(path) = &cfg.nkey_seed_file {
@@ -15,12 +37,7 @@ pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client> {
     } else {
         async_nats::ConnectOptions::new()
     };
-    opts.name("harmony-operator")
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(cfg.url.as_str())
-        .await
-        .map_err(Error::nats)
+    Ok(opts.name("harmony-operator"))
 }
 
 /// The buckets, opened (they are created by `init`).
@@ -39,9 +56,11 @@ impl Buckets {
         let open = |name: &'static str| {
             let js = js.clone();
             async move {
-                js.get_key_value(name)
-                    .await
-                    .map_err(|e| Error::Nats(format!("bucket {name}: {e} (run `harmony-operator init`)")))
+                js.get_key_value(name).await.map_err(|e| {
+                    let e = e.to_string();
+                    let hint = if e.contains("not found") { " (run `harmony-operator init`)" } else { "" };
+                    Error::Nats(format!("bucket {name}: {e}{hint}"))
+                })
             }
         };
         Ok(Self {
