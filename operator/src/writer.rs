@@ -129,7 +129,19 @@ async fn run(
 ) {
     let mut pending = FuturesOrdered::new();
     let mut poison = Poison { first: None, tx: failed };
-    while let Some(item) = rx.recv().await {
+    loop {
+        // Reap acknowledgements while idle too, so a failure is known (and
+        // reported) without waiting for the next write.
+        let item = tokio::select! {
+            item = rx.recv() => match item {
+                Some(item) => item,
+                None => break,
+            },
+            Some(r) = pending.next(), if !pending.is_empty() => {
+                poison.note(r);
+                continue;
+            }
+        };
         let w = match item {
             Item::Put(w) => w,
             Item::Flush(done) => {
