@@ -120,7 +120,8 @@ pub async fn devices_show(cfg: &Config, id: &str) -> Result<Output> {
         .await
         .map_err(|e| Error::Nats(format!("get {id}: {e}")))?
         .ok_or_else(|| Error::NoSuchDevice(id.to_string()))?;
-    let hb = heartbeat_of_key(id.as_str(), &raw).map_err(|why| Error::Corrupt { key: id.to_string(), detail: why.to_string() })?;
+    let hb = heartbeat_of_key(id.as_str(), &raw)
+        .map_err(|why| Error::Corrupt { key: id.to_string(), detail: why.to_string() })?;
     let record: Option<DeviceUser> = store::get_json(&b.state, &keys::device(&id)).await.unwrap_or_else(|e| {
         log::warn!("{e}");
         None

@@ -35,8 +35,7 @@ async fn corrupt_records_are_quarantined_and_the_operator_still_offers() {
         store::get_json::<store::Quarantined>(&env.buckets.state, "quarantine.job.pi-9").await.unwrap().is_some()
     })
     .await;
-    let q: store::Quarantined =
-        store::get_json(&env.buckets.state, "quarantine.job.pi-9").await.unwrap().unwrap();
+    let q: store::Quarantined = store::get_json(&env.buckets.state, "quarantine.job.pi-9").await.unwrap().unwrap();
     assert_eq!(q.raw.as_bytes(), CORRUPT, "the raw bytes are kept");
 
     let status = commands::rollout_status(&env.cfg, Some("r1")).await.unwrap();
@@ -225,8 +224,13 @@ async fn a_device_cannot_speak_for_another_device() {
     let garden = commands::rollout_start(&env.cfg, &start("site=garden")).await.unwrap_err();
     assert!(matches!(garden, Error::Invalid(_)), "a device's own label selects nothing: {garden}");
     let office = commands::rollout_start(&env.cfg, &start("site=office")).await.unwrap();
-    let mut selected: Vec<&str> =
-        office.json["waves"].as_array().unwrap().iter().flat_map(|w| w.as_array().unwrap()).map(|d| d.as_str().unwrap()).collect();
+    let mut selected: Vec<&str> = office.json["waves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|w| w.as_array().unwrap())
+        .map(|d| d.as_str().unwrap())
+        .collect();
     selected.sort();
     assert_eq!(selected, ["pi-1", "pi-2"]);
 }
