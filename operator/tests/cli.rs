@@ -196,6 +196,16 @@ fn unreachable_nats_and_bad_local_input_are_reported_quickly() {
     assert!(err.contains("not a RAUC bundle") && !err.contains("NATS"), "{err}");
 }
 
+/// A child process that is killed when the test ends, even by a panic.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Issue #17 item 8: undecodable heartbeats were logged at debug only. Now
 /// at warn, at most once a minute per device key (with the count held back).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,15 +217,17 @@ async fn undecodable_heartbeats_are_warned_about_once_per_device() {
     let cfg = write_config(&nats, dir.path());
     ok(&op(&cfg, &["keys", "generate"]));
     ok(&op(&cfg, &["init"]));
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_harmony-operator"))
-        .arg("-c")
-        .arg(&cfg)
-        .arg("serve")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut serve = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_harmony-operator"))
+            .arg("-c")
+            .arg(&cfg)
+            .arg("serve")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stderr = serve.stderr.take().unwrap();
+    let stderr = serve.0.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = tx.send(line);
@@ -244,8 +256,7 @@ async fn undecodable_heartbeats_are_warned_about_once_per_device() {
     // one is logged, every garbage one before it has been handled.
     kv.put("pi-last", "garbage too".into()).await.unwrap();
     let seen = wait_for("pi-last");
-    serve.kill().unwrap();
-    let _ = serve.wait();
+    drop(serve);
     let bad: Vec<&String> = seen.iter().filter(|l| l.contains("pi-bad")).collect();
     assert_eq!(bad.len(), 1, "{seen:#?}");
     assert!(bad[0].starts_with("WARN") && bad[0].contains("undecodable"), "{bad:?}");
