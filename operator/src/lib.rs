@@ -17,7 +17,6 @@ pub mod model;
 pub mod provision;
 pub mod registry;
 pub mod serve;
-pub mod sim;
 pub mod store;
 pub mod writer;
 
