@@ -21,8 +21,31 @@ pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>> {
     Ok(addrs)
 }
 
+/// Connects for the long-running server: keeps retrying until NATS is up.
 pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client> {
     let addrs = server_addrs(&cfg.url)?;
+    options(cfg)
+        .await?
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(addrs)
+        .await
+        .map_err(Error::nats)
+}
+
+/// Connects once, for a CLI command: an unreachable server is reported at
+/// once, by URL, instead of every later request timing out.
+pub async fn connect_once(cfg: &NatsConfig) -> Result<async_nats::Client> {
+    let addrs = server_addrs(&cfg.url)?;
+    options(cfg)
+        .await?
+        .connection_timeout(Duration::from_secs(3))
+        .connect(addrs)
+        .await
+        .map_err(|e| Error::Unreachable { url: cfg.url.clone(), detail: e.to_string() })
+}
+
+async fn options(cfg: &NatsConfig) -> Result<async_nats::ConnectOptions> {
     let opts = if let Some(creds) = &cfg.credentials_file {
         async_nats::ConnectOptions::with_credentials_file(creds.clone()).await.map_err(|e| Error::io(creds, e))?
     } else if let Some(path) = &cfg.nkey_seed_file {
@@ -31,16 +54,12 @@ pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client> {
     } else {
         async_nats::ConnectOptions::new()
     };
-    opts.name("harmony-operator")
+    Ok(opts
+        .name("harmony-operator")
         // A paused or half-dead server keeps the TCP connection open; only
         // unanswered pings reveal it. At the default (60 s, two missed) the
         // operator would sit out minutes before moving to another node.
-        .ping_interval(Duration::from_secs(5))
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(addrs)
-        .await
-        .map_err(Error::nats)
+        .ping_interval(Duration::from_secs(5)))
 }
 
 /// The buckets, opened (they are created by `init`).
@@ -59,9 +78,11 @@ impl Buckets {
         let open = |name: &'static str| {
             let js = js.clone();
             async move {
-                js.get_key_value(name)
-                    .await
-                    .map_err(|e| Error::Nats(format!("bucket {name}: {e} (run `harmony-operator init`)")))
+                js.get_key_value(name).await.map_err(|e| {
+                    let e = e.to_string();
+                    let hint = if e.contains("not found") { " (run `harmony-operator init`)" } else { "" };
+                    Error::Nats(format!("bucket {name}: {e}{hint}"))
+                })
             }
         };
         Ok(Self {
