@@ -154,10 +154,19 @@ pub async fn ping(cfg: &Config, id: &str) -> Result<Output> {
 }
 
 pub async fn init(cfg: &Config, limits: &BucketLimits) -> Result<Output> {
+    if !(1..=crate::bus::MAX_REPLICAS).contains(&limits.replicas) {
+        return Err(Error::Invalid(format!(
+            "--replicas {}: JetStream keeps 1 to {} copies",
+            limits.replicas,
+            crate::bus::MAX_REPLICAS
+        )));
+    }
     let client = crate::bus::connect_once(&cfg.nats).await?;
+    crate::bus::check_replicas(limits.replicas, &client.server_info())?;
     let js = async_nats::jetstream::new(client);
     create_buckets(&js, limits).await?;
-    Ok(Output::new(&serde_json::json!({"buckets": "ok"}), "buckets ready".into()))
+    let text = format!("buckets ready ({} replica(s))", limits.replicas);
+    Ok(Output::new(&serde_json::json!({"buckets": "ok", "replicas": limits.replicas}), text))
 }
 
 #[derive(Debug, Clone)]

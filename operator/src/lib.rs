@@ -19,7 +19,6 @@ pub mod provision;
 pub mod ratelimit;
 pub mod registry;
 pub mod serve;
-pub mod sim;
 pub mod store;
 pub mod writer;
 

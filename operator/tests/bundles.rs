@@ -70,7 +70,7 @@ async fn non_bundles_are_refused_and_nothing_is_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rm_is_refused_while_a_rollout_uses_the_bundle() {
     let env = Env::start().await;
-    env.devices(&["pi-1"], harmony_operator::sim::Behavior::Manual).await;
+    env.devices(&["pi-1"], common::sim::Behavior::Manual).await;
     env.rollout(&env.start_args(&["pi-1"])).await;
     let err = commands::bundle_rm(&env.cfg, "2.0").await.unwrap_err();
     assert!(matches!(err, Error::BundleInUse { .. }), "{err}");

@@ -4,12 +4,12 @@
 
 mod common;
 
+use common::sim::Behavior;
 use common::{dev, eventually, now, Env, Operator};
 use futures::StreamExt;
 use harmony_operator::commands::{self, ProvisionArgs, Target};
 use harmony_operator::lease::Lease;
 use harmony_operator::model::{keys, JobState};
-use harmony_operator::sim::Behavior;
 use harmony_operator::{store, Error};
 use harmony_protocol::names::HEARTBEAT_BUCKET;
 use harmony_protocol::{UpgradePhase, UpgradeStatus};
@@ -164,7 +164,7 @@ async fn a_lost_job_is_rebuilt_from_its_offer_and_the_device_is_committed_on_it(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_already_on_the_target_is_not_offered() {
     let env = Env::start().await;
-    env.fleet.add(harmony_operator::sim::SimState::new(dev("pi-1"), "2.0", Behavior::Manual));
+    env.fleet.add(common::sim::SimState::new(dev("pi-1"), "2.0", Behavior::Manual));
     env.fleet.beat(&dev("pi-1")).await.unwrap();
     let op = Operator::start(&env.cfg);
     env.rollout(&env.start_args(&["pi-1"])).await;
