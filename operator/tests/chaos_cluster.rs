@@ -50,6 +50,24 @@ struct Recovery {
     last_failed_put: Option<Duration>,
     /// The first commit any device received after the fault.
     first_commit: Option<Duration>,
+    at: Instant,
+}
+
+impl Recovery {
+    /// The longest stretch without any commit in the 60 s from the fault
+    /// (counted from the fault itself): how long the rollout stood still.
+    fn longest_commit_gap(&self, commit_times: &[Instant]) -> Duration {
+        let end = self.at + Duration::from_secs(60);
+        let mut times: Vec<Instant> = commit_times.iter().copied().filter(|t| *t >= self.at && *t <= end).collect();
+        times.sort();
+        let mut last = self.at;
+        let mut gap = Duration::ZERO;
+        for t in times {
+            gap = gap.max(t.duration_since(last));
+            last = t;
+        }
+        gap
+    }
 }
 
 struct OperatorProc {
@@ -281,7 +299,7 @@ impl Chaos {
         });
         let last_failed_put =
             self.fleet.stats.lock().unwrap().last_put_error.filter(|t| *t >= t0).map(|t| t.duration_since(t0));
-        Recovery { fault, leader_back, last_failed_put, first_commit }
+        Recovery { fault, leader_back, last_failed_put, first_commit, at: t0 }
     }
 
     fn operator_logs(&self) -> String {
@@ -369,15 +387,7 @@ async fn run(devices: usize, faults: &[Fault]) {
         let reached = Chaos::until(Instant::now(), 120, || async { chaos.committed() >= at }).await;
         assert!(reached.is_some(), "stuck below {at} commits before {fault:?}\n{}", chaos.operator_logs());
         let r = chaos.inject(*fault).await;
-        eprintln!(
-            "chaos: {:?} at {} commits: leader back {}, last failed heartbeat put {}, first commit after {}",
-            r.fault,
-            at,
-            ms(r.leader_back),
-            ms(r.last_failed_put),
-            ms(r.first_commit)
-        );
-        recoveries.push(r);
+        recoveries.push((at, r));
     }
     let done =
         Chaos::until(Instant::now(), 300, || async { chaos.rollout().await.is_some_and(|r| r.status.is_final()) })
@@ -396,7 +406,15 @@ async fn run(devices: usize, faults: &[Fault]) {
         started.elapsed().as_secs_f64(),
         stats.put_errors
     );
-    for r in &recoveries {
+    for (at, r) in &recoveries {
+        eprintln!(
+            "chaos: {:?} at {} commits: new leader after {}, last failed heartbeat put {}, longest stretch without a commit {}",
+            r.fault,
+            at,
+            ms(r.leader_back),
+            ms(r.last_failed_put),
+            ms(Some(r.longest_commit_gap(&stats.commit_times)))
+        );
         assert!(r.first_commit.is_some(), "{:?}: no commit after the fault", r.fault);
     }
 }
