@@ -335,14 +335,38 @@ async fn bench(args: Args) -> Res<()> {
             lat.last().copied().unwrap_or_default().as_secs_f64() * 1000.0
         );
         let slow = lat.iter().filter(|d| **d >= Duration::from_millis(500)).count();
+        // Where a slow commit's time went: still waiting for the server to
+        // take the heartbeat, or after it.
+        let (mut acks, slow_with_slow_ack) = fleet
+            .stats
+            .lock()
+            .map(|s| {
+                let acks: Vec<Duration> = s.awaiting_put_ack.values().copied().collect();
+                let both = s
+                    .commit_latency_of
+                    .iter()
+                    .filter(|(id, l)| {
+                        **l >= Duration::from_millis(500) && s.awaiting_put_ack.get(*id).is_some_and(|a| *a >= **l / 2)
+                    })
+                    .count();
+                (acks, both)
+            })
+            .unwrap_or_default();
+        acks.sort();
+        println!(
+            "awaiting-commit heartbeat put acknowledged after: p50 {:.1} ms, p99 {:.1} ms; of the {slow} commits ≥ 500 ms, {slow_with_slow_ack} spent half or more waiting for that acknowledgement",
+            pct(&acks, 0.5).as_secs_f64() * 1000.0,
+            pct(&acks, 0.99).as_secs_f64() * 1000.0
+        );
         result += &format!(
-            " rollout_secs={:.1} rollout_operator_cpu={:.1} rollout_nats_cpu={nats_during:.1} commits={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} over_500ms={slow}",
+            " rollout_secs={:.1} rollout_operator_cpu={:.1} rollout_nats_cpu={nats_during:.1} commits={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} over_500ms={slow} put_ack_p99_ms={:.1}",
             took.as_secs_f64(),
             cpu / took.as_secs_f64() * 100.0,
             lat.len(),
             pct(&lat, 0.5).as_secs_f64() * 1000.0,
             pct(&lat, 0.99).as_secs_f64() * 1000.0,
-            lat.last().copied().unwrap_or_default().as_secs_f64() * 1000.0
+            lat.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
+            pct(&acks, 0.99).as_secs_f64() * 1000.0
         );
     }
     println!("{result}");

@@ -197,6 +197,12 @@ impl SimState {
 #[derive(Debug, Default)]
 pub struct Stats {
     pub commit_latency: Vec<Duration>,
+    /// Per device: how long the server took to acknowledge the awaiting-commit
+    /// heartbeat (the part of the commit latency spent before the operator
+    /// can have seen it, or in the same queue).
+    pub awaiting_put_ack: HashMap<DeviceId, Duration>,
+    /// Per device: the commit latency, to pair with the put acknowledgement.
+    pub commit_latency_of: HashMap<DeviceId, Duration>,
     /// When each commit arrived (first commit of a device only).
     pub commit_times: Vec<Instant>,
     pub committed: usize,
@@ -364,7 +370,10 @@ impl SimFleet {
             return;
         }
         if let Some(hb) = self.with(&offer.device_id, |d| d.finish_reboot(&offer, now)).flatten() {
-            let _ = self.put(&hb).await;
+            let started = Instant::now();
+            if self.put(&hb).await.is_ok() {
+                lock(&self.stats).awaiting_put_ack.insert(offer.device_id.clone(), started.elapsed());
+            }
         }
     }
 
@@ -380,6 +389,7 @@ impl SimFleet {
                     if let Some(t) = d.awaiting_since.take() {
                         let mut stats = lock(&self.stats);
                         stats.commit_latency.push(t.elapsed());
+                        stats.commit_latency_of.insert(id.clone(), t.elapsed());
                         stats.commit_times.push(Instant::now());
                     }
                     let evidence = (args.boot_id.clone(), args.target_version.clone());
