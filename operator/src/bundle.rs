@@ -168,7 +168,7 @@ pub async fn get(b: &Buckets, id: &str) -> Result<BundleRecord> {
 /// Removes a bundle unless a rollout that is not finished uses it.
 pub async fn remove(b: &Buckets, id: &str) -> Result<()> {
     get(b, id).await?;
-    if let Some(r) = store::rollouts(&b.state).await?.into_iter().find(|r| r.uses_bundle(id)) {
+    if let Some(r) = store::rollouts(&b.state).await?.good.into_iter().find(|r| r.uses_bundle(id)) {
         return Err(Error::BundleInUse { bundle: id.into(), rollout: r.id });
     }
     let objects = b.bundles().await?;

@@ -6,7 +6,46 @@ use async_nats::jetstream::{self, kv, object_store};
 use harmony_protocol::names::{BUNDLE_OBJECT_BUCKET, HEARTBEAT_BUCKET, OFFER_BUCKET, OPERATOR_STATE_BUCKET};
 use std::time::Duration;
 
+/// The servers of `nats.url`: one URL, or several separated by commas (the
+/// nodes of a cluster; the client picks one and reconnects across them).
+pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>> {
+    let addrs: Vec<async_nats::ServerAddr> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| u.parse().map_err(|e| Error::Invalid(format!("NATS URL {u:?}: {e}"))))
+        .collect::<Result<_>>()?;
+    if addrs.is_empty() {
+        return Err(Error::Invalid("nats.url names no server".into()));
+    }
+    Ok(addrs)
+}
+
+/// Connects for the long-running server: keeps retrying until NATS is up.
 pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client> {
+    let addrs = server_addrs(&cfg.url)?;
+    options(cfg)
+        .await?
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(addrs)
+        .await
+        .map_err(Error::nats)
+}
+
+/// Connects once, for a CLI command: an unreachable server is reported at
+/// once, by URL, instead of every later request timing out.
+pub async fn connect_once(cfg: &NatsConfig) -> Result<async_nats::Client> {
+    let addrs = server_addrs(&cfg.url)?;
+    options(cfg)
+        .await?
+        .connection_timeout(Duration::from_secs(3))
+        .connect(addrs)
+        .await
+        .map_err(|e| Error::Unreachable { url: cfg.url.clone(), detail: e.to_string() })
+}
+
+async fn options(cfg: &NatsConfig) -> Result<async_nats::ConnectOptions> {
     let opts = if let Some(creds) = &cfg.credentials_file {
         async_nats::ConnectOptions::with_credentials_file(creds.clone()).await.map_err(|e| Error::io(creds, e))?
     } else if let Some(path) = &cfg.nkey_seed_file {
@@ -15,12 +54,12 @@ pub async fn connect(cfg: &NatsConfig) -> Result<async_nats::Client> {
     } else {
         async_nats::ConnectOptions::new()
     };
-    opts.name("harmony-operator")
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(5))
-        .connect(cfg.url.as_str())
-        .await
-        .map_err(Error::nats)
+    Ok(opts
+        .name("harmony-operator")
+        // A paused or half-dead server keeps the TCP connection open; only
+        // unanswered pings reveal it. At the default (60 s, two missed) the
+        // operator would sit out minutes before moving to another node.
+        .ping_interval(Duration::from_secs(5)))
 }
 
 /// The buckets, opened (they are created by `init`).
@@ -39,9 +78,11 @@ impl Buckets {
         let open = |name: &'static str| {
             let js = js.clone();
             async move {
-                js.get_key_value(name)
-                    .await
-                    .map_err(|e| Error::Nats(format!("bucket {name}: {e} (run `harmony-operator init`)")))
+                js.get_key_value(name).await.map_err(|e| {
+                    let e = e.to_string();
+                    let hint = if e.contains("not found") { " (run `harmony-operator init`)" } else { "" };
+                    Error::Nats(format!("bucket {name}: {e}{hint}"))
+                })
             }
         };
         Ok(Self {
@@ -68,11 +109,35 @@ pub struct BucketLimits {
     pub heartbeat_ttl: Duration,
     /// Cap of the bundle object store; `None`: as much as the server allows.
     pub max_bundle_bytes: Option<i64>,
+    /// Copies of every bucket kept by a JetStream cluster (R1..R5).
+    pub replicas: usize,
 }
 
 impl Default for BucketLimits {
     fn default() -> Self {
-        Self { heartbeat_ttl: Duration::from_secs(7 * 24 * 3600), max_bundle_bytes: None }
+        Self { heartbeat_ttl: Duration::from_secs(7 * 24 * 3600), max_bundle_bytes: None, replicas: 1 }
+    }
+}
+
+/// JetStream allows 1 to 5 replicas of a stream.
+pub const MAX_REPLICAS: usize = 5;
+
+/// Refuses a replica count the server cannot hold, before anything is
+/// created: outside 1..=5, more than one on a server outside a cluster, or
+/// more than the cluster's servers (when the server advertises them).
+pub fn check_replicas(replicas: usize, info: &async_nats::ServerInfo) -> Result<()> {
+    if !(1..=MAX_REPLICAS).contains(&replicas) {
+        return Err(Error::Invalid(format!("--replicas {replicas}: JetStream keeps 1 to {MAX_REPLICAS} copies")));
+    }
+    match &info.cluster {
+        None if replicas > 1 => Err(Error::Invalid(format!(
+            "--replicas {replicas}: server {} is not part of a cluster, so it can keep only 1 copy",
+            info.server_name
+        ))),
+        Some(name) if !info.connect_urls.is_empty() && replicas > info.connect_urls.len() => Err(Error::Invalid(
+            format!("--replicas {replicas}: cluster {name} has only {} servers", info.connect_urls.len()),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -85,6 +150,7 @@ pub async fn create_buckets(js: &jetstream::Context, limits: &BucketLimits) -> R
             history: 1,
             max_age: limits.heartbeat_ttl,
             max_value_size: 64 * 1024,
+            num_replicas: limits.replicas,
             ..Default::default()
         },
         kv::Config {
@@ -92,6 +158,7 @@ pub async fn create_buckets(js: &jetstream::Context, limits: &BucketLimits) -> R
             description: "signed upgrade offers, key = device id".into(),
             history: 1,
             max_value_size: 64 * 1024,
+            num_replicas: limits.replicas,
             ..Default::default()
         },
         kv::Config {
@@ -99,22 +166,40 @@ pub async fn create_buckets(js: &jetstream::Context, limits: &BucketLimits) -> R
             description: "operator state: rollouts, jobs, offer sequence numbers, leader lease".into(),
             history: 1,
             max_value_size: 8 * 1024 * 1024,
+            num_replicas: limits.replicas,
             ..Default::default()
         },
     ];
     for cfg in kvs {
         let name = cfg.bucket.clone();
-        js.create_or_update_key_value(cfg).await.map_err(|e| Error::Nats(format!("create bucket {name}: {e}")))?;
+        js.create_or_update_key_value(cfg).await.map_err(|e| refused(&name, limits.replicas, e))?;
     }
     if js.get_object_store(BUNDLE_OBJECT_BUCKET).await.is_err() {
         js.create_object_store(object_store::Config {
             bucket: BUNDLE_OBJECT_BUCKET.into(),
             description: Some("RAUC bundles".into()),
             max_bytes: limits.max_bundle_bytes.unwrap_or(-1),
+            num_replicas: limits.replicas,
             ..Default::default()
         })
         .await
-        .map_err(|e| Error::Nats(format!("create object store {BUNDLE_OBJECT_BUCKET}: {e}")))?;
+        .map_err(|e| refused(BUNDLE_OBJECT_BUCKET, limits.replicas, e))?;
+    } else {
+        // An existing store keeps its bundles; only its copy count changes.
+        let stream_name = format!("OBJ_{BUNDLE_OBJECT_BUCKET}");
+        let mut stream =
+            js.get_stream(&stream_name).await.map_err(|e| refused(BUNDLE_OBJECT_BUCKET, limits.replicas, e))?;
+        let info = stream.info().await.map_err(|e| refused(BUNDLE_OBJECT_BUCKET, limits.replicas, e))?;
+        if info.config.num_replicas != limits.replicas {
+            let mut config = info.config.clone();
+            config.num_replicas = limits.replicas;
+            js.update_stream(config).await.map_err(|e| refused(BUNDLE_OBJECT_BUCKET, limits.replicas, e))?;
+        }
     }
     Ok(())
+}
+
+/// The server's own refusal, with the replica count asked for.
+fn refused(bucket: &str, replicas: usize, e: impl std::fmt::Display) -> Error {
+    Error::Nats(format!("create bucket {bucket} with {replicas} replica(s): the server refused: {e}"))
 }

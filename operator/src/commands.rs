@@ -8,12 +8,13 @@ use crate::coordinator::{plan_waves, WavePlan};
 use crate::error::{Error, Result};
 use crate::model::{keys, valid_name, HaltThreshold, Job, Rollout, RolloutPolicy, RolloutStatus};
 use crate::provision::{self, AgentSettings, DeviceUser};
-use crate::registry::{matches_selector, DeviceRow};
+use crate::registry::{heartbeat_of_key, matches_selector, DeviceRow, Labels};
 use crate::serve::ControlRequest;
 use crate::store;
 use harmony_protocol::command::Command;
 use harmony_protocol::{DeviceId, Heartbeat};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -51,25 +52,45 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Connects for one CLI command: fails fast, naming the URL, when NATS
+/// cannot be reached (the server keeps retrying instead, see `serve`).
 pub async fn open(cfg: &Config) -> Result<Buckets> {
-    Buckets::open(crate::bus::connect(&cfg.nats).await?).await
+    Buckets::open(crate::bus::connect_once(&cfg.nats).await?).await
 }
 
+/// The believable heartbeats: each decodes and names the device of its key.
+/// Others are left out with a warning (one device cannot speak for another).
 pub async fn heartbeats(b: &Buckets) -> Result<Vec<Heartbeat>> {
-    let mut out: Vec<Heartbeat> = store::read_prefix(&b.heartbeats, "")
-        .await?
-        .iter()
-        .filter_map(|e| serde_json::from_slice(&e.value).ok())
-        .collect();
+    let mut out = Vec::new();
+    for e in store::read_prefix(&b.heartbeats, "").await? {
+        match heartbeat_of_key(&e.key, &e.value) {
+            Ok(hb) => out.push(hb),
+            Err(why) => log::warn!("ignoring heartbeat under key {}: {why}", e.key),
+        }
+    }
     out.sort_by(|a, b| a.device_id.cmp(&b.device_id));
     Ok(out)
+}
+
+/// The operator's provisioning records (`device.<id>`), with their labels.
+pub async fn provisioned(b: &Buckets) -> Result<Vec<DeviceUser>> {
+    Ok(store::decode_all(&store::read_prefix(&b.state, "device.").await?).good)
+}
+
+fn labels_by_device(users: &[DeviceUser]) -> BTreeMap<DeviceId, Labels> {
+    users.iter().map(|u| (u.device.clone(), u.labels.clone())).collect()
 }
 
 pub async fn devices_list(cfg: &Config) -> Result<Output> {
     let b = open(cfg).await?;
     let now = SystemClock.now();
-    let rows: Vec<DeviceRow> =
-        heartbeats(&b).await?.iter().map(|h| DeviceRow::from_heartbeat(h, now, &cfg.fleet)).collect();
+    let labels = labels_by_device(&provisioned(&b).await?);
+    let none = Labels::new();
+    let rows: Vec<DeviceRow> = heartbeats(&b)
+        .await?
+        .iter()
+        .map(|h| DeviceRow::from_heartbeat(h, labels.get(&h.device_id).unwrap_or(&none), now, &cfg.fleet))
+        .collect();
     let text = table(
         &["DEVICE", "PRESENCE", "VERSION", "SLOT", "HEALTH", "PHASE", "SEEN"],
         &rows
@@ -93,11 +114,31 @@ pub async fn devices_list(cfg: &Config) -> Result<Output> {
 pub async fn devices_show(cfg: &Config, id: &str) -> Result<Output> {
     let b = open(cfg).await?;
     let id = DeviceId::new(id).map_err(|e| Error::Invalid(e.to_string()))?;
-    let hb: Heartbeat =
-        store::get_json(&b.heartbeats, id.as_str()).await?.ok_or_else(|| Error::NoSuchDevice(id.to_string()))?;
-    let job: Option<Job> = store::get_json(&b.state, &keys::job(&id)).await?;
-    let row = DeviceRow::from_heartbeat(&hb, SystemClock.now(), &cfg.fleet);
-    let value = serde_json::json!({ "device": row, "heartbeat": hb, "job": job });
+    let raw = b
+        .heartbeats
+        .get(id.as_str())
+        .await
+        .map_err(|e| Error::Nats(format!("get {id}: {e}")))?
+        .ok_or_else(|| Error::NoSuchDevice(id.to_string()))?;
+    let hb = heartbeat_of_key(id.as_str(), &raw)
+        .map_err(|why| Error::Corrupt { key: id.to_string(), detail: why.to_string() })?;
+    let record: Option<DeviceUser> = store::get_json(&b.state, &keys::device(&id)).await.unwrap_or_else(|e| {
+        log::warn!("{e}");
+        None
+    });
+    let labels = record.map(|r| r.labels).unwrap_or_default();
+    // A corrupt job is shown as such (with its quarantined copy), not fatal.
+    let (job, job_error) = match store::get_json::<Job>(&b.state, &keys::job(&id)).await {
+        Ok(job) => (job, None),
+        Err(e @ Error::Corrupt { .. }) => (None, Some(e.to_string())),
+        Err(e) => return Err(e),
+    };
+    let quarantined: Option<store::Quarantined> =
+        store::get_json(&b.state, &keys::quarantine(&keys::job(&id))).await.unwrap_or_default();
+    let row = DeviceRow::from_heartbeat(&hb, &labels, SystemClock.now(), &cfg.fleet);
+    let value = serde_json::json!({
+        "device": row, "heartbeat": hb, "job": job, "job_error": job_error, "quarantined_job": quarantined,
+    });
     let text = serde_json::to_string_pretty(&value).unwrap_or_default();
     Ok(Output { json: value, text })
 }
@@ -113,10 +154,19 @@ pub async fn ping(cfg: &Config, id: &str) -> Result<Output> {
 }
 
 pub async fn init(cfg: &Config, limits: &BucketLimits) -> Result<Output> {
-    let client = crate::bus::connect(&cfg.nats).await?;
+    if !(1..=crate::bus::MAX_REPLICAS).contains(&limits.replicas) {
+        return Err(Error::Invalid(format!(
+            "--replicas {}: JetStream keeps 1 to {} copies",
+            limits.replicas,
+            crate::bus::MAX_REPLICAS
+        )));
+    }
+    let client = crate::bus::connect_once(&cfg.nats).await?;
+    crate::bus::check_replicas(limits.replicas, &client.server_info())?;
     let js = async_nats::jetstream::new(client);
     create_buckets(&js, limits).await?;
-    Ok(Output::new(&serde_json::json!({"buckets": "ok"}), "buckets ready".into()))
+    let text = format!("buckets ready ({} replica(s))", limits.replicas);
+    Ok(Output::new(&serde_json::json!({"buckets": "ok", "replicas": limits.replicas}), text))
 }
 
 #[derive(Debug, Clone)]
@@ -134,20 +184,20 @@ pub struct ProvisionArgs {
 /// Writes a device's credential and agent.toml and regenerates the server's
 /// auth include with every provisioned device.
 pub async fn provision(cfg: &Config, a: &ProvisionArgs) -> Result<Output> {
-    let b = open(cfg).await?;
     let device = DeviceId::new(a.device.as_str()).map_err(|e| Error::Invalid(e.to_string()))?;
-    let labels = a.labels.iter().map(|l| provision::check_label(l)).collect::<Result<_>>()?;
+    let labels: Labels = a.labels.iter().map(|l| provision::check_label(l)).collect::<Result<_>>()?;
+    let b = open(cfg).await?;
     let settings = AgentSettings {
         nats_urls: if a.nats_urls.is_empty() { vec![cfg.nats.url.clone()] } else { a.nats_urls.clone() },
-        labels,
+        labels: labels.clone(),
         heartbeat_interval_secs: a.heartbeat_interval_secs,
         commit_deadline_secs: a.commit_deadline_secs,
     };
     let (prov, _seed) = provision::provision_device(&device, &settings, &cfg.keys.signing_key, &a.out)?;
     store::put_json(
         &b.state,
-        &format!("device.{device}"),
-        &DeviceUser { device: device.clone(), nkey: prov.nkey.clone() },
+        &keys::device(&device),
+        &DeviceUser { device: device.clone(), nkey: prov.nkey.clone(), labels },
     )
     .await?;
     let users: Vec<DeviceUser> =
@@ -164,6 +214,8 @@ pub async fn provision(cfg: &Config, a: &ProvisionArgs) -> Result<Output> {
 }
 
 pub async fn bundle_push(cfg: &Config, file: &Path, id: Option<&str>, progress: bool) -> Result<Output> {
+    // Local input first: a wrong file is reported without touching NATS.
+    crate::bundle::read_manifest(file)?;
     let b = open(cfg).await?;
     let rec = crate::bundle::push(&b, file, id, progress, SystemClock.now()).await?;
     let text = format!("{} {} {} {} bytes sha256 {}", rec.id, rec.compatible, rec.version, rec.size, rec.sha256);
@@ -172,7 +224,7 @@ pub async fn bundle_push(cfg: &Config, file: &Path, id: Option<&str>, progress: 
 
 pub async fn bundle_list(cfg: &Config) -> Result<Output> {
     let b = open(cfg).await?;
-    let list = store::bundles(&b.state).await?;
+    let list = store::bundles(&b.state).await?.good;
     let text = table(
         &["BUNDLE", "VERSION", "COMPATIBLE", "SIZE", "SHA256"],
         &list
@@ -250,16 +302,21 @@ pub async fn rollout_start(cfg: &Config, a: &StartArgs) -> Result<Output> {
             .iter()
             .map(|d| DeviceId::new(d.as_str()).map_err(|e| Error::Invalid(format!("{d}: {e}"))))
             .collect::<Result<_>>()?,
+        // The operator's own labels, never what a device reports.
         Target::Selector(sel) => {
-            heartbeats(&b).await?.into_iter().filter(|h| matches_selector(h, sel)).map(|h| h.device_id).collect()
+            provisioned(&b).await?.into_iter().filter(|u| matches_selector(&u.labels, sel)).map(|u| u.device).collect()
         }
+        // Every device heartbeating under its own key.
         Target::All => heartbeats(&b).await?.into_iter().map(|h| h.device_id).collect(),
     };
     if devices.is_empty() {
         return Err(Error::Invalid("no devices selected".into()));
     }
+    // A corrupt job record is skipped (with a warning): the serving operator
+    // rebuilds it from the device's signed offer, or starts it afresh.
     let busy: Vec<String> = store::jobs(&b.state)
         .await?
+        .good
         .into_iter()
         .filter(|j| !j.state.is_terminal() && devices.contains(&j.device))
         .map(|j| format!("{} (rollout {})", j.device, j.rollout_id))
@@ -304,11 +361,22 @@ pub struct RolloutReport {
     pub rollout: Rollout,
     pub counts: std::collections::BTreeMap<&'static str, usize>,
     pub devices: Vec<Job>,
+    /// Records that could not be read (skipped); their raw bytes are kept
+    /// under `quarantine.<key>` once the serving operator has seen them.
+    pub corrupt: Vec<store::CorruptRecord>,
+}
+
+fn corrupt_note(corrupt: &[store::CorruptRecord]) -> String {
+    if corrupt.is_empty() {
+        return String::new();
+    }
+    let keys: Vec<&str> = corrupt.iter().map(|c| c.key.as_str()).collect();
+    format!("\ncorrupt records skipped (see `harmony-operator devices show`, quarantine.<key>): {}", keys.join(", "))
 }
 
 pub async fn rollout_status(cfg: &Config, id: Option<&str>) -> Result<Output> {
     let b = open(cfg).await?;
-    let rollouts = store::rollouts(&b.state).await?;
+    let store::Records { good: rollouts, mut corrupt } = store::rollouts(&b.state).await?;
     let Some(id) = id else {
         let text = table(
             &["ROLLOUT", "BUNDLE", "STATUS", "WAVE", "DEVICES"],
@@ -325,10 +393,13 @@ pub async fn rollout_status(cfg: &Config, id: Option<&str>) -> Result<Output> {
                 })
                 .collect::<Vec<_>>(),
         );
+        let text = format!("{text}{}", corrupt_note(&corrupt));
         return Ok(Output::new(&rollouts, text));
     };
     let rollout = rollouts.into_iter().find(|r| r.id == id).ok_or_else(|| Error::NoSuchRollout(id.into()))?;
-    let jobs: Vec<Job> = store::jobs(&b.state).await?.into_iter().filter(|j| j.rollout_id == id).collect();
+    let job_records = store::jobs(&b.state).await?;
+    corrupt.extend(job_records.corrupt);
+    let jobs: Vec<Job> = job_records.good.into_iter().filter(|j| j.rollout_id == id).collect();
     let mut counts = std::collections::BTreeMap::new();
     for j in &jobs {
         *counts.entry(j.state.name()).or_insert(0) += 1;
@@ -367,5 +438,6 @@ pub async fn rollout_status(cfg: &Config, id: Option<&str>) -> Result<Output> {
             })
             .collect::<Vec<_>>(),
     ));
-    Ok(Output::new(&RolloutReport { rollout, counts, devices: jobs }, text))
+    text.push_str(&corrupt_note(&corrupt));
+    Ok(Output::new(&RolloutReport { rollout, counts, devices: jobs, corrupt }, text))
 }

@@ -10,6 +10,8 @@ pub enum Error {
     Io { path: PathBuf, source: std::io::Error },
     #[error("NATS: {0}")]
     Nats(String),
+    #[error("cannot reach NATS at {url}: {detail} (is nats-server running there? see [nats] url in the config)")]
+    Unreachable { url: String, detail: String },
     #[error("key file {path}: {detail}")]
     Key { path: PathBuf, detail: String },
     #[error("{path} is not a RAUC bundle: {detail}")]

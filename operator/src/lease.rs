@@ -28,10 +28,6 @@ impl LeaseKeeper {
         Self { store, me, ttl_ms, held: None }
     }
 
-    pub fn is_leader(&self) -> bool {
-        self.held.is_some()
-    }
-
     fn value(&self, now: UnixMillis) -> Result<bytes::Bytes> {
         let lease = Lease { holder: self.me.clone(), expires_at: now.saturating_add_ms(self.ttl_ms) };
         serde_json::to_vec(&lease).map(Into::into).map_err(|e| Error::Invalid(e.to_string()))

@@ -2,6 +2,7 @@
 //! heartbeat coordinator, rollouts that halt themselves, and the CLI behind
 //! `harmony-operator`.
 
+pub mod backoff;
 pub mod bundle;
 pub mod bus;
 pub mod clock;
@@ -15,9 +16,9 @@ pub mod lease;
 pub mod logger;
 pub mod model;
 pub mod provision;
+pub mod ratelimit;
 pub mod registry;
 pub mod serve;
-pub mod sim;
 pub mod store;
 pub mod writer;
 

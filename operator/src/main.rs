@@ -48,6 +48,9 @@ struct InitArgs {
     /// Largest total size of the bundle object store, in GiB (default: no cap).
     #[arg(long)]
     bundle_store_gib: Option<i64>,
+    /// Copies of every bucket on a JetStream cluster (1..=5, at most the cluster's servers).
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
     /// Provision this device.
     #[arg(long)]
     device: Option<String>,
@@ -228,6 +231,7 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
             let limits = BucketLimits {
                 heartbeat_ttl: Duration::from_secs(a.heartbeat_ttl_days * 86_400),
                 max_bundle_bytes: a.bundle_store_gib.map(|g| g * 1024 * 1024 * 1024),
+                replicas: a.replicas,
             };
             let out = commands::init(&cfg, &limits).await?;
             match a.device {

@@ -159,6 +159,8 @@ pub enum JobState {
     },
     /// The rollout was aborted before this device got an offer.
     Skipped,
+    /// The device already ran the target version: no offer was made.
+    UpToDate,
 }
 
 impl JobState {
@@ -174,12 +176,18 @@ impl JobState {
             Self::Failed { .. } => "failed",
             Self::TimedOut { .. } => "timed_out",
             Self::Skipped => "skipped",
+            Self::UpToDate => "up_to_date",
         }
     }
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            Self::Committed | Self::RolledBack { .. } | Self::Failed { .. } | Self::TimedOut { .. } | Self::Skipped
+            Self::Committed
+                | Self::RolledBack { .. }
+                | Self::Failed { .. }
+                | Self::TimedOut { .. }
+                | Self::Skipped
+                | Self::UpToDate
         )
     }
     /// Counts against a wave's halt threshold.
@@ -263,6 +271,15 @@ pub mod keys {
     }
     pub fn bundle(id: &str) -> String {
         format!("bundle.{id}")
+    }
+    /// The provisioning record of a device (`init --device`).
+    pub fn device(device: &DeviceId) -> String {
+        format!("device.{device}")
+    }
+    pub const QUARANTINE_PREFIX: &str = "quarantine.";
+    /// Where the raw bytes of the corrupt record `key` are kept.
+    pub fn quarantine(key: &str) -> String {
+        format!("{QUARANTINE_PREFIX}{key}")
     }
 }
 

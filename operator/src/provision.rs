@@ -19,11 +19,17 @@ pub use harmony_protocol::names::device_inbox_prefix;
 
 pub use harmony_protocol::permissions::{device_permissions, Permissions};
 
-/// A provisioned device as remembered by the operator (public nkey only).
+/// A provisioned device as remembered by the operator, in its KV bucket
+/// under `device.<id>`: the public nkey and the device's labels. These
+/// labels, not the ones a device reports, are what rollout selectors match
+/// (a device must not choose which rollouts it joins). Zero-touch enrollment
+/// (issue #14) is expected to write the same record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceUser {
     pub device: DeviceId,
     pub nkey: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 fn quote(s: &str) -> String {

@@ -1,5 +1,10 @@
 //! The fleet registry: what each device last reported, and whether it is
 //! online, stale or offline by the configured thresholds.
+//!
+//! Trust: a device's identity is the key of its heartbeat (its credentials
+//! allow it to write that one key only), never the payload; its labels are
+//! the operator's own, from the provisioning record `device.<id>` written by
+//! `init --device`, never what the device reports.
 
 use crate::config::FleetConfig;
 use harmony_protocol::time::UnixMillis;
@@ -41,7 +46,8 @@ pub struct DeviceRow {
 }
 
 impl DeviceRow {
-    pub fn from_heartbeat(hb: &Heartbeat, now: UnixMillis, cfg: &FleetConfig) -> Self {
+    /// `labels`: the operator's provisioning record of the device.
+    pub fn from_heartbeat(hb: &Heartbeat, labels: &Labels, now: UnixMillis, cfg: &FleetConfig) -> Self {
         Self {
             device_id: hb.device_id.to_string(),
             presence: presence(hb.sent_at, now, cfg),
@@ -52,17 +58,37 @@ impl DeviceRow {
             health: hb.health.status,
             phase: hb.upgrade.phase.name(),
             last_seen: hb.sent_at,
-            labels: hb.labels.clone(),
+            labels: labels.clone(),
         }
     }
 }
 
-/// `label=value` selector match.
-pub fn matches_selector(hb: &Heartbeat, selector: &str) -> bool {
+pub type Labels = std::collections::BTreeMap<String, String>;
+
+/// `label=value` (or just `label`) selector match against the operator's labels.
+pub fn matches_selector(labels: &Labels, selector: &str) -> bool {
     match selector.split_once('=') {
-        Some((k, v)) => hb.labels.get(k).is_some_and(|x| x == v),
-        None => hb.labels.contains_key(selector),
+        Some((k, v)) => labels.get(k).is_some_and(|x| x == v),
+        None => labels.contains_key(selector),
     }
+}
+
+/// Why a heartbeat entry is not believed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadHeartbeat {
+    #[error("undecodable: {0}")]
+    Undecodable(String),
+    #[error("its payload names another device, {0}")]
+    OtherDevice(String),
+}
+
+/// The heartbeat stored under `key`, if it decodes and speaks for that key's device.
+pub fn heartbeat_of_key(key: &str, value: &[u8]) -> Result<Heartbeat, BadHeartbeat> {
+    let hb: Heartbeat = serde_json::from_slice(value).map_err(|e| BadHeartbeat::Undecodable(e.to_string()))?;
+    if hb.device_id.as_str() != key {
+        return Err(BadHeartbeat::OtherDevice(hb.device_id.to_string()));
+    }
+    Ok(hb)
 }
 
 #[cfg(test)]

@@ -7,14 +7,16 @@
 //! and put after their job and sequence number are persisted; commits go out
 //! before the job is persisted, so the commit latency is one step.
 
+use crate::backoff::Backoff;
 use crate::bus::{connect, Buckets};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::coordinator::{step, Control, Event, State, Tuning};
+use crate::coordinator::{step, Control, Event, State, Tuning, REBUILT_NOTE};
 use crate::effects::{execute, NatsEffects};
 use crate::error::{Error, Result};
 use crate::lease::LeaseKeeper;
 use crate::model::{JobState, Rollout};
+use crate::ratelimit::WarnLimiter;
 use crate::store;
 use crate::writer::Writer;
 use async_nats::jetstream::kv;
@@ -24,10 +26,11 @@ use harmony_protocol::command::{Command, CommandReply};
 use harmony_protocol::names::command_subject;
 use harmony_protocol::{DeviceId, Heartbeat, SignedEnvelope, UpgradeOffer};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// A pause/resume/abort request, written by the CLI to `ctl.<rollout>`.
@@ -72,6 +75,7 @@ pub async fn run_with_clock(
     let ttl_ms = cfg.coordinator.lease_ttl_secs.max(1) * 1000;
     let mut lease = LeaseKeeper::new(buckets.state.clone(), cfg.operator_id(), ttl_ms);
     let mut shutdown: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(shutdown);
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30), Duration::from_secs(60));
     loop {
         // Standby: try for the lease every third of its lifetime.
         loop {
@@ -86,16 +90,34 @@ pub async fn run_with_clock(
             }
         }
         log::info!("leading");
-        match lead(&cfg, &buckets, &key, &mut lease, clock.as_ref(), shutdown.as_mut()).await {
+        let started = Instant::now();
+        let wait = match lead(&cfg, &buckets, &key, &mut lease, clock.as_ref(), shutdown.as_mut()).await {
             Ok(Outcome::Shutdown) => {
                 lease.release().await;
                 return Ok(());
             }
-            Ok(Outcome::LostLease) => log::warn!("standing by: lease lost"),
-            Ok(Outcome::Restart) => log::warn!("watch ended; reloading state"),
-            Err(e) => log::error!("coordinator: {e}; reloading state"),
+            Ok(Outcome::LostLease) => {
+                log::warn!("standing by: lease lost");
+                Duration::from_millis(200)
+            }
+            Ok(Outcome::Restart) => {
+                let wait = backoff.after(started.elapsed());
+                log::warn!("watch ended; reloading state in {wait:?}");
+                wait
+            }
+            Err(e) => {
+                // Holding the lease while unable to lead would keep every
+                // standby out: give it up, and do not spin on a fault.
+                let wait = backoff.after(started.elapsed());
+                log::error!("cannot lead: {e}; released the leader lease, trying again in {wait:?}");
+                lease.release().await;
+                wait
+            }
+        };
+        tokio::select! {
+            _ = shutdown.as_mut() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -114,35 +136,56 @@ async fn lead(
     clock: &dyn Clock,
     mut shutdown: Shutdown<'_>,
 ) -> Result<Outcome> {
-    let mut state = store::load_state(&b.state).await?;
+    let loaded = store::load_state(&b.state).await?;
+    let mut state = loaded.state;
+    store::quarantine(&b.state, &loaded.corrupt).await?;
     let writer = Writer::start(b.js.clone());
     let (commit_tx, mut commit_rx) = mpsc::unbounded_channel::<Event>();
     let fx = NatsEffects { writer: writer.clone(), client: b.client.clone(), replies: commit_tx };
     state.tuning = tuning(cfg);
-    log::debug!("loaded {} rollouts, {} jobs", state.rollouts.len(), state.jobs.len());
+    state.offers = current_offers(b).await?;
+    log::debug!("loaded {} rollouts, {} jobs, {} offers", state.rollouts.len(), state.jobs.len(), state.offers.len());
     reconcile_offers(b, key, &state).await?;
-    // Rollouts written by the CLI while no operator led have no jobs yet:
-    // give them theirs before any tick can judge their waves.
+    let mut warn_limit = WarnLimiter::new(Duration::from_secs(60));
     let mut heartbeats = b.heartbeats.watch_with_history(">").await.map_err(Error::nats)?;
     // Replay the last heartbeat of every device before deciding anything, so
-    // offers record a baseline and pending commits are found at once.
-    if b.heartbeats.status().await.map_err(Error::nats)?.values() > 0 {
+    // offers record a baseline and pending commits are found at once. The
+    // emptiness check must be fresh: a bucket opened empty may be full now.
+    let mut replayed: HashMap<DeviceId, Heartbeat> = HashMap::new();
+    if !store::is_empty(&b.heartbeats).await? {
         while let Some(entry) = heartbeats.next().await {
             let entry = entry.map_err(Error::nats)?;
             let caught_up = entry.delta == 0;
-            if let Some(hb) = decode_heartbeat(&entry) {
-                let (next, actions) = step(state, &Event::Heartbeat(Box::new(hb)), clock.now());
+            if let Some(hb) = decode_heartbeat(&entry, &mut warn_limit) {
+                let (next, actions) = step(state, &Event::Heartbeat(Box::new(hb.clone())), clock.now());
                 state = next;
                 execute(&fx, key, &state, actions)?;
+                replayed.insert(hb.device_id.clone(), hb);
             }
             if caught_up {
                 break;
             }
         }
     }
+    // Rollouts written by the CLI while no operator led have no jobs yet:
+    // give them theirs before any tick can judge their waves.
     let open: Vec<Rollout> = state.rollouts.values().filter(|r| !r.status.is_final()).cloned().collect();
     for r in open {
         let (next, actions) = step(state, &Event::RolloutCreated(Box::new(r)), clock.now());
+        state = next;
+        execute(&fx, key, &state, actions)?;
+    }
+    // A job just rebuilt from its offer has not seen the device's last
+    // heartbeat yet (it came in the replay, before the job existed).
+    let rebuilt: Vec<Heartbeat> = state
+        .jobs
+        .values()
+        .filter(|j| j.state == JobState::Offered && j.history.last().is_some_and(|t| t.note.starts_with(REBUILT_NOTE)))
+        .filter_map(|j| replayed.remove(&j.device))
+        .collect();
+    drop(replayed);
+    for hb in rebuilt {
+        let (next, actions) = step(state, &Event::Heartbeat(Box::new(hb)), clock.now());
         state = next;
         execute(&fx, key, &state, actions)?;
     }
@@ -162,7 +205,7 @@ async fn lead(
                 return Ok(Outcome::Shutdown);
             }
             entry = heartbeats.next() => match entry {
-                Some(Ok(e)) => match decode_heartbeat(&e) { Some(hb) => Event::Heartbeat(Box::new(hb)), None => continue },
+                Some(Ok(e)) => match decode_heartbeat(&e, &mut warn_limit) { Some(hb) => Event::Heartbeat(Box::new(hb)), None => continue },
                 _ => return Ok(Outcome::Restart),
             },
             entry = rollouts.next() => match entry {
@@ -185,6 +228,10 @@ async fn lead(
                 Some(Ok(_)) => continue,
                 _ => return Ok(Outcome::Restart),
             },
+            why = writer.failed() => {
+                // Memory is ahead of what is durable: reload from KV.
+                return Err(Error::Nats(format!("state write failed: {why}")));
+            }
             Some(ev) = commit_rx.recv() => ev,
             _ = tick.tick() => Event::Tick,
             _ = renew.tick() => {
@@ -204,21 +251,41 @@ async fn lead(
     }
 }
 
-fn decode_heartbeat(e: &kv::Entry) -> Option<Heartbeat> {
+/// A heartbeat the coordinator may act on: a put whose payload decodes and
+/// names the device of its key (a device can write only its own key, so the
+/// key is the identity; the payload is the device's word). Everything else
+/// is ignored with a warning, at most one per key a minute.
+fn decode_heartbeat(e: &kv::Entry, limit: &mut WarnLimiter) -> Option<Heartbeat> {
     if e.operation != kv::Operation::Put {
         return None;
     }
-    match serde_json::from_slice::<Heartbeat>(&e.value) {
-        Ok(hb) if hb.device_id.as_str() == e.key => Some(hb),
-        Ok(hb) => {
-            log::warn!("heartbeat under key {} claims device {}; ignored", e.key, hb.device_id);
-            None
-        }
-        Err(err) => {
-            log::debug!("undecodable heartbeat under {}: {err}", e.key);
+    match crate::registry::heartbeat_of_key(&e.key, &e.value) {
+        Ok(hb) => Some(hb),
+        Err(why) => {
+            if let Some(held) = limit.allow(&e.key, Instant::now()) {
+                let more = if held > 0 { format!(" ({held} more since the last warning)") } else { String::new() };
+                log::warn!("ignoring heartbeat under key {}: {why}{more}", e.key);
+            }
             None
         }
     }
+}
+
+/// The offers in the offer bucket now, by device (undecodable ones skipped).
+async fn current_offers(b: &Buckets) -> Result<HashMap<DeviceId, UpgradeOffer>> {
+    let mut out = HashMap::new();
+    for entry in store::read_prefix(&b.offers, "").await? {
+        let offer = SignedEnvelope::decode(&entry.value)
+            .ok()
+            .and_then(|env| serde_json::from_str::<UpgradeOffer>(&env.payload).ok());
+        match offer {
+            Some(o) if o.device_id.as_str() == entry.key => {
+                out.insert(o.device_id.clone(), o);
+            }
+            _ => log::warn!("offer under key {} does not decode; ignored", entry.key),
+        }
+    }
+    Ok(out)
 }
 
 async fn put_offer(b: &Buckets, key: &SigningKey, offer: &UpgradeOffer) -> Result<()> {

@@ -58,17 +58,19 @@ async fn non_bundles_are_refused_and_nothing_is_stored() {
     std::fs::create_dir_all(&content).unwrap();
     std::fs::write(content.join("hello"), "x").unwrap();
     let sq = dir.join("image.raucb");
-    let ok = std::process::Command::new("mksquashfs").arg(&content).arg(&sq).arg("-quiet").arg("-noappend").status();
-    if ok.is_ok_and(|s| s.success()) {
-        assert!(matches!(bundle::push(&env.buckets, &sq, None, false, now()).await, Err(Error::NotABundle { .. })));
-    }
-    assert!(harmony_operator::store::bundles(&env.buckets.state).await.unwrap().iter().all(|b| b.id == "2.0"));
+    // mksquashfs is a test prerequisite (squashfs-tools): missing, the test
+    // fails loudly instead of skipping the case.
+    let mksquashfs = harmony_testkit::tools::find_tool("mksquashfs");
+    let made = std::process::Command::new(mksquashfs).arg(&content).arg(&sq).arg("-quiet").arg("-noappend").status();
+    assert!(made.as_ref().is_ok_and(|s| s.success()), "mksquashfs: {made:?}");
+    assert!(matches!(bundle::push(&env.buckets, &sq, None, false, now()).await, Err(Error::NotABundle { .. })));
+    assert!(harmony_operator::store::bundles(&env.buckets.state).await.unwrap().good.iter().all(|b| b.id == "2.0"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rm_is_refused_while_a_rollout_uses_the_bundle() {
     let env = Env::start().await;
-    env.devices(&["pi-1"], harmony_operator::sim::Behavior::Manual).await;
+    env.devices(&["pi-1"], common::sim::Behavior::Manual).await;
     env.rollout(&env.start_args(&["pi-1"])).await;
     let err = commands::bundle_rm(&env.cfg, "2.0").await.unwrap_err();
     assert!(matches!(err, Error::BundleInUse { .. }), "{err}");

@@ -3,9 +3,9 @@
 
 mod common;
 
+use common::sim::Behavior;
 use common::{dev, eventually, now, Env, Operator};
 use harmony_operator::model::{JobState, RolloutStatus};
-use harmony_operator::sim::Behavior;
 use harmony_protocol::time::UnixMillis;
 use harmony_protocol::{HealthStatus, RefusalReason, UpgradePhase, UpgradeStatus};
 use std::time::Duration;

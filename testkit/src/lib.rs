@@ -9,8 +9,10 @@
 
 pub mod dbus;
 pub mod nats;
+pub mod nats_cluster;
 pub mod rauc;
 pub mod rauc_bundle;
 pub mod tools;
 
 pub use nats::NatsServer;
+pub use nats_cluster::{stream_leader, NatsCluster};

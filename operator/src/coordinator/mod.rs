@@ -13,12 +13,12 @@ mod rollout;
 mod tests;
 
 pub use device::{check_commit, device_step, CommitRefusal};
-pub use rollout::{plan_waves, WavePlan};
+pub use rollout::{plan_waves, WavePlan, REBUILT_NOTE};
 
 use crate::model::{Job, Rollout};
 use harmony_protocol::command::CommitArgs;
 use harmony_protocol::time::UnixMillis;
-use harmony_protocol::{DeviceId, Heartbeat, UpgradeOffer};
+use harmony_protocol::{DeviceId, Heartbeat, UpgradeOffer, UpgradePhase};
 use std::collections::{BTreeMap, HashMap};
 
 /// What the coordinator last saw of a device (from its heartbeats).
@@ -29,6 +29,9 @@ pub struct Seen {
     pub os_version: Option<String>,
     /// The device's upgrade status `since` (device clock).
     pub upgrade_since: UnixMillis,
+    /// The device reports an offer it is still working on (any offer: a
+    /// device is never offered again while one is in flight).
+    pub upgrade_in_flight: bool,
     pub sent_at: UnixMillis,
 }
 
@@ -54,6 +57,10 @@ pub struct State {
     /// Last offer sequence number per device (persisted; strictly increasing).
     pub seqs: HashMap<DeviceId, u64>,
     pub seen: HashMap<DeviceId, Seen>,
+    /// The signed offers found in the offer bucket when this operator began
+    /// to lead: a rollout device without a job record whose offer is there
+    /// gets its job rebuilt from it instead of a second offer.
+    pub offers: HashMap<DeviceId, UpgradeOffer>,
     pub tuning: Tuning,
 }
 
@@ -111,6 +118,7 @@ pub fn step(mut state: State, event: &Event, now: UnixMillis) -> (State, Vec<Act
                         booted_slot: hb.booted_slot.clone(),
                         os_version: hb.os_version.clone(),
                         upgrade_since: hb.upgrade.since,
+                        upgrade_in_flight: offer_in_flight(&hb.upgrade.phase),
                         sent_at: hb.sent_at,
                     },
                 );
@@ -143,6 +151,21 @@ pub fn step(mut state: State, event: &Event, now: UnixMillis) -> (State, Vec<Act
         rollout::advance_all(&mut state, now, &mut actions);
     }
     (state, actions)
+}
+
+/// The agent is working on an offer: from accepting it to awaiting commit.
+/// Idle, committed and the refusal/failure/rollback outcomes are not.
+pub fn offer_in_flight(phase: &UpgradePhase) -> bool {
+    matches!(
+        phase,
+        UpgradePhase::Offered
+            | UpgradePhase::Downloading { .. }
+            | UpgradePhase::Verifying
+            | UpgradePhase::Installing { .. }
+            | UpgradePhase::Installed
+            | UpgradePhase::Rebooting
+            | UpgradePhase::AwaitingCommit
+    )
 }
 
 /// Runs the device step for one device's job; true if the job became terminal.

@@ -53,7 +53,18 @@ pub(super) fn create(state: &mut State, rollout: &Rollout, now: UnixMillis, acti
             if skip {
                 continue; // already ours, or busy in another rollout (the CLI refuses that; a race must not steal it)
             }
-            state.jobs.insert(d.clone(), Job::pending(d.clone(), &r.id, wave, now));
+            let job = match state.offers.get(d).filter(|o| o.rollout_id.as_deref() == Some(r.id.as_str())) {
+                Some(offer) => {
+                    // The job record is gone but its offer is not: the
+                    // device may be mid-upgrade. Same offer, no new one.
+                    let seq = state.seqs.get(d).copied().unwrap_or(0).max(offer.offer_seq);
+                    state.seqs.insert(d.clone(), seq);
+                    actions.push(Action::PersistSeq(d.clone()));
+                    rebuilt_job(&r, wave, offer, now)
+                }
+                None => Job::pending(d.clone(), &r.id, wave, now),
+            };
+            state.jobs.insert(d.clone(), job);
             actions.push(Action::PersistJob(d.clone()));
         }
     }
@@ -66,6 +77,21 @@ pub(super) fn create(state: &mut State, rollout: &Rollout, now: UnixMillis, acti
     }
     actions.push(Action::PersistRollout(r.id.clone()));
     state.rollouts.insert(r.id.clone(), r);
+}
+
+/// History note of a job rebuilt from its signed offer.
+pub const REBUILT_NOTE: &str = "rebuilt from the signed offer";
+
+/// An offered job recreated from the offer still in the offer bucket. What
+/// was not recorded (baseline, pre-reboot boot) stays unknown: the commit
+/// rule then relies on what the agent persisted before its reboot.
+fn rebuilt_job(r: &Rollout, wave: usize, offer: &UpgradeOffer, now: UnixMillis) -> Job {
+    let mut job = Job::pending(offer.device_id.clone(), &r.id, wave, now);
+    job.deadline = Some(now.saturating_add_ms(r.policy.device_timeout_ms));
+    job.reboot_timeout_ms = r.policy.reboot_timeout_ms;
+    job.offer = Some(offer.clone());
+    job.go(JobState::Offered, now, format!("{REBUILT_NOTE} {}", offer.offer_seq));
+    job
 }
 
 pub(super) fn control(
@@ -169,6 +195,15 @@ fn advance(state: &mut State, id: &str, now: UnixMillis, actions: &mut Vec<Actio
             }
             let Some(job) = state.jobs.get_mut(&d) else { continue };
             if job.rollout_id != r.id || job.state != JobState::Pending {
+                continue;
+            }
+            let seen = state.seen.get(&d);
+            if seen.is_some_and(|s| s.upgrade_in_flight) {
+                continue; // another offer is in flight on the device: wait for its outcome
+            }
+            if seen.is_some_and(|s| s.os_version.as_deref() == Some(r.bundle.version.as_str())) {
+                job.go(JobState::UpToDate, now, format!("already runs {}; not offered", r.bundle.version));
+                actions.push(Action::PersistJob(d.clone()));
                 continue;
             }
             let last = state.seqs.get(&d).copied().unwrap_or(0);

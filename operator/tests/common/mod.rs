@@ -2,14 +2,17 @@
 //! running the real `run` loop, and scripted devices speaking the protocol.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../src/bin/fleet-sim/sim.rs"]
+pub mod sim;
+
 use harmony_operator::bus::{create_buckets, BucketLimits, Buckets};
 use harmony_operator::commands::{self, StartArgs, Target};
 use harmony_operator::model::{keys, BundleRecord, HaltThreshold, Job, JobState, Rollout};
-use harmony_operator::sim::{Behavior, SimFleet, SimState};
 use harmony_operator::{store, Config};
 use harmony_protocol::time::UnixMillis;
 use harmony_protocol::DeviceId;
 use harmony_testkit::NatsServer;
+use sim::{Behavior, SimFleet, SimState};
 use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;

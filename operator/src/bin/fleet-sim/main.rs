@@ -11,14 +11,16 @@
 //!
 //! cargo run --release -p harmony-operator --bin fleet-sim -- --devices 10000
 
+mod sim;
+
 use clap::Parser;
 use futures::stream::{FuturesUnordered, StreamExt};
 use harmony_operator::bus::{create_buckets, BucketLimits, Buckets};
 use harmony_operator::commands::{rollout_start, StartArgs, Target};
 use harmony_operator::model::{keys, BundleRecord, HaltThreshold, RolloutStatus};
-use harmony_operator::sim::{Behavior, SimFleet, SimState};
 use harmony_operator::{store, Config};
 use harmony_protocol::DeviceId;
+use sim::{Behavior, SimFleet, SimState};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,9 +43,13 @@ struct Args {
     install_ms: u64,
     #[arg(long, default_value_t = 100)]
     max_in_flight: usize,
-    /// Use this server instead of starting one.
+    /// Use this server (or comma-separated cluster nodes) instead of starting one.
     #[arg(long)]
     nats_url: Option<String>,
+    /// Servers to start when no --nats-url: 1 (a single server) or a
+    /// JetStream cluster of 3 on loopback, with R-N buckets.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
     /// The operator binary (default: next to this one).
     #[arg(long)]
     operator: Option<PathBuf>,
@@ -104,25 +110,54 @@ fn main() -> Res<()> {
     rt.block_on(bench(args))
 }
 
+fn free_port() -> Res<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts `nodes` nats-servers with JetStream (routed into one cluster when
+/// more than one); returns them and their comma-separated client URLs.
+fn start_servers(nodes: usize, dir: &Path) -> Res<(Vec<Proc>, String)> {
+    let ports: Vec<(u16, u16)> = (0..nodes).map(|_| Ok((free_port()?, free_port()?))).collect::<Res<_>>()?;
+    let routes: Vec<String> = ports.iter().map(|(_, r)| format!("\"nats-route://127.0.0.1:{r}\"")).collect();
+    let mut procs = Vec::new();
+    for (i, (port, route)) in ports.iter().enumerate() {
+        let node_dir = dir.join(format!("n{}", i + 1));
+        std::fs::create_dir_all(&node_dir)?;
+        let mut conf = format!(
+            "server_name: \"n{}\"\nlisten: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\n",
+            i + 1,
+            node_dir.join("js").display()
+        );
+        if nodes > 1 {
+            conf += &format!(
+                "cluster {{ name: \"fleet-sim\", listen: \"127.0.0.1:{route}\", routes: [{}] }}\n",
+                routes.join(", ")
+            );
+        }
+        std::fs::write(node_dir.join("server.conf"), conf)?;
+        let log = std::fs::File::create(node_dir.join("nats-server.log"))?;
+        let child = Command::new(find_nats_server())
+            .arg("-c")
+            .arg(node_dir.join("server.conf"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        procs.push(Proc(child));
+    }
+    let urls: Vec<String> = ports.iter().map(|(p, _)| format!("nats://127.0.0.1:{p}")).collect();
+    Ok((procs, urls.join(",")))
+}
+
 async fn bench(args: Args) -> Res<()> {
     let dir = tempfile_dir()?;
-    let mut _server = None;
-    let url = match &args.nats_url {
-        Some(u) => u.clone(),
-        None => {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let child = Command::new(find_nats_server())
-                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-                .arg(dir.join("js"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?;
-            _server = Some(Proc(child));
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            format!("nats://127.0.0.1:{port}")
-        }
+    let (servers, url) = match &args.nats_url {
+        Some(u) => (Vec::new(), u.clone()),
+        None => start_servers(args.nodes.max(1), &dir)?,
     };
-    let nats_pid = _server.as_ref().map(|p| p.0.id());
+    let nats_pids: Vec<u32> = servers.iter().map(|p| p.0.id()).collect();
+    let nats_cpu = || -> Option<f64> {
+        (!nats_pids.is_empty()).then(|| nats_pids.iter().filter_map(|p| usage(*p)).map(|u| u.0).sum())
+    };
     let key = dir.join("fleet.key");
     harmony_operator::keys::generate(&key)?;
     let mut cfg = Config::for_url(&url, &key);
@@ -132,7 +167,17 @@ async fn bench(args: Args) -> Res<()> {
     std::fs::write(&cfg_path, toml::to_string(&cfg)?)?;
 
     let client = harmony_operator::bus::connect(&cfg.nats).await?;
-    create_buckets(&async_nats::jetstream::new(client.clone()), &BucketLimits::default()).await?;
+    let limits =
+        BucketLimits { replicas: if args.nats_url.is_none() { args.nodes.max(1) } else { 1 }, ..Default::default() };
+    // A fresh cluster answers JetStream requests once it has elected a meta leader.
+    let js = async_nats::jetstream::new(client.clone());
+    let ready_by = Instant::now() + Duration::from_secs(60);
+    while let Err(e) = create_buckets(&js, &limits).await {
+        if Instant::now() > ready_by {
+            return Err(format!("creating the buckets: {e}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let buckets = Buckets::open(client).await?;
     let rec = BundleRecord {
         id: "2.0".into(),
@@ -202,7 +247,7 @@ async fn bench(args: Args) -> Res<()> {
     tokio::time::sleep(Duration::from_secs(args.interval_secs + 2)).await;
     let (c0, _) = usage(pid).ok_or("operator not running")?;
     let hb0 = fleet.stats.lock().map(|s| s.heartbeats).unwrap_or(0);
-    let n0 = nats_pid.and_then(usage).map(|u| u.0);
+    let n0 = nats_cpu();
     let t0 = Instant::now();
     let mut peak_rss = 0;
     while t0.elapsed() < Duration::from_secs(args.measure_secs) {
@@ -225,10 +270,22 @@ async fn bench(args: Args) -> Res<()> {
         rss as f64 / 1024.0,
         peak_rss as f64 / 1024.0
     );
-    if let (Some(n0), Some(n1)) = (n0, nats_pid.and_then(usage).map(|u| u.0)) {
-        println!("  (nats-server CPU {:.1}%, simulator in this process)", (n1 - n0) / secs * 100.0);
-    }
+    let steady_nats = match (n0, nats_cpu()) {
+        (Some(n0), Some(n1)) => (n1 - n0) / secs * 100.0,
+        _ => f64::NAN,
+    };
+    println!(
+        "  (nats-server CPU {steady_nats:.1}% of one core over {} server(s), simulator in this process)",
+        nats_pids.len()
+    );
+    let steady_op = (c1 - c0) / secs * 100.0;
 
+    // One line for scripts/bench to put runs side by side.
+    let mut result = format!(
+        "RESULT servers={} devices={} steady_operator_cpu={steady_op:.1} steady_nats_cpu={steady_nats:.1}",
+        nats_pids.len().max(1),
+        args.devices
+    );
     if args.rollout > 0 {
         let targets: Vec<String> = ids.iter().take(args.rollout).map(|d| d.to_string()).collect();
         let mut a = StartArgs::from_defaults(&cfg, "2.0", Target::Devices(targets));
@@ -238,6 +295,7 @@ async fn bench(args: Args) -> Res<()> {
         a.policy.max_in_flight = args.max_in_flight;
         a.policy.halt = HaltThreshold::Percent(10);
         let c_start = usage(pid).map(|u| u.0).unwrap_or(0.0);
+        let nats_start = nats_cpu();
         let start = Instant::now();
         rollout_start(&cfg, &a).await?;
         loop {
@@ -255,6 +313,10 @@ async fn bench(args: Args) -> Res<()> {
         }
         let took = start.elapsed();
         let cpu = usage(pid).map(|u| u.0).unwrap_or(0.0) - c_start;
+        let nats_during = match (nats_start, nats_cpu()) {
+            (Some(a), Some(b)) => (b - a) / took.as_secs_f64() * 100.0,
+            _ => f64::NAN,
+        };
         let mut lat = fleet.stats.lock().map(|s| s.commit_latency.clone()).unwrap_or_default();
         lat.sort();
         println!(
@@ -272,7 +334,42 @@ async fn bench(args: Args) -> Res<()> {
             pct(&lat, 0.99).as_secs_f64() * 1000.0,
             lat.last().copied().unwrap_or_default().as_secs_f64() * 1000.0
         );
+        let slow = lat.iter().filter(|d| **d >= Duration::from_millis(500)).count();
+        // Where a slow commit's time went: still waiting for the server to
+        // take the heartbeat, or after it.
+        let (mut acks, slow_with_slow_ack) = fleet
+            .stats
+            .lock()
+            .map(|s| {
+                let acks: Vec<Duration> = s.awaiting_put_ack.values().copied().collect();
+                let both = s
+                    .commit_latency_of
+                    .iter()
+                    .filter(|(id, l)| {
+                        **l >= Duration::from_millis(500) && s.awaiting_put_ack.get(*id).is_some_and(|a| *a >= **l / 2)
+                    })
+                    .count();
+                (acks, both)
+            })
+            .unwrap_or_default();
+        acks.sort();
+        println!(
+            "awaiting-commit heartbeat put acknowledged after: p50 {:.1} ms, p99 {:.1} ms; of the {slow} commits ≥ 500 ms, {slow_with_slow_ack} spent half or more waiting for that acknowledgement",
+            pct(&acks, 0.5).as_secs_f64() * 1000.0,
+            pct(&acks, 0.99).as_secs_f64() * 1000.0
+        );
+        result += &format!(
+            " rollout_secs={:.1} rollout_operator_cpu={:.1} rollout_nats_cpu={nats_during:.1} commits={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1} over_500ms={slow} put_ack_p99_ms={:.1}",
+            took.as_secs_f64(),
+            cpu / took.as_secs_f64() * 100.0,
+            lat.len(),
+            pct(&lat, 0.5).as_secs_f64() * 1000.0,
+            pct(&lat, 0.99).as_secs_f64() * 1000.0,
+            lat.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
+            pct(&acks, 0.99).as_secs_f64() * 1000.0
+        );
     }
+    println!("{result}");
     beater.abort();
     drop(op);
     let _ = std::fs::remove_dir_all(&dir);

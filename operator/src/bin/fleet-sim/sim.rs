@@ -5,12 +5,17 @@
 //! puts under each device's key, offers arrive through one watch of the offer
 //! bucket (verified with the fleet public key like an agent would), commands
 //! through one subscription to every device's command subject.
+//!
+//! Not part of the operator library: the `fleet-sim` binary compiles it as
+//! its own module and the integration tests include this file by path, so
+//! each uses only part of it.
+#![allow(dead_code)]
 
-use crate::clock::{Clock, SystemClock};
-use crate::error::{Error, Result};
 use async_nats::jetstream::{self, kv};
 use ed25519_dalek::VerifyingKey;
 use futures::StreamExt;
+use harmony_operator::clock::{Clock, SystemClock};
+use harmony_operator::error::{Error, Result};
 use harmony_protocol::command::{Command, CommandReply, ReplyBody};
 use harmony_protocol::names::{all_command_subjects, HEARTBEAT_BUCKET, OFFER_BUCKET};
 use harmony_protocol::time::UnixMillis;
@@ -50,7 +55,15 @@ pub struct SimState {
     pub labels: BTreeMap<String, String>,
     pub behavior: Behavior,
     pub offers: Vec<UpgradeOffer>,
+    /// Sequence number of every verified offer the watch delivered, repeats
+    /// included (a re-put of the same offer shows up twice here).
+    pub offers_received: Vec<u64>,
     pub commits: Vec<harmony_protocol::command::CommitArgs>,
+    /// (boot id, OS version) of every awaiting-commit heartbeat sent: the
+    /// only evidence a commit may be based on.
+    pub awaiting_sent: Vec<(String, String)>,
+    /// Commits that no awaiting-commit heartbeat of this device justified.
+    pub unjustified_commits: Vec<String>,
     pub awaiting_since: Option<Instant>,
     pub silent: bool,
 }
@@ -70,7 +83,10 @@ impl SimState {
             labels: BTreeMap::new(),
             behavior,
             offers: Vec::new(),
+            offers_received: Vec::new(),
             commits: Vec::new(),
+            awaiting_sent: Vec::new(),
+            unjustified_commits: Vec::new(),
             awaiting_since: None,
             silent: false,
         }
@@ -78,6 +94,12 @@ impl SimState {
 
     pub fn heartbeat(&mut self, now: UnixMillis) -> Heartbeat {
         self.seq += 1;
+        if self.upgrade.phase == UpgradePhase::AwaitingCommit {
+            let evidence = (self.boot_id.clone(), self.os_version.clone());
+            if !self.awaiting_sent.contains(&evidence) {
+                self.awaiting_sent.push(evidence);
+            }
+        }
         Heartbeat {
             schema: SCHEMA_VERSION,
             device_id: self.id.clone(),
@@ -176,8 +198,21 @@ impl SimState {
 #[derive(Debug, Default)]
 pub struct Stats {
     pub commit_latency: Vec<Duration>,
+    /// Per device: how long the server took to acknowledge the awaiting-commit
+    /// heartbeat (the part of the commit latency spent before the operator
+    /// can have seen it, or in the same queue).
+    pub awaiting_put_ack: HashMap<DeviceId, Duration>,
+    /// Per device: the commit latency, to pair with the put acknowledgement.
+    pub commit_latency_of: HashMap<DeviceId, Duration>,
+    /// When each commit arrived (first commit of a device only).
+    pub commit_times: Vec<Instant>,
     pub committed: usize,
     pub heartbeats: u64,
+    /// Heartbeat puts the server did not acknowledge (a node down, a leader
+    /// election): with the time of the last failure and the last success.
+    pub put_errors: u64,
+    pub last_put_error: Option<Instant>,
+    pub last_put_ok: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -193,21 +228,32 @@ pub struct SimFleet {
     pub install_delay: Duration,
 }
 
+fn nats(e: impl std::fmt::Display) -> Error {
+    Error::Nats(e.to_string())
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl SimFleet {
+    /// `url`: one server, or every node of a cluster separated by commas.
     pub async fn connect(url: &str, fleet_key: VerifyingKey) -> Result<Self> {
+        let addrs = harmony_operator::bus::server_addrs(url)?;
         let client = async_nats::ConnectOptions::new()
             .client_capacity(65_536)
             .subscription_capacity(65_536)
-            .connect(url)
+            // A paused (SIGSTOPped) server keeps its TCP connections open:
+            // only unanswered pings reveal it, so ping often enough to move
+            // to another node within seconds.
+            .ping_interval(Duration::from_secs(2))
+            .max_reconnects(None)
+            .connect(addrs)
             .await
-            .map_err(Error::nats)?;
+            .map_err(nats)?;
         let js = jetstream::new(client.clone());
-        let heartbeats = js.get_key_value(HEARTBEAT_BUCKET).await.map_err(Error::nats)?;
-        let offers = js.get_key_value(OFFER_BUCKET).await.map_err(Error::nats)?;
+        let heartbeats = js.get_key_value(HEARTBEAT_BUCKET).await.map_err(nats)?;
+        let offers = js.get_key_value(OFFER_BUCKET).await.map_err(nats)?;
         let mut trusted = TrustedKeys::new();
         trusted.insert(fleet_key);
         Ok(Self {
@@ -241,7 +287,19 @@ impl SimFleet {
     pub async fn put(&self, hb: &Heartbeat) -> Result<()> {
         let bytes = serde_json::to_vec(hb).map_err(|e| Error::Invalid(e.to_string()))?;
         lock(&self.stats).heartbeats += 1;
-        self.heartbeats.put(hb.device_id.as_str(), bytes.into()).await.map_err(Error::nats).map(drop)
+        let result = self.heartbeats.put(hb.device_id.as_str(), bytes.into()).await;
+        let mut stats = lock(&self.stats);
+        match result {
+            Ok(_) => {
+                stats.last_put_ok = Some(Instant::now());
+                Ok(())
+            }
+            Err(e) => {
+                stats.put_errors += 1;
+                stats.last_put_error = Some(Instant::now());
+                Err(nats(e))
+            }
+        }
     }
 
     /// Sends the device's current heartbeat.
@@ -256,7 +314,7 @@ impl SimFleet {
 
     /// Starts the offer watcher and the command responder.
     pub async fn start(&self) -> Result<()> {
-        let mut watch = self.offers.watch(">").await.map_err(Error::nats)?;
+        let mut watch = self.offers.watch(">").await.map_err(nats)?;
         let me = self.clone();
         tokio::spawn(async move {
             while let Some(Ok(entry)) = watch.next().await {
@@ -269,7 +327,7 @@ impl SimFleet {
                 tokio::spawn(async move { me.on_offer(offer).await });
             }
         });
-        let mut sub = self.client.subscribe(all_command_subjects()).await.map_err(Error::nats)?;
+        let mut sub = self.client.subscribe(all_command_subjects()).await.map_err(nats)?;
         let me = self.clone();
         tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
@@ -289,6 +347,7 @@ impl SimFleet {
     async fn on_offer(&self, offer: UpgradeOffer) {
         let now = self.now();
         let beats = self.with(&offer.device_id, |d| {
+            d.offers_received.push(offer.offer_seq);
             let fresh = d.offers.last().is_none_or(|o| o.offer_seq < offer.offer_seq);
             if !fresh {
                 return Vec::new();
@@ -312,7 +371,10 @@ impl SimFleet {
             return;
         }
         if let Some(hb) = self.with(&offer.device_id, |d| d.finish_reboot(&offer, now)).flatten() {
-            let _ = self.put(&hb).await;
+            let started = Instant::now();
+            if self.put(&hb).await.is_ok() {
+                lock(&self.stats).awaiting_put_ack.insert(offer.device_id.clone(), started.elapsed());
+            }
         }
     }
 
@@ -326,7 +388,17 @@ impl SimFleet {
             Command::Commit(args) => {
                 let done = self.with(id, |d| {
                     if let Some(t) = d.awaiting_since.take() {
-                        lock(&self.stats).commit_latency.push(t.elapsed());
+                        let mut stats = lock(&self.stats);
+                        stats.commit_latency.push(t.elapsed());
+                        stats.commit_latency_of.insert(id.clone(), t.elapsed());
+                        stats.commit_times.push(Instant::now());
+                    }
+                    let evidence = (args.boot_id.clone(), args.target_version.clone());
+                    if !d.awaiting_sent.contains(&evidence) {
+                        d.unjustified_commits.push(format!(
+                            "commit for boot {} version {} without such an awaiting-commit heartbeat",
+                            args.boot_id, args.target_version
+                        ));
                     }
                     lock(&self.stats).committed += 1;
                     d.commits.push(args.clone());
