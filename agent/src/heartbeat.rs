@@ -7,7 +7,7 @@ use crate::clock::Clock;
 use crate::liveness::Liveness;
 use crate::shared::{DeviceFacts, StatusBoard};
 use async_nats::jetstream;
-use harmony_protocol::names::{device_key, HEARTBEAT_BUCKET};
+use harmony_protocol::names::{device_key, kv_put_subject, HEARTBEAT_BUCKET};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -34,7 +34,6 @@ impl HeartbeatLoop {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut upgrade_rx = self.board.upgrade.subscribe();
         let mut health_rx = self.board.health.subscribe();
-        let mut store: Option<jetstream::kv::Store> = None;
         let mut last_error: Option<String> = None;
         let mut last_sent: Option<Instant> = None;
         loop {
@@ -52,7 +51,7 @@ impl HeartbeatLoop {
                 }
             }
             self.liveness.beat();
-            match self.send(&mut store).await {
+            match self.send().await {
                 Ok(()) => {
                     if last_error.take().is_some() {
                         log::info!("heartbeats are being written again");
@@ -70,24 +69,24 @@ impl HeartbeatLoop {
         }
     }
 
-    async fn send(&self, store: &mut Option<jetstream::kv::Store>) -> Result<(), String> {
-        if store.is_none() {
-            let opened = tokio::time::timeout(PUT_TIMEOUT, self.js.get_key_value(HEARTBEAT_BUCKET))
-                .await
-                .map_err(|_| "heartbeat not written: NATS did not answer (offline?)".to_string())?
-                .map_err(|e| {
-                    format!(
-                        "heartbeat not written: KV bucket {HEARTBEAT_BUCKET} is not available ({e}); \
-                         the operator creates it with `harmony-operator init`"
-                    )
-                })?;
-            *store = Some(opened);
-        }
-        let Some(kv) = store.as_ref() else { return Ok(()) };
+    /// A JetStream publish to the heartbeat key's subject, not a KV handle:
+    /// opening one needs `STREAM.INFO` on the heartbeat stream, which would
+    /// also let the device list every device id (`subjects_filter`), so
+    /// devices are not granted it (issue #17).
+    async fn send(&self) -> Result<(), String> {
         let heartbeat = self.board.next_heartbeat(&self.facts, self.clock.now());
         let payload = serde_json::to_vec(&heartbeat).map_err(|e| format!("heartbeat not encoded: {e}"))?;
-        match tokio::time::timeout(PUT_TIMEOUT, kv.put(device_key(&self.facts.device_id), payload.into())).await {
-            Ok(Ok(_revision)) => Ok(()),
+        let subject = kv_put_subject(HEARTBEAT_BUCKET, device_key(&self.facts.device_id));
+        let put = async {
+            let ack = self.js.publish(subject, payload.into()).await.map_err(|e| e.to_string())?;
+            ack.await.map(drop).map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(PUT_TIMEOUT, put).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if e.contains("no responders") => Err(format!(
+                "heartbeat not written: KV bucket {HEARTBEAT_BUCKET} is not available ({e}); \
+                 the operator creates it with `harmony-operator init`"
+            )),
             Ok(Err(e)) => Err(format!("heartbeat not written: {e}")),
             Err(_) => Err("heartbeat not written: NATS did not acknowledge within 5 s (offline?)".to_string()),
         }

@@ -306,13 +306,8 @@ pub async fn rollout_start(cfg: &Config, a: &StartArgs) -> Result<Output> {
         Target::Selector(sel) => {
             provisioned(&b).await?.into_iter().filter(|u| matches_selector(&u.labels, sel)).map(|u| u.device).collect()
         }
-        // Every device the operator provisioned or hears from under its own key.
-        Target::All => {
-            let mut all: std::collections::BTreeSet<DeviceId> =
-                provisioned(&b).await?.into_iter().map(|u| u.device).collect();
-            all.extend(heartbeats(&b).await?.into_iter().map(|h| h.device_id));
-            all.into_iter().collect()
-        }
+        // Every device heartbeating under its own key.
+        Target::All => heartbeats(&b).await?.into_iter().map(|h| h.device_id).collect(),
     };
     if devices.is_empty() {
         return Err(Error::Invalid("no devices selected".into()));

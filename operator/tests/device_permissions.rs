@@ -96,12 +96,29 @@ async fn a_device_can_do_its_own_things_and_nothing_else() {
     // Denied requests get no answer: a short timeout keeps the test quick.
     let js = jetstream::ContextBuilder::new().timeout(Duration::from_millis(1500)).build(dev.clone());
 
-    // Its own heartbeat: yes. Another device's: no.
-    let hbs = js.get_key_value(HEARTBEAT_BUCKET).await.unwrap();
-    hbs.put("pi-1", "{}".into()).await.unwrap();
-    assert!(hbs.put("pi-2", "{}".into()).await.is_err(), "wrote another device's heartbeat");
-    // Reading heartbeats is the operator's business.
-    assert!(hbs.get("pi-1").await.is_err());
+    // Its own heartbeat: yes (a JetStream publish to its key, as the agent
+    // writes it). Another device's: no.
+    let op_hbs = ojs.get_key_value(HEARTBEAT_BUCKET).await.unwrap();
+    op_hbs.put("pi-2", "{}".into()).await.unwrap();
+    let put = |key: &'static str| {
+        let js = js.clone();
+        async move { js.publish(format!("$KV.{HEARTBEAT_BUCKET}.{key}"), "{}".into()).await?.await.map(drop) }
+    };
+    put("pi-1").await.unwrap();
+    assert_eq!(op_hbs.get("pi-1").await.unwrap().as_deref(), Some(&b"{}"[..]));
+    assert!(put("pi-2").await.is_err(), "wrote another device's heartbeat");
+    // Reading heartbeats is the operator's business: no bucket handle, no
+    // stream info, so no `subjects_filter` listing every device id (issue #17).
+    let listing = tokio::time::timeout(
+        Duration::from_millis(1500),
+        dev.request(format!("$JS.API.STREAM.INFO.KV_{HEARTBEAT_BUCKET}"), r#"{"subjects_filter":">"}"#.into()),
+    )
+    .await;
+    if let Ok(Ok(reply)) = &listing {
+        let text = String::from_utf8_lossy(&reply.payload);
+        assert!(!text.contains("pi-2"), "a device enumerated device ids: {text}");
+    }
+    assert!(js.get_key_value(HEARTBEAT_BUCKET).await.is_err());
 
     // Its own offer: read and watch. Another device's: neither.
     let dev_offers = js.get_key_value(OFFER_BUCKET).await.unwrap();

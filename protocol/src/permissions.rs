@@ -32,9 +32,10 @@ pub fn device_permissions(device: &DeviceId) -> Permissions {
     let obj = format!("OBJ_{BUNDLE_OBJECT_BUCKET}");
     let offers = kv(OFFER_BUCKET);
     let publish = vec![
-        // heartbeat: put its own key, look the bucket up
+        // heartbeat: put its own key (a plain JetStream publish). No
+        // STREAM.INFO on the heartbeat stream: its `subjects_filter` would
+        // list every device id.
         kv_put_subject(HEARTBEAT_BUCKET, id),
-        format!("$JS.API.STREAM.INFO.{}", kv(HEARTBEAT_BUCKET)),
         // offer: read (direct get by subject) and watch its own key only
         format!("$JS.API.STREAM.INFO.{offers}"),
         format!("$JS.API.DIRECT.GET.{offers}.$KV.{OFFER_BUCKET}.{id}"),

@@ -198,13 +198,13 @@ fn advance(state: &mut State, id: &str, now: UnixMillis, actions: &mut Vec<Actio
                 continue;
             }
             let seen = state.seen.get(&d);
+            if seen.is_some_and(|s| s.upgrade_in_flight) {
+                continue; // another offer is in flight on the device: wait for its outcome
+            }
             if seen.is_some_and(|s| s.os_version.as_deref() == Some(r.bundle.version.as_str())) {
                 job.go(JobState::UpToDate, now, format!("already runs {}; not offered", r.bundle.version));
                 actions.push(Action::PersistJob(d.clone()));
                 continue;
-            }
-            if seen.is_some_and(|s| s.upgrade_in_flight) {
-                continue; // another offer is in flight on the device: wait for its outcome
             }
             let last = state.seqs.get(&d).copied().unwrap_or(0);
             let seq = (last + 1).max(now.0);

@@ -65,6 +65,7 @@ fn all_states() -> Vec<JobState> {
         JobState::Failed { reason: "x".into() },
         JobState::TimedOut { waiting_for: "x".into() },
         JobState::Skipped,
+        JobState::UpToDate,
     ]
 }
 
@@ -561,4 +562,61 @@ fn heartbeats_of_devices_outside_rollouts_only_update_the_registry() {
         UnixMillis(NOW),
     );
     assert_eq!(s.seen[&dev("pi-1")].boot_id, "b1");
+}
+
+/// What a device last reported decides whether its pending job is offered:
+/// never while any offer is in flight on it, never when it already runs
+/// the target (issue #17, item 4).
+#[test]
+fn a_device_is_offered_only_with_no_offer_in_flight_and_not_already_on_the_target() {
+    let downloading = UpgradePhase::Downloading { bytes_done: 1, bytes_total: 2 };
+    let rows: Vec<(UpgradePhase, &str, &str)> = vec![
+        (UpgradePhase::Idle, "1.0", "offered"),
+        (UpgradePhase::Committed, "1.0", "offered"),
+        (UpgradePhase::Failed { reason: FailureReason::InstallFailed { last_error: "e".into() } }, "1.0", "offered"),
+        (UpgradePhase::Offered, "1.0", "pending"),
+        (downloading, "1.0", "pending"),
+        (UpgradePhase::Verifying, "1.0", "pending"),
+        (UpgradePhase::Installing { percent: 5 }, "1.0", "pending"),
+        (UpgradePhase::Installed, "1.0", "pending"),
+        (UpgradePhase::Rebooting, "1.0", "pending"),
+        (UpgradePhase::AwaitingCommit, "2.0", "pending"),
+        (UpgradePhase::Idle, "2.0", "up_to_date"),
+        (UpgradePhase::Committed, "2.0", "up_to_date"),
+    ];
+    for (phase, os, want) in rows {
+        let mut h = good();
+        h.device_id = dev("d000");
+        h.os_version = Some(os.into());
+        h.upgrade.phase = phase.clone();
+        let (state, _) = step(State::default(), &Event::Heartbeat(Box::new(h)), UnixMillis(NOW));
+        let r = rollout(1, 1, HaltThreshold::Count(1), 1);
+        let (state, actions) = step(state, &Event::RolloutCreated(Box::new(r)), UnixMillis(NOW));
+        assert_eq!(state.jobs[&dev("d000")].state.name(), want, "{phase:?} on {os}");
+        assert_eq!(offers(&actions).len(), usize::from(want == "offered"), "{phase:?} on {os}");
+    }
+}
+
+/// A rollout device without a job whose signed offer of this rollout is
+/// still in the offer bucket gets the job back on that offer, not a new one.
+#[test]
+fn a_lost_job_is_rebuilt_from_the_offer_of_its_rollout_only() {
+    let d = dev("d000");
+    for (rollout_id, rebuilt) in [(Some("r1"), true), (Some("r0"), false), (None, false)] {
+        let mut state = State::default();
+        let mut o = offer(&d, 42);
+        o.rollout_id = rollout_id.map(str::to_string);
+        state.offers.insert(d.clone(), o);
+        let r = rollout(1, 1, HaltThreshold::Count(1), 1);
+        let (state, actions) = step(state, &Event::RolloutCreated(Box::new(r)), UnixMillis(NOW));
+        let job = &state.jobs[&d];
+        if rebuilt {
+            assert_eq!((job.state.name(), job.offer_seq()), ("offered", Some(42)));
+            assert!(offers(&actions).is_empty(), "{actions:?}");
+            assert_eq!(state.seqs[&d], 42);
+        } else {
+            assert_eq!(offers(&actions), vec![d.clone()], "{rollout_id:?}");
+            assert!(job.offer_seq() > Some(42));
+        }
+    }
 }
