@@ -317,14 +317,26 @@ impl SimFleet {
         let mut watch = self.offers.watch(">").await.map_err(nats)?;
         let me = self.clone();
         tokio::spawn(async move {
-            while let Some(Ok(entry)) = watch.next().await {
-                if entry.operation != kv::Operation::Put {
-                    continue;
+            loop {
+                while let Some(Ok(entry)) = watch.next().await {
+                    if entry.operation != kv::Operation::Put {
+                        continue;
+                    }
+                    let Ok(env) = SignedEnvelope::decode(&entry.value) else { continue };
+                    let Ok(offer) = me.trusted.verify::<UpgradeOffer>(&env) else { continue };
+                    let me = me.clone();
+                    tokio::spawn(async move { me.on_offer(offer).await });
                 }
-                let Ok(env) = SignedEnvelope::decode(&entry.value) else { continue };
-                let Ok(offer) = me.trusted.verify::<UpgradeOffer>(&env) else { continue };
-                let me = me.clone();
-                tokio::spawn(async move { me.on_offer(offer).await });
+                // The watch failed (its stream had no leader for a while, a
+                // node went away): watch again, like an agent, from each
+                // device's last offer so none put meanwhile is missed; a
+                // repeat of an offer already seen is dropped in `on_offer`.
+                watch = loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if let Ok(w) = me.offers.watch_with_history(">").await {
+                        break w;
+                    }
+                };
             }
         });
         let mut sub = self.client.subscribe(all_command_subjects()).await.map_err(nats)?;
