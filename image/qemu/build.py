@@ -604,6 +604,10 @@ def stage_rootfs(out: Path, name: str, base: Path, kdir: Path, initrd: Path, key
             shutil.rmtree(root / link)
         if not (root / link).is_symlink():
             (root / link).symlink_to(target)
+    # /bin/sh, which every Yocto image has (busybox or dash) and the layer's
+    # scripts run with; extract-only mmdebstrap installs no dash, so bash.
+    if not (root / "bin/sh").exists():
+        (root / "bin/sh").symlink_to("bash")
 
     # users and groups: base files, then systemd-sysusers from the packages' sysusers.d
     write(root / "etc/passwd", "root:x:0:0:root:/root:/bin/bash\n")
