@@ -462,7 +462,8 @@ def check_boot_script_vs_env(ctx: Ctx):
                 problems.append(f"[{machine}] boot.cmd.in does not know bootname {b}")
         if not re.search(r"rauc\.slot=", code):
             problems.append(f"[{machine}] boot.cmd.in does not pass rauc.slot= to the kernel")
-        if "saveenv" not in code:
+        # saveenv (U-Boot's own storage) or fatwrite of the env files.
+        if not re.search(r"\b(saveenv|fatwrite)\b", code):
             problems.append(f"[{machine}] boot.cmd.in never saves the environment (the counter would not count)")
         # Where the environment lives, as far as Linux is concerned.
         try:

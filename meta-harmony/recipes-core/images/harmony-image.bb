@@ -23,6 +23,7 @@ IMAGE_INSTALL = "\
     harmony-partitions \
     harmony-network \
     libubootenv-bin \
+    harmony-boot-confirm \
     kernel-image \
 "
 
