@@ -55,43 +55,47 @@ WKS = LAYER / "files" / "wic" / f"harmony-{MACHINE}.wks"
 BOOT_CMD = LAYER / "recipes-bsp/u-boot/files/boot.cmd.in"
 SYSTEM_CONF = LAYER / f"recipes-core/rauc/files/{MACHINE}/system.conf"
 # BitBake's FILESOVERRIDES for this machine, most specific first (the ones
-# the layer's files/ directories use), then the plain files/ directory.
+# the layer's files/ directories use), then none.
 FILES_OVERRIDES = [MACHINE, ""]
 
 # Everything in the rootfs that shapes boot, mounts, RAUC or the agent comes
 # from the layer, installed where its recipe's do_install puts it, and units
-# are enabled as its SYSTEMD_SERVICE/[Install] say: (recipe directory, file
-# name in its files/, destination in the rootfs, mode, "agent" if only with
-# the agent). The builder authors none of these itself; meta-harmony/checks
+# are enabled as its SYSTEMD_SERVICE/[Install] say: (recipe, file:// name,
+# destination in the rootfs, mode, "agent" if only with the agent). The
+# builder authors none of these itself; meta-harmony/checks
 # (builder-uses-layer) compares this table with the recipes and fails on a
 # rootfs file of that kind written by the builder.
+PARTITIONS_BB = "recipes-core/harmony-partitions/harmony-partitions_1.0.bb"
+NETWORK_BB = "recipes-core/harmony-network/harmony-network_1.0.bb"
+AGENT_BB = "recipes-harmony/harmony-agent/harmony-agent_0.1.0.bb"
+CONFIRM_BB = "recipes-bsp/u-boot/harmony-boot-confirm_1.0.bb"
 LAYER_FILES = [
-    ("recipes-core/harmony-partitions", "boot-firmware.mount", "usr/lib/systemd/system/boot-firmware.mount", 0o644, None),
-    ("recipes-core/harmony-partitions", "data.mount", "usr/lib/systemd/system/data.mount", 0o644, None),
-    ("recipes-core/harmony-partitions", "harmony-grow-data.service", "usr/lib/systemd/system/harmony-grow-data.service",
-     0o644, None),
-    ("recipes-core/harmony-partitions", "harmony-grow-data", "usr/sbin/harmony-grow-data", 0o755, None),
-    ("recipes-core/harmony-network", "20-wired.network", "usr/lib/systemd/network/20-wired.network", 0o644, None),
-    ("recipes-core/rauc", "system.conf", "etc/rauc/system.conf", 0o644, None),
-    ("recipes-bsp/libubootenv", "fw_env.config", "etc/fw_env.config", 0o644, None),
-    ("recipes-bsp/u-boot", "harmony-boot-confirm", "usr/sbin/harmony-boot-confirm", 0o755, None),
-    ("recipes-bsp/u-boot", "harmony-boot-confirm.service", "usr/lib/systemd/system/harmony-boot-confirm.service",
-     0o644, None),
-    ("recipes-harmony/harmony-agent", "harmony-agent.service", "usr/lib/systemd/system/harmony-agent.service", 0o644,
-     "agent"),
-    ("recipes-harmony/harmony-agent", "harmony-watchdog.conf",
-     "usr/lib/systemd/system.conf.d/10-harmony-watchdog.conf", 0o644, "agent"),
-    ("recipes-harmony/harmony-agent", "agent.toml", "etc/harmony/agent.toml", 0o644, "agent"),
+    (PARTITIONS_BB, "boot-firmware.mount", "usr/lib/systemd/system/boot-firmware.mount", 0o644, None),
+    (PARTITIONS_BB, "data.mount", "usr/lib/systemd/system/data.mount", 0o644, None),
+    (PARTITIONS_BB, "harmony-grow-data.service", "usr/lib/systemd/system/harmony-grow-data.service", 0o644, None),
+    (PARTITIONS_BB, "harmony-grow-data", "usr/sbin/harmony-grow-data", 0o755, None),
+    (NETWORK_BB, "20-wired.network", "usr/lib/systemd/network/20-wired.network", 0o644, None),
+    (CONFIRM_BB, "harmony-boot-confirm.service", "usr/lib/systemd/system/harmony-boot-confirm.service", 0o644, None),
+    (CONFIRM_BB, "harmony-boot-confirm", "usr/sbin/harmony-boot-confirm", 0o755, None),
+    ("recipes-core/rauc/rauc-conf.bbappend", "system.conf", "etc/rauc/system.conf", 0o644, None),
+    ("recipes-bsp/libubootenv/libubootenv_%.bbappend", "fw_env.config", "etc/fw_env.config", 0o644, None),
+    (AGENT_BB, "harmony-agent.service", "usr/lib/systemd/system/harmony-agent.service", 0o644, "agent"),
+    (AGENT_BB, "harmony-watchdog.conf", "usr/lib/systemd/system.conf.d/10-harmony-watchdog.conf", 0o644, "agent"),
+    (AGENT_BB, "agent.toml", "etc/harmony/agent.toml", 0o644, "agent"),
 ]
 
 
-def layer_file(recipe_dir: str, name: str) -> Path:
-    """Where BitBake's file:// search finds `name` for this machine."""
-    for ov in FILES_OVERRIDES:
-        p = LAYER / recipe_dir / "files" / ov / name if ov else LAYER / recipe_dir / "files" / name
-        if p.is_file():
-            return p
-    raise SystemExit(f"build: {name} is not in {LAYER / recipe_dir / 'files'} (for {MACHINE})")
+def layer_file(recipe: str, name: str) -> Path:
+    """Where BitBake's file:// search (FILESPATH: <BPN>-<PV>/, <BPN>/,
+    files/, each with the machine's overrides first) finds `name`."""
+    rdir = (LAYER / recipe).parent
+    bpn, _, pv = Path(recipe).name.rsplit(".", 1)[0].partition("_")
+    for base in [rdir / f"{bpn}-{pv}", rdir / bpn, rdir / "files"]:
+        for ov in FILES_OVERRIDES:
+            p = base / ov / name if ov else base / name
+            if p.is_file():
+                return p
+    raise SystemExit(f"build: file://{name} of {recipe} not found (for {MACHINE})")
 
 
 def layer_inputs(agent):
@@ -487,14 +491,14 @@ def enable(root: Path, unit: str, target: str):
 def install_layer_files(root: Path, with_agent: bool):
     """LAYER_FILES into the rootfs, units enabled as `systemctl enable` would
     (by their [Install] WantedBy=), like systemd.bbclass does for the recipes."""
-    for recipe_dir, name, dest, mode, only in LAYER_FILES:
+    for recipe, name, dest, mode, only in LAYER_FILES:
         if only == "agent" and not with_agent:
             continue
         dst = root / dest
         dst.parent.mkdir(parents=True, exist_ok=True)
         if dst.is_symlink() or dst.exists():
             dst.unlink()
-        shutil.copy2(layer_file(recipe_dir, name), dst)
+        shutil.copy2(layer_file(recipe, name), dst)
         dst.chmod(mode)
         if dst.suffix in (".service", ".mount") and dst.parent.name == "system":
             for target in wanted_by(dst):

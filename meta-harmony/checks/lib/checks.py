@@ -462,8 +462,10 @@ def check_boot_script_vs_env(ctx: Ctx):
                 problems.append(f"[{machine}] boot.cmd.in does not know bootname {b}")
         if not re.search(r"rauc\.slot=", code):
             problems.append(f"[{machine}] boot.cmd.in does not pass rauc.slot= to the kernel")
-        # saveenv (U-Boot's own storage) or fatwrite of the env files.
-        if not re.search(r"\b(saveenv|fatwrite)\b", code):
+        # saveenv, or the script's own write of the environment file(s)
+        # (env export + fatwrite: the redundant copies of issue 11).
+        writes_itself = re.search(r"\benv export\b", code) and re.search(r"\bfatwrite\b", code)
+        if "saveenv" not in code and not writes_itself:
             problems.append(f"[{machine}] boot.cmd.in never saves the environment (the counter would not count)")
         # Where the environment lives, as far as Linux is concerned.
         try:
@@ -647,13 +649,12 @@ def check_single_copy(ctx: Ctx):
     return problems
 
 
-def _recipe_in(ctx: Ctx, recipe_dir: str, machine: str):
-    """The datastore of the one .bb (else .bbappend) in a layer directory."""
-    d = ctx.layer / recipe_dir
-    found = sorted(d.glob("*.bb")) or sorted(d.glob("*.bbappend"))
-    if not found:
+def _recipe_in(ctx: Ctx, recipe: str, machine: str):
+    """The datastore of a recipe or bbappend of the layer (path relative to
+    it; a bbappend is parsed with its .inc as the checks do elsewhere)."""
+    if not (ctx.layer / recipe).is_file():
         return None
-    return ctx.recipe(str(found[0].relative_to(ctx.layer)), machine)
+    return ctx.recipe(recipe, machine)
 
 
 def check_partition_mounts(ctx: Ctx):

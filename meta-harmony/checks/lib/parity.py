@@ -156,11 +156,25 @@ def authored_rootfs_paths(source: str):
 
 
 def _layer_files_table(source: str):
+    """LAYER_FILES as data; module-level string constants it names (the
+    recipe paths) are resolved, nothing is executed."""
     tree = ast.parse(source)
+    consts = {}
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+            consts[node.targets[0].id] = node.value.value
+
+    class Resolve(ast.NodeTransformer):
+        def visit_Name(self, node):
+            if node.id not in consts:
+                raise CheckError(f"{BUILDER}: LAYER_FILES names {node.id}, which is no string constant")
+            return ast.copy_location(ast.Constant(consts[node.id]), node)
+
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "LAYER_FILES"
                                                 for t in node.targets):
-            return ast.literal_eval(node.value)
+            return ast.literal_eval(Resolve().visit(node.value))
     raise CheckError(f"{BUILDER}: no LAYER_FILES table")
 
 
@@ -173,9 +187,11 @@ def _machine_files_overrides(source: str):
 
 # Installed by a recipe of another layer from our file (meta-rauc's
 # rauc-conf.bb installs system.conf as ${sysconfdir}/rauc/system.conf).
-UPSTREAM_INSTALLS = {("recipes-core/rauc", "system.conf"): ("/etc/rauc/system.conf", 0o644)}
+UPSTREAM_INSTALLS = {("recipes-core/rauc/rauc-conf.bbappend", "system.conf"): ("/etc/rauc/system.conf", 0o644)}
 # Recipes whose every installed file the QEMU image must carry.
-MIRRORED_RECIPES = ["recipes-core/harmony-partitions", "recipes-harmony/harmony-agent"]
+MIRRORED_RECIPES = ["recipes-core/harmony-partitions/harmony-partitions_1.0.bb",
+                    "recipes-harmony/harmony-agent/harmony-agent_0.1.0.bb",
+                    "recipes-bsp/u-boot/harmony-boot-confirm_1.0.bb"]
 
 
 def recipe_installs(d):
@@ -216,29 +232,29 @@ def check_builder_uses_layer(ctx, recipe_in):
     except CheckError as e:
         return problems + [str(e)]
     listed = set()
-    for recipe_dir, name, dest, mode, _only in table:
-        listed.add((recipe_dir, name))
+    for recipe, name, dest, mode, _only in table:
+        listed.add((recipe, name))
         where = f"{BUILDER} LAYER_FILES {name}"
-        if (recipe_dir, name) in UPSTREAM_INSTALLS:
-            want = UPSTREAM_INSTALLS[(recipe_dir, name)]
+        if (recipe, name) in UPSTREAM_INSTALLS:
+            want = UPSTREAM_INSTALLS[(recipe, name)]
         else:
-            d = recipe_in(ctx, recipe_dir, machine)
+            d = recipe_in(ctx, recipe, machine)
             if d is None:
-                problems.append(f"{where}: no recipe in {recipe_dir}")
+                problems.append(f"{where}: no recipe {recipe}")
                 continue
             want = recipe_installs(d).get(name)
             if want is None:
-                problems.append(f"{where}: the recipe in {recipe_dir} does not install it")
+                problems.append(f"{where}: {recipe} does not install it")
                 continue
         if "/" + dest.lstrip("/") != want[0] or mode != want[1]:
             problems.append(f"{where}: builder installs {oct(mode)} /{dest.lstrip('/')}, "
                             f"the recipe {oct(want[1])} {want[0]}")
-    for recipe_dir in MIRRORED_RECIPES:
-        d = recipe_in(ctx, recipe_dir, machine)
+    for recipe in MIRRORED_RECIPES:
+        d = recipe_in(ctx, recipe, machine)
         if d is None:
-            problems.append(f"no recipe in {recipe_dir}")
+            problems.append(f"no recipe {recipe}")
             continue
         for name in sorted(recipe_installs(d)):
-            if (recipe_dir, name) not in listed:
-                problems.append(f"{recipe_dir} installs {name}; the QEMU image ({BUILDER} LAYER_FILES) does not")
+            if (recipe, name) not in listed:
+                problems.append(f"{recipe} installs {name}; the QEMU image ({BUILDER} LAYER_FILES) does not")
     return problems

@@ -5,7 +5,6 @@ DESCRIPTION = "Resets BOOT_<slot>_UNCONFIRMED once multi-user.target is \
 HOMEPAGE = "https://example.invalid/harmony-fleet"
 SECTION = "base"
 LICENSE = "MIT"
-# Files of this layer (MIT, like the layer), no upstream source to point at.
 # nooelint: oelint.var.licenseremotefile
 LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302"
 

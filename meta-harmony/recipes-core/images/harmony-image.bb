@@ -22,6 +22,7 @@ IMAGE_INSTALL = "\
     harmony-agent \
     harmony-partitions \
     harmony-network \
+    harmony-boot-confirm \
     libubootenv-bin \
     harmony-boot-confirm \
     kernel-image \
