@@ -120,7 +120,7 @@ class Disk:
         self.log.flush()
         run(["dd", f"if={self.img}", f"of={self.vfat}", "bs=512", f"skip={VFAT_START}", f"count={VFAT_SECTORS}"])
         self.pull()
-        slots = re.findall(r"harmony: slot (\w) ", p.stdout)
+        slots = re.findall(r"harmony: slot (\w) \(order", p.stdout)
         check(slots, f"boot {self.boots}: the script chose no slot:\n{p.stdout[-1500:]}")
         self.console = p.stdout
         return slots[-1]

@@ -604,6 +604,11 @@ def stage_rootfs(out: Path, name: str, base: Path, kdir: Path, initrd: Path, key
             shutil.rmtree(root / link)
         if not (root / link).is_symlink():
             (root / link).symlink_to(target)
+    # /bin/sh, which dash's maintainer script (not run by the extract variant)
+    # would provide and a Yocto image always has: the layer's scripts
+    # (harmony-boot-confirm, harmony-grow-data) are #!/bin/sh.
+    if not (root / "bin/sh").exists():
+        (root / "bin/sh").symlink_to("bash")
 
     # users and groups: base files, then systemd-sysusers from the packages' sysusers.d
     write(root / "etc/passwd", "root:x:0:0:root:/root:/bin/bash\n")
