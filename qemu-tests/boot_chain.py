@@ -15,8 +15,19 @@ console, and proves the A/B boot chain with real U-Boot, RAUC and Linux:
   4 bundle signed by an untrusted CA -> rauc install refuses; nothing changes
   5 power cut (QEMU killed) in the middle of an install -> the old slot boots
     and works; a retried install succeeds
+  6 torn boot state (issue 11 item 7): the copy of uboot.env/uboot-redund.env
+    just written is damaged and the power cut, at each point where it is
+    written: install's set-primary, U-Boot's countdown of a trial boot,
+    mark-good. Never an unverified slot booted as committed, never a jump
+    back to the old slot
+  7 a committed slot made unbootable (its ext4 zeroed) while the other slot
+    is good (issue 11 item 8): U-Boot counts its unconfirmed boots and
+    leaves it after 3; RAUC reports it bad
 
---ci runs 1-3, --all (the default) 1-5. Every run writes the serial console
+The boot script alone (no image) is tested by boot_script.py
+(qemu-tests/run script).
+
+--ci runs 1-3, --all (the default) 1-7. Every run writes the serial console
 of every boot and a summary to qemu-tests/artifacts/<timestamp>-boot-chain/. The last
 line printed is "N passed, N failed".
 """
@@ -27,6 +38,43 @@ import time
 
 import suite
 from guest import check, slot_state
+
+ENV_FILES = ("/boot/firmware/uboot.env", "/boot/firmware/uboot-redund.env")
+
+
+def boot_env(g):
+    """Every boot-state variable as fw_printenv (libubootenv) reads it."""
+    _, out = g.sh("fw_printenv 2>/dev/null | grep -E '^BOOT_' ; true")
+    return dict(l.split("=", 1) for l in out.splitlines() if "=" in l)
+
+
+def env_flags(g):
+    """The flags byte (save counter) of each copy of the boot state."""
+    _, out = g.sh("for f in %s; do echo \"F=$(od -An -tu1 -j4 -N1 $f | tr -d ' ')\"; done" % " ".join(ENV_FILES))
+    return [int(v) for v in re.findall(r"F=(\d+)", out)]
+
+
+def env_writes(before, after):
+    """How many saves happened between two env_flags() readings (each save
+    writes one copy with the newest flags + 1)."""
+    return (max(after) - max(before)) % 256
+
+
+def tear_and_cut(ctx, g, how, what):
+    """A power cut while the newest copy was written: damage that copy (only
+    the copy being written can be torn; the other is the previous state),
+    then kill QEMU."""
+    flags = env_flags(g)
+    newest = ENV_FILES[flags.index(max(flags))] if len(flags) == 2 else ENV_FILES[0]
+    if how == "truncate":
+        g.sh(f"truncate -s 4096 {newest}; sync")
+    else:
+        g.sh(f"printf 'TORN-BY-A-POWER-CUT' | dd of={newest} bs=1 seek=8 conv=notrunc status=none; sync")
+    ctx.note(f"{what}: {newest} ({how}), then power cut; flags before {flags}")
+    g.kill()
+    g.log.write(f"\n===== harness: {what}: {newest} torn, power cut =====\n")
+    g.start()
+
 
 REGISTRY = suite.Registry()
 scenario = REGISTRY.scenario
@@ -102,12 +150,19 @@ def s2(ctx):
     g.sh("rauc status mark-good")
     env = g.env()
     check(env.get("BOOT_B_LEFT") == "3", f"after mark-good BOOT_B_LEFT={env.get('BOOT_B_LEFT')}")
-    _, h1 = g.sh("sync; sha256sum /boot/firmware/uboot.env | cut -c1-64")
+    f0 = env_flags(g)
     t, uboot = g.reboot(expect_slot="B")
     ctx.metric("boot of the committed slot -> root shell (s)", round(t, 1))
-    check("harmony: saving boot state" not in uboot, "U-Boot wrote the environment on a committed boot")
-    _, h2 = g.sh("sha256sum /boot/firmware/uboot.env | cut -c1-64")
-    check(h1.strip() == h2.strip(), "uboot.env changed across a committed boot")
+    # Item 8: the committed boot is counted before the kernel starts ...
+    check("harmony: saving boot state" in uboot, "U-Boot did not count the boot of the committed slot")
+    g.wait_running()
+    # ... and confirmed by harmony-boot-confirm once the system is up.
+    env = boot_env(g)
+    check(env.get("BOOT_B_UNCONFIRMED") == "0", f"the committed boot was not confirmed: {env}")
+    check(env.get("BOOT_B_LEFT") == "3", f"the confirmation touched the commit: {env}")
+    writes = env_writes(f0, env_flags(g))
+    ctx.metric("boot-state writes per boot of the committed slot (16 KiB each)", writes)
+    check(writes == 2, f"{writes} writes of the boot state for one committed boot (want 2: count, confirm)")
     st = g.rauc_status()
     check(st.get("booted") == "B", f"after commit + reboot booted={st.get('booted')}")
     _, b = slot_state(st, "B")
@@ -129,7 +184,7 @@ def s3(ctx):
     g.send("systemctl reboot\n")
     t, uboot = g.boot(timeout=900)
     ctx.metric("broken slot -> fallback to a root shell (s)", round(time.monotonic() - t0, 1))
-    tries = re.findall(r"harmony: slot (\w)", uboot)
+    tries = re.findall(r"harmony: slot (\w) \(order", uboot)
     check(tries[-1] == "A", f"U-Boot's choices {tries}: did not end on A")
     check(tries.count("B") >= 1, f"U-Boot never tried B: {tries}")
     check("no /sbin/init" in uboot, "the broken slot did not fail the way it should (no init)")
@@ -141,9 +196,11 @@ def s3(ctx):
     check(b.get("boot_status") == "bad", f"RAUC reports B boot_status={b.get('boot_status')}, want bad")
     env = g.env()
     check(env.get("BOOT_B_LEFT") == "0", f"BOOT_B_LEFT={env.get('BOOT_B_LEFT')}")
-    # and A keeps booting without writing anything
-    t, uboot = g.reboot(expect_slot="A")
-    check("harmony: saving boot state" not in uboot, "a normal boot of A after the fallback wrote the env")
+    # and A keeps booting, its boots confirmed
+    g.reboot(expect_slot="A")
+    g.wait_running()
+    env = boot_env(g)
+    check(env.get("BOOT_A_UNCONFIRMED") == "0", f"the boot of A was not confirmed: {env}")
 
 
 @scenario(4, "untrusted bundle -> rauc install refuses; nothing changes")
@@ -199,6 +256,73 @@ def s5(ctx):
          timeout=1200)
     g.reboot(expect_slot="B")
     check(g.os_version() == ctx.versions["v2"], "the retried install did not boot v2")
+
+
+@scenario(6, "torn boot state at install, countdown and mark-good: no unverified committed slot, no jump back")
+def s6(ctx):
+    g = ctx.guest("s6")
+    g.boot(expect_slot="A")
+    g.wait_running()
+    # 1. install: RAUC marks B bad (one write), writes B, makes B primary
+    #    (the next write); that last write is torn.
+    g.sh(f"rauc install {ctx.bundle('v2')} >/tmp/install.log 2>&1 || (cat /tmp/install.log; false)", timeout=1200)
+    tear_and_cut(ctx, g, "truncate", "install's set-primary write")
+    g.boot(expect_slot="A")
+    g.wait_running()
+    env = boot_env(g)
+    ctx.note(f"after the torn install: {env}")
+    check(env.get("BOOT_B_LEFT") != "3", f"the never-booted slot B counts as committed: {env}")
+    check(slot_state(g.rauc_status(), "B")[1].get("boot_status") == "bad", "RAUC does not report B bad")
+    # 2. install again, boot B on trial; U-Boot's countdown write is torn.
+    g.sh(f"rauc install {ctx.bundle('v2')} >/tmp/install.log 2>&1 || (cat /tmp/install.log; false)", timeout=1200)
+    g.reboot(expect_slot="B")
+    env = boot_env(g)
+    check(env.get("BOOT_B_LEFT") == "1", f"first trial boot of B: {env}")
+    tear_and_cut(ctx, g, "flip", "U-Boot's countdown write")
+    t, uboot = g.boot(expect_slot="B")
+    g.wait_running()
+    env = boot_env(g)
+    ctx.note(f"after the torn countdown: {env}")
+    check("harmony: saving boot state" in uboot, "the trial boot after the torn countdown was not counted")
+    check(env.get("BOOT_B_LEFT") in ("0", "1"), f"B is not on a counted trial: {env}")
+    # 3. the operator's commit (mark-good) is torn: B stays on trial.
+    g.sh("rauc status mark-good")
+    tear_and_cut(ctx, g, "flip", "mark-good's write")
+    t, uboot = g.boot(timeout=900)
+    tries = re.findall(r"harmony: slot (\w) \(order", uboot)
+    g.wait_running()
+    env = boot_env(g)
+    ctx.note(f"after the torn mark-good: U-Boot chose {tries}, {env}")
+    check(tries[0] == "B", f"after the torn mark-good U-Boot went straight back to A: {tries}")
+    check(env.get("BOOT_B_LEFT") != "3" or env.get("BOOT_ORDER", "").startswith("B"), f"state: {env}")
+
+
+@scenario(7, "committed slot made unbootable while A is good -> left after 3 unconfirmed boots; RAUC: bad")
+def s7(ctx):
+    g = ctx.guest("s7")
+    g.boot(expect_slot="A")
+    g.wait_running()
+    # B (v1, like A) committed and primary, as after an OTA; then its ext4
+    # is destroyed: the kernel cannot mount it and panics (panic=5 resets).
+    g.sh("fw_setenv BOOT_ORDER 'B A' && fw_setenv BOOT_B_LEFT 3 && fw_setenv BOOT_B_UNCONFIRMED 0")
+    g.sh("dd if=/dev/zero of=/dev/vda3 bs=1M count=8 conv=fsync status=none")
+    ctx.note(f"B committed and primary, its first 8 MiB zeroed: {boot_env(g)}")
+    t0 = time.monotonic()
+    with g.lock:
+        g.buf = ""
+    g.send("systemctl reboot\n")
+    t, uboot = g.boot(timeout=1500)
+    ctx.metric("committed slot unbootable -> root shell on A (s)", round(time.monotonic() - t0, 1))
+    tries = re.findall(r"harmony: slot (\w) \(order", uboot)
+    ctx.note(f"U-Boot's choices: {tries}")
+    check(tries[-1] == "A", f"did not end on A: {tries}")
+    check(tries.count("B") == 3, f"{tries.count('B')} attempts on the unbootable committed B (want 3)")
+    check("committed slot B was not confirmed" in uboot, "U-Boot did not say why it left B")
+    g.wait_running()
+    env = boot_env(g)
+    check(env.get("BOOT_B_LEFT") == "0", f"B not exhausted: {env}")
+    check(env.get("BOOT_A_UNCONFIRMED") == "0", f"A's boot not confirmed: {env}")
+    check(slot_state(g.rauc_status(), "B")[1].get("boot_status") == "bad", "RAUC does not report B bad")
 
 
 if __name__ == "__main__":

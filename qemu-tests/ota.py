@@ -24,6 +24,11 @@ commit deadline come from that agent config, not from code.
     it when its heartbeat arrives, without a second offer
   6 power cut (QEMU killed) during the download -> after boot the download
     resumes where it stopped (bytes re-downloaded reported)
+  7 layer parity (issue 11): on a card larger than the image the data
+    partition grows on first boot; after an OTA the new slot mounts /data
+    and /boot/firmware only through the layer's mount units (no fstab), its
+    agent finds its identity on /data and RAUC reaches uboot.env: committed,
+    B good; RAUC grew the written slot's ext4 to the partition (resize=true)
 
 --ci runs 1, 2 and 4, --all (the default) every scenario. Console logs, operator
 logs and CLI transcripts of each scenario go to
@@ -539,6 +544,74 @@ def s6(ctx):
     check(g.os_version() == ctx.versions["v2"], "not running v2")
     # The download step spans the power cut and the boot after it.
     report_timings(ctx, o, new_boot, t_start, transition_at(s["job"], "committed"))
+
+
+GROW_MIB = 256
+LAYER_MOUNTS = {"/data": ("data.mount", "/dev/vda4"), "/boot/firmware": ("boot-firmware.mount", "/dev/vda1")}
+
+
+def mounted_by_layer_units(g):
+    """Each partition is mounted by the layer's unit (meta-harmony
+    harmony-partitions, /usr/lib/systemd/system), not by an fstab line (its
+    unit would come from /run/systemd/generator), and no fstab names it."""
+    _, fstab = g.sh("cat /etc/fstab 2>/dev/null | grep -v '^#'; true")
+    for where, (unit, dev) in LAYER_MOUNTS.items():
+        check(where not in fstab.split(), f"/etc/fstab mounts {where}: {fstab!r}")
+        _, out = g.sh(f"systemctl show -p FragmentPath -p ActiveState {unit}; findmnt -n -o SOURCE {where}; true")
+        check(f"FragmentPath=/usr/lib/systemd/system/{unit}" in out, f"{unit} is not the layer's unit: {out!r}")
+        check("ActiveState=active" in out and dev in out.split(), f"{where} is not {dev} mounted: {out!r}")
+
+
+def ext4_bytes(g, dev):
+    _, out = g.sh(f"tune2fs -l {dev} | grep -E '^Block (count|size):'")
+    v = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    return int(v["Block count"]) * int(v["Block size"])
+
+
+@scenario(7, "layer parity: /data grows to the card; the new slot mounts /data and uboot.env through the layer only")
+def s7(ctx):
+    o = Ota(ctx)
+    g = o.g
+    parts = {p["num"]: p for p in ctx.manifest["partitions"]}
+    # A card larger than the image: the data partition is the last one.
+    subprocess.run(["qemu-img", "resize", "-q", str(g.overlay), f"+{GROW_MIB}M"], check=True)
+    o.boot_and_provision()
+    mounted_by_layer_units(g)
+    _, out = g.sh("test -e /data/.harmony-grown && echo GROWN; "
+                  "journalctl -b -u harmony-grow-data --no-pager -o cat | tail -n 5; true")
+    ctx.note(f"harmony-grow-data: {out.strip()[-300:]}")
+    check("GROWN" in out, "harmony-grow-data did not finish on the first boot")
+    data_bytes = ext4_bytes(g, "/dev/vda4")
+    ctx.metric("data ext4 after first boot (MiB)", data_bytes >> 20)
+    check(data_bytes >= parts[4]["bytes"] + (GROW_MIB - 2) * 2**20,
+          f"/data is {data_bytes >> 20} MiB, the wks gives {parts[4]['bytes'] >> 20} and the card has {GROW_MIB} more")
+    _, before = g.sh("sha256sum /data/harmony/agent.d/* | sort")
+    o.install_and_reboot("v2", "s7")
+    o.await_reboot(g.mark(), expect_slot="B")
+    # The new slot: nothing but the layer's units mounts the partitions...
+    mounted_by_layer_units(g)
+    check(g.os_version() == ctx.versions["v2"], "not running v2")
+    # ...and through them the agent reads its identity from /data and RAUC
+    # reaches uboot.env: the operator commits, RAUC marks B good.
+    _, after = g.sh("sha256sum /data/harmony/agent.d/* | sort")
+    check(after == before, "the provisioned drop-ins on /data differ in the new slot")
+    s = o.watch(lambda s: job_state(s) == "committed" and s["heartbeat"]["upgrade"]["phase"] == "committed",
+                COMMIT_DEADLINE_SECS + 120, "the commit of the new slot")
+    check(s["heartbeat"]["booted_slot"] == "B", f"committed on {s['heartbeat']['booted_slot']}")
+    st = o.rauc()
+    check(st.get("booted") == "B" and slot_state(st, "B")[1].get("boot_status") == "good",
+          f"rauc: booted={st.get('booted')} B={slot_state(st, 'B')[1]}")
+    env = g.env()
+    ctx.note(f"uboot.env after the commit: {env}")
+    check(env.get("BOOT_ORDER", "").split()[:1] == ["B"], f"BOOT_ORDER {env.get('BOOT_ORDER')}")
+    check(ext4_bytes(g, "/dev/vda4") == data_bytes, "/data changed size again in the new slot")
+    # RAUC wrote a slot image smaller than the partition and grew it.
+    slot_fs = ext4_bytes(g, "/dev/vda3")
+    image = Path(ctx.manifest["rootfs_images"]["v2"]).stat().st_size
+    ctx.metric("slot B ext4 (MiB) / v2 image (MiB) / partition (MiB)",
+               f"{slot_fs >> 20} / {image >> 20} / {parts[3]['bytes'] >> 20}")
+    check(slot_fs > image and slot_fs >= parts[3]["bytes"] - 4 * 2**20,
+          f"slot B's ext4 is {slot_fs} bytes, the image {image}, the partition {parts[3]['bytes']}")
 
 
 if __name__ == "__main__":

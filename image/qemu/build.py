@@ -54,8 +54,53 @@ MACHINE = "qemuarm64"
 WKS = LAYER / "files" / "wic" / f"harmony-{MACHINE}.wks"
 BOOT_CMD = LAYER / "recipes-bsp/u-boot/files/boot.cmd.in"
 SYSTEM_CONF = LAYER / f"recipes-core/rauc/files/{MACHINE}/system.conf"
-FW_ENV = LAYER / f"recipes-bsp/libubootenv/files/{MACHINE}/fw_env.config"
-AGENT_FILES = LAYER / "recipes-harmony/harmony-agent/files"
+# BitBake's FILESOVERRIDES for this machine, most specific first (the ones
+# the layer's files/ directories use), then none.
+FILES_OVERRIDES = [MACHINE, ""]
+
+# Everything in the rootfs that shapes boot, mounts, RAUC or the agent comes
+# from the layer, installed where its recipe's do_install puts it, and units
+# are enabled as its SYSTEMD_SERVICE/[Install] say: (recipe, file:// name,
+# destination in the rootfs, mode, "agent" if only with the agent). The
+# builder authors none of these itself; meta-harmony/checks
+# (builder-uses-layer) compares this table with the recipes and fails on a
+# rootfs file of that kind written by the builder.
+PARTITIONS_BB = "recipes-core/harmony-partitions/harmony-partitions_1.0.bb"
+NETWORK_BB = "recipes-core/harmony-network/harmony-network_1.0.bb"
+AGENT_BB = "recipes-harmony/harmony-agent/harmony-agent_0.1.0.bb"
+CONFIRM_BB = "recipes-bsp/u-boot/harmony-boot-confirm_1.0.bb"
+LAYER_FILES = [
+    (PARTITIONS_BB, "boot-firmware.mount", "usr/lib/systemd/system/boot-firmware.mount", 0o644, None),
+    (PARTITIONS_BB, "data.mount", "usr/lib/systemd/system/data.mount", 0o644, None),
+    (PARTITIONS_BB, "harmony-grow-data.service", "usr/lib/systemd/system/harmony-grow-data.service", 0o644, None),
+    (PARTITIONS_BB, "harmony-grow-data", "usr/sbin/harmony-grow-data", 0o755, None),
+    (NETWORK_BB, "20-wired.network", "usr/lib/systemd/network/20-wired.network", 0o644, None),
+    (CONFIRM_BB, "harmony-boot-confirm.service", "usr/lib/systemd/system/harmony-boot-confirm.service", 0o644, None),
+    (CONFIRM_BB, "harmony-boot-confirm", "usr/sbin/harmony-boot-confirm", 0o755, None),
+    ("recipes-core/rauc/rauc-conf.bbappend", "system.conf", "etc/rauc/system.conf", 0o644, None),
+    ("recipes-bsp/libubootenv/libubootenv_%.bbappend", "fw_env.config", "etc/fw_env.config", 0o644, None),
+    (AGENT_BB, "harmony-agent.service", "usr/lib/systemd/system/harmony-agent.service", 0o644, "agent"),
+    (AGENT_BB, "harmony-watchdog.conf", "usr/lib/systemd/system.conf.d/10-harmony-watchdog.conf", 0o644, "agent"),
+    (AGENT_BB, "agent.toml", "etc/harmony/agent.toml", 0o644, "agent"),
+]
+
+
+def layer_file(recipe: str, name: str) -> Path:
+    """Where BitBake's file:// search (FILESPATH: <BPN>-<PV>/, <BPN>/,
+    files/, each with the machine's overrides first) finds `name`."""
+    rdir = (LAYER / recipe).parent
+    bpn, _, pv = Path(recipe).name.rsplit(".", 1)[0].partition("_")
+    for base in [rdir / f"{bpn}-{pv}", rdir / bpn, rdir / "files"]:
+        for ov in FILES_OVERRIDES:
+            p = base / ov / name if ov else base / name
+            if p.is_file():
+                return p
+    raise SystemExit(f"build: file://{name} of {recipe} not found (for {MACHINE})")
+
+
+def layer_inputs(agent):
+    """The layer files this image is made of (for the stage stamps)."""
+    return [layer_file(d, n) for d, n, _, _, only in LAYER_FILES if only is None or agent]
 UBOOT_BIN = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
 
 SUITE = "bookworm"
@@ -65,6 +110,8 @@ PACKAGES = [
     "systemd", "systemd-sysv", "udev", "dbus", "rauc", "rauc-service", "libubootenv-tool",
     "kmod", "libc-bin", "util-linux", "mount", "e2fsprogs", "dosfstools",
     "iproute2", "procps", "busybox-static", "bash", "coreutils", "grep", "sed", "findutils",
+    # sfdisk: harmony-grow-data (the layer's first-boot growth of the data partition)
+    "fdisk",
 ]
 KERNEL_META = "linux-image-arm64"
 # Kernel modules the guest needs (plus their dependencies). The first group
@@ -441,6 +488,96 @@ def enable(root: Path, unit: str, target: str):
         link.symlink_to(unit)
 
 
+def install_layer_files(root: Path, with_agent: bool):
+    """LAYER_FILES into the rootfs, units enabled as `systemctl enable` would
+    (by their [Install] WantedBy=), like systemd.bbclass does for the recipes."""
+    for recipe, name, dest, mode, only in LAYER_FILES:
+        if only == "agent" and not with_agent:
+            continue
+        dst = root / dest
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.is_symlink() or dst.exists():
+            dst.unlink()
+        shutil.copy2(layer_file(recipe, name), dst)
+        dst.chmod(mode)
+        if dst.suffix in (".service", ".mount") and dst.parent.name == "system":
+            for target in wanted_by(dst):
+                enable(root, "/" + dest, target)
+        if dst.suffix == ".mount":
+            where = next(l.split("=", 1)[1].strip() for l in dst.read_text().splitlines() if l.startswith("Where="))
+            (root / where.lstrip("/")).mkdir(parents=True, exist_ok=True)
+
+
+def preset_networkd(root: Path):
+    """What oe-core's systemd (PACKAGECONFIG networkd) enables by preset:
+    systemd-networkd, which runs the layer's .network files."""
+    enable(root, "/lib/systemd/system/systemd-networkd.service", "multi-user.target")
+
+
+def substitute_build_products(root: Path, keys: Path, agent):
+    """What the recipes build or take from variables, here from this build:
+    the keyring (HARMONY_RAUC_KEYRING, installed by rauc-conf as ca.cert.pem),
+    the fleet key (HARMONY_FLEET_PUBLIC_KEYS) and the cross-built agent."""
+    (root / "usr/lib/rauc").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(keys / "ca.cert.pem", root / "usr/lib/rauc/ca.cert.pem")
+    if agent is None:
+        return
+    shutil.copy2(agent, root / "usr/bin/harmony-agent")
+    (root / "usr/bin/harmony-agent").chmod(0o755)
+    (root / "etc/harmony/fleet-keys").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(keys / "fleet.pub", root / "etc/harmony/fleet-keys/fleet.pub")
+
+
+def wanted_by(unit: Path):
+    targets, section = [], None
+    for line in unit.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Install]" and line.startswith("WantedBy="):
+            targets += line.split("=", 1)[1].split()
+    return targets
+
+
+def test_console(root: Path):
+    """QEMU test image only: a root shell on the serial console for the
+    test harness (no login/PAM: a root shell service owns ttyAMA0 instead of
+    a getty)."""
+    (root / "etc/systemd/system/serial-getty@ttyAMA0.service").symlink_to("/dev/null")
+    write(root / "etc/systemd/system/harmony-console.service",
+          "[Unit]\nDescription=Root shell on the serial console (QEMU test image only)\n"
+          "After=systemd-user-sessions.service\nConflicts=rescue.service\n\n"
+          "[Service]\nExecStart=-/bin/bash -l\nStandardInput=tty-force\nStandardOutput=tty\n"
+          "StandardError=tty\nTTYPath=/dev/ttyAMA0\nTTYReset=yes\nTTYVHangup=yes\n"
+          "Environment=HOME=/root TERM=dumb\nWorkingDirectory=/root\nRestart=always\nRestartSec=1\n"
+          # an interactive bash ignores SIGTERM: without this every shutdown waits 90 s
+          "KillSignal=SIGHUP\nTimeoutStopSec=5\n")
+    enable(root, "/etc/systemd/system/harmony-console.service", "multi-user.target")
+    write(root / "root/.bashrc", "PS1='harmony# '\nexport TERM=dumb\nstty -echo 2>/dev/null\necho HARMONY-CONSOLE-READY\n")
+    write(root / "root/.profile", ". ~/.bashrc\n")
+
+
+def fault_misdirected_nats(root: Path, wrong: str):
+    """Test fault (variant v3): its image-level config sorts a drop-in after
+    the device's provisioning one that points the agent at a server nobody
+    runs, as a bad release would."""
+    text = (root / "etc/harmony/agent.toml").read_text()
+    text = text.replace('drop_in_dir = "/data/harmony/agent.d"', 'drop_in_dir = "/etc/harmony/agent.d"')
+    if 'drop_in_dir = "/etc/harmony/agent.d"' not in text:
+        raise SystemExit("build: agent.toml no longer names drop_in_dir = \"/data/harmony/agent.d\"")
+    write(root / "etc/harmony/agent.toml", text)
+    (root / "etc/harmony/agent.d").mkdir(parents=True, exist_ok=True)
+    (root / "etc/harmony/agent.d/10-provisioned.toml").symlink_to("/data/harmony/agent.d/10-provisioned.toml")
+    write(root / "etc/harmony/agent.d/90-release.toml", f'[nats]\nurls = ["{wrong}"]\n')
+
+
+def fault_no_init(root: Path):
+    """Test fault (variant broken): installs like any bundle, but nothing can
+    start: no init."""
+    for f in ("sbin/init", "lib/systemd/systemd"):
+        (root / f).unlink()
+
+
 def stage_rootfs(out: Path, name: str, base: Path, kdir: Path, initrd: Path, keys: Path,
                  parts, agent, key: str, force: bool) -> Path:
     img = out / f"rootfs-{name}.ext4"
@@ -467,6 +604,11 @@ def stage_rootfs(out: Path, name: str, base: Path, kdir: Path, initrd: Path, key
             shutil.rmtree(root / link)
         if not (root / link).is_symlink():
             (root / link).symlink_to(target)
+    # /bin/sh, which dash's maintainer script (not run by the extract variant)
+    # would provide and a Yocto image always has: the layer's scripts
+    # (harmony-boot-confirm, harmony-grow-data) are #!/bin/sh.
+    if not (root / "bin/sh").exists():
+        (root / "bin/sh").symlink_to("bash")
 
     # users and groups: base files, then systemd-sysusers from the packages' sysusers.d
     write(root / "etc/passwd", "root:x:0:0:root:/root:/bin/bash\n")
@@ -487,22 +629,10 @@ def stage_rootfs(out: Path, name: str, base: Path, kdir: Path, initrd: Path, key
           f"HARMONY_MACHINE={MACHINE}\n")
     (root / "usr/lib/os-release").unlink(missing_ok=True)
 
-    # mounts from the wks (every partition with a mount point but "/")
-    fstab = ["# from meta-harmony/files/wic/" + WKS.name]
-    for p in parts:
-        if p["mount"] and p["mount"] != "/":
-            fs = p["fstype"]
-            opts = "defaults,noatime" if fs == "ext4" else "defaults,noatime,flush"
-            fstab.append(f"{p['device']}\t{p['mount']}\t{fs}\t{opts}\t0\t{2 if fs == 'ext4' else 0}")
-            (root / p["mount"].lstrip("/")).mkdir(parents=True, exist_ok=True)
-    write(root / "etc/fstab", "\n".join(fstab) + "\n")
-
-    # RAUC, U-Boot env tools: the layer's own files
-    (root / "etc/rauc").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(SYSTEM_CONF, root / "etc/rauc/system.conf")
-    (root / "usr/lib/rauc").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(keys / "ca.cert.pem", root / "usr/lib/rauc/ca.cert.pem")
-    shutil.copy2(FW_ENV, root / "etc/fw_env.config")
+    # mounts, RAUC, U-Boot environment tools, network, (agent): the layer's files
+    install_layer_files(root, agent is not None)
+    preset_networkd(root)
+    substitute_build_products(root, keys, agent)
 
     # kernel + initramfs in the slot's /boot, modules
     (root / "boot").mkdir(exist_ok=True)
@@ -510,63 +640,21 @@ def stage_rootfs(out: Path, name: str, base: Path, kdir: Path, initrd: Path, key
     shutil.copy2(initrd, root / "boot/initrd")
     run(["cp", "-a", str(kdir / "modules/lib/modules"), str(root / "lib/")])
 
-    # console: a root shell on the serial console for the test harness
-    # (no login/PAM: a root shell service owns ttyAMA0 instead of a getty)
-    (root / "etc/systemd/system/serial-getty@ttyAMA0.service").symlink_to("/dev/null")
-    write(root / "etc/systemd/system/harmony-console.service",
-          "[Unit]\nDescription=Root shell on the serial console (QEMU test image only)\n"
-          "After=systemd-user-sessions.service\nConflicts=rescue.service\n\n"
-          "[Service]\nExecStart=-/bin/bash -l\nStandardInput=tty-force\nStandardOutput=tty\n"
-          "StandardError=tty\nTTYPath=/dev/ttyAMA0\nTTYReset=yes\nTTYVHangup=yes\n"
-          "Environment=HOME=/root TERM=dumb\nWorkingDirectory=/root\nRestart=always\nRestartSec=1\n"
-          # an interactive bash ignores SIGTERM: without this every shutdown waits 90 s
-          "KillSignal=SIGHUP\nTimeoutStopSec=5\n")
-    enable(root, "/etc/systemd/system/harmony-console.service", "multi-user.target")
-    write(root / "root/.bashrc", "PS1='harmony# '\nexport TERM=dumb\nstty -echo 2>/dev/null\necho HARMONY-CONSOLE-READY\n")
-    write(root / "root/.profile", ". ~/.bashrc\n")
-    # user-mode networking (the host is 10.0.2.2)
-    write(root / "etc/systemd/network/50-qemu.network", "[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\n")
-    enable(root, "/lib/systemd/system/systemd-networkd.service", "multi-user.target")
+    test_console(root)
     # nothing in the image may commit a slot: that is the operator's job
     for unit in ("e2scrub_all.timer", "e2scrub_reap.service", "apt-daily.timer", "fstrim.timer"):
         (root / "etc/systemd/system" / unit).unlink(missing_ok=True)
         (root / "etc/systemd/system" / unit).symlink_to("/dev/null")
     write(root / "etc/systemd/journald.conf.d/harmony.conf", "[Journal]\nStorage=volatile\n")
 
-    # the agent, when it has been cross-built
     if agent is not None:
         log(f"rootfs-{name}: including the agent {agent}")
-        shutil.copy2(agent, root / "usr/bin/harmony-agent")
-        (root / "usr/bin/harmony-agent").chmod(0o755)
-        unit = AGENT_FILES / "harmony-agent.service"
-        if unit.is_file():
-            shutil.copy2(unit, root / "lib/systemd/system/harmony-agent.service")
-            enable(root, "/lib/systemd/system/harmony-agent.service", "multi-user.target")
-        conf = AGENT_FILES / "agent.toml"
-        if conf.is_file():
-            (root / "etc/harmony").mkdir(parents=True, exist_ok=True)
-            shutil.copy2(conf, root / "etc/harmony/agent.toml")
-        (root / "etc/harmony/fleet-keys").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(keys / "fleet.pub", root / "etc/harmony/fleet-keys/fleet.pub")
         wrong = VARIANTS[name].get("misdirected_nats")
         if wrong:
-            # The fault this variant exists for: its image-level config sorts
-            # a drop-in after the device's provisioning one that points the
-            # agent at a server nobody runs, as a bad release would.
-            text = (root / "etc/harmony/agent.toml").read_text()
-            text = text.replace('drop_in_dir = "/data/harmony/agent.d"', 'drop_in_dir = "/etc/harmony/agent.d"')
-            if 'drop_in_dir = "/etc/harmony/agent.d"' not in text:
-                raise SystemExit("build: agent.toml no longer names drop_in_dir = \"/data/harmony/agent.d\"")
-            write(root / "etc/harmony/agent.toml", text)
-            (root / "etc/harmony/agent.d").mkdir(parents=True, exist_ok=True)
-            (root / "etc/harmony/agent.d/10-provisioned.toml").symlink_to(
-                "/data/harmony/agent.d/10-provisioned.toml")
-            write(root / "etc/harmony/agent.d/90-release.toml", f'[nats]\nurls = ["{wrong}"]\n')
+            fault_misdirected_nats(root, wrong)
 
     if name == "broken":
-        # Installs like any bundle, but nothing can start: no init.
-        for f in ("sbin/init", "lib/systemd/systemd"):
-            (root / f).unlink()
+        fault_no_init(root)
 
     # ext4 image: content + 30 % + 24 MiB, in 4 KiB blocks
     used = int(out_of(["du", "-s", "--block-size=1", str(root)]).split()[0])
@@ -633,9 +721,8 @@ def main():
     initrd = stage_initrd(out, base, kdir, args.force)
     keys = stage_keys(out)
     agent = agent_binary(args.no_agent)
-    common = sha(Path(__file__), Path(wks.__file__), out / "stamps/base", out / "stamps/kernel", initrd, SYSTEM_CONF,
-                 FW_ENV, keys / "ca.cert.pem", keys / "fleet.pub", WKS, agent or "no-agent",
-                 AGENT_FILES / "harmony-agent.service" if agent else "", AGENT_FILES / "agent.toml" if agent else "")
+    common = sha(Path(__file__), Path(wks.__file__), out / "stamps/base", out / "stamps/kernel", initrd,
+                 keys / "ca.cert.pem", keys / "fleet.pub", WKS, agent or "no-agent", *layer_inputs(agent))
     imgs = {n: stage_rootfs(out, n, base, kdir, initrd, keys, parts, agent, sha(common, n), args.force)
             for n in VARIANTS}
 

@@ -37,6 +37,22 @@ def harmony_development_keys_in_use(d):
                 break
     return in_use
 
+def harmony_release_key_problems(d):
+    """Why a release build must not go on: key variables unset, pointing at
+    missing files, or at the public development keys."""
+    import os
+    problems = []
+    for var in d.getVar('HARMONY_KEY_VARIABLES').split():
+        paths = (d.getVar(var) or '').split()
+        if not paths:
+            problems.append("%s is not set" % var)
+        for path in paths:
+            if not os.path.isfile(path):
+                problems.append("%s: %s does not exist" % (var, path))
+    for var in harmony_development_keys_in_use(d):
+        problems.append("%s uses the public development keys" % var)
+    return problems
+
 # An event handler, not a task: it has no [doc] to set.
 addhandler harmony_sanity_check
 harmony_sanity_check[eventmask] = "bb.event.SanityCheck"
@@ -59,11 +75,11 @@ python harmony_sanity_check() {
         bb.warn("DISTRO_VERSION '%s' is not of [a-z0-9._-]: devices would report a different "
                 "version (os-release VERSION_ID) than harmony-bundle carries." % version)
     if bb.utils.to_boolean(e.data.getVar('HARMONY_RELEASE')):
-        in_use = harmony_development_keys_in_use(e.data)
-        if in_use:
-            banner = '!' * 78
-            bb.warn("\n%s\nRELEASE BUILD WITH PUBLIC DEVELOPMENT KEYS: %s\n"
-                    "Devices built from this accept bundles and fleet commands signed by\n"
-                    "anybody who has this repository. Set these variables to your own keys.\n%s"
-                    % (banner, ' '.join(in_use), banner))
+        problems = harmony_release_key_problems(e.data)
+        if problems:
+            bb.fatal("RELEASE BUILD (HARMONY_RELEASE = \"1\") REFUSED:\n  %s\n"
+                     "Devices built from the public development keys accept bundles and fleet\n"
+                     "commands signed by anybody who has this repository. Set the variables to\n"
+                     "your own keys (image/kas/release.yml takes them from the environment)."
+                     % "\n  ".join(problems))
 }

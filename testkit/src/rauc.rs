@@ -58,6 +58,7 @@ impl RaucService {
         let mut service = Self { bus, child: None, dir, booted: String::new() };
         let first = service.backend(&["simulate-boot"]);
         service.spawn(&first);
+        service.backend(&["confirm"]);
         service
     }
 
@@ -140,11 +141,14 @@ impl RaucService {
     }
 
     /// Power-cycle as RAUC sees it: stop the service, let the backend choose
-    /// and count the boot, start the service booted from that slot.
+    /// and count the boot, start the service booted from that slot, confirm
+    /// the boot (a committed slot's unconfirmed count goes back to 0).
     pub fn reboot(&mut self) -> String {
         self.stop();
         let slot = self.backend(&["simulate-boot"]);
         self.spawn(&slot);
+        // The system came up: harmony-boot-confirm.service's part.
+        self.backend(&["confirm"]);
         slot
     }
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bbharness  # noqa: E402
+import parity  # noqa: E402
+import product  # noqa: E402
 import wks  # noqa: E402
 from bbharness import MACHINES  # noqa: E402
 
@@ -36,6 +38,7 @@ class Ctx:
         self.repo = self.layer.parent
         self.h = bbharness.Harness(self.layer)
         self._cache = {}
+        self.machines = MACHINES
 
     def recipe(self, rel: str, machine: str, distro: str = "harmony"):
         key = (rel, machine, distro)
@@ -459,7 +462,10 @@ def check_boot_script_vs_env(ctx: Ctx):
                 problems.append(f"[{machine}] boot.cmd.in does not know bootname {b}")
         if not re.search(r"rauc\.slot=", code):
             problems.append(f"[{machine}] boot.cmd.in does not pass rauc.slot= to the kernel")
-        if "saveenv" not in code:
+        # saveenv, or the script's own write of the environment file(s)
+        # (env export + fatwrite: the redundant copies of issue 11).
+        writes_itself = re.search(r"\benv export\b", code) and re.search(r"\bfatwrite\b", code)
+        if "saveenv" not in code and not writes_itself:
             problems.append(f"[{machine}] boot.cmd.in never saves the environment (the counter would not count)")
         # Where the environment lives, as far as Linux is concerned.
         try:
@@ -643,6 +649,65 @@ def check_single_copy(ctx: Ctx):
     return problems
 
 
+def _recipe_in(ctx: Ctx, recipe: str, machine: str):
+    """The datastore of a recipe or bbappend of the layer (path relative to
+    it; a bbappend is parsed with its .inc as the checks do elsewhere)."""
+    if not (ctx.layer / recipe).is_file():
+        return None
+    return ctx.recipe(recipe, machine)
+
+
+def check_partition_mounts(ctx: Ctx):
+    """The rootfs a bundle carries mounts the boot and data partitions by
+    itself: harmony-partitions' mount units agree with the wks, are enabled
+    and installed by the image; wic does not rewrite fstab in the .wic only."""
+    return parity.check_partition_mounts(ctx, _search_local, _wks_for)
+
+
+def check_builder_uses_layer(ctx: Ctx):
+    """image/qemu/build.py authors no file that shapes boot, mounts, RAUC or
+    the agent, and installs the layer's files where the recipes do."""
+    try:
+        return parity.check_builder_uses_layer(ctx, _recipe_in)
+    except parity.CheckError as e:
+        return [str(e)]
+
+
+def _yaml(path: Path):
+    import yaml
+
+    if not path.is_file():
+        raise CheckError(f"{path} does not exist")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def check_image_content(ctx: Ctx):
+    """packagegroup-base (machine extras) and the network stay in the image;
+    the distro drops graphics/audio features and keeps the radios."""
+    return product.check_image_content(ctx)
+
+
+def check_release_keys(ctx: Ctx):
+    """A release build with unset, missing or development keys stops."""
+    return product.check_release_keys(ctx, _yaml)
+
+
+def check_runqemu(ctx: Ctx):
+    """qemuarm64 under runqemu boots the .wic through U-Boot as an A/B system."""
+    return product.check_runqemu(ctx)
+
+
+def check_limits(ctx: Ctx):
+    """Agent, RAUC, image and partitions agree on how large a bundle may be."""
+    return product.check_limits(ctx, read_system_conf, _wks_for, _wks_size_kib)
+
+
+def check_agent_licences(ctx: Ctx):
+    """The agent's licence is its sources' declaration, and every crate
+    linked into it has its licence in the recipe's LICENSE."""
+    return product.check_agent_licences(ctx, agent_recipe)
+
+
 CHECKS = {
     "bb-parse": check_bb_parse,
     "bbappend-gating": check_bbappend_gating,
@@ -659,6 +724,13 @@ CHECKS = {
     "kas-pinned": check_kas_pinned,
     "wic-location": check_wic_location,
     "single-copy": check_single_copy,
+    "partition-mounts": check_partition_mounts,
+    "builder-uses-layer": check_builder_uses_layer,
+    "image-content": check_image_content,
+    "release-keys": check_release_keys,
+    "runqemu": check_runqemu,
+    "limits": check_limits,
+    "agent-licences": check_agent_licences,
 }
 
 

@@ -3,10 +3,17 @@
 
 For every case: copy the layer (and the repository files the checks read)
 into a fresh temporary directory, confirm the check passes on the copy,
-break one thing, and confirm the check now fails. A case whose check already
-fails on the unbroken copy proves nothing and is reported as such (the
-failing check itself is reported by checks/run). Exit 1 if any break went
-unnoticed.
+break one thing, and confirm the check now fails with problems it reports
+(not with a crash). Each case ends as one of
+
+  caught     passes on the copy, fails on the broken copy
+  MISSED     passes on both: the check does not see the break
+  UNPROVEN   fails on the unbroken copy, or the breaker no longer matches
+             what it breaks: the case proves nothing until it is fixed
+  CRASHED    the check raised an exception instead of reporting problems
+
+Exits 0 only if every case of CASES was caught (the count is compared with
+the list, so a case that silently disappears fails too).
 """
 
 import os
@@ -23,90 +30,7 @@ import checks  # noqa: E402
 
 LAYER = HERE.parents[1]
 REPO = LAYER.parent
-COPY_FROM_REPO = ["Cargo.toml", "Cargo.lock", "agent/Cargo.toml", "image/kas"]
-
-
-# Stand-ins used in the temporary copy only while the real boot-chain file
-# does not exist yet, so that the checks can still be proven on realistic
-# input. Where the real file exists, the real file is what is tested.
-FIXTURE_SYSTEM_CONF = """[system]
-compatible=harmony-{machine}
-bootloader=uboot
-data-directory=/data/rauc
-
-[keyring]
-path=ca.cert.pem
-
-[slot.rootfs.0]
-device=/dev/{disk}2
-type=ext4
-bootname=A
-
-[slot.rootfs.1]
-device=/dev/{disk}3
-type=ext4
-bootname=B
-"""
-FIXTURE_WKS = """bootloader --ptable msdos
-part /boot --source bootimg-partition --ondisk {disk_wks} --fstype=vfat --label boot --active
-part / --source rootfs --ondisk {disk_wks} --fstype=ext4 --label rootfs_a --fixed-size 320M
-part / --source rootfs --ondisk {disk_wks} --fstype=ext4 --label rootfs_b --fixed-size 320M
-part /data --ondisk {disk_wks} --fstype=ext4 --label data --size 64M
-"""
-FIXTURE_FW_ENV = "/boot/uboot.env 0x0000 0x4000\n"
-FIXTURE_BOOT_CMD = """# Stand-in boot script. Placeholders:
-#   @@KERNEL_IMAGETYPE@@  kernel image file name
-#   @@KERNEL_BOOTCMD@@    booti
-test -n "${BOOT_ORDER}" || setenv BOOT_ORDER "A B"
-test -n "${BOOT_A_LEFT}" || setenv BOOT_A_LEFT 3
-test -n "${BOOT_B_LEFT}" || setenv BOOT_B_LEFT 3
-for s in ${BOOT_ORDER}; do
-  if test "${s}" = "A" && test ${BOOT_A_LEFT} -gt 0; then setexpr BOOT_A_LEFT ${BOOT_A_LEFT} - 1; setenv slot A; fi
-  if test "${s}" = "B" && test ${BOOT_B_LEFT} -gt 0; then setexpr BOOT_B_LEFT ${BOOT_B_LEFT} - 1; setenv slot B; fi
-done
-saveenv
-setenv bootargs "${bootargs} rauc.slot=${slot}"
-load mmc 0:2 ${kernel_addr_r} boot/@@KERNEL_IMAGETYPE@@
-@@KERNEL_BOOTCMD@@ ${kernel_addr_r} - ${fdt_addr}
-"""
-
-
-def add_fixtures(layer: Path):
-    disks = {"qemuarm64": "vda"}
-    for machine in checks.MACHINES:
-        disk = disks.get(machine, "mmcblk0p")
-        disk_wks = disk.rstrip("p")
-        fixtures = {
-            f"recipes-core/rauc/files/{machine}/system.conf": FIXTURE_SYSTEM_CONF.format(machine=machine, disk=disk),
-            f"recipes-bsp/libubootenv/files/{machine}/fw_env.config": FIXTURE_FW_ENV,
-            f"files/wic/harmony-{machine}.wks": FIXTURE_WKS.format(disk_wks=disk_wks),
-        }
-        for rel, text in fixtures.items():
-            path = layer / rel
-            if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(text)
-    boot = layer / "recipes-bsp/u-boot/files/boot.cmd.in"
-    if not boot.exists():
-        boot.parent.mkdir(parents=True, exist_ok=True)
-        boot.write_text(FIXTURE_BOOT_CMD)
-    agent_files = layer / "recipes-harmony/harmony-agent/files"
-    for name in ("harmony-agent.service", "agent.toml"):
-        if not (agent_files / name).exists():
-            agent_files.mkdir(parents=True, exist_ok=True)
-            (agent_files / name).write_text("# stand-in\n")
-
-
-def move_legacy_wic(layer: Path):
-    """The unbroken copy uses files/wic even while the tree still has wic/
-    (the wic-location check reports that on the real tree)."""
-    legacy = layer / "wic"
-    if legacy.is_dir():
-        (layer / "files").mkdir(exist_ok=True)
-        if not (layer / "files" / "wic").exists():
-            legacy.rename(layer / "files" / "wic")
-        else:
-            shutil.rmtree(legacy)
+COPY_FROM_REPO = ["Cargo.toml", "Cargo.lock", "agent/Cargo.toml", "image/kas", "image/qemu/build.py"]
 
 
 def make_copy(root: Path) -> Path:
@@ -125,8 +49,6 @@ def make_copy(root: Path) -> Path:
         (root / member).mkdir(parents=True, exist_ok=True)
         if manifest.is_file():
             shutil.copy2(manifest, root / member / "Cargo.toml")
-    move_legacy_wic(root / "meta-harmony")
-    add_fixtures(root / "meta-harmony")
     return root / "meta-harmony"
 
 
@@ -149,15 +71,22 @@ def first(layer: Path, pattern: str) -> Path:
     return found[0]
 
 
+class Crashed(Exception):
+    """A check raised instead of returning its problems."""
+
+
 def run_python_check(name):
     def run(layer: Path):
         ctx = checks.Ctx(layer)
         try:
-            return bool(checks.CHECKS[name](ctx))
-        except Exception:
-            return True
+            problems = checks.CHECKS[name](ctx)
+        except checks.CheckError as e:
+            problems = [str(e)]  # a reported problem, as checks.py prints it
+        except Exception as e:
+            raise Crashed(f"{name}: {type(e).__name__}: {e}") from e
         finally:
             ctx.h.close()
+        return bool(problems)
     return run
 
 
@@ -181,6 +110,9 @@ def run_crates_script(layer: Path):
 CRATES_INC = "recipes-harmony/harmony-agent/harmony-agent-crates.inc"
 SYSTEM_CONF = "recipes-core/rauc/files/qemuarm64/system.conf"
 BOOT_CMD = "recipes-bsp/u-boot/files/boot.cmd.in"
+IMAGE = "recipes-core/images/harmony-image.bb"
+PARTITIONS = "recipes-core/harmony-partitions"
+BUILDER = "image/qemu/build.py"
 
 # (description, check runner, break function(layer))
 CASES = [
@@ -235,31 +167,79 @@ CASES = [
     ("second copy of the boot script", run_python_check("single-copy"),
      lambda l: (l.parent / "image" / "qemu").mkdir(parents=True, exist_ok=True)
      or (l.parent / "image" / "qemu" / "boot.cmd.in").write_text("# copy\n")),
+    ("data mount on the wrong partition", run_python_check("partition-mounts"),
+     lambda l: edit(l / f"{PARTITIONS}/files/qemuarm64/data.mount", r"^What=/dev/vda4$", "What=/dev/vda3")),
+    ("boot partition mounted elsewhere", run_python_check("partition-mounts"),
+     lambda l: edit(l / f"{PARTITIONS}/files/rpi/boot-firmware.mount", r"^Where=/boot/firmware$", "Where=/boot")),
+    ("image without the mount units", run_python_check("partition-mounts"),
+     lambda l: edit(l / IMAGE, r"^    harmony-partitions \\\n", "")),
+    ("wic rewrites fstab in the .wic only", run_python_check("partition-mounts"),
+     lambda l: edit(l / IMAGE, r"^WIC_CREATE_EXTRA_ARGS.*\n", "")),
+    ("mount unit never enabled", run_python_check("partition-mounts"),
+     lambda l: edit(l / f"{PARTITIONS}/harmony-partitions_1.0.bb", r"boot-firmware\.mount data\.mount harmony", "data.mount harmony")),
+    ("builder writes its own fstab", run_python_check("builder-uses-layer"),
+     lambda l: append(l.parent / BUILDER, '\n\ndef mounts(root):\n    write(root / "etc/fstab", "/dev/vda4 /data ext4\\n")\n')),
+    ("builder writes its own agent unit", run_python_check("builder-uses-layer"),
+     lambda l: append(l.parent / BUILDER, '\n\ndef unit(root):\n    write(root / "etc/systemd/system/harmony-agent.service", "")\n')),
+    ("builder installs a layer file elsewhere", run_python_check("builder-uses-layer"),
+     lambda l: edit(l.parent / BUILDER, r'"etc/fw_env\.config", 0o644', '"etc/fw_env.conf", 0o644')),
+    ("recipe installs a file the QEMU image lacks", run_python_check("builder-uses-layer"),
+     lambda l: append(l / f"{PARTITIONS}/harmony-partitions_1.0.bb",
+                      "do_install:append() {\n    install -m 0644 ${HARMONY_UNPACKDIR}/x.conf ${D}${sysconfdir}/x.conf\n}\n")),
+    ("IMAGE_INSTALL without packagegroup-base", run_python_check("image-content"),
+     lambda l: edit(l / IMAGE, r"^    packagegroup-base \\\n", "")),
+    ("distro keeps x11", run_python_check("image-content"),
+     lambda l: edit(l / "conf/distro/harmony.conf", r"^(DISTRO_FEATURES:remove = \".*)\bx11 ", r"\1")),
+    ("release build with development keys only warns", run_python_check("release-keys"),
+     lambda l: edit(l / "classes-global/harmony_sanity.bbclass", r"bb\.fatal\(\"RELEASE", 'bb.warn("RELEASE')),
+    ("release kas lets a missing key fall back", run_python_check("release-keys"),
+     lambda l: edit(l.parent / "image/kas/release.yml", r'^    HARMONY_RAUC_SIGNING_KEY \?= ""\n', "")),
+    ("runqemu without U-Boot as firmware", run_python_check("runqemu"),
+     lambda l: edit(l / IMAGE, r"^QB_DEFAULT_BIOS:qemuarm64 = .*\n", "")),
+    ("agent accepts larger bundles than RAUC", run_python_check("limits"),
+     lambda l: edit(l / "recipes-harmony/harmony-agent/files/agent.toml", r"^max_bundle_bytes = \d+", "max_bundle_bytes = 4294967296")),
+    ("slot without resize=true", run_python_check("limits"),
+     lambda l: edit(l / "recipes-core/rauc/files/raspberrypi5/system.conf", r"^resize=true\n", "")),
+    ("agent licence from the common licence directory", run_python_check("agent-licences"),
+     lambda l: edit(first(l, "recipes-harmony/harmony-agent/harmony-agent_*.bb"), r"^LIC_FILES_CHKSUM = .*$",
+                    'LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10"')),
+    ("workspace licence line changed", run_python_check("agent-licences"),
+     lambda l: edit(l.parent / "Cargo.toml", r'^license = "Apache-2.0"$', 'license = "MIT"')),
+    ("crate without a licence entry", run_python_check("agent-licences"),
+     lambda l: edit(l / "recipes-harmony/harmony-agent/harmony-agent-licenses.inc", r"^#   tokio \S+: .*\n", "")),
 ]
 
 
-def main() -> int:
-    missed = 0
-    for desc, check, breaker in CASES:
-        # BitBake caches parsed files by path: the broken copy needs a path
-        # of its own, not the baseline's.
-        with tempfile.TemporaryDirectory(prefix="mh-selftest-") as base, \
-                tempfile.TemporaryDirectory(prefix="mh-selftest-") as tmp:
+def prove(desc, check, breaker) -> str:
+    """One case: 'caught', 'MISSED', 'UNPROVEN' or 'CRASHED', with the reason."""
+    # BitBake caches parsed files by path: the broken copy needs a path of
+    # its own, not the baseline's.
+    with tempfile.TemporaryDirectory(prefix="mh-selftest-") as base, \
+            tempfile.TemporaryDirectory(prefix="mh-selftest-") as tmp:
+        try:
             if check(make_copy(Path(base))):
-                print(f"  unproven  {desc}: the check already fails on the unbroken copy")
-                continue
+                return "UNPROVEN", "the check already fails on the unbroken copy"
             layer = make_copy(Path(tmp))
             try:
                 breaker(layer)
             except (LookupError, FileNotFoundError) as e:
-                print(f"  unproven  {desc}: cannot break it ({e})")
-                continue
+                return "UNPROVEN", f"cannot break it ({e})"
             if check(layer):
-                print(f"  caught    {desc}")
-            else:
-                print(f"  MISSED    {desc}")
-                missed += 1
-    return 1 if missed else 0
+                return "caught", ""
+            return "MISSED", "the check passes on the broken copy"
+        except Crashed as e:
+            return "CRASHED", str(e)
+
+
+def main() -> int:
+    outcomes = []
+    for desc, check, breaker in CASES:
+        outcome, why = prove(desc, check, breaker)
+        outcomes.append(outcome)
+        print(f"  {outcome:<9} {desc}" + (f": {why}" if why else ""), flush=True)
+    caught = outcomes.count("caught")
+    print(f"{caught} of {len(CASES)} breaks caught")
+    return 0 if caught == len(CASES) == len(outcomes) else 1
 
 
 if __name__ == "__main__":

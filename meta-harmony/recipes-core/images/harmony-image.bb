@@ -9,11 +9,20 @@ LICENSE = "MIT"
 
 inherit core-image
 
+# packagegroup-base is what pulls in the machine's MACHINE_EXTRA_RRECOMMENDS
+# (on the Pi: kernel modules, Wi-Fi/Bluetooth firmware, udev-rules-rpi);
+# replacing IMAGE_INSTALL without it drops all of them.
+# harmony-partitions mounts /boot/firmware and /data from the rootfs itself
+# (a bundle carries IMAGE_ROOTFS, never wic's rewritten fstab).
 IMAGE_INSTALL = "\
     packagegroup-core-boot \
+    packagegroup-base \
     ${CORE_IMAGE_EXTRA_INSTALL} \
     rauc \
     harmony-agent \
+    harmony-partitions \
+    harmony-network \
+    harmony-boot-confirm \
     libubootenv-bin \
     kernel-image \
 "
@@ -36,6 +45,10 @@ IMAGE_FSTYPES = "ext4 wic.bz2 wic.bmap"
 WKS_SEARCH_PATH:prepend = "${HARMONY_LAYERDIR}/files/wic:"
 # One A/B layout per machine: boot (vfat), rootfs A, rootfs B, data.
 WKS_FILE = "harmony-${MACHINE}.wks"
+# wic would add the wks mount points to /etc/fstab in the .wic's copy of the
+# rootfs only: the flashed slot A would then differ from every slot a bundle
+# writes. The mounts come from harmony-partitions' units in both.
+WIC_CREATE_EXTRA_ARGS += "--no-fstab-update"
 
 # The ext4 image that harmony-bundle ships must fit the rootfs slot it is
 # written to (the --fixed-size of the rootfs partitions in the wks, in KiB
@@ -52,3 +65,17 @@ do_image_wic[depends] += "u-boot:do_deploy"
 # the slot); the copy meta-raspberrypi puts on the shared boot partition
 # would be dead weight that no update touches.
 RPI_EXTRA_IMAGE_BOOT_FILES:remove = "${KERNEL_IMAGETYPE}"
+
+# qemuarm64 under runqemu as the A/B system it is on a device: QEMU starts
+# U-Boot (u-boot.bin from the u-boot recipe) as its firmware, U-Boot runs
+# boot.scr from the plain .wic's boot partition and boots the slot it picks;
+# runqemu passes no kernel of its own. `runqemu qemuarm64 nographic` then
+# boots like image/qemu/build's test image (see image/README.md).
+IMAGE_FSTYPES:append:qemuarm64 = " wic"
+EXTRA_IMAGEDEPENDS:append:qemuarm64 = " u-boot"
+QB_DEFAULT_FSTYPE:qemuarm64 = "wic"
+QB_DEFAULT_BIOS:qemuarm64 = "u-boot.bin"
+QB_DEFAULT_KERNEL:qemuarm64 = "none"
+QB_KERNEL_ROOT:qemuarm64 = ""
+QB_ROOTFS_OPT:qemuarm64 = "-drive id=disk0,file=@ROOTFS@,if=none,format=raw -device virtio-blk-pci,drive=disk0"
+

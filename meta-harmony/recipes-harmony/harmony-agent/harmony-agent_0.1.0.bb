@@ -5,10 +5,15 @@ DESCRIPTION = "Sends heartbeats, runs fleet commands and installs RAUC A/B \
                version's heartbeat."
 HOMEPAGE = "https://example.invalid/harmony-fleet"
 SECTION = "admin"
-LICENSE = "Apache-2.0"
-# The workspace declares Apache-2.0 in Cargo.toml but ships no licence text.
-# nooelint: oelint.var.licenseremotefile
-LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/Apache-2.0;md5=89aea4e17d99a7cacdbeed46a0096b10"
+# The agent (Apache-2.0, the workspace's licence) and every crate linked into
+# it: harmony-agent-licenses.inc is generated from their Cargo.toml files by
+# meta-harmony/scripts/update-agent-licenses.
+require ${BPN}-licenses.inc
+LICENSE = "Apache-2.0 & ${HARMONY_CRATE_LICENSES}"
+# The workspace ships no licence text; its Cargo.toml declares the licence
+# (line 8, `license = "Apache-2.0"`): a change there fails do_populate_lic.
+# meta-harmony/checks (agent-licences) recomputes this checksum.
+LIC_FILES_CHKSUM = "file://Cargo.toml;beginline=8;endline=8;md5=2507bd5f0713f05419cd2f22fa06fe62"
 
 # The recipe builds the repository it lives in (the layer is its
 # meta-harmony/ directory), so there is no revision to pin and no second copy
