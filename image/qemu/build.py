@@ -604,8 +604,9 @@ def stage_rootfs(out: Path, name: str, base: Path, kdir: Path, initrd: Path, key
             shutil.rmtree(root / link)
         if not (root / link).is_symlink():
             (root / link).symlink_to(target)
-    # /bin/sh, which every Yocto image has (busybox or dash) and the layer's
-    # scripts run with; extract-only mmdebstrap installs no dash, so bash.
+    # /bin/sh, which dash's maintainer script (not run by the extract variant)
+    # would provide and a Yocto image always has: the layer's scripts
+    # (harmony-boot-confirm, harmony-grow-data) are #!/bin/sh.
     if not (root / "bin/sh").exists():
         (root / "bin/sh").symlink_to("bash")
 

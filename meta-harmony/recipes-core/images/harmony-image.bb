@@ -24,7 +24,6 @@ IMAGE_INSTALL = "\
     harmony-network \
     harmony-boot-confirm \
     libubootenv-bin \
-    harmony-boot-confirm \
     kernel-image \
 "
 
