@@ -80,8 +80,10 @@ impl UpgradeConfig {
 fn default_commit_deadline_secs() -> u64 {
     300
 }
+/// Equal to the layer's RAUC `max-bundle-download-size` and agent.toml: an
+/// offer RAUC would refuse after the download is refused before it.
 fn default_max_bundle_bytes() -> u64 {
-    4 * 1024 * 1024 * 1024
+    1024 * 1024 * 1024
 }
 fn default_health_checks_dir() -> PathBuf {
     PathBuf::from("/etc/harmony/health.d")
