@@ -14,9 +14,29 @@ pub struct NatsServer {
     config: Option<PathBuf>,
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local addr").port()
+}
+
+/// Wait until a freshly spawned nats-server (`who` in messages) accepts
+/// connections on `port`; panic with its log if it exits or never listens.
+pub(crate) fn wait_listening(child: Option<&mut Child>, port: u16, who: &str, log: impl Fn() -> String) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut child = child;
+    while Instant::now() < deadline {
+        if let Some(child) = child.as_deref_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{who} exited early with {status}: {}", log());
+            }
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{who} did not listen on {addr} within 15 s: {}", log());
 }
 
 impl NatsServer {
@@ -47,20 +67,9 @@ impl NatsServer {
     }
 
     fn wait_listening(&mut self) {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("nats-server exited early with {status}: {}", self.log());
-                }
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("nats-server did not listen on {addr} within 15 s: {}", self.log());
+        let log_path = self.store.path().join("nats-server.log");
+        let log = move || std::fs::read_to_string(&log_path).unwrap_or_default();
+        wait_listening(self.child.as_mut(), self.port, "nats-server", log);
     }
 
     pub fn port(&self) -> u16 {

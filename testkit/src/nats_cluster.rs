@@ -3,8 +3,8 @@
 //! directory; each can be killed (SIGKILL), restarted on the same ports with
 //! the same store, or paused (SIGSTOP) and resumed (SIGCONT).
 
+use crate::nats::{free_port, wait_listening};
 use crate::tools::find_tool;
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,11 +27,6 @@ pub struct NatsNode {
 pub struct NatsCluster {
     nodes: Vec<NatsNode>,
     _root: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -74,20 +69,10 @@ impl NatsNode {
     }
 
     fn wait_listening(&mut self) {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("nats-server {} exited early with {status}: {}", self.name, self.log());
-                }
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("nats-server {} did not listen on {addr} within 15 s: {}", self.name, self.log());
+        let log_path = self.log_path();
+        let log = move || std::fs::read_to_string(&log_path).unwrap_or_default();
+        let who = format!("nats-server {}", self.name);
+        wait_listening(self.child.as_mut(), self.port, &who, log);
     }
 
     pub fn url(&self) -> String {
