@@ -99,3 +99,77 @@ async fn a_record_created_after_loading_is_written_once_observed() {
     assert_eq!(state.get("rollout.r2").await.unwrap().unwrap(), "running");
     assert!(tokio::time::timeout(Duration::from_millis(200), w.failed()).await.is_err());
 }
+
+mod common;
+
+use common::sim::Behavior;
+use common::{eventually, Env, Operator};
+use harmony_operator::model::JobState;
+use std::process::{Command, Stdio};
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill").arg(sig).arg(pid.to_string()).status().unwrap().success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+async fn lease_holder(env: &Env) -> Option<String> {
+    store::get_json::<harmony_operator::lease::Lease>(&env.buckets.state, "lease.leader")
+        .await
+        .ok()
+        .flatten()
+        .map(|l| l.holder)
+}
+
+/// The real operator binary leads, is paused (SIGSTOP) past its lease, a
+/// second operator takes over and completes a rollout the first never saw;
+/// the first resumes with stale memory. Nothing it decides may land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_operator_resumes_after_a_takeover_and_changes_nothing() {
+    let env = Env::start().await;
+    let names = ["pi-1", "pi-2"];
+    env.devices(&names, Behavior::Happy).await;
+    let mut cfg_a = env.cfg.clone();
+    cfg_a.coordinator.operator_id = Some("op-a".into());
+    let cfg_path = env.dir.path().join("op-a.toml");
+    std::fs::write(&cfg_path, toml::to_string(&cfg_a).unwrap()).unwrap();
+    let log_path = env.dir.path().join("op-a.log");
+    let mut a = Command::new(env!("CARGO_BIN_EXE_harmony-operator"))
+        .arg("--config")
+        .arg(&cfg_path)
+        .arg("serve")
+        .env("HARMONY_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    eventually(10, "op-a leads", || async { lease_holder(&env).await.as_deref() == Some("op-a") }).await;
+    signal(a.id(), "-STOP");
+
+    let mut cfg_b = env.cfg.clone();
+    cfg_b.coordinator.operator_id = Some("op-b".into());
+    let b = Operator::start(&cfg_b);
+    env.rollout(&env.start_args(&names)).await;
+    for d in names {
+        env.wait_job(d, |s| *s == JobState::Committed, 20).await;
+    }
+    assert_eq!(lease_holder(&env).await.as_deref(), Some("op-b"));
+    b.stop().await; // B's last writes are done; only A can write from here.
+
+    signal(a.id(), "-CONT");
+    // Definite point: A has noticed it does not lead (fenced or lease lost).
+    eventually(15, "op-a stands by", || async {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        log.contains("standing by: lease lost") || log.contains("was fenced")
+    })
+    .await;
+    // Let anything A still had queued reach the server.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for d in names {
+        assert_eq!(env.offers_to(d), 1, "{d} got a second offer");
+        let job = env.wait_job(d, |_| true, 1).await;
+        assert_eq!(job.state, JobState::Committed, "{d}'s job went backwards");
+    }
+    let _ = a.kill();
+    let _ = a.wait();
+}
