@@ -18,7 +18,7 @@ use crate::lease::LeaseKeeper;
 use crate::model::{JobState, Rollout};
 use crate::ratelimit::WarnLimiter;
 use crate::store;
-use crate::writer::Writer;
+use crate::writer::{Revisions, WriteFailure, Writer};
 use async_nats::jetstream::kv;
 use ed25519_dalek::SigningKey;
 use futures::StreamExt;
@@ -31,7 +31,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch, Mutex};
 
 /// A pause/resume/abort request, written by the CLI to `ctl.<rollout>`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,6 +53,9 @@ impl ControlRequest {
 enum Outcome {
     Shutdown,
     LostLease,
+    /// A write was refused because its key changed under us (a newer
+    /// leader wrote it): our memory is stale, reload before acting again.
+    Fenced,
     /// A watch ended (NATS trouble): reload from KV and carry on.
     Restart,
 }
@@ -73,13 +76,14 @@ pub async fn run_with_clock(
     let client = connect(&cfg.nats).await?;
     let buckets = Buckets::open(client).await?;
     let ttl_ms = cfg.coordinator.lease_ttl_secs.max(1) * 1000;
-    let mut lease = LeaseKeeper::new(buckets.state.clone(), cfg.operator_id(), ttl_ms);
+    let lease = Arc::new(Mutex::new(LeaseKeeper::new(buckets.state.clone(), cfg.operator_id(), ttl_ms)));
     let mut shutdown: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(shutdown);
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30), Duration::from_secs(60));
     loop {
         // Standby: try for the lease every third of its lifetime.
         loop {
-            match lease.try_acquire_or_renew(clock.now()).await {
+            let held = lease.lock().await.try_acquire_or_renew(clock.now()).await;
+            match held {
                 Ok(true) => break,
                 Ok(false) => {}
                 Err(e) => log::warn!("lease: {e}"),
@@ -91,10 +95,17 @@ pub async fn run_with_clock(
         }
         log::info!("leading");
         let started = Instant::now();
-        let wait = match lead(&cfg, &buckets, &key, &mut lease, clock.as_ref(), shutdown.as_mut()).await {
+        let wait = match lead(&cfg, &buckets, &key, &lease, &clock, shutdown.as_mut()).await {
             Ok(Outcome::Shutdown) => {
-                lease.release().await;
+                lease.lock().await.release().await;
                 return Ok(());
+            }
+            Ok(Outcome::Fenced) => {
+                // Keep the lease if it is still ours (the standby loop
+                // renews it): whoever holds it leads after a fresh load.
+                let wait = backoff.after(started.elapsed());
+                log::warn!("a write was fenced; reloading state in {wait:?}");
+                wait
             }
             Ok(Outcome::LostLease) => {
                 log::warn!("standing by: lease lost");
@@ -110,7 +121,7 @@ pub async fn run_with_clock(
                 // standby out: give it up, and do not spin on a fault.
                 let wait = backoff.after(started.elapsed());
                 log::error!("cannot lead: {e}; released the leader lease, trying again in {wait:?}");
-                lease.release().await;
+                lease.lock().await.release().await;
                 wait
             }
         };
@@ -132,20 +143,30 @@ async fn lead(
     cfg: &Config,
     b: &Buckets,
     key: &SigningKey,
-    lease: &mut LeaseKeeper,
-    clock: &dyn Clock,
+    lease: &Arc<Mutex<LeaseKeeper>>,
+    clock: &Arc<dyn Clock>,
     mut shutdown: Shutdown<'_>,
 ) -> Result<Outcome> {
+    // Renewed on its own task: a busy event loop must not delay renewals
+    // until the lease expires under a leader that is still acting.
+    let renew_ms = (cfg.coordinator.lease_ttl_secs.max(1) * 1000 / 3).max(100);
+    let (lost_tx, mut lost) = watch::channel(false);
+    let _renewer =
+        AbortOnDrop(tokio::spawn(renew_lease(lease.clone(), clock.clone(), Duration::from_millis(renew_ms), lost_tx)));
+    let clock = clock.as_ref();
     let loaded = store::load_state(&b.state).await?;
     let mut state = loaded.state;
+    let mut revisions = loaded.revisions;
     store::quarantine(&b.state, &loaded.corrupt).await?;
-    let writer = Writer::start(b.js.clone());
+    state.tuning = tuning(cfg);
+    let (offers, offer_revisions) = current_offers(b).await?;
+    state.offers = offers;
+    revisions.extend(offer_revisions);
+    log::debug!("loaded {} rollouts, {} jobs, {} offers", state.rollouts.len(), state.jobs.len(), state.offers.len());
+    reconcile_offers(b, key, &state, &mut revisions).await?;
+    let writer = Writer::start(b.js.clone(), revisions);
     let (commit_tx, mut commit_rx) = mpsc::unbounded_channel::<Event>();
     let fx = NatsEffects { writer: writer.clone(), client: b.client.clone(), replies: commit_tx };
-    state.tuning = tuning(cfg);
-    state.offers = current_offers(b).await?;
-    log::debug!("loaded {} rollouts, {} jobs, {} offers", state.rollouts.len(), state.jobs.len(), state.offers.len());
-    reconcile_offers(b, key, &state).await?;
     let mut warn_limit = WarnLimiter::new(Duration::from_secs(60));
     let mut heartbeats = b.heartbeats.watch_with_history(">").await.map_err(Error::nats)?;
     // Replay the last heartbeat of every device before deciding anything, so
@@ -194,9 +215,6 @@ async fn lead(
     let mut controls = b.state.watch_with_history("ctl.>").await.map_err(Error::nats)?;
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.coordinator.tick_millis.max(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let renew_ms = cfg.coordinator.lease_ttl_secs.max(1) * 1000 / 3;
-    let mut renew = tokio::time::interval(Duration::from_millis(renew_ms.max(100)));
-    renew.tick().await;
 
     loop {
         let event = tokio::select! {
@@ -209,11 +227,15 @@ async fn lead(
                 _ => return Ok(Outcome::Restart),
             },
             entry = rollouts.next() => match entry {
-                Some(Ok(e)) if e.operation == kv::Operation::Put => match store::decode::<Rollout>(&e) {
-                    Ok(r) if !r.status.is_final() => Event::RolloutCreated(Box::new(r)),
-                    Ok(_) => continue,
-                    Err(err) => { log::warn!("{err}"); continue }
-                },
+                Some(Ok(e)) if e.operation == kv::Operation::Put => {
+                    // A rollout the CLI created: the writer must expect its revision.
+                    writer.observe(&b.state.name, &e.key, e.revision);
+                    match store::decode::<Rollout>(&e) {
+                        Ok(r) if !r.status.is_final() => Event::RolloutCreated(Box::new(r)),
+                        Ok(_) => continue,
+                        Err(err) => { log::warn!("{err}"); continue }
+                    }
+                }
                 Some(Ok(_)) => continue,
                 _ => return Ok(Outcome::Restart),
             },
@@ -228,19 +250,17 @@ async fn lead(
                 Some(Ok(_)) => continue,
                 _ => return Ok(Outcome::Restart),
             },
-            why = writer.failed() => {
+            why = writer.failed() => match why {
+                WriteFailure::Fenced { .. } => return Ok(Outcome::Fenced),
                 // Memory is ahead of what is durable: reload from KV.
-                return Err(Error::Nats(format!("state write failed: {why}")));
+                WriteFailure::Failed { .. } => return Err(Error::Nats(format!("state write failed: {why}"))),
+            },
+            _ = lease_lost(&mut lost) => {
+                writer.flush().await;
+                return Ok(Outcome::LostLease);
             }
             Some(ev) = commit_rx.recv() => ev,
             _ = tick.tick() => Event::Tick,
-            _ = renew.tick() => {
-                if !lease.try_acquire_or_renew(clock.now()).await? {
-                    writer.flush().await;
-                    return Ok(Outcome::LostLease);
-                }
-                continue;
-            }
         };
         if !matches!(event, Event::Tick | Event::Heartbeat(_)) {
             log::debug!("event {event:?}");
@@ -271,10 +291,13 @@ fn decode_heartbeat(e: &kv::Entry, limit: &mut WarnLimiter) -> Option<Heartbeat>
     }
 }
 
-/// The offers in the offer bucket now, by device (undecodable ones skipped).
-async fn current_offers(b: &Buckets) -> Result<HashMap<DeviceId, UpgradeOffer>> {
+/// The offers in the offer bucket now, by device (undecodable ones skipped),
+/// and the revision of every key of the bucket.
+async fn current_offers(b: &Buckets) -> Result<(HashMap<DeviceId, UpgradeOffer>, Revisions)> {
     let mut out = HashMap::new();
-    for entry in store::read_prefix(&b.offers, "").await? {
+    let entries = store::read_latest(&b.offers).await?;
+    let revisions = store::revisions(&b.offers.name, &entries);
+    for entry in entries.into_iter().filter(|e| e.operation == kv::Operation::Put) {
         let offer = SignedEnvelope::decode(&entry.value)
             .ok()
             .and_then(|env| serde_json::from_str::<UpgradeOffer>(&env.payload).ok());
@@ -285,23 +308,29 @@ async fn current_offers(b: &Buckets) -> Result<HashMap<DeviceId, UpgradeOffer>> 
             _ => log::warn!("offer under key {} does not decode; ignored", entry.key),
         }
     }
-    Ok(out)
+    Ok((out, revisions))
 }
 
-async fn put_offer(b: &Buckets, key: &SigningKey, offer: &UpgradeOffer) -> Result<()> {
+/// Puts an offer if its key is still at the revision we know (fenced like
+/// the writer's writes), and records the new revision.
+async fn put_offer(b: &Buckets, key: &SigningKey, offer: &UpgradeOffer, revisions: &mut Revisions) -> Result<()> {
     let env = SignedEnvelope::sign(key, offer).map_err(|e| Error::Invalid(e.to_string()))?;
-    b.offers
-        .put(offer.device_id.as_str(), env.encode().into())
+    let subject = crate::writer::kv_subject(&b.offers.name, offer.device_id.as_str());
+    let expected = revisions.get(&subject).copied().unwrap_or(0);
+    let rev = b
+        .offers
+        .update(offer.device_id.as_str(), env.encode().into(), expected)
         .await
-        .map_err(|e| Error::Nats(format!("offer for {}: {e}", offer.device_id)))
-        .map(drop)
+        .map_err(|e| Error::Nats(format!("offer for {} (expected revision {expected}): {e}", offer.device_id)))?;
+    revisions.insert(subject, rev);
+    Ok(())
 }
 
 /// After a restart or takeover: an offer that was decided (persisted in the
 /// job) but may not have reached the offer bucket is put again — the same
 /// offer, same sequence number, byte for byte (ed25519 is deterministic), so
 /// no device ever sees a second offer.
-async fn reconcile_offers(b: &Buckets, key: &SigningKey, state: &State) -> Result<()> {
+async fn reconcile_offers(b: &Buckets, key: &SigningKey, state: &State, revisions: &mut Revisions) -> Result<()> {
     for job in state.jobs.values() {
         let Some(offer) = &job.offer else { continue };
         if !matches!(job.state, JobState::Offered) {
@@ -314,7 +343,7 @@ async fn reconcile_offers(b: &Buckets, key: &SigningKey, state: &State) -> Resul
             .is_some_and(|o| o.offer_seq >= offer.offer_seq);
         if !present {
             log::info!("re-putting offer {} for {}", offer.offer_seq, job.device);
-            put_offer(b, key, offer).await?;
+            put_offer(b, key, offer, revisions).await?;
         }
     }
     Ok(())
@@ -338,4 +367,49 @@ pub async fn request(
         .map_err(|e| Error::Device(format!("{device}: {e}")))?;
     let reply = CommandReply::decode(&msg.payload).map_err(|e| Error::Device(format!("{device}: bad reply: {e}")))?;
     reply.into_result().map_err(|e| Error::Device(format!("{device}: {e}")))
+}
+
+/// Renews the lease every `period` until a renewal fails or does not answer
+/// within `period`, then says so on `lost` and ends.
+async fn renew_lease(
+    lease: Arc<Mutex<LeaseKeeper>>,
+    clock: Arc<dyn Clock>,
+    period: Duration,
+    lost: watch::Sender<bool>,
+) {
+    loop {
+        tokio::time::sleep(period).await;
+        let renewed = tokio::time::timeout(period, async {
+            let mut lease = lease.lock().await;
+            lease.try_acquire_or_renew(clock.now()).await
+        })
+        .await;
+        match renewed {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => break,
+            Ok(Err(e)) => {
+                log::warn!("lease renewal failed: {e}");
+                break;
+            }
+            Err(_) => {
+                log::warn!("lease renewal did not answer within {period:?}");
+                break;
+            }
+        }
+    }
+    let _ = lost.send(true);
+}
+
+/// Resolves once the renewal task reports the lease lost (or is gone).
+async fn lease_lost(lost: &mut watch::Receiver<bool>) {
+    let _ = lost.wait_for(|lost| *lost).await.map(drop);
+}
+
+/// Aborts a task when the leading that spawned it ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -40,6 +40,14 @@ pub async fn is_empty(store: &kv::Store) -> Result<bool> {
 /// Every live entry of a bucket whose key starts with `prefix` (one pass over
 /// the bucket's last values; returns at once for an empty bucket).
 pub async fn read_prefix(store: &kv::Store, prefix: &str) -> Result<Vec<kv::Entry>> {
+    let mut out = read_latest(store).await?;
+    out.retain(|e| e.operation == kv::Operation::Put && e.key.starts_with(prefix));
+    Ok(out)
+}
+
+/// The last entry of every key, deletes and purges included (their
+/// revision is what a compare-and-set write must expect).
+pub async fn read_latest(store: &kv::Store) -> Result<Vec<kv::Entry>> {
     if is_empty(store).await? {
         // A watch on an empty bucket would wait forever for its first entry.
         return Ok(Vec::new());
@@ -49,14 +57,18 @@ pub async fn read_prefix(store: &kv::Store, prefix: &str) -> Result<Vec<kv::Entr
     while let Some(entry) = watch.next().await {
         let entry = entry.map_err(Error::nats)?;
         let last = entry.delta == 0;
-        if entry.operation == kv::Operation::Put && entry.key.starts_with(prefix) {
-            out.push(entry);
-        }
+        out.push(entry);
         if last {
             break;
         }
     }
     Ok(out)
+}
+
+/// The revision of every key in `entries`, by KV subject (what the fenced
+/// writer starts from).
+pub fn revisions(bucket: &str, entries: &[kv::Entry]) -> crate::writer::Revisions {
+    entries.iter().map(|e| (crate::writer::kv_subject(bucket, &e.key), e.revision)).collect()
 }
 
 pub fn decode<T: DeserializeOwned>(entry: &kv::Entry) -> Result<T> {
@@ -99,12 +111,17 @@ pub async fn get_json<T: DeserializeOwned>(store: &kv::Store, key: &str) -> Resu
 pub struct Loaded {
     pub state: State,
     pub corrupt: Vec<CorruptRecord>,
+    /// The revision of every key read, deleted ones included: the writer
+    /// writes each key only if it is still at this revision (fencing).
+    pub revisions: crate::writer::Revisions,
 }
 
 /// Loads rollouts, jobs and offer sequence numbers, skipping corrupt records.
 pub async fn load_state(store: &kv::Store) -> Result<Loaded> {
     let mut loaded = Loaded::default();
-    for entry in read_prefix(store, "").await? {
+    let entries = read_latest(store).await?;
+    loaded.revisions = revisions(&store.name, &entries);
+    for entry in entries.into_iter().filter(|e| e.operation == kv::Operation::Put) {
         let result = if entry.key.starts_with("rollout.") {
             serde_json::from_slice::<Rollout>(&entry.value).map(|r| {
                 loaded.state.rollouts.insert(r.id.clone(), r);

@@ -5,16 +5,39 @@
 //!
 //! Ordering is the crash-safety rule "a job and its sequence number are
 //! durable before its offer exists": an offer is a barrier — every earlier
-//! write must be acknowledged before the offer is published. A write that
-//! fails for good (after retries) poisons the writer: no barrier write is
-//! published after it, and [`Writer::failed`] tells the serve loop to stop
-//! leading and reload from what is really durable.
+//! write must be acknowledged before the offer is published.
+//!
+//! Fencing: every write is a compare-and-set on its key's revision
+//! (`Nats-Expected-Last-Subject-Sequence`). The writer starts from the
+//! revisions the operator loaded when it took the lead and moves each one to
+//! the revision its own write got. A write from an operator that lost the
+//! lease — even one held back in a paused NATS node and delivered late — is
+//! refused by the stream as soon as anyone else wrote that key since, so it
+//! cannot land over the new leader's state ([`WriteFailure::Fenced`]).
+//!
+//! A write that is fenced, or fails for good after retries, poisons the
+//! writer: nothing queued after it is published, and [`Writer::failed`]
+//! tells the serve loop to stop leading and reload what is really durable.
 
-use async_nats::jetstream;
+use async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE;
+use async_nats::jetstream::{self, context::PublishErrorKind};
+use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::stream::{FuturesOrdered, StreamExt};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
+
+/// The last revision of each key, by subject (`$KV.<bucket>.<key>`). A key
+/// missing here is expected not to exist (revision 0).
+pub type Revisions = HashMap<String, u64>;
+
+/// The subject a KV key is stored under.
+pub fn kv_subject(bucket: &str, key: &str) -> String {
+    format!("$KV.{bucket}.{key}")
+}
 
 #[derive(Debug)]
 pub struct Write {
@@ -25,9 +48,24 @@ pub struct Write {
     pub barrier: bool,
 }
 
+/// Why the writer stopped writing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteFailure {
+    /// The key changed since this operator last wrote or read it: someone
+    /// else (a newer leader) wrote it. Not retried.
+    #[error("write {subject} fenced: the key is no longer at revision {expected}")]
+    Fenced { subject: String, expected: u64 },
+    /// NATS did not take the write after every retry.
+    #[error("write {subject}: {detail}")]
+    Failed { subject: String, detail: String },
+}
+
 #[derive(Debug)]
 enum Item {
     Put(Write),
+    /// A key's revision seen by the serve loop (a rollout the CLI created):
+    /// recorded only if the writer knows nothing newer of that key.
+    Observe(String, u64),
     /// Answered once everything queued before it is acknowledged.
     Flush(oneshot::Sender<()>),
 }
@@ -35,28 +73,43 @@ enum Item {
 #[derive(Debug, Clone)]
 pub struct Writer {
     tx: mpsc::UnboundedSender<Item>,
-    /// The first write that failed for good, if any.
-    failure: watch::Receiver<Option<String>>,
+    /// The first write that failed for good or was fenced, if any.
+    failure: watch::Receiver<Option<WriteFailure>>,
 }
 
 impl Writer {
-    pub fn start(js: jetstream::Context) -> Self {
-        Self::start_with_retries(js, 5)
+    /// `known`: the revisions read when the state was loaded.
+    pub fn start(js: jetstream::Context, known: Revisions) -> Self {
+        Self::start_with_retries(js, known, 5)
     }
 
     /// `attempts` per write (the first try included) before it fails for good.
-    pub fn start_with_retries(js: jetstream::Context, attempts: u32) -> Self {
+    pub fn start_with_retries(js: jetstream::Context, known: Revisions, attempts: u32) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let (failed_tx, failure) = watch::channel(None);
-        tokio::spawn(run(js, rx, failed_tx, attempts.max(1)));
+        let task = Task {
+            js,
+            attempts: attempts.max(1),
+            known,
+            in_flight: HashMap::new(),
+            pending: FuturesOrdered::new(),
+            poison: Poison { first: None, tx: failed_tx },
+        };
+        tokio::spawn(task.run(rx));
         Self { tx, failure }
     }
 
     pub fn put(&self, bucket: &str, key: &str, value: Bytes, barrier: bool) {
-        let w = Write { subject: format!("$KV.{bucket}.{key}"), value, barrier };
+        let w = Write { subject: kv_subject(bucket, key), value, barrier };
         if self.tx.send(Item::Put(w)).is_err() {
             log::error!("KV writer is gone; write to {bucket}/{key} lost");
         }
+    }
+
+    /// Tells the writer a key's revision that it may not know (a record
+    /// created by someone else after the state was loaded).
+    pub fn observe(&self, bucket: &str, key: &str, revision: u64) {
+        let _ = self.tx.send(Item::Observe(kv_subject(bucket, key), revision));
     }
 
     /// Resolves once every write queued so far is acknowledged (or failed).
@@ -67,8 +120,9 @@ impl Writer {
         }
     }
 
-    /// Resolves with the reason once a write failed for good; pending forever otherwise.
-    pub async fn failed(&self) -> String {
+    /// Resolves with the reason once a write failed for good or was fenced;
+    /// pending forever otherwise.
+    pub async fn failed(&self) -> WriteFailure {
         let mut rx = self.failure.clone();
         let why = match rx.wait_for(Option::is_some).await {
             Ok(v) => v.clone(),
@@ -81,121 +135,188 @@ impl Writer {
     }
 }
 
-async fn publish_once(js: &jetstream::Context, w: &Write) -> Result<(), String> {
-    match js.publish(w.subject.clone(), w.value.clone()).await {
-        Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+fn expect_revision(expected: u64) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string());
+    headers
+}
+
+fn classify(w: &Write, expected: u64, e: &jetstream::context::PublishError) -> WriteFailure {
+    if e.kind() == PublishErrorKind::WrongLastSequence {
+        WriteFailure::Fenced { subject: w.subject.clone(), expected }
+    } else {
+        WriteFailure::Failed { subject: w.subject.clone(), detail: e.to_string() }
     }
 }
 
-async fn publish_with_retry(js: &jetstream::Context, w: &Write, attempts: u32) -> Result<(), String> {
-    let mut last = String::new();
+/// One try; the new revision of the key on success.
+async fn publish_once(js: &jetstream::Context, w: &Write, expected: u64) -> Result<u64, WriteFailure> {
+    match js.publish_with_headers(w.subject.clone(), expect_revision(expected), w.value.clone()).await {
+        Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| classify(w, expected, &e)),
+        Err(e) => Err(classify(w, expected, &e)),
+    }
+}
+
+/// Retries what may be passing trouble; a fenced write is final at once.
+/// (A retry after a lost acknowledgement whose write did land is fenced by
+/// that write: the serve loop then reloads, which is safe.)
+async fn publish_with_retry(
+    js: &jetstream::Context,
+    w: &Write,
+    expected: u64,
+    attempts: u32,
+) -> Result<u64, WriteFailure> {
+    let mut last = None;
     for attempt in 0..attempts {
-        match publish_once(js, w).await {
-            Ok(()) => return Ok(()),
+        match publish_once(js, w, expected).await {
+            Ok(rev) => return Ok(rev),
+            Err(e @ WriteFailure::Fenced { .. }) => return Err(e),
             Err(e) => {
-                log::warn!("write {} failed (attempt {}): {e}", w.subject, attempt + 1);
-                last = e;
+                log::warn!("{e} (attempt {})", attempt + 1);
+                last = Some(e);
                 if attempt + 1 < attempts {
                     tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))).await;
                 }
             }
         }
     }
-    log::error!("write {} failed for good: {last}", w.subject);
-    Err(format!("write {}: {last}", w.subject))
+    Err(last.unwrap_or(WriteFailure::Failed { subject: w.subject.clone(), detail: "no attempt made".into() }))
 }
 
 /// Remembers the first failure and tells the serve loop.
 struct Poison {
-    first: Option<String>,
-    tx: watch::Sender<Option<String>>,
+    first: Option<WriteFailure>,
+    tx: watch::Sender<Option<WriteFailure>>,
 }
 
 impl Poison {
-    fn note(&mut self, result: Result<(), String>) {
-        if let (Err(e), None) = (result, &self.first) {
-            self.first = Some(e.clone());
-            let _ = self.tx.send(Some(e));
+    fn note(&mut self, failure: WriteFailure) {
+        log::error!("{failure}; writing nothing more until the state is reloaded");
+        if self.first.is_none() {
+            self.first = Some(failure.clone());
+            let _ = self.tx.send(Some(failure));
         }
     }
 }
 
-async fn run(
+type Acked = Pin<Box<dyn Future<Output = (String, Result<u64, WriteFailure>)> + Send>>;
+
+struct Task {
     js: jetstream::Context,
-    mut rx: mpsc::UnboundedReceiver<Item>,
-    failed: watch::Sender<Option<String>>,
     attempts: u32,
-) {
-    let mut pending = FuturesOrdered::new();
-    let mut poison = Poison { first: None, tx: failed };
-    loop {
-        // Reap acknowledgements while idle too, so a failure is known (and
-        // reported) without waiting for the next write.
-        let item = tokio::select! {
-            item = rx.recv() => match item {
-                Some(item) => item,
-                None => break,
-            },
-            Some(r) = pending.next(), if !pending.is_empty() => {
-                poison.note(r);
-                continue;
-            }
-        };
-        let w = match item {
-            Item::Put(w) => w,
-            Item::Flush(done) => {
-                while let Some(r) = pending.next().await {
-                    poison.note(r);
-                }
-                let _ = done.send(());
-                continue;
-            }
-        };
-        if w.barrier {
-            while let Some(r) = pending.next().await {
-                poison.note(r);
-            }
-            if let Some(why) = &poison.first {
-                // An earlier write (this offer's job, perhaps) is not durable:
-                // publishing the offer could make a device act on a decision
-                // a restarted operator knows nothing about.
-                log::error!("not writing {}: an earlier write failed ({why})", w.subject);
-                continue;
-            }
-            let r = publish_with_retry(&js, &w, attempts).await;
-            poison.note(r);
-            continue;
-        }
-        // Publish now (keeps order on the connection); await the ack later.
-        let js2 = js.clone();
-        match js.publish(w.subject.clone(), w.value.clone()).await {
-            Ok(ack) => pending.push_back(async move {
-                match ack.await {
-                    Ok(_) => Ok(()),
-                    Err(e) => {
-                        log::warn!("write {} not acknowledged: {e}; retrying", w.subject);
-                        publish_with_retry(&js2, &w, attempts.saturating_sub(1).max(1)).await
-                    }
-                }
-            }),
-            Err(e) => {
-                log::warn!("write {} failed: {e}; retrying", w.subject);
-                let r = publish_with_retry(&js, &w, attempts.saturating_sub(1).max(1)).await;
-                poison.note(r);
+    known: Revisions,
+    /// Unacknowledged writes per subject: a second write to the same key
+    /// needs the revision the first one gets.
+    in_flight: HashMap<String, usize>,
+    pending: FuturesOrdered<Acked>,
+    poison: Poison,
+}
+
+impl Task {
+    fn settle(&mut self, subject: String, result: Result<u64, WriteFailure>) {
+        if let Some(n) = self.in_flight.get_mut(&subject) {
+            *n -= 1;
+            if *n == 0 {
+                self.in_flight.remove(&subject);
             }
         }
-        // Bound the acks in flight, and reap finished ones.
-        while pending.len() > 1024 {
-            if let Some(r) = pending.next().await {
-                poison.note(r);
+        match result {
+            Ok(rev) => {
+                self.known.insert(subject, rev);
             }
-        }
-        while let Some(Some(r)) = futures::FutureExt::now_or_never(pending.next()) {
-            poison.note(r);
+            Err(e) => self.poison.note(e),
         }
     }
-    while let Some(r) = pending.next().await {
-        poison.note(r);
+
+    async fn drain(&mut self) {
+        while let Some((subject, r)) = self.pending.next().await {
+            self.settle(subject, r);
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Item>) {
+        loop {
+            // Reap acknowledgements while idle too, so a failure is known (and
+            // reported) without waiting for the next write.
+            let item = tokio::select! {
+                item = rx.recv() => match item {
+                    Some(item) => item,
+                    None => break,
+                },
+                Some((subject, r)) = self.pending.next(), if !self.pending.is_empty() => {
+                    self.settle(subject, r);
+                    continue;
+                }
+            };
+            let w = match item {
+                Item::Put(w) => w,
+                Item::Observe(subject, rev) => {
+                    self.known.entry(subject).or_insert(rev);
+                    continue;
+                }
+                Item::Flush(done) => {
+                    self.drain().await;
+                    let _ = done.send(());
+                    continue;
+                }
+            };
+            if w.barrier || self.in_flight.contains_key(&w.subject) {
+                self.drain().await;
+            }
+            if let Some(why) = &self.poison.first {
+                // Memory is ahead of (or, fenced, behind) what is durable: an
+                // offer now could make a device act on a decision a restarted
+                // operator knows nothing about; any other write could land
+                // over a newer leader's.
+                log::warn!("not writing {}: {why}", w.subject);
+                continue;
+            }
+            let expected = self.known.get(&w.subject).copied().unwrap_or(0);
+            if w.barrier {
+                let r = publish_with_retry(&self.js, &w, expected, self.attempts).await;
+                self.settle(w.subject.clone(), r);
+                continue;
+            }
+            self.publish_pipelined(w, expected).await;
+            // Bound the acks in flight, and reap finished ones.
+            while self.pending.len() > 1024 {
+                if let Some((subject, r)) = self.pending.next().await {
+                    self.settle(subject, r);
+                }
+            }
+            while let Some(Some((subject, r))) = futures::FutureExt::now_or_never(self.pending.next()) {
+                self.settle(subject, r);
+            }
+        }
+        self.drain().await;
+    }
+
+    /// Publishes now (keeps order on the connection); the ack is awaited later.
+    async fn publish_pipelined(&mut self, w: Write, expected: u64) {
+        let retries = self.attempts.saturating_sub(1).max(1);
+        match self.js.publish_with_headers(w.subject.clone(), expect_revision(expected), w.value.clone()).await {
+            Ok(ack) => {
+                *self.in_flight.entry(w.subject.clone()).or_insert(0) += 1;
+                let js = self.js.clone();
+                self.pending.push_back(Box::pin(async move {
+                    let r = match ack.await {
+                        Ok(a) => Ok(a.sequence),
+                        Err(e) => match classify(&w, expected, &e) {
+                            fenced @ WriteFailure::Fenced { .. } => Err(fenced),
+                            other => {
+                                log::warn!("{other}; retrying");
+                                publish_with_retry(&js, &w, expected, retries).await
+                            }
+                        },
+                    };
+                    (w.subject, r)
+                }));
+            }
+            Err(e) => {
+                log::warn!("write {} failed: {e}; retrying", w.subject);
+                let r = publish_with_retry(&self.js, &w, expected, retries).await;
+                self.settle(w.subject.clone(), r);
+            }
+        }
     }
 }
