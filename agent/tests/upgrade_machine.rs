@@ -26,6 +26,7 @@ fn env() -> Env {
         max_bundle_bytes: 1000,
         commit_deadline_ms: 1000,
         started_boottime: BootMillis(5000),
+        slots: None,
     }
 }
 
@@ -55,6 +56,7 @@ fn with_job(phase: UpgradePhase, edit: impl FnOnce(&mut Job)) -> State {
         since: T0,
         pending: None,
         noted_refusal: None,
+        boot_mismatch: None,
         marking: false,
     }
 }

@@ -90,6 +90,7 @@ fn good() -> Heartbeat {
             target_slot: Some("B".into()),
             since: UnixMillis(NOW),
             offer_notes: Default::default(),
+            boot_mismatch: None,
         },
         labels: Default::default(),
         seq: 1,
