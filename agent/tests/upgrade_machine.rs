@@ -743,7 +743,8 @@ fn a_settled_record_is_checked_against_rauc_on_start() {
     let not_on = |c: &str| BootMismatch::NotOnCommittedSlot { committed: c.into(), booted: "B".into() };
     let not_good = BootMismatch::BootedSlotNotGood { slot: "B".into(), boot_status: "bad".into() };
     let not_primary = BootMismatch::BootedSlotNotPrimary { booted: "B".into(), primary: "A".into() };
-    let rows: Vec<(&str, State, Option<SlotFacts>, UpgradePhase, Option<BootMismatch>)> = vec![
+    type Row = (&'static str, State, Option<SlotFacts>, UpgradePhase, Option<BootMismatch>);
+    let rows: Vec<Row> = vec![
         ("committed, agrees", committed_on("B"), Some(facts("B", "good")), UpgradePhase::Committed, None),
         (
             "committed to A, booted B",
