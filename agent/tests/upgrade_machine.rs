@@ -26,6 +26,7 @@ fn env() -> Env {
         max_bundle_bytes: 1000,
         commit_deadline_ms: 1000,
         started_boottime: BootMillis(5000),
+        slots: None,
     }
 }
 
@@ -55,6 +56,7 @@ fn with_job(phase: UpgradePhase, edit: impl FnOnce(&mut Job)) -> State {
         since: T0,
         pending: None,
         noted_refusal: None,
+        boot_mismatch: None,
         marking: false,
     }
 }
@@ -720,4 +722,80 @@ fn garbage_on_the_offer_key_does_not_overwrite_committed_or_rolled_back() {
         assert_eq!(s.phase, UpgradePhase::Offered, "{name}");
         assert_eq!(s.status().offer_notes.refusal, None);
     }
+}
+
+/// Issue 12 item 8: on start a settled record is checked against RAUC's
+/// slot states. Env: booted B. Rows: record, RAUC's facts, reported phase
+/// and mismatch.
+#[test]
+fn a_settled_record_is_checked_against_rauc_on_start() {
+    use harmony_agent::upgrade::machine::SlotFacts;
+    use harmony_protocol::upgrade::BootMismatch;
+    let facts = |primary: &str, b: &str| SlotFacts {
+        primary: Some(primary.into()),
+        boot_status: [("A".to_string(), "good".to_string()), ("B".to_string(), b.to_string())].into(),
+    };
+    let committed_on = |slot: &str| {
+        let slot = slot.to_string();
+        with_job(UpgradePhase::Committed, move |j| j.target_slot = Some(slot))
+    };
+    let rolled_back = UpgradePhase::RolledBack { reason: RollbackReason::BootFailed };
+    let not_on = |c: &str| BootMismatch::NotOnCommittedSlot { committed: c.into(), booted: "B".into() };
+    let not_good = BootMismatch::BootedSlotNotGood { slot: "B".into(), boot_status: "bad".into() };
+    let not_primary = BootMismatch::BootedSlotNotPrimary { booted: "B".into(), primary: "A".into() };
+    type Row = (&'static str, State, Option<SlotFacts>, UpgradePhase, Option<BootMismatch>);
+    let rows: Vec<Row> = vec![
+        ("committed, agrees", committed_on("B"), Some(facts("B", "good")), UpgradePhase::Committed, None),
+        (
+            "committed to A, booted B",
+            committed_on("A"),
+            Some(facts("B", "good")),
+            rolled_back.clone(),
+            Some(not_on("A")),
+        ),
+        (
+            "committed, booted slot bad",
+            committed_on("B"),
+            Some(facts("A", "bad")),
+            UpgradePhase::Committed,
+            Some(not_good.clone()),
+        ),
+        (
+            "committed, not primary",
+            committed_on("B"),
+            Some(facts("A", "good")),
+            UpgradePhase::Committed,
+            Some(not_primary.clone()),
+        ),
+        ("RAUC unreadable: unchecked", committed_on("A"), None, UpgradePhase::Committed, None),
+        ("idle, booted slot bad", State::initial(T0), Some(facts("A", "bad")), UpgradePhase::Idle, Some(not_good)),
+        ("idle, not primary", State::initial(T0), Some(facts("A", "good")), UpgradePhase::Idle, Some(not_primary)),
+        ("idle, agrees", State::initial(T0), Some(facts("B", "good")), UpgradePhase::Idle, None),
+        (
+            "earlier such rollback keeps its cause",
+            State { phase: rolled_back.clone(), boot_mismatch: Some(not_on("A")), ..committed_on("A") },
+            Some(facts("B", "good")),
+            rolled_back.clone(),
+            Some(not_on("A")),
+        ),
+        (
+            "in flight: the machine's own rules, unchecked",
+            with_job(UpgradePhase::Downloading { bytes_done: 1, bytes_total: 2 }, |_| {}),
+            Some(facts("A", "bad")),
+            UpgradePhase::Downloading { bytes_done: 1, bytes_total: 2 },
+            None,
+        ),
+    ];
+    for (what, state, slots, phase, mismatch) in rows {
+        let e = Env { slots, ..env() };
+        let (s, _) = step(&e, state, Event::Started, NOW);
+        assert_eq!(s.phase, phase, "{what}");
+        assert_eq!(s.boot_mismatch, mismatch, "{what}");
+        assert_eq!(s.status().boot_mismatch, mismatch, "{what}: reported");
+    }
+    // A new offer clears it: the next upgrade starts from what RAUC shows.
+    let e = Env { slots: Some(facts("A", "good")), ..env() };
+    let (s, _) = step(&e, State::initial(T0), Event::Started, NOW);
+    let (s, _) = step(&e, s, Event::Offer(Ok(offer(6, "3.0.0"))), NOW);
+    assert_eq!(s.boot_mismatch, None);
 }

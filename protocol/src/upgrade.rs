@@ -55,6 +55,30 @@ pub struct UpgradeStatus {
     /// `phase`. Absent (and ignored by older operators) when empty.
     #[serde(default, skip_serializing_if = "OfferNotes::is_empty")]
     pub offer_notes: OfferNotes,
+    /// What RAUC showed at agent start that disagrees with the upgrade
+    /// record (boot state lost or torn, a committed slot the bootloader
+    /// left). Absent (and ignored by older operators) when they agree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_mismatch: Option<BootMismatch>,
+}
+
+/// The upgrade record and RAUC's view of the slots disagree. Reported next
+/// to the phase, so an operator that predates it still decodes the status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BootMismatch {
+    /// The upgrade was committed to `committed`, yet this boot runs
+    /// `booted`: the boot state was lost or torn, or the bootloader left a
+    /// committed slot that stopped booting. The phase is then `rolled_back`.
+    #[error("upgrade committed to slot {committed} but the device booted slot {booted}")]
+    NotOnCommittedSlot { committed: String, booted: String },
+    /// The booted slot is one the bootloader counts as bad (or has no
+    /// attempts left for): it will not be booted again after a reboot.
+    #[error("booted slot {slot} is {boot_status}, not good")]
+    BootedSlotNotGood { slot: String, boot_status: String },
+    /// The next boot goes to another slot than the one running now.
+    #[error("booted slot {booted} is not primary (the next boot goes to {primary})")]
+    BootedSlotNotPrimary { booted: String, primary: String },
 }
 
 /// Offers the agent did not act on yet, or refused without overwriting a
@@ -96,6 +120,7 @@ impl UpgradeStatus {
             target_slot: None,
             since,
             offer_notes: OfferNotes::default(),
+            boot_mismatch: None,
         }
     }
 }

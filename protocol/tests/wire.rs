@@ -82,6 +82,7 @@ fn heartbeat() -> Heartbeat {
             target_slot: Some("B".into()),
             since: UnixMillis(1_795_000_100_000),
             offer_notes: Default::default(),
+            boot_mismatch: None,
         },
         labels: BTreeMap::from([("site".to_string(), "kitchen".to_string())]),
         seq: 3,

@@ -2,6 +2,7 @@
 //! RAUC D-Bus client. Errors are plain strings here because they travel into
 //! the state machine and on to the operator as text (RAUC's `LastError`).
 
+use super::reconcile::SlotFacts;
 use crate::rauc::{Adoption, InstallClaim, RaucClient, RaucError};
 use futures::future::BoxFuture;
 use std::path::Path;
@@ -27,6 +28,9 @@ pub trait Installer: Send + Sync + std::fmt::Debug {
         progress: &'a watch::Sender<u8>,
         claim: &'a InstallClaim,
     ) -> BoxFuture<'a, Result<String, String>>;
+    /// Read only: each slot's boot status and the primary slot, for
+    /// checking the upgrade record on start.
+    fn slot_facts(&self) -> BoxFuture<'_, Result<SlotFacts, String>>;
 }
 
 fn rauc_text(e: RaucError) -> String {
@@ -57,6 +61,23 @@ impl Installer for RaucClient {
                 Adoption::Failed(last_error) => Err(last_error),
                 Adoption::NotInstalled => RaucClient::install(self, bundle, progress).await.map_err(rauc_text),
             }
+        })
+    }
+
+    fn slot_facts(&self) -> BoxFuture<'_, Result<SlotFacts, String>> {
+        Box::pin(async move {
+            let slots = self.slots().await.map_err(|e| e.to_string())?;
+            // No primary (GetPrimary fails when no slot is bootable) is a
+            // fact of its own, not a reason to skip the boot-status check.
+            let primary = match self.primary_bootname().await {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    log::warn!("{e}; the primary slot is unknown");
+                    None
+                }
+            };
+            let boot_status = slots.into_iter().filter_map(|s| Some((s.bootname?, s.boot_status?))).collect();
+            Ok(SlotFacts { primary, boot_status })
         })
     }
 

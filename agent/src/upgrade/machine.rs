@@ -6,10 +6,13 @@
 //! what gets persisted, so after a power cut `Event::Started` re-derives
 //! everything from the last record and the facts of the new boot.
 
+use super::reconcile;
+pub use super::reconcile::SlotFacts;
 use super::validate::{self, Verdict};
 use harmony_protocol::clock::BootMillis;
 use harmony_protocol::command::{CommitArgs, ReplyBody};
 use harmony_protocol::time::UnixMillis;
+use harmony_protocol::upgrade::BootMismatch;
 use harmony_protocol::{
     CommandError, DeviceId, FailureReason, NotedRefusal, OfferNotes, RefusalReason, RollbackReason, UpgradeOffer,
     UpgradePhase, UpgradeStatus,
@@ -32,6 +35,9 @@ pub struct Env {
     /// Boottime when this agent run started. A trial window that begins in
     /// this run begins here.
     pub started_boottime: BootMillis,
+    /// RAUC's slot states when this agent run started; `None` when RAUC
+    /// could not be read (the record is then not checked against it).
+    pub slots: Option<SlotFacts>,
 }
 
 /// The accepted offer being worked on, and what happened to it so far.
@@ -102,6 +108,10 @@ pub struct State {
     /// A refusal that must not overwrite the phase (see [`OfferNotes`]).
     #[serde(default)]
     pub noted_refusal: Option<NotedRefusal>,
+    /// The record disagrees with RAUC (see `reconcile`): found on start,
+    /// cleared when a new offer is accepted.
+    #[serde(default)]
+    pub boot_mismatch: Option<BootMismatch>,
     /// A `Mark` call is in flight; never persisted (a restart forgets it and
     /// the operator retries the commit).
     #[serde(skip)]
@@ -118,6 +128,7 @@ impl State {
             since: now,
             pending: None,
             noted_refusal: None,
+            boot_mismatch: None,
             marking: false,
         }
     }
@@ -138,6 +149,7 @@ impl State {
                 busy_offer_seq: self.pending.as_ref().map(|o| o.offer_seq),
                 refusal: self.noted_refusal.clone(),
             },
+            boot_mismatch: self.boot_mismatch.clone(),
         }
     }
 
@@ -489,6 +501,7 @@ fn judge_offer(env: &Env, mut s: State, offer: UpgradeOffer, now: UnixMillis) ->
             s.job = Some(Job::new(offer));
             s.refused = None;
             s.noted_refusal = None;
+            s.boot_mismatch = None;
             s.phase = UpgradePhase::Offered;
             s.since = now;
             (s, vec![Action::Download])
@@ -570,10 +583,48 @@ fn fall_back(mut s: State, reason: RollbackReason) -> (State, Vec<Action>) {
     (s, vec![Action::MarkBad])
 }
 
+/// Check a settled record against RAUC's slot states. A record committed
+/// to another slot than the booted one is not reported as committed: the
+/// device runs the previous slot, so the phase becomes `rolled_back` (an
+/// outcome every operator knows) with the typed mismatch next to it. The
+/// job stays, so the mismatch keeps naming the committed slot; the agent
+/// changes nothing in RAUC (it only reads).
+fn reconcile_with_rauc(env: &Env, mut s: State, now: UnixMillis) -> State {
+    let Some(slots) = env.slots.as_ref() else { return s };
+    if !reconcile::applies_to(&s.phase) {
+        return s;
+    }
+    let committed_slot = match s.phase {
+        UpgradePhase::Committed => s.job.as_ref().and_then(|j| j.target_slot.clone()),
+        _ => None,
+    };
+    let found = reconcile::check(committed_slot.as_deref(), &env.booted_slot, slots);
+    let previous = s.boot_mismatch.take();
+    s.boot_mismatch = match (found, previous) {
+        (Some(found), _) => Some(found),
+        // The cause of an earlier such rollback stays reported.
+        (None, Some(previous @ BootMismatch::NotOnCommittedSlot { .. }))
+            if matches!(s.phase, UpgradePhase::RolledBack { .. }) =>
+        {
+            Some(previous)
+        }
+        (None, _) => None,
+    };
+    if let Some(mismatch) = &s.boot_mismatch {
+        log::warn!("upgrade record disagrees with RAUC: {mismatch}");
+        if matches!(mismatch, BootMismatch::NotOnCommittedSlot { .. }) && s.phase == UpgradePhase::Committed {
+            s.phase = UpgradePhase::RolledBack { reason: RollbackReason::BootFailed };
+            s.since = now;
+        }
+    }
+    s
+}
+
 /// Re-derive where we are from the record and the facts of this boot.
 fn on_started(env: &Env, mut s: State, now: UnixMillis) -> (State, Vec<Action>) {
     use UpgradePhase as P;
     s.marking = false;
+    let mut s = reconcile_with_rauc(env, s, now);
     if matches!(s.phase, P::Refused { reason: RefusalReason::NotYetValid | RefusalReason::Expired }) {
         // The clock may have been fixed while the agent was down.
         return rejudge_refused(env, s, now);

@@ -6,6 +6,7 @@
 //! - `validate`, `version`: may an offer start an upgrade (pure).
 //! - `service`: the loop that feeds the machine, persists, publishes the
 //!   status and carries out actions; `UpgradeContext` is what it needs.
+//! - `reconcile`: on start, the record against RAUC's slot states (pure).
 //! - `record`: the atomically written upgrade record (`RecordStore`).
 //! - `download`, `http_get`: resumable object-store / http:// download.
 //! - `installer`: the install/mark effect, implemented by `crate::rauc`.
@@ -17,6 +18,7 @@ pub mod health;
 pub mod http_get;
 pub mod installer;
 pub mod machine;
+pub mod reconcile;
 pub mod record;
 pub mod service;
 pub mod validate;

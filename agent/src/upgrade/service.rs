@@ -80,6 +80,24 @@ struct Service {
     tasks: tokio::task::JoinSet<()>,
 }
 
+/// RAUC's slot states for checking the record on start; `None` (logged)
+/// when RAUC does not answer, so a slow RAUC never holds the service up.
+async fn read_slot_facts(installer: &dyn Installer) -> Option<machine::SlotFacts> {
+    match tokio::time::timeout(Duration::from_secs(10), installer.slot_facts()).await {
+        Ok(Ok(facts)) => Some(facts),
+        Ok(Err(e)) => {
+            log::warn!("cannot read RAUC's slot states ({e}); the upgrade record is not checked against them");
+            None
+        }
+        Err(_) => {
+            log::warn!(
+                "RAUC did not report its slot states within 10 s; the upgrade record is not checked against them"
+            );
+            None
+        }
+    }
+}
+
 /// Run until `shutdown` completes. Never returns early: a failure is an
 /// upgrade state, not the end of the service.
 pub async fn run(
@@ -96,6 +114,7 @@ pub async fn run(
         max_bundle_bytes: ctx.config.max_bundle_bytes,
         commit_deadline_ms: ctx.config.commit_deadline_secs.saturating_mul(1000),
         started_boottime: ctx.clock.boottime(),
+        slots: read_slot_facts(ctx.installer.as_ref()).await,
     };
     let state = match ctx.records.load() {
         Ok(Some(s)) => s,
@@ -134,8 +153,10 @@ pub async fn run(
         download_sha: None,
         tasks,
     };
-    svc.publish();
+    // Started first: it checks the record against RAUC, and a record that
+    // RAUC contradicts must not go out in a heartbeat even once.
     svc.apply(Event::Started);
+    svc.publish();
     tokio::pin!(shutdown);
     let mut liveness_tick = tokio::time::interval(LIVENESS_TICK);
     loop {

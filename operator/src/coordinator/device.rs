@@ -102,9 +102,31 @@ fn refused_unreadable_offer<'a>(job: &Job, hb: &'a Heartbeat) -> Option<&'a Refu
     (hb.upgrade.offer_seq.is_none() && baseline.is_some_and(|b| hb.upgrade.since > b)).then_some(reason)
 }
 
+/// A committed job whose device reports that it does not run (or will not
+/// boot again) the committed slot: the job stays finished, but the device's
+/// report goes into its history once (shown by `devices show`) and into the
+/// log as a warning, so it is never committed silently.
+fn note_boot_mismatch(job: &mut Job, hb: &Heartbeat, now: UnixMillis) {
+    let Some(mismatch) = &hb.upgrade.boot_mismatch else { return };
+    if hb.upgrade.offer_seq != job.offer_seq() {
+        return;
+    }
+    let note = format!("device reports: {mismatch}");
+    if job.history.last().is_some_and(|t| t.note == note) {
+        return;
+    }
+    log::warn!("device {} (committed job): {mismatch}", job.device);
+    job.history.push(crate::model::Transition { at: now, to: "committed".into(), note });
+}
+
 /// Moves one job on one event. Terminal jobs and unrelated events are ignored.
 pub fn device_step(mut job: Job, event: &Event, now: UnixMillis, tuning: &Tuning) -> (Job, Vec<Action>) {
     let mut actions = Vec::new();
+    if job.state == JobState::Committed {
+        if let Event::Heartbeat(hb) = event {
+            note_boot_mismatch(&mut job, hb, now);
+        }
+    }
     if job.state.is_terminal() {
         return (job, actions); // everything is ignored once a job is finished
     }

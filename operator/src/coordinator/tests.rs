@@ -90,6 +90,7 @@ fn good() -> Heartbeat {
             target_slot: Some("B".into()),
             since: UnixMillis(NOW),
             offer_notes: Default::default(),
+            boot_mismatch: None,
         },
         labels: Default::default(),
         seq: 1,
@@ -620,4 +621,30 @@ fn a_lost_job_is_rebuilt_from_the_offer_of_its_rollout_only() {
             assert!(job.offer_seq() > Some(42));
         }
     }
+}
+
+/// Issue 12 item 8: a committed device that reports it runs the other slot
+/// is noted on the job once (shown by `devices show`), never silently.
+#[test]
+fn a_committed_job_notes_a_boot_mismatch_once() {
+    use harmony_protocol::upgrade::BootMismatch;
+    let mismatch = BootMismatch::NotOnCommittedSlot { committed: "B".into(), booted: "A".into() };
+    let report = hb(|h| {
+        h.upgrade.phase = UpgradePhase::RolledBack { reason: RollbackReason::BootFailed };
+        h.upgrade.boot_mismatch = Some(mismatch.clone());
+    });
+    let t = Tuning::default();
+    let (job, actions) = device_step(job_in(JobState::Committed), &report, UnixMillis(NOW), &t);
+    assert!(actions.is_empty());
+    assert_eq!(job.state, JobState::Committed, "the job's own outcome does not change");
+    let last = job.history.last().unwrap();
+    assert_eq!(last.note, format!("device reports: {mismatch}"));
+    let (again, _) = device_step(job.clone(), &report, UnixMillis(NOW + 1), &t);
+    assert_eq!(again, job, "noted once, not on every heartbeat");
+    let other_offer = hb(|h| {
+        h.upgrade.offer_seq = Some(4);
+        h.upgrade.boot_mismatch = Some(mismatch.clone());
+    });
+    let committed = job_in(JobState::Committed);
+    assert_eq!(device_step(committed.clone(), &other_offer, UnixMillis(NOW), &t).0, committed);
 }

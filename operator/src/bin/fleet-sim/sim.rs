@@ -141,6 +141,7 @@ impl SimState {
             target_slot: self.upgrade.target_slot.clone(),
             since: now,
             offer_notes: Default::default(),
+            boot_mismatch: None,
         }
     }
 
