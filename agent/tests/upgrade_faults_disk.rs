@@ -91,7 +91,10 @@ async fn a_disk_that_fills_mid_download_is_no_space_persisted_and_never_installe
     std::fs::remove_file(&filler).unwrap();
     rig.forget_heartbeat().await;
     let agent = rig.start_agent(30);
-    let hb = rig.wait_heartbeat(WAIT, |_| true).await;
+    // The heartbeat loop may send the board's initial `idle` before the
+    // upgrade service has checked the record against RAUC and published it:
+    // wait for the service's word (a lost record would stay idle and time out).
+    let hb = rig.wait_heartbeat(WAIT, |hb| !matches!(hb.upgrade.phase, UpgradePhase::Idle)).await;
     assert!(
         matches!(&hb.upgrade.phase, UpgradePhase::Failed { reason: FailureReason::NoSpace { .. } }),
         "after the restart: {:?}",
