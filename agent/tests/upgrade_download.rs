@@ -20,6 +20,19 @@ fn data() -> Vec<u8> {
     (0..SIZE).map(|i| (i * 7 % 253) as u8).collect()
 }
 
+/// A downloader from the fleet's bundle bucket into `files`: unthrottled,
+/// no extra CA, the default retry policy (tests override what they vary).
+fn downloader(js: jetstream::Context, files: BundleFiles) -> Downloader {
+    Downloader {
+        js,
+        bucket: BUNDLE_OBJECT_BUCKET.into(),
+        files,
+        max_bytes_per_sec: 0,
+        https_ca_file: None,
+        retry: RetryPolicy::default(),
+    }
+}
+
 fn source(object: Option<&str>, url: Option<String>, bytes: &[u8]) -> BundleSource {
     BundleSource {
         object: object.map(str::to_string),
@@ -48,14 +61,7 @@ async fn object_store_download_resumes_after_being_killed_midway() {
     let src = source(Some("b.raucb"), None, &bytes);
 
     // First attempt at 1 MiB/s, killed after ~1.5 s.
-    let slow = Downloader {
-        js: js.clone(),
-        bucket: BUNDLE_OBJECT_BUCKET.into(),
-        files: files.clone(),
-        max_bytes_per_sec: 1024 * 1024,
-        https_ca_file: None,
-        retry: RetryPolicy::default(),
-    };
+    let slow = Downloader { max_bytes_per_sec: 1024 * 1024, ..downloader(js.clone(), files.clone()) };
     let seen = Arc::new(AtomicU64::new(0));
     let seen2 = seen.clone();
     let src2 = src.clone();
@@ -71,14 +77,7 @@ async fn object_store_download_resumes_after_being_killed_midway() {
     assert!(files.resume().exists(), "resume point persisted");
 
     // Second attempt (a restarted agent) finishes without the rate limit.
-    let fast = Downloader {
-        js,
-        bucket: BUNDLE_OBJECT_BUCKET.into(),
-        files: files.clone(),
-        max_bytes_per_sec: 0,
-        https_ca_file: None,
-        retry: RetryPolicy::default(),
-    };
+    let fast = downloader(js, files.clone());
     let mut first_report = None;
     let mut progress = |done: u64, _| {
         first_report.get_or_insert(done);
@@ -114,14 +113,7 @@ async fn a_different_bundle_discards_the_partial_download() {
     std::fs::create_dir_all(files.part().parent().unwrap()).unwrap();
     std::fs::write(files.part(), b"stale bytes of another bundle").unwrap();
     std::fs::write(files.resume(), br#"{"sha256":"00","bytes":29,"nuid":null,"stream_seq":null}"#).unwrap();
-    let d = Downloader {
-        js,
-        bucket: BUNDLE_OBJECT_BUCKET.into(),
-        files,
-        max_bytes_per_sec: 0,
-        https_ca_file: None,
-        retry: RetryPolicy::default(),
-    };
+    let d = downloader(js, files);
     let done = d.fetch(&source(Some("b.raucb"), None, &bytes), &mut |_, _| {}).await.unwrap();
     assert_eq!(done.fetched, SIZE as u64);
     assert_eq!(done.sha256, source(None, None, &bytes).sha256);
@@ -132,14 +124,7 @@ async fn not_enough_free_space_is_refused_before_fetching() {
     let nats = NatsServer::start();
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let state = tempfile::tempdir().unwrap();
-    let d = Downloader {
-        js,
-        bucket: BUNDLE_OBJECT_BUCKET.into(),
-        files: BundleFiles::new(state.path()),
-        max_bytes_per_sec: 0,
-        https_ca_file: None,
-        retry: RetryPolicy::default(),
-    };
+    let d = downloader(js, BundleFiles::new(state.path()));
     let mut src = source(Some("whatever"), None, b"x");
     src.size = 1 << 60;
     match d.fetch(&src, &mut |_, _| {}).await {
@@ -193,12 +178,8 @@ async fn http_download_resumes_with_a_range_request_after_the_connection_drops()
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let state = tempfile::tempdir().unwrap();
     let d = Downloader {
-        js,
-        bucket: BUNDLE_OBJECT_BUCKET.into(),
-        files: BundleFiles::new(state.path()),
-        max_bytes_per_sec: 0,
-        https_ca_file: None,
         retry: RetryPolicy { first_backoff: Duration::from_millis(100), ..RetryPolicy::default() },
+        ..downloader(js, BundleFiles::new(state.path()))
     };
     let src = source(None, Some(url), &bytes);
     // One call (one agent run): the server closes the first connection
@@ -218,12 +199,8 @@ async fn http_download_gives_up_after_bounded_retries_with_the_last_error() {
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let state = tempfile::tempdir().unwrap();
     let d = Downloader {
-        js,
-        bucket: BUNDLE_OBJECT_BUCKET.into(),
-        files: BundleFiles::new(state.path()),
-        max_bytes_per_sec: 0,
-        https_ca_file: None,
         retry: RetryPolicy { attempts: 3, first_backoff: Duration::from_millis(50), ..RetryPolicy::default() },
+        ..downloader(js, BundleFiles::new(state.path()))
     };
     let bytes = data();
     let src = source(None, Some(format!("http://127.0.0.1:{port}/b.raucb")), &bytes);
