@@ -36,6 +36,12 @@ impl HeartbeatLoop {
         let mut health_rx = self.board.health.subscribe();
         let mut last_error: Option<String> = None;
         let mut last_sent: Option<Instant> = None;
+        // The first heartbeat of a boot is what the operator judges a
+        // rollback or a trial boot by: it must carry the restored upgrade
+        // record, not the placeholder. A wedged upgrade service stops its
+        // own liveness beats, so the supervisor restarts us meanwhile.
+        self.board.upgrade_restored().await;
+        upgrade_rx.mark_unchanged();
         loop {
             let changed = tokio::select! {
                 _ = ticker.tick() => false,

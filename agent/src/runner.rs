@@ -84,7 +84,9 @@ pub async fn run(cfg: AgentConfig, effects: Effects, shutdown: impl Future<Outpu
         facts.os_version.as_deref().unwrap_or("unknown"),
         facts.boot_id
     );
-    let board = Arc::new(StatusBoard::new(UpgradeStatus::idle(effects.clock.now()), Health::unknown()));
+    // With RAUC, the upgrade service replaces the placeholder `idle` with the
+    // restored record before the first heartbeat goes out.
+    let board = Arc::new(StatusBoard::new(UpgradeStatus::idle(effects.clock.now()), Health::unknown(), rauc.is_none()));
 
     let bus = bus::connect(&cfg.nats, &device_id).await?;
     let js = async_nats::jetstream::new(bus.client.clone());

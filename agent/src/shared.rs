@@ -36,16 +36,36 @@ impl DeviceFacts {
 pub struct StatusBoard {
     pub upgrade: watch::Sender<UpgradeStatus>,
     pub health: watch::Sender<Health>,
+    /// False until the upgrade service has restored its record and checked
+    /// it against RAUC. Until then `upgrade` holds a placeholder `idle`
+    /// that must not go out: after a fallback it would hide the rollback.
+    upgrade_restored: watch::Sender<bool>,
     heartbeat_seq: AtomicU64,
 }
 
 impl StatusBoard {
-    pub fn new(upgrade: UpgradeStatus, health: Health) -> Self {
+    /// `upgrade_restored`: whether `upgrade` is already the real status
+    /// (no upgrade service will run) or a placeholder the upgrade service
+    /// replaces once it has read the record.
+    pub fn new(upgrade: UpgradeStatus, health: Health, upgrade_restored: bool) -> Self {
         Self {
             upgrade: watch::Sender::new(upgrade),
             health: watch::Sender::new(health),
+            upgrade_restored: watch::Sender::new(upgrade_restored),
             heartbeat_seq: AtomicU64::new(0),
         }
+    }
+
+    /// Called by the upgrade service once `upgrade` holds the restored status.
+    pub fn mark_upgrade_restored(&self) {
+        self.upgrade_restored.send_replace(true);
+    }
+
+    /// Resolves once the upgrade status is real (immediately if it already is).
+    pub async fn upgrade_restored(&self) {
+        let mut rx = self.upgrade_restored.subscribe();
+        // Err only if the sender is gone, which the board itself owns.
+        let _ = rx.wait_for(|restored| *restored).await;
     }
 
     /// The next heartbeat to send; advances the sequence number.

@@ -157,6 +157,7 @@ pub async fn run(
     // RAUC contradicts must not go out in a heartbeat even once.
     svc.apply(Event::Started);
     svc.publish();
+    svc.ctx.board.mark_upgrade_restored();
     tokio::pin!(shutdown);
     let mut liveness_tick = tokio::time::interval(LIVENESS_TICK);
     loop {

@@ -321,6 +321,35 @@ progress_interval_ms = 100
         panic!("no slot {bootname} in {status}")
     }
 
+    /// The first heartbeat written after this call whose boot id is
+    /// `boot_id`: every write is seen (a KV watch, not polling), so a
+    /// placeholder sent before the real status cannot be missed.
+    pub async fn first_heartbeat_of_boot(
+        &self,
+        within: Duration,
+        boot_id: &str,
+    ) -> impl std::future::Future<Output = Heartbeat> + '_ {
+        use futures::StreamExt;
+        let mut updates = self.heartbeats.watch(DEVICE).await.unwrap();
+        let boot_id = boot_id.to_string();
+        async move {
+            let first = async {
+                while let Some(entry) = updates.next().await {
+                    let entry = entry.unwrap();
+                    if entry.operation != jetstream::kv::Operation::Put {
+                        continue;
+                    }
+                    let hb: Heartbeat = serde_json::from_slice(&entry.value).unwrap();
+                    if hb.boot_id == boot_id {
+                        return hb;
+                    }
+                }
+                panic!("heartbeat watch ended");
+            };
+            tokio::time::timeout(within, first).await.expect("a heartbeat of the new boot in time")
+        }
+    }
+
     /// Forget the last heartbeat, so the next one seen is a fresh one (a
     /// definite point after a restart).
     pub async fn forget_heartbeat(&self) {
