@@ -8,11 +8,11 @@ use crate::coordinator::{plan_waves, WavePlan};
 use crate::error::{Error, Result};
 use crate::model::{keys, valid_name, HaltThreshold, Job, Rollout, RolloutPolicy, RolloutStatus};
 use crate::provision::{self, AgentSettings, DeviceUser};
-use crate::registry::{heartbeat_of_key, matches_selector, DeviceRow, Labels};
+use crate::registry::{matches_selector, stored_heartbeat, DeviceRow, Labels, StoredHeartbeat};
 use crate::serve::ControlRequest;
 use crate::store;
 use harmony_protocol::command::Command;
-use harmony_protocol::{DeviceId, Heartbeat};
+use harmony_protocol::DeviceId;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -60,10 +60,10 @@ pub async fn open(cfg: &Config) -> Result<Buckets> {
 
 /// The believable heartbeats: each decodes and names the device of its key.
 /// Others are left out with a warning (one device cannot speak for another).
-pub async fn heartbeats(b: &Buckets) -> Result<Vec<Heartbeat>> {
+pub async fn heartbeats(b: &Buckets) -> Result<Vec<StoredHeartbeat>> {
     let mut out = Vec::new();
     for e in store::read_prefix(&b.heartbeats, "").await? {
-        match heartbeat_of_key(&e.key, &e.value) {
+        match stored_heartbeat(&e) {
             Ok(hb) => out.push(hb),
             Err(why) => log::warn!("ignoring heartbeat under key {}: {why}", e.key),
         }
@@ -114,14 +114,14 @@ pub async fn devices_list(cfg: &Config) -> Result<Output> {
 pub async fn devices_show(cfg: &Config, id: &str) -> Result<Output> {
     let b = open(cfg).await?;
     let id = DeviceId::new(id).map_err(|e| Error::Invalid(e.to_string()))?;
-    let raw = b
+    let entry = b
         .heartbeats
-        .get(id.as_str())
+        .entry(id.as_str())
         .await
         .map_err(|e| Error::Nats(format!("get {id}: {e}")))?
+        .filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put)
         .ok_or_else(|| Error::NoSuchDevice(id.to_string()))?;
-    let hb = heartbeat_of_key(id.as_str(), &raw)
-        .map_err(|why| Error::Corrupt { key: id.to_string(), detail: why.to_string() })?;
+    let hb = stored_heartbeat(&entry).map_err(|why| Error::Corrupt { key: id.to_string(), detail: why.to_string() })?;
     let record: Option<DeviceUser> = store::get_json(&b.state, &keys::device(&id)).await.unwrap_or_else(|e| {
         log::warn!("{e}");
         None
@@ -137,7 +137,7 @@ pub async fn devices_show(cfg: &Config, id: &str) -> Result<Output> {
         store::get_json(&b.state, &keys::quarantine(&keys::job(&id))).await.unwrap_or_default();
     let row = DeviceRow::from_heartbeat(&hb, &labels, SystemClock.now(), &cfg.fleet);
     let value = serde_json::json!({
-        "device": row, "heartbeat": hb, "job": job, "job_error": job_error, "quarantined_job": quarantined,
+        "device": row, "heartbeat": hb.heartbeat, "job": job, "job_error": job_error, "quarantined_job": quarantined,
     });
     let text = serde_json::to_string_pretty(&value).unwrap_or_default();
     Ok(Output { json: value, text })
@@ -307,7 +307,7 @@ pub async fn rollout_start(cfg: &Config, a: &StartArgs) -> Result<Output> {
             provisioned(&b).await?.into_iter().filter(|u| matches_selector(&u.labels, sel)).map(|u| u.device).collect()
         }
         // Every device heartbeating under its own key.
-        Target::All => heartbeats(&b).await?.into_iter().map(|h| h.device_id).collect(),
+        Target::All => heartbeats(&b).await?.into_iter().map(|h| h.heartbeat.device_id).collect(),
     };
     if devices.is_empty() {
         return Err(Error::Invalid("no devices selected".into()));

@@ -47,17 +47,19 @@ pub struct DeviceRow {
 
 impl DeviceRow {
     /// `labels`: the operator's provisioning record of the device.
-    pub fn from_heartbeat(hb: &Heartbeat, labels: &Labels, now: UnixMillis, cfg: &FleetConfig) -> Self {
+    /// Presence and `last_seen` come from when the server stored the
+    /// heartbeat, not from the device's clock.
+    pub fn from_heartbeat(hb: &StoredHeartbeat, labels: &Labels, now: UnixMillis, cfg: &FleetConfig) -> Self {
         Self {
             device_id: hb.device_id.to_string(),
-            presence: presence(hb.sent_at, now, cfg),
+            presence: presence(hb.stored_at, now, cfg),
             os_version: hb.os_version.clone(),
             agent_version: hb.agent_version.clone(),
             booted_slot: hb.booted_slot.clone(),
             boot_id: hb.boot_id.clone(),
             health: hb.health.status,
             phase: hb.upgrade.phase.name(),
-            last_seen: hb.sent_at,
+            last_seen: hb.stored_at,
             labels: labels.clone(),
         }
     }
@@ -71,6 +73,42 @@ pub fn matches_selector(labels: &Labels, selector: &str) -> bool {
         Some((k, v)) => labels.get(k).is_some_and(|x| x == v),
         None => labels.contains_key(selector),
     }
+}
+
+/// A heartbeat as the server stored it. The device's own times (`sent_at`,
+/// the upgrade status's `since`) are on the device's clock, which on a Pi
+/// without RTC can be years off or step at any moment; whether evidence is
+/// fresh and which of two heartbeats is newer is judged on the server's
+/// side instead: its KV revision (the order of writes) and the time it
+/// stored the entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredHeartbeat {
+    pub heartbeat: Heartbeat,
+    /// KV revision of the entry: later writes have higher revisions.
+    pub revision: u64,
+    /// When the server stored the entry (server clock).
+    pub stored_at: UnixMillis,
+}
+
+impl std::ops::Deref for StoredHeartbeat {
+    type Target = Heartbeat;
+    fn deref(&self) -> &Heartbeat {
+        &self.heartbeat
+    }
+}
+
+/// The server's time of a KV entry, in the wire's unit (before 1970: 0).
+pub fn stored_at(entry: &async_nats::jetstream::kv::Entry) -> UnixMillis {
+    UnixMillis(u64::try_from(entry.created.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
+}
+
+/// The heartbeat of a KV entry, if it decodes and speaks for its key's device.
+pub fn stored_heartbeat(entry: &async_nats::jetstream::kv::Entry) -> Result<StoredHeartbeat, BadHeartbeat> {
+    Ok(StoredHeartbeat {
+        heartbeat: heartbeat_of_key(&entry.key, &entry.value)?,
+        revision: entry.revision,
+        stored_at: stored_at(entry),
+    })
 }
 
 /// Why a heartbeat entry is not believed.

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::lease::LeaseKeeper;
 use crate::model::{JobState, Rollout};
 use crate::ratelimit::WarnLimiter;
+use crate::registry::StoredHeartbeat;
 use crate::store;
 use crate::writer::{Revisions, WriteFailure, Writer};
 use async_nats::jetstream::kv;
@@ -24,7 +25,7 @@ use ed25519_dalek::SigningKey;
 use futures::StreamExt;
 use harmony_protocol::command::{Command, CommandReply};
 use harmony_protocol::names::command_subject;
-use harmony_protocol::{DeviceId, Heartbeat, SignedEnvelope, UpgradeOffer};
+use harmony_protocol::{DeviceId, SignedEnvelope, UpgradeOffer};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::future::Future;
@@ -172,7 +173,7 @@ async fn lead(
     // Replay the last heartbeat of every device before deciding anything, so
     // offers record a baseline and pending commits are found at once. The
     // emptiness check must be fresh: a bucket opened empty may be full now.
-    let mut replayed: HashMap<DeviceId, Heartbeat> = HashMap::new();
+    let mut replayed: HashMap<DeviceId, StoredHeartbeat> = HashMap::new();
     if !store::is_empty(&b.heartbeats).await? {
         while let Some(entry) = heartbeats.next().await {
             let entry = entry.map_err(Error::nats)?;
@@ -198,7 +199,7 @@ async fn lead(
     }
     // A job just rebuilt from its offer has not seen the device's last
     // heartbeat yet (it came in the replay, before the job existed).
-    let rebuilt: Vec<Heartbeat> = state
+    let rebuilt: Vec<StoredHeartbeat> = state
         .jobs
         .values()
         .filter(|j| j.state == JobState::Offered && j.history.last().is_some_and(|t| t.note.starts_with(REBUILT_NOTE)))
@@ -275,11 +276,11 @@ async fn lead(
 /// names the device of its key (a device can write only its own key, so the
 /// key is the identity; the payload is the device's word). Everything else
 /// is ignored with a warning, at most one per key a minute.
-fn decode_heartbeat(e: &kv::Entry, limit: &mut WarnLimiter) -> Option<Heartbeat> {
+fn decode_heartbeat(e: &kv::Entry, limit: &mut WarnLimiter) -> Option<StoredHeartbeat> {
     if e.operation != kv::Operation::Put {
         return None;
     }
-    match crate::registry::heartbeat_of_key(&e.key, &e.value) {
+    match crate::registry::stored_heartbeat(e) {
         Ok(hb) => Some(hb),
         Err(why) => {
             if let Some(held) = limit.allow(&e.key, Instant::now()) {

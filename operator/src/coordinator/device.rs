@@ -2,6 +2,7 @@
 
 use super::{Action, Event, Tuning};
 use crate::model::{Job, JobState};
+use crate::registry::StoredHeartbeat;
 use harmony_protocol::command::CommitArgs;
 use harmony_protocol::time::UnixMillis;
 use harmony_protocol::{HealthStatus, Heartbeat, RefusalReason, UpgradePhase};
@@ -30,8 +31,15 @@ pub enum CommitRefusal {
 /// the slot the bundle was installed into (reported before the reboot), a boot
 /// id other than the pre-reboot one (and other than the one seen at offer
 /// time), and healthy checks.
-pub fn check_commit(job: &Job, hb: &Heartbeat, now: UnixMillis, tuning: &Tuning) -> Result<CommitArgs, CommitRefusal> {
-    let age_ms = now.saturating_since(hb.sent_at);
+pub fn check_commit(
+    job: &Job,
+    hb: &StoredHeartbeat,
+    now: UnixMillis,
+    tuning: &Tuning,
+) -> Result<CommitArgs, CommitRefusal> {
+    // Server time: a device clock years off (no RTC, no NTP yet) must not
+    // make a fresh heartbeat look stale, nor an old one fresh.
+    let age_ms = now.saturating_since(hb.stored_at);
     if age_ms > tuning.stale_after_ms {
         return Err(CommitRefusal::Stale { age_ms });
     }
@@ -102,6 +110,20 @@ fn refused_unreadable_offer<'a>(job: &Job, hb: &'a Heartbeat) -> Option<&'a Refu
     (hb.upgrade.offer_seq.is_none() && baseline.is_some_and(|b| hb.upgrade.since > b)).then_some(reason)
 }
 
+/// Whether a time refusal is contradicted by the operator's clock, and so
+/// says the device's clock is off ("behind" or "ahead"): a Pi has no RTC and
+/// may run for a while before NTP sets it. The agent re-judges a time
+/// refusal when its clock steps (issue #12), so such a job waits, still
+/// bounded by its device timeout, instead of failing for good.
+fn device_clock_off(job: &Job, reason: &RefusalReason, now: UnixMillis) -> Option<&'static str> {
+    let offer = job.offer.as_ref()?;
+    match reason {
+        RefusalReason::NotYetValid if now >= offer.not_before => Some("behind"),
+        RefusalReason::Expired if now < offer.expires_at => Some("ahead"),
+        _ => None,
+    }
+}
+
 /// A committed job whose device reports that it does not run (or will not
 /// boot again) the committed slot: the job stays finished, but the device's
 /// report goes into its history once (shown by `devices show`) and into the
@@ -162,11 +184,11 @@ pub fn device_step(mut job: Job, event: &Event, now: UnixMillis, tuning: &Tuning
     (job, actions)
 }
 
-fn on_heartbeat(job: &mut Job, hb: &Heartbeat, now: UnixMillis, tuning: &Tuning, actions: &mut Vec<Action>) {
+fn on_heartbeat(job: &mut Job, hb: &StoredHeartbeat, now: UnixMillis, tuning: &Tuning, actions: &mut Vec<Action>) {
     if job.state == JobState::Pending {
         return; // not offered yet: nothing a heartbeat can change
     }
-    if now.saturating_since(hb.sent_at) > tuning.stale_after_ms {
+    if now.saturating_since(hb.stored_at) > tuning.stale_after_ms {
         return; // stale evidence is no evidence
     }
     let after_reboot = matches!(job.state, JobState::Rebooting | JobState::CommitSent);
@@ -195,9 +217,19 @@ fn on_heartbeat(job: &mut Job, hb: &Heartbeat, now: UnixMillis, tuning: &Tuning,
         UpgradePhase::RolledBack { reason } => {
             job.go(JobState::RolledBack { reason: reason.to_string() }, now, "reported by agent");
         }
-        UpgradePhase::Refused { reason } => {
-            job.go(JobState::Failed { reason: format!("refused: {reason}") }, now, "reported by agent");
-        }
+        UpgradePhase::Refused { reason } => match device_clock_off(job, reason, now) {
+            Some(off) => {
+                let note = format!(
+                    "device refused the offer ({reason}), which is valid by the operator's clock: the \
+                     device's clock is {off}; it judges the offer again once its clock is set"
+                );
+                if job.history.last().is_none_or(|t| t.note != note) {
+                    log::warn!("device {}: {note}", job.device);
+                    job.history.push(crate::model::Transition { at: now, to: job.state.name().to_string(), note });
+                }
+            }
+            None => job.go(JobState::Failed { reason: format!("refused: {reason}") }, now, "reported by agent"),
+        },
         UpgradePhase::Failed { reason } => {
             job.go(JobState::Failed { reason: reason.to_string() }, now, "reported by agent");
         }

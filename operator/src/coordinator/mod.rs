@@ -16,9 +16,10 @@ pub use device::{check_commit, device_step, CommitRefusal};
 pub use rollout::{plan_waves, WavePlan, REBUILT_NOTE};
 
 use crate::model::{Job, Rollout};
+use crate::registry::StoredHeartbeat;
 use harmony_protocol::command::CommitArgs;
 use harmony_protocol::time::UnixMillis;
-use harmony_protocol::{DeviceId, Heartbeat, UpgradeOffer, UpgradePhase};
+use harmony_protocol::{DeviceId, UpgradeOffer, UpgradePhase};
 use std::collections::{BTreeMap, HashMap};
 
 /// What the coordinator last saw of a device (from its heartbeats).
@@ -32,13 +33,16 @@ pub struct Seen {
     /// The device reports an offer it is still working on (any offer: a
     /// device is never offered again while one is in flight).
     pub upgrade_in_flight: bool,
-    pub sent_at: UnixMillis,
+    /// KV revision of the heartbeat: what decides which one is newer (the
+    /// device's `sent_at` cannot: its clock may step back).
+    pub revision: u64,
 }
 
 /// Tunables of the decision function (from the operator config).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tuning {
-    /// A heartbeat older than this (by its `sent_at`) is evidence of nothing.
+    /// A heartbeat stored longer ago than this (server time, never the
+    /// device's `sent_at`) is evidence of nothing.
     pub stale_after_ms: u64,
     /// Resend a commit if no reply and the device still awaits commit after this.
     pub commit_retry_ms: u64,
@@ -73,7 +77,7 @@ pub enum Control {
 
 #[derive(Debug, Clone)]
 pub enum Event {
-    Heartbeat(Box<Heartbeat>),
+    Heartbeat(Box<StoredHeartbeat>),
     /// Periodic: deadlines and wave progress.
     Tick,
     CommitReplied {
@@ -109,7 +113,7 @@ pub fn step(mut state: State, event: &Event, now: UnixMillis) -> (State, Vec<Act
     let replan = match event {
         Event::Heartbeat(hb) => {
             let id = hb.device_id.clone();
-            let newer = state.seen.get(&id).is_none_or(|s| s.sent_at <= hb.sent_at);
+            let newer = state.seen.get(&id).is_none_or(|s| s.revision <= hb.revision);
             if newer {
                 state.seen.insert(
                     id.clone(),
@@ -119,7 +123,7 @@ pub fn step(mut state: State, event: &Event, now: UnixMillis) -> (State, Vec<Act
                         os_version: hb.os_version.clone(),
                         upgrade_since: hb.upgrade.since,
                         upgrade_in_flight: offer_in_flight(&hb.upgrade.phase),
-                        sent_at: hb.sent_at,
+                        revision: hb.revision,
                     },
                 );
             }

@@ -4,8 +4,8 @@
 use super::*;
 use crate::model::{Baseline, HaltThreshold, JobState, RolloutPolicy, RolloutStatus};
 use harmony_protocol::{
-    BundleSource, FailureReason, Health, HealthStatus, RefusalReason, RollbackReason, UpgradePhase, UpgradeStatus,
-    SCHEMA_VERSION,
+    BundleSource, FailureReason, Health, HealthStatus, Heartbeat, RefusalReason, RollbackReason, UpgradePhase,
+    UpgradeStatus, SCHEMA_VERSION,
 };
 
 const NOW: u64 = 1_000_000_000;
@@ -98,8 +98,22 @@ fn good() -> Heartbeat {
     }
 }
 
-fn hb(f: impl FnOnce(&mut Heartbeat)) -> Event {
-    let mut h = good();
+/// Tests edit a stored heartbeat's payload in place.
+impl std::ops::DerefMut for StoredHeartbeat {
+    fn deref_mut(&mut self) -> &mut Heartbeat {
+        &mut self.heartbeat
+    }
+}
+
+/// As the server would store `h` now: the next revision, stored 100 ms ago.
+fn stored(h: Heartbeat) -> StoredHeartbeat {
+    static REVISION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let revision = REVISION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    StoredHeartbeat { stored_at: UnixMillis(NOW - 100), revision, heartbeat: h }
+}
+
+fn hb(f: impl FnOnce(&mut StoredHeartbeat)) -> Event {
+    let mut h = stored(good());
     f(&mut h);
     Event::Heartbeat(Box::new(h))
 }
@@ -152,7 +166,30 @@ fn table() -> Vec<Row> {
         ("no slot", hb(|h| h.booted_slot = None), NOW, t),
         ("unhealthy", hb(|h| h.health.status = HealthStatus::Unhealthy), NOW, t),
         ("health unknown", hb(|h| h.health.status = HealthStatus::Unknown), NOW, t),
-        ("stale", hb(|h| h.sent_at = UnixMillis(NOW - 31_000)), NOW, t),
+        ("stale", hb(|h| h.stored_at = UnixMillis(NOW - 31_000)), NOW, t),
+        // Freshness is the server's word: a device clock years behind (no
+        // RTC, no NTP yet) or ahead changes nothing.
+        (
+            "device clock in 1970",
+            hb(|h| h.sent_at = UnixMillis(0)),
+            NOW,
+            ["=", "C", "C", "C", "=", "=", "=", "=", "=", "="],
+        ),
+        (
+            "device clock ahead",
+            hb(|h| h.sent_at = UnixMillis(NOW * 2)),
+            NOW,
+            ["=", "C", "C", "C", "=", "=", "=", "=", "=", "="],
+        ),
+        (
+            "stale, device clock says now",
+            hb(|h| {
+                h.stored_at = UnixMillis(NOW - 31_000);
+                h.sent_at = UnixMillis(NOW)
+            }),
+            NOW,
+            t,
+        ),
         ("wrong version", hb(|h| h.os_version = Some("1.9".into())), NOW, t),
         ("other offer", hb(|h| h.upgrade.offer_seq = Some(4)), NOW, t),
         ("no offer", hb(|h| h.upgrade.offer_seq = None), NOW, t),
@@ -183,13 +220,42 @@ fn table() -> Vec<Row> {
             ["=", "=", "=", "rolled_back", "rolled_back", "=", "=", "=", "=", "="],
         ),
         (
-            "refused",
+            "refused as expired, also by the operator's clock",
+            hb(|h| {
+                pre_reboot(h);
+                h.upgrade.phase = P::Refused { reason: RefusalReason::Expired }
+            }),
+            NOW + 1,
+            ["=", "failed", "failed", "failed", "failed", "=", "=", "=", "=", "="],
+        ),
+        (
+            "refused as not yet valid, also by the operator's clock",
+            hb(|h| {
+                pre_reboot(h);
+                h.upgrade.phase = P::Refused { reason: RefusalReason::NotYetValid }
+            }),
+            NOW - 1,
+            ["=", "failed", "failed", "failed", "failed", "=", "=", "=", "=", "="],
+        ),
+        // The offer is valid by the operator's clock: the device's is off and
+        // the agent judges the offer again once it is set; the job waits.
+        (
+            "refused as expired, device clock ahead",
             hb(|h| {
                 pre_reboot(h);
                 h.upgrade.phase = P::Refused { reason: RefusalReason::Expired }
             }),
             NOW,
-            ["=", "failed", "failed", "failed", "failed", "=", "=", "=", "=", "="],
+            t,
+        ),
+        (
+            "refused as not yet valid, device clock behind",
+            hb(|h| {
+                pre_reboot(h);
+                h.upgrade.phase = P::Refused { reason: RefusalReason::NotYetValid }
+            }),
+            NOW,
+            t,
         ),
         (
             "refused, offer unreadable (unknown key), after the offer",
@@ -313,8 +379,8 @@ fn the_commit_names_the_new_boot() {
 fn commit_refusals_say_why() {
     let j = job_in(JobState::Rebooting);
     let t = Tuning::default();
-    let check = |f: fn(&mut Heartbeat)| {
-        let mut h = good();
+    let check = |f: fn(&mut StoredHeartbeat)| {
+        let mut h = stored(good());
         f(&mut h);
         check_commit(&j, &h, UnixMillis(NOW), &t)
     };
@@ -322,7 +388,8 @@ fn commit_refusals_say_why() {
     assert!(matches!(check(|h| h.boot_id = "b0".into()), Err(CommitRefusal::SameBoot(_))));
     assert!(matches!(check(|h| h.booted_slot = Some("A".into())), Err(CommitRefusal::Slot { .. })));
     assert!(matches!(check(|h| h.health.status = HealthStatus::Unhealthy), Err(CommitRefusal::Unhealthy(_))));
-    assert!(matches!(check(|h| h.sent_at = UnixMillis(0)), Err(CommitRefusal::Stale { .. })));
+    assert!(matches!(check(|h| h.stored_at = UnixMillis(0)), Err(CommitRefusal::Stale { .. })));
+    assert!(check(|h| h.sent_at = UnixMillis(0)).is_ok(), "the device's clock is not evidence of age");
     assert!(matches!(check(|h| h.os_version = None), Err(CommitRefusal::Version { .. })));
     // The slot recorded before the reboot wins over what the new boot claims.
     assert!(matches!(
@@ -341,7 +408,10 @@ fn without_a_pre_reboot_record_the_slot_must_differ_from_the_offer_time_slot() {
     let mut h = good();
     h.booted_slot = Some("A".into());
     h.upgrade.target_slot = Some("A".into()); // claims it installed into the slot it was already on
-    assert!(matches!(check_commit(&j, &h, UnixMillis(NOW), &Tuning::default()), Err(CommitRefusal::Slot { .. })));
+    assert!(matches!(
+        check_commit(&j, &stored(h), UnixMillis(NOW), &Tuning::default()),
+        Err(CommitRefusal::Slot { .. })
+    ));
 }
 
 #[test]
@@ -455,6 +525,8 @@ fn report(state: State, device: &str, f: impl FnOnce(&mut Heartbeat), now: u64) 
     h.sent_at = UnixMillis(now);
     h.upgrade.offer_seq = state.jobs[&dev(device)].offer_seq();
     f(&mut h);
+    let mut h = stored(h);
+    h.stored_at = UnixMillis(now);
     step(state, &Event::Heartbeat(Box::new(h)), UnixMillis(now))
 }
 
@@ -554,16 +626,28 @@ fn heartbeats_of_devices_outside_rollouts_only_update_the_registry() {
     let (s, a) = step(State::default(), &hb(|_| {}), UnixMillis(NOW));
     assert!(a.is_empty());
     assert_eq!(s.seen[&dev("pi-1")].boot_id, "b1");
-    // an older heartbeat does not overwrite a newer one
+    // An older heartbeat (lower KV revision, delivered late after a
+    // reconnect) does not overwrite a newer one...
     let (s, _) = step(
         s,
         &hb(|h| {
             h.boot_id = "old".into();
-            h.sent_at = UnixMillis(1)
+            h.revision = 0
         }),
         UnixMillis(NOW),
     );
     assert_eq!(s.seen[&dev("pi-1")].boot_id, "b1");
+    // ...but a newer one does, even when the device's clock stepped back
+    // years between the two (a Pi without RTC before NTP).
+    let (s, _) = step(
+        s,
+        &hb(|h| {
+            h.boot_id = "b2".into();
+            h.sent_at = UnixMillis(1)
+        }),
+        UnixMillis(NOW),
+    );
+    assert_eq!(s.seen[&dev("pi-1")].boot_id, "b2");
 }
 
 /// What a device last reported decides whether its pending job is offered:
@@ -591,7 +675,7 @@ fn a_device_is_offered_only_with_no_offer_in_flight_and_not_already_on_the_targe
         h.device_id = dev("d000");
         h.os_version = Some(os.into());
         h.upgrade.phase = phase.clone();
-        let (state, _) = step(State::default(), &Event::Heartbeat(Box::new(h)), UnixMillis(NOW));
+        let (state, _) = step(State::default(), &Event::Heartbeat(Box::new(stored(h))), UnixMillis(NOW));
         let r = rollout(1, 1, HaltThreshold::Count(1), 1);
         let (state, actions) = step(state, &Event::RolloutCreated(Box::new(r)), UnixMillis(NOW));
         assert_eq!(state.jobs[&dev("d000")].state.name(), want, "{phase:?} on {os}");
