@@ -37,6 +37,8 @@ class Guest:
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.seq = 0
+        # Extra QEMU arguments for every start, e.g. ["-rtc", "base=..."].
+        self.qemu_args = []
 
     # -- process ------------------------------------------------------------
     def start(self):
@@ -50,7 +52,7 @@ class Guest:
                "-bios", str(self.image / "u-boot.bin"),
                "-drive", f"if=none,id=hd,format=qcow2,file={self.overlay}",
                "-device", "virtio-blk-pci,drive=hd",
-               "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile="]
+               "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile=", *self.qemu_args]
         self.t0 = time.monotonic()
         # PR_SET_PDEATHSIG would be nicer; a killed runner is handled by _terminate.
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -30,6 +30,19 @@ commit deadline come from that agent config, not from code.
     agent finds its identity on /data and RAUC reaches uboot.env: committed,
     B good; RAUC grew the written slot's ext4 to the partition (resize=true)
 
+  8 clock (issue 12): the guest's RTC starts in 2020; the offer is refused
+    as not yet valid and the operator keeps the job open; after `date -s`
+    the agent takes it; on the trial boot (months behind again: systemd
+    lifts an older clock only to its build date) the clock is stepped months forward and a day back, each with an agent
+    restart: the commit deadline stays put; the operator commits on a
+    heartbeat whose device clock is a day behind
+
+  9 boot state (issue 12 item 8): after a commit to B, B's ext4 is zeroed
+    and the machine reset; U-Boot leaves B after its unconfirmed boots; the
+    first heartbeat on A says rolled_back{boot_failed} with boot_mismatch
+    not_on_committed_slot, never committed; the operator notes it in the
+    (still committed) job's history
+
 --ci runs 1, 2 and 4, --all (the default) every scenario. Console logs, operator
 logs and CLI transcripts of each scenario go to
 qemu-tests/artifacts/<timestamp>-ota/scenario-N/. The last line printed is
@@ -612,6 +625,150 @@ def s7(ctx):
                f"{slot_fs >> 20} / {image >> 20} / {parts[3]['bytes'] >> 20}")
     check(slot_fs > image and slot_fs >= parts[3]["bytes"] - 4 * 2**20,
           f"slot B's ext4 is {slot_fs} bytes, the image {image}, the partition {parts[3]['bytes']}")
+
+
+RTC_BASE = "2020-01-01T00:00:00"
+CLOCK_DEADLINE_SECS = 300
+
+
+def guest_epoch(g):
+    _, out = g.sh("date +%s")
+    return int(out.strip().splitlines()[-1])
+
+
+def armed_deadlines(o):
+    """(monotonic s, ms left) of every `commit deadline in N ms` the agent
+    logged in this boot. Monotonic and boottime advance together here (no
+    suspend), so for a deadline that did not move, s + ms/1000 is constant."""
+    _, out = o.g.sh("journalctl -b -u harmony-agent --no-pager -o short-monotonic "
+                    "| grep -E 'commit deadline in [0-9]+ ms' ; true")
+    return [(float(m.group(1)), int(m.group(2)))
+            for m in re.finditer(r"^\[\s*([0-9.]+)\].*commit deadline in (\d+) ms", out, re.M)]
+
+
+def restart_agent_and_read_deadline(o):
+    """Restarts the agent and returns the deadline its new start armed (the
+    definite point: the first `commit deadline` line after the restart)."""
+    _, out = o.g.sh("echo UPTIME=$(cut -d' ' -f1 /proc/uptime); systemctl restart harmony-agent")
+    restarted = float(re.search(r"UPTIME=([0-9.]+)", out).group(1))
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        after = [a for a in armed_deadlines(o) if a[0] > restarted]
+        if after:
+            return after[0]
+        time.sleep(2)
+    o.save_agent_journal()
+    raise Fail("the restarted agent armed no commit deadline")
+
+
+@scenario(8, "clock: RTC far behind; offer refused then taken after `date -s`; trial deadline holds across clock steps")
+def s8(ctx):
+    """Issue 12: a Pi has no RTC. The guest's RTC starts in 2020 (QEMU
+    `-rtc base=`), so every boot starts far behind (systemd lifts the clock
+    to its build date: still months behind); `date -s` stands in for NTP."""
+    o = Ota(ctx, commit_deadline_secs=CLOCK_DEADLINE_SECS)
+    g = o.g
+    g.qemu_args = ["-rtc", f"base={RTC_BASE}"]
+    o.boot_and_provision()
+    behind = time.time() - guest_epoch(g)
+    ctx.metric("guest clock behind the host at first boot (days)", round(behind / 86400))
+    # systemd lifts a clock older than its own build time to that time, so
+    # "2020" becomes that date: still months behind, as on a real Pi.
+    check(behind > 86400, f"the guest clock is only {behind:.0f} s behind")
+    # 1. The offer is not valid yet on the device's clock: refused, and the
+    # operator (whose clock says it is valid) keeps the job open.
+    o.start_rollout("v2", "s8")
+    s = o.watch(lambda s: s["heartbeat"]["upgrade"]["phase"] == "refused", 300, "the agent to refuse the offer")
+    up = s["heartbeat"]["upgrade"]
+    check(up["reason"]["kind"] == "not_yet_valid", f"refused for {up['reason']}, want not_yet_valid")
+    s = o.watch(lambda s: any("clock is behind" in t.get("note", "") for t in (s.get("job") or {}).get("history", [])),
+                60, "the operator to note the device's clock")
+    check(job_state(s) == "offered", f"operator job {job_state(s)} after a clock refusal, want offered")
+    # 2. NTP arrives: the agent judges the same offer again and takes it.
+    since = g.mark()
+    g.sh(f"date -s @{int(time.time())} >/dev/null")
+    o.watch(lambda s: s["heartbeat"]["upgrade"]["phase"] not in ("refused", "idle"), 120,
+            "the agent to take the offer after the clock step")
+    # Nobody commits while the trial boot's clock is stepped below.
+    o.watch(lambda s: job_state(s) == "rebooting" or s["heartbeat"]["upgrade"]["phase"] == "failed",
+            1500, "the operator to see the device rebooting")
+    check(job_state(o.last) == "rebooting", f"job {job_state(o.last)}")
+    o.fleet.kill_serve()
+    o.await_reboot(since, expect_slot="B")
+    new_boot = o.boot_id()
+    behind = time.time() - guest_epoch(g)
+    check(behind > 86400, f"the new boot's clock is only {behind:.0f} s behind")
+    o.watch(lambda s: s["heartbeat"]["boot_id"] == new_boot
+            and s["heartbeat"]["upgrade"]["phase"] == "awaiting_commit", 240, "the new boot awaiting its commit")
+    armed = armed_deadlines(o)
+    check(armed, "the agent armed no commit deadline in the new boot")
+    mono0, left0 = armed[0]
+    due = mono0 + left0 / 1000
+    ctx.note(f"deadline armed at {mono0:.1f} s of boot: {left0} ms left")
+    # 3. The clock jumps months forward (NTP) and the agent restarts: the
+    # deadline stays where it was (the old rule fired it at once)...
+    g.sh(f"date -s @{int(time.time())} >/dev/null")
+    mono1, left1 = restart_agent_and_read_deadline(o)
+    ctx.metric("deadline moved by a forward step of months + restart (s)", round(mono1 + left1 / 1000 - due, 1))
+    check(abs(mono1 + left1 / 1000 - due) < 2, f"after a forward step: {left1} ms left at {mono1} s, due at {due} s")
+    # ...and a day backward, then a restart: still where it was (the old
+    # rule gave the unconfirmed slot another day).
+    g.sh(f"date -s @{int(time.time()) - 86400} >/dev/null")
+    mono2, left2 = restart_agent_and_read_deadline(o)
+    ctx.metric("deadline moved by a backward step of a day + restart (s)", round(mono2 + left2 / 1000 - due, 1))
+    check(abs(mono2 + left2 / 1000 - due) < 2, f"after a backward step: {left2} ms left at {mono2} s, due at {due} s")
+    st = o.rauc()
+    check(st.get("booted") == "B", f"fell back during the clock steps: booted {st.get('booted')}")
+    # 4. The operator commits on a heartbeat whose device clock is a day
+    # behind (freshness is the server's time of the write).
+    o.fleet.start_serve()
+    s = o.watch(lambda s: job_state(s) == "committed" and s["heartbeat"]["upgrade"]["phase"] == "committed",
+                CLOCK_DEADLINE_SECS, "the operator to commit the device whose clock is a day behind")
+    check(s["job"].get("commit_boot_id") == new_boot, "the commit did not name the new boot")
+    st = o.rauc()
+    check(st.get("booted") == "B" and slot_state(st, "B")[1].get("boot_status") == "good", "B not booted+good")
+
+
+@scenario(9, "committed slot later unbootable: back on A, the agent reports the mismatch, the operator notes it")
+def s9(ctx):
+    """Issue 12 item 8 on the real boot chain: the record says committed to
+    B, but B stops booting (its ext4 destroyed, as a failing SD card would)
+    and U-Boot leaves it after its unconfirmed boots; the agent on A must not
+    repeat `committed`."""
+    o = Ota(ctx)
+    g = o.g
+    o.boot_and_provision()
+    _, since = o.install_and_reboot("v2", "s9")
+    o.await_reboot(since, expect_slot="B")
+    o.watch(lambda s: job_state(s) == "committed" and s["heartbeat"]["upgrade"]["phase"] == "committed",
+            COMMIT_DEADLINE_SECS + 120, "the commit of B")
+    # The running B's ext4 is zeroed through the block device and the
+    # machine reset at once (sysrq, no clean unmount that could repair it).
+    since = g.mark()
+    g.send("echo 1 > /proc/sys/kernel/sysrq; dd if=/dev/zero of=/dev/vda3 bs=1M count=8 conv=fsync status=none; "
+           "echo b > /proc/sysrq-trigger\n")
+    ctx.note("B (committed, running) zeroed and reset")
+    old_boot = o.last["heartbeat"]["boot_id"]
+    o.await_reboot(since, expect_slot="A", timeout=1800)
+    tries = re.findall(r"harmony: slot (\w) \(order", g.buf)
+    ctx.note(f"U-Boot's choices before the shell: {tries}")
+    new_boot = o.boot_id()
+    s = o.watch(lambda s: s["heartbeat"]["boot_id"] == new_boot, 300, "the first heartbeat on A")
+    first = o.first_hb_of_boot[new_boot]
+    up = first["upgrade"]
+    check(first["booted_slot"] == "A" and first["boot_id"] != old_boot, f"first heartbeat: {first}")
+    check(up["phase"] == "rolled_back" and up["reason"]["kind"] == "boot_failed",
+          f"the first heartbeat on A says {up['phase']} {up.get('reason')}, want rolled_back/boot_failed")
+    mismatch = up.get("boot_mismatch") or {}
+    check(mismatch.get("kind") == "not_on_committed_slot" and mismatch.get("committed") == "B"
+          and mismatch.get("booted") == "A", f"boot_mismatch {mismatch}")
+    s = o.watch(lambda s: any(t.get("note", "").startswith("device reports: ") for t in s["job"]["history"]), 120,
+                "the operator to note the device's report")
+    check(job_state(s) == "committed", f"the finished job became {job_state(s)}")
+    ctx.note(f"operator history: {[(t['to'], t.get('note')) for t in s['job']['history']][-2:]}")
+    st = o.rauc()
+    check(st.get("booted") == "A" and slot_state(st, "B")[1].get("boot_status") == "bad",
+          f"rauc: booted={st.get('booted')} B={slot_state(st, 'B')[1]}")
 
 
 if __name__ == "__main__":

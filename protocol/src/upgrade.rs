@@ -79,6 +79,13 @@ pub enum BootMismatch {
     /// The next boot goes to another slot than the one running now.
     #[error("booted slot {booted} is not primary (the next boot goes to {primary})")]
     BootedSlotNotPrimary { booted: String, primary: String },
+    /// A kind this build does not know (a newer agent). Decoded rather than
+    /// rejected: an unknown kind must not make the whole heartbeat
+    /// undecodable, which would hide the device from an older operator.
+    /// Never sent.
+    #[serde(other)]
+    #[error("a boot state mismatch of a kind this operator does not know")]
+    Unknown,
 }
 
 /// Offers the agent did not act on yet, or refused without overwriting a

@@ -209,3 +209,15 @@ fn flipping_any_signature_bit_or_the_key_id_fails() {
     let forged = SignedEnvelope { key_id: KeyId("0000000000000000".into()), ..env };
     assert!(matches!(trusted.verify::<UpgradeOffer>(&forged), Err(SigningError::UnknownKey(_))));
 }
+
+/// A newer agent may report a boot mismatch of a kind this build does not
+/// know: the heartbeat must still decode (an undecodable heartbeat hides
+/// the device from the operator), with the mismatch as `Unknown`.
+#[test]
+fn a_boot_mismatch_of_an_unknown_kind_still_decodes_the_heartbeat() {
+    let mut value = serde_json::to_value(heartbeat()).unwrap();
+    value["upgrade"]["boot_mismatch"] = serde_json::json!({"kind": "slot_from_the_future", "slot": "C"});
+    let hb: Heartbeat = serde_json::from_value(value).unwrap();
+    assert_eq!(hb.upgrade.boot_mismatch, Some(harmony_protocol::upgrade::BootMismatch::Unknown));
+    assert_eq!(hb.upgrade.phase, UpgradePhase::AwaitingCommit);
+}
