@@ -102,7 +102,10 @@ pub async fn devices_list(cfg: &Config) -> Result<Output> {
                     r.os_version.clone().unwrap_or_default(),
                     r.booted_slot.clone().unwrap_or_default(),
                     format!("{:?}", r.health).to_lowercase(),
-                    r.phase.to_string(),
+                    match &r.boot_mismatch {
+                        Some(m) => format!("{} ({m})", r.phase),
+                        None => r.phase.to_string(),
+                    },
                     format!("{}s ago", now.saturating_since(r.last_seen) / 1000),
                 ]
             })

@@ -41,6 +41,10 @@ pub struct DeviceRow {
     pub boot_id: String,
     pub health: harmony_protocol::HealthStatus,
     pub phase: &'static str,
+    /// The device's report that its upgrade record and the bootloader's
+    /// state disagree (it may not run what was committed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_mismatch: Option<String>,
     pub last_seen: UnixMillis,
     pub labels: std::collections::BTreeMap<String, String>,
 }
@@ -59,6 +63,7 @@ impl DeviceRow {
             boot_id: hb.boot_id.clone(),
             health: hb.health.status,
             phase: hb.upgrade.phase.name(),
+            boot_mismatch: hb.upgrade.boot_mismatch.as_ref().map(ToString::to_string),
             last_seen: hb.stored_at,
             labels: labels.clone(),
         }
@@ -141,5 +146,32 @@ mod tests {
         assert_eq!(presence(UnixMillis(1_000_000 - 30_001), now, &cfg), Presence::Stale);
         assert_eq!(presence(UnixMillis(1_000_000 - 120_001), now, &cfg), Presence::Offline);
         assert_eq!(presence(UnixMillis(2_000_000), now, &cfg), Presence::Online, "clock skew is online");
+    }
+
+    fn stored(f: impl FnOnce(&mut Heartbeat)) -> StoredHeartbeat {
+        let mut heartbeat: Heartbeat = serde_json::from_str(include_str!("../../protocol/tests/data/heartbeat.json"))
+            .expect("the protocol's heartbeat fixture");
+        f(&mut heartbeat);
+        StoredHeartbeat { heartbeat, revision: 7, stored_at: UnixMillis(1_000_000) }
+    }
+
+    /// Presence and "last seen" are the server's store time: a device whose
+    /// clock is in 1970 is online when it just wrote.
+    #[test]
+    fn a_row_is_judged_on_the_store_time_and_shows_a_boot_mismatch() {
+        let cfg = FleetConfig { stale_after_secs: 30, offline_after_secs: 120 };
+        let hb = stored(|h| {
+            h.sent_at = UnixMillis(0);
+            h.upgrade.boot_mismatch = Some(harmony_protocol::upgrade::BootMismatch::NotOnCommittedSlot {
+                committed: "B".into(),
+                booted: "A".into(),
+            });
+        });
+        let row = DeviceRow::from_heartbeat(&hb, &Labels::new(), UnixMillis(1_000_500), &cfg);
+        assert_eq!(row.presence, Presence::Online);
+        assert_eq!(row.last_seen, UnixMillis(1_000_000));
+        assert_eq!(row.boot_mismatch.as_deref(), Some("upgrade committed to slot B but the device booted slot A"));
+        let plain = DeviceRow::from_heartbeat(&stored(|_| {}), &Labels::new(), UnixMillis(1_000_500), &cfg);
+        assert_eq!(plain.boot_mismatch, None);
     }
 }
