@@ -18,7 +18,7 @@ pub use rollout::{plan_waves, WavePlan, REBUILT_NOTE};
 use crate::model::{Job, Rollout};
 use harmony_protocol::command::CommitArgs;
 use harmony_protocol::time::UnixMillis;
-use harmony_protocol::{DeviceId, Heartbeat, UpgradeOffer, UpgradePhase};
+use harmony_protocol::{DeviceId, Heartbeat, OfferNotes, UpgradeOffer, UpgradePhase};
 use std::collections::{BTreeMap, HashMap};
 
 /// What the coordinator last saw of a device (from its heartbeats).
@@ -32,6 +32,8 @@ pub struct Seen {
     /// The device reports an offer it is still working on (any offer: a
     /// device is never offered again while one is in flight).
     pub upgrade_in_flight: bool,
+    /// What it noted about offers next to its phase.
+    pub offer_notes: OfferNotes,
     pub sent_at: UnixMillis,
 }
 
@@ -119,6 +121,7 @@ pub fn step(mut state: State, event: &Event, now: UnixMillis) -> (State, Vec<Act
                         os_version: hb.os_version.clone(),
                         upgrade_since: hb.upgrade.since,
                         upgrade_in_flight: offer_in_flight(&hb.upgrade.phase),
+                        offer_notes: hb.upgrade.offer_notes.clone(),
                         sent_at: hb.sent_at,
                     },
                 );
