@@ -37,7 +37,6 @@ async fn heartbeat_appears_within_an_interval_with_device_facts() {
 
 #[tokio::test]
 async fn heartbeats_resume_after_nats_is_killed_and_restarted() {
-    log_capture::init();
     let mut nats = NatsServer::start();
     let device = FakeDevice::new();
     {
@@ -53,13 +52,11 @@ async fn heartbeats_resume_after_nats_is_killed_and_restarted() {
     }
 
     let from = agent.service_manager.notifications().len();
-    let logged = log_capture::mark();
     nats.kill();
-    // Definite points: the agent saw the connection go (its status says
-    // so) and a heartbeat write failed meanwhile.
+    // Definite point: the agent saw the connection go (its status says so).
+    // (Waiting for a failed heartbeat write too would add its 5 s timeout.)
     let unreachable = |n: &Notification| matches!(n, Notification::Status(s) if s.starts_with("NATS unreachable"));
     wait_notification(&agent, from, Duration::from_secs(10), unreachable).await;
-    log_capture::wait_line(logged, Duration::from_secs(10), &["heartbeat not written"]).await;
     assert!(!agent.task.is_finished(), "agent must not exit while NATS is down");
     nats.restart();
 

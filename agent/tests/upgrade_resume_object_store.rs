@@ -33,7 +33,11 @@ async fn object_store_download_resumes_in_the_same_run_after_the_server_restarts
         .connect(nats.url())
         .await
         .unwrap();
-    let js = jetstream::new(client.clone());
+    // JetStream requests time out after 2 s (default 5 s), so an attempt
+    // made while the server is away fails in seconds and the outage below
+    // stays short.
+    let mut js = jetstream::new(client.clone());
+    js.set_timeout(Duration::from_secs(2));
     let store = js
         .create_object_store(jetstream::object_store::Config {
             bucket: BUNDLE_OBJECT_BUCKET.into(),
