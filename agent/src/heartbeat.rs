@@ -89,7 +89,9 @@ impl HeartbeatLoop {
         };
         match tokio::time::timeout(PUT_TIMEOUT, put).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) if e.contains("no responders") => Err(format!(
+            // Older servers answer a publish to a missing stream with "no
+            // responders", 2.10+ with "no stream found for given subject".
+            Ok(Err(e)) if e.contains("no responders") || e.contains("no stream found") => Err(format!(
                 "heartbeat not written: KV bucket {HEARTBEAT_BUCKET} is not available ({e}); \
                  the operator creates it with `harmony-operator init`"
             )),

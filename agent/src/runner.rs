@@ -271,24 +271,29 @@ impl Supervisor {
                 self.service_manager.ready();
                 ready = true;
             }
-            let status = if connected {
-                format!("connected to NATS as {}", self.device)
-            } else {
-                format!("NATS unreachable, retrying (device {})", self.device)
+            // A silent loop is named in the status line too, so
+            // `systemctl status` says why the watchdog is about to fire.
+            let silent = self.liveness.iter().find(|l| l.silent_for() > self.max_silence);
+            let status = match (silent, connected) {
+                (Some(l), _) => {
+                    format!("{} loop silent; watchdog ping withheld (device {})", l.name(), self.device)
+                }
+                (None, true) => format!("connected to NATS as {}", self.device),
+                (None, false) => format!("NATS unreachable, retrying (device {})", self.device),
             };
             if status != last_status {
-                self.service_manager.status(&status);
-                last_status = status;
-            }
-            if watchdog {
-                match self.liveness.iter().find(|l| l.silent_for() > self.max_silence) {
-                    None => self.service_manager.watchdog_ping(),
-                    Some(l) => log::error!(
+                if let Some(l) = silent {
+                    log::error!(
                         "{} loop silent for {:?}; withholding the watchdog ping so systemd restarts us",
                         l.name(),
                         l.silent_for()
-                    ),
+                    );
                 }
+                self.service_manager.status(&status);
+                last_status = status;
+            }
+            if watchdog && silent.is_none() {
+                self.service_manager.watchdog_ping();
             }
         }
     }

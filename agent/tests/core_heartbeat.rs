@@ -3,8 +3,10 @@
 //! the operator needs, and survive a server crash without an agent restart.
 
 mod common;
+mod log_capture;
 
 use common::*;
+use harmony_agent::service_manager::Notification;
 use harmony_protocol::{HealthStatus, UpgradePhase};
 use harmony_testkit::NatsServer;
 use std::time::Duration;
@@ -49,9 +51,12 @@ async fn heartbeats_resume_after_nats_is_killed_and_restarted() {
         wait_heartbeat(&kv, Duration::from_secs(5), |_| true).await;
     }
 
+    let from = agent.service_manager.notifications().len();
     nats.kill();
-    // Down long enough for several missed heartbeats and reconnect attempts.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Definite point: the agent saw the connection go (its status says so).
+    // (Waiting for a failed heartbeat write too would add its 5 s timeout.)
+    let unreachable = |n: &Notification| matches!(n, Notification::Status(s) if s.starts_with("NATS unreachable"));
+    wait_notification(&agent, from, Duration::from_secs(10), unreachable).await;
     assert!(!agent.task.is_finished(), "agent must not exit while NATS is down");
     nats.restart();
 
@@ -71,12 +76,16 @@ async fn heartbeats_resume_after_nats_is_killed_and_restarted() {
 
 #[tokio::test]
 async fn missing_bucket_is_reported_not_fatal_and_heartbeats_start_once_it_exists() {
+    log_capture::init();
     let nats = NatsServer::start();
     let client = client(&nats).await;
     let device = FakeDevice::new();
     let agent = RunningAgent::start(device.config(&nats.url(), 1));
-    // The agent creates nothing it has no right to: no bucket appears.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The agent creates nothing it has no right to: once a heartbeat write
+    // failed for the missing bucket (a definite point), no bucket appeared.
+    // The line sends the newcomer to the fix, whatever the server version
+    // calls the missing stream.
+    log_capture::wait_line(0, Duration::from_secs(10), &["heartbeat not written", "harmony-operator init"]).await;
     let js = async_nats::jetstream::new(client.clone());
     assert!(js.get_key_value(harmony_protocol::names::HEARTBEAT_BUCKET).await.is_err());
     assert!(!agent.task.is_finished());

@@ -14,15 +14,14 @@ async fn ready_after_connect_then_watchdog_pings_and_stopping() {
     let nats = NatsServer::start();
     let device = FakeDevice::new();
     let agent = RunningAgent::start(device.config(&nats.url(), 1));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ready = wait_notification(&agent, 0, Duration::from_secs(10), |n| *n == Notification::Ready).await;
+    // 400 ms watchdog → a ping every 200 ms: four after READY in well under 10 s.
     let sm = agent.service_manager.clone();
+    let pings_after_ready = || sm.notifications().iter().skip(ready).filter(|n| **n == Notification::Watchdog).count();
+    wait_until(Duration::from_secs(10), "regular watchdog pings after READY", || pings_after_ready() >= 4).await;
     agent.stop().await.unwrap();
     let log = sm.notifications();
-    let ready = log.iter().position(|n| *n == Notification::Ready).expect("READY=1 sent");
     assert!(log.iter().any(|n| matches!(n, Notification::Status(s) if s.starts_with("connected to NATS"))), "{log:?}");
-    // 400 ms watchdog → a ping every 200 ms: several in 2 s, after READY.
-    let pings = log.iter().skip(ready).filter(|n| **n == Notification::Watchdog).count();
-    assert!(pings >= 4, "expected regular watchdog pings, got {log:?}");
     assert_eq!(log.last(), Some(&Notification::Stopping));
 }
 
@@ -31,13 +30,19 @@ async fn offline_device_reports_ready_after_the_grace_period_and_keeps_running()
     // Nothing listens on this port: NATS is unreachable from the start.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let device = FakeDevice::new();
+    let started = tokio::time::Instant::now();
     let agent = RunningAgent::start(device.config(&format!("nats://127.0.0.1:{port}"), 1));
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(!agent.service_manager.notifications().contains(&Notification::Ready), "not ready before the grace");
-    tokio::time::sleep(Duration::from_secs(3)).await; // grace is 3 s in tests
-    let log = agent.service_manager.notifications();
-    assert!(log.contains(&Notification::Ready), "{log:?}");
-    assert!(log.iter().any(|n| matches!(n, Notification::Status(s) if s.starts_with("NATS unreachable"))));
+    // The supervisor's first word is the status; READY comes only after the
+    // 3 s grace (the tests' startup_grace_secs).
+    let unreachable = |n: &Notification| matches!(n, Notification::Status(s) if s.starts_with("NATS unreachable"));
+    let status = wait_notification(&agent, 0, Duration::from_secs(10), unreachable).await;
+    let ready = wait_notification(&agent, 0, Duration::from_secs(10), |n| *n == Notification::Ready).await;
+    assert!(ready > status, "{:?}", agent.service_manager.notifications());
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "READY only after the grace, not after {:?}",
+        started.elapsed()
+    );
     assert!(!agent.task.is_finished());
     agent.stop().await.unwrap();
 }

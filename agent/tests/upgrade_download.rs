@@ -60,7 +60,8 @@ async fn object_store_download_resumes_after_being_killed_midway() {
     let files = BundleFiles::new(state.path());
     let src = source(Some("b.raucb"), None, &bytes);
 
-    // First attempt at 1 MiB/s, killed after ~1.5 s.
+    // First attempt at 1 MiB/s, killed once past 1 MiB with its resume
+    // point on disk.
     let slow = Downloader { max_bytes_per_sec: 1024 * 1024, ..downloader(js.clone(), files.clone()) };
     let seen = Arc::new(AtomicU64::new(0));
     let seen2 = seen.clone();
@@ -69,7 +70,11 @@ async fn object_store_download_resumes_after_being_killed_midway() {
         let mut progress = move |done: u64, _total: u64| seen2.store(done, Ordering::SeqCst);
         slow.fetch(&src2, &mut progress).await
     });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seen.load(Ordering::SeqCst) <= 1024 * 1024 || !files.resume().exists() {
+        assert!(tokio::time::Instant::now() < deadline, "download never got past 1 MiB with a resume point");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     task.abort();
     let _ = task.await;
     let before = seen.load(Ordering::SeqCst);

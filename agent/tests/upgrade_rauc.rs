@@ -55,15 +55,14 @@ async fn upgrade_installs_reboots_and_commits_only_on_operator_command() {
     assert_eq!(hb.os_version.as_deref(), Some("2.0.0"));
     // The operator commits only on a healthy heartbeat of the new boot.
     assert_eq!(hb.health.status, harmony_protocol::heartbeat::HealthStatus::Healthy, "{:?}", hb.health);
-    // Never marks itself good: B is still on trial (install gave it 2
-    // attempts, this boot spent one).
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(rig.rauc.boot_state().contains("BOOT_B_LEFT=1"), "{}", rig.rauc.boot_state());
-
     // A commit for the wrong boot is refused.
     let stale =
         rig.command(Command::Commit(CommitArgs { target_version: "2.0.0".into(), boot_id: "boot-1".into() })).await;
     assert!(stale.into_result().is_err());
+    // Never marks itself good: once the service has handled the health
+    // result (the heartbeat above) and a later event (the refused commit),
+    // B is still on trial (install gave it 2 attempts, this boot spent one).
+    assert!(rig.rauc.boot_state().contains("BOOT_B_LEFT=1"), "{}", rig.rauc.boot_state());
 
     let reply =
         rig.command(Command::Commit(CommitArgs { target_version: "2.0.0".into(), boot_id: "boot-2".into() })).await;
@@ -76,9 +75,10 @@ async fn upgrade_installs_reboots_and_commits_only_on_operator_command() {
 
     // Another reboot stays on B and stays committed.
     assert_eq!(reboot_device(&mut rig, agent, "boot-3").await, "B");
+    // The very first heartbeat of the new boot already says committed.
+    let first = rig.first_heartbeat_of_boot(WAIT, "boot-3").await;
     let agent = rig.start_agent(30);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let hb = rig.wait_heartbeat(WAIT, |hb| hb.boot_id == "boot-3").await;
+    let hb = first.await;
     assert_eq!(hb.upgrade.phase, UpgradePhase::Committed);
     assert_eq!(rig.reboot.count(), 1);
     agent.stop().await;
@@ -201,22 +201,27 @@ async fn sha_mismatch_fails_verification_and_deletes_the_download() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn download_resumes_after_the_agent_is_killed_midway() {
     use futures::StreamExt;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Arc;
+    use std::collections::{HashMap, HashSet};
+    use std::sync::{Arc, Mutex};
     let mut rig = Rig::start().await;
     rig.extra_upgrade_config = "download_max_bytes_per_sec = 1048576".into();
     let b = bundle(trusted_ca(), &rig.path("bundles"), "v2", "2.0.0", 3 * 1024 * 1024);
     rig.push_bundle("v2.raucb", &b).await;
 
-    // Count the bundle bytes NATS delivers into this device's inbox.
-    let delivered = Arc::new(AtomicU64::new(0));
+    // Count the bundle bytes NATS delivers into this device's inbox, per
+    // JetStream consumer (named in each message's ack subject), so bytes the
+    // first run's consumer still delivers after the kill never count for the
+    // second run, however late they arrive.
+    let delivered: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
     let counter = delivered.clone();
     let mut inbox = rig.client.subscribe(format!("_INBOX.{DEVICE}.>")).await.unwrap();
     tokio::spawn(async move {
         while let Some(msg) = inbox.next().await {
-            if msg.reply.as_ref().is_some_and(|r| r.starts_with("$JS.ACK.OBJ_")) {
-                counter.fetch_add(msg.payload.len() as u64, Ordering::SeqCst);
-            }
+            let Some(reply) = msg.reply.as_ref().filter(|r| r.starts_with("$JS.ACK.")) else { continue };
+            let tokens: Vec<&str> = reply.split('.').collect();
+            let Some(stream) = tokens.iter().position(|t| t.starts_with("OBJ_")) else { continue };
+            let consumer = tokens.get(stream + 1).copied().unwrap_or_default().to_string();
+            *counter.lock().unwrap().entry(consumer).or_default() += msg.payload.len() as u64;
         }
     });
 
@@ -232,15 +237,17 @@ async fn download_resumes_after_the_agent_is_killed_midway() {
         serde_json::from_slice(&std::fs::read(rig.path("state/download/bundle.resume.json")).unwrap()).unwrap();
     let kept = resume["bytes"].as_u64().unwrap();
     assert!(kept >= 1024 * 1024, "a resume point was persisted: {resume}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let first_run = delivered.swap(0, Ordering::SeqCst);
+    let first_run: HashSet<String> = delivered.lock().unwrap().keys().cloned().collect();
+    assert!(!first_run.is_empty(), "the first run's consumer delivered into the inbox");
 
     rig.extra_upgrade_config = String::new();
     let agent = rig.start_agent(30);
     rig.wait_phase(WAIT, "rebooting").await;
-    let second_run = delivered.load(Ordering::SeqCst);
+    let counts = delivered.lock().unwrap().clone();
+    let first_bytes: u64 = counts.iter().filter(|(c, _)| first_run.contains(*c)).map(|(_, n)| n).sum();
+    let second_run: u64 = counts.iter().filter(|(c, _)| !first_run.contains(*c)).map(|(_, n)| n).sum();
     eprintln!(
-        "bundle {} bytes; first run got {first_run}, resume point {kept}, second run fetched {second_run}",
+        "bundle {} bytes; first run got {first_bytes}, resume point {kept}, second run fetched {second_run}",
         b.size
     );
     assert_eq!(second_run, b.size - kept, "the restarted agent fetched only what was missing");

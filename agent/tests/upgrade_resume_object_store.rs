@@ -9,6 +9,8 @@
 //! before the fix the stall ended the job as `download_failed`.)
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod log_capture;
+
 use async_nats::jetstream;
 use harmony_agent::upgrade::download::{BundleFiles, Downloader, RetryPolicy};
 use harmony_protocol::names::BUNDLE_OBJECT_BUCKET;
@@ -23,6 +25,7 @@ const SIZE: usize = 3 * 1024 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn object_store_download_resumes_in_the_same_run_after_the_server_restarts() {
+    log_capture::init();
     let mut nats = NatsServer::start();
     let client = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
@@ -30,7 +33,11 @@ async fn object_store_download_resumes_in_the_same_run_after_the_server_restarts
         .connect(nats.url())
         .await
         .unwrap();
-    let js = jetstream::new(client.clone());
+    // JetStream requests time out after 2 s (default 5 s), so an attempt
+    // made while the server is away fails in seconds and the outage below
+    // stays short.
+    let mut js = jetstream::new(client.clone());
+    js.set_timeout(Duration::from_secs(2));
     let store = js
         .create_object_store(jetstream::object_store::Config {
             bucket: BUNDLE_OBJECT_BUCKET.into(),
@@ -73,11 +80,15 @@ async fn object_store_download_resumes_in_the_same_run_after_the_server_restarts
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let at_kill = done_bytes.load(Ordering::SeqCst);
+    let logged = log_capture::mark();
     nats.kill();
-    // The fault is the outage itself: longer than two stall timeouts, so at
-    // least one retry also finds the server away (no progress) and backs off.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    // The fault is the outage itself: it lasts until a retry also found the
+    // server away (no progress: the third attempt in a row is announced),
+    // which takes longer than two stall timeouts.
+    let outage = tokio::time::Instant::now();
+    log_capture::wait_line(logged, Duration::from_secs(30), &["bundle download interrupted", "(attempt 3 of"]).await;
     assert!(!task.is_finished(), "the download is still retrying, not failed");
+    eprintln!("server away for {:?}", outage.elapsed());
     nats.restart();
 
     let done = tokio::time::timeout(Duration::from_secs(60), task).await.unwrap().unwrap().unwrap();

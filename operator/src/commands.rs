@@ -430,7 +430,14 @@ pub async fn rollout_status(cfg: &Config, id: Option<&str>) -> Result<Output> {
                     crate::model::JobState::RolledBack { reason } | crate::model::JobState::Failed { reason } => {
                         format!("{} ({reason})", j.state.name())
                     }
-                    s => s.name().to_string(),
+                    s => match &j.queued_behind {
+                        Some(q) => format!(
+                            "{} (queued behind {})",
+                            s.name(),
+                            q.offer_seq.map_or_else(|| "the current upgrade".to_string(), |n| format!("offer {n}"))
+                        ),
+                        None => s.name().to_string(),
+                    },
                 };
                 vec![
                     j.device.to_string(),

@@ -130,6 +130,11 @@ pub struct Baseline {
     /// offer only if it is newer than that.
     #[serde(default)]
     pub upgrade_since: Option<UnixMillis>,
+    /// The `offer_notes` the device reported then (`None` in records from
+    /// before they were kept): a new note of an unverifiable offer is about
+    /// this offer.
+    #[serde(default)]
+    pub offer_notes: Option<harmony_protocol::OfferNotes>,
 }
 
 /// Where one device stands in its rollout.
@@ -219,6 +224,14 @@ pub struct Job {
     /// Deadline for a heartbeat of the new boot, counted from the pre-reboot one.
     #[serde(default)]
     pub reboot_timeout_ms: u64,
+    /// The rollout's device timeout, kept to restart the deadline of a
+    /// queued offer (0 in records from before it was kept: not restarted).
+    #[serde(default)]
+    pub device_timeout_ms: u64,
+    /// The device keeps this job's offer until its current upgrade ends
+    /// (`offer_notes.busy_offer_seq`); cleared when it starts on the offer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_behind: Option<QueuedBehind>,
     pub commit_sent_at: Option<UnixMillis>,
     pub commit_boot_id: Option<String>,
     #[serde(default)]
@@ -238,6 +251,8 @@ impl Job {
             target_slot: None,
             deadline: None,
             reboot_timeout_ms: 0,
+            device_timeout_ms: 0,
+            queued_behind: None,
             commit_sent_at: None,
             commit_boot_id: None,
             history: vec![Transition { at, to: "pending".into(), note: String::new() }],
@@ -250,6 +265,15 @@ impl Job {
         self.history.push(Transition { at, to: state.name().to_string(), note: note.into() });
         self.state = state;
     }
+}
+
+/// What a queued job waits for: the upgrade the device is busy with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedBehind {
+    /// The offer the device works on (`None`: its status names none).
+    pub offer_seq: Option<u64>,
+    /// Its phase when the job was queued (or last moved on), for display.
+    pub phase: String,
 }
 
 /// Keys in [`harmony_protocol::names::OPERATOR_STATE_BUCKET`].

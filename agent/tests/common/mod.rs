@@ -168,3 +168,31 @@ pub async fn request_raw(client: &async_nats::Client, payload: Vec<u8>, within: 
 pub async fn request(client: &async_nats::Client, command: Command) -> CommandReply {
     request_raw(client, command.encode(), Duration::from_secs(15)).await
 }
+
+/// Poll `cond` until it holds, or panic naming `what` after `within`.
+pub async fn wait_until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Wait until the agent told systemd something matching `pred` (at index
+/// `from` or later); returns its index.
+pub async fn wait_notification(
+    agent: &RunningAgent,
+    from: usize,
+    within: Duration,
+    pred: impl Fn(&harmony_agent::service_manager::Notification) -> bool,
+) -> usize {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let log = agent.service_manager.notifications();
+        if let Some(i) = log.iter().skip(from).position(&pred) {
+            return from + i;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no such notification within {within:?}: {log:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

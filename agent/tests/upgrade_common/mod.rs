@@ -225,8 +225,19 @@ progress_interval_ms = 100
 
     /// With a clock the test steps (wall clock and boottime independently).
     pub fn start_agent_with_clock(&self, commit_deadline_secs: u64, clock: Arc<dyn Clock>) -> RunningAgent {
+        self.start_agent_with(commit_deadline_secs, clock, Arc::new(RecordingServiceManager::default()))
+    }
+
+    /// With a given clock and a service manager the test reads (e.g. one
+    /// with a watchdog, to see the pings).
+    pub fn start_agent_with(
+        &self,
+        commit_deadline_secs: u64,
+        clock: Arc<dyn Clock>,
+        service_manager: Arc<RecordingServiceManager>,
+    ) -> RunningAgent {
         let mut effects = Effects::real();
-        effects.service_manager = Arc::new(RecordingServiceManager::default());
+        effects.service_manager = service_manager;
         effects.reboot = self.reboot.clone();
         effects.clock = clock;
         let (stop, stopped) = oneshot::channel::<()>();

@@ -124,6 +124,55 @@ fn device_clock_off(job: &Job, reason: &RefusalReason, now: UnixMillis) -> Optio
     }
 }
 
+/// A refusal the agent noted next to its phase (`offer_notes.refusal`)
+/// instead of reporting it as the phase: this job's offer by its sequence,
+/// or an unverifiable offer (no sequence) noted since the offer was made.
+fn noted_refusal<'a>(job: &Job, hb: &'a Heartbeat) -> Option<&'a RefusalReason> {
+    let noted = hb.upgrade.offer_notes.refusal.as_ref()?;
+    match noted.offer_seq {
+        Some(seq) => (Some(seq) == job.offer_seq()).then_some(&noted.reason),
+        None => {
+            let unreadable = matches!(
+                noted.reason,
+                RefusalReason::UnknownKey { .. } | RefusalReason::BadSignature | RefusalReason::Malformed { .. }
+            );
+            // Only the operator writes the device's offer key, so a new
+            // unverifiable-offer note is about this offer. Without the notes
+            // seen at offer time (older records) it cannot be told apart
+            // from an old one: left to the deadline.
+            let before = job.baseline.as_ref().and_then(|b| b.offer_notes.as_ref())?;
+            (unreadable && before.refusal.as_ref() != Some(noted)).then_some(&noted.reason)
+        }
+    }
+}
+
+/// The device keeps this job's offer while it finishes another upgrade.
+fn queued_on_device(job: &Job, hb: &Heartbeat) -> bool {
+    let seq = job.offer_seq();
+    seq.is_some() && hb.upgrade.offer_notes.busy_offer_seq == seq && hb.upgrade.offer_seq != seq
+}
+
+/// Queue rule: a queued job does not time out while the device reports it
+/// queued. Each such heartbeat restarts the device timeout, so the job
+/// times out only `device_timeout` after the device stopped reporting it
+/// (gone silent, or dropped it for a newer offer), or `device_timeout` after
+/// the device started on it. The first report goes into the history.
+fn queue(job: &mut Job, hb: &Heartbeat, now: UnixMillis) {
+    let behind = hb.upgrade.offer_seq;
+    if job.queued_behind.as_ref().map(|q| q.offer_seq) != Some(behind) {
+        let what = behind.map_or_else(|| "its current upgrade".to_string(), |s| format!("offer {s}"));
+        let note = format!("queued on the device behind {what} ({})", hb.upgrade.phase.name());
+        log::info!("device {}: {note}", job.device);
+        job.history.push(crate::model::Transition { at: now, to: job.state.name().into(), note });
+        job.queued_behind =
+            Some(crate::model::QueuedBehind { offer_seq: behind, phase: hb.upgrade.phase.name().into() });
+    }
+    if job.device_timeout_ms > 0 {
+        let restarted = now.saturating_add_ms(job.device_timeout_ms);
+        job.deadline = Some(job.deadline.map_or(restarted, |d| d.max(restarted)));
+    }
+}
+
 /// A committed job whose device reports that it does not run (or will not
 /// boot again) the committed slot: the job stays finished, but the device's
 /// report goes into its history once (shown by `devices show`) and into the
@@ -209,10 +258,33 @@ fn on_heartbeat(job: &mut Job, hb: &StoredHeartbeat, now: UnixMillis, tuning: &T
             );
             return;
         }
+        if let Some(reason) = noted_refusal(job, hb) {
+            // The device refused the offer without giving up the outcome it
+            // reports (committed, rolled back) or the upgrade it is busy with.
+            job.queued_behind = None;
+            job.go(
+                JobState::Failed { reason: format!("refused: {reason}") },
+                now,
+                format!("noted by agent, device phase stays {}", hb.upgrade.phase.name()),
+            );
+            return;
+        }
+        if queued_on_device(job, hb) {
+            queue(job, hb, now);
+            return;
+        }
+        if job.queued_behind.is_some() && hb.upgrade.offer_seq != job.offer_seq() {
+            // Dropped (a newer offer won on the device): the deadline stands.
+            job.queued_behind = None;
+            let note = format!("no longer kept on the device (it keeps {:?})", hb.upgrade.offer_notes.busy_offer_seq);
+            job.history.push(crate::model::Transition { at: now, to: job.state.name().into(), note });
+        }
     }
     if hb.upgrade.offer_seq.is_none() || hb.upgrade.offer_seq != job.offer_seq() {
         return; // status about another (older) offer
     }
+    // The device works on this offer now: a queue it waited in is over.
+    let was_queued = job.queued_behind.take().is_some();
     match &hb.upgrade.phase {
         UpgradePhase::RolledBack { reason } => {
             job.go(JobState::RolledBack { reason: reason.to_string() }, now, "reported by agent");
@@ -238,7 +310,16 @@ fn on_heartbeat(job: &mut Job, hb: &StoredHeartbeat, now: UnixMillis, tuning: &T
         | UpgradePhase::Verifying
         | UpgradePhase::Installing { .. } => {
             if job.state == JobState::Offered {
-                job.go(JobState::Installing, now, hb.upgrade.phase.name());
+                if was_queued && job.device_timeout_ms > 0 {
+                    // The device timeout counts from when the device starts.
+                    job.deadline = Some(now.saturating_add_ms(job.device_timeout_ms));
+                }
+                let note = if was_queued {
+                    format!("{} (started after the queue)", hb.upgrade.phase.name())
+                } else {
+                    hb.upgrade.phase.name().to_string()
+                };
+                job.go(JobState::Installing, now, note);
             }
         }
         UpgradePhase::Installed | UpgradePhase::Rebooting => {

@@ -19,7 +19,7 @@ use crate::model::{Job, Rollout};
 use crate::registry::StoredHeartbeat;
 use harmony_protocol::command::CommitArgs;
 use harmony_protocol::time::UnixMillis;
-use harmony_protocol::{DeviceId, UpgradeOffer, UpgradePhase};
+use harmony_protocol::{DeviceId, OfferNotes, UpgradeOffer, UpgradePhase};
 use std::collections::{BTreeMap, HashMap};
 
 /// What the coordinator last saw of a device (from its heartbeats).
@@ -33,6 +33,8 @@ pub struct Seen {
     /// The device reports an offer it is still working on (any offer: a
     /// device is never offered again while one is in flight).
     pub upgrade_in_flight: bool,
+    /// What it noted about offers next to its phase.
+    pub offer_notes: OfferNotes,
     /// KV revision of the heartbeat: what decides which one is newer (the
     /// device's `sent_at` cannot: its clock may step back).
     pub revision: u64,
@@ -123,6 +125,7 @@ pub fn step(mut state: State, event: &Event, now: UnixMillis) -> (State, Vec<Act
                         os_version: hb.os_version.clone(),
                         upgrade_since: hb.upgrade.since,
                         upgrade_in_flight: offer_in_flight(&hb.upgrade.phase),
+                        offer_notes: hb.upgrade.offer_notes.clone(),
                         revision: hb.revision,
                     },
                 );

@@ -89,6 +89,7 @@ fn rebuilt_job(r: &Rollout, wave: usize, offer: &UpgradeOffer, now: UnixMillis) 
     let mut job = Job::pending(offer.device_id.clone(), &r.id, wave, now);
     job.deadline = Some(now.saturating_add_ms(r.policy.device_timeout_ms));
     job.reboot_timeout_ms = r.policy.reboot_timeout_ms;
+    job.device_timeout_ms = r.policy.device_timeout_ms;
     job.offer = Some(offer.clone());
     job.go(JobState::Offered, now, format!("{REBUILT_NOTE} {}", offer.offer_seq));
     job
@@ -231,9 +232,11 @@ fn advance(state: &mut State, id: &str, now: UnixMillis, actions: &mut Vec<Actio
                 booted_slot: s.booted_slot.clone(),
                 os_version: s.os_version.clone(),
                 upgrade_since: Some(s.upgrade_since),
+                offer_notes: Some(s.offer_notes.clone()),
             });
             job.deadline = Some(now.saturating_add_ms(r.policy.device_timeout_ms));
             job.reboot_timeout_ms = r.policy.reboot_timeout_ms;
+            job.device_timeout_ms = r.policy.device_timeout_ms;
             job.offer = Some(offer.clone());
             job.go(JobState::Offered, now, format!("offer {seq} ({BUNDLE_OBJECT_BUCKET}/{})", r.bundle.id));
             actions.push(Action::PersistSeq(d.clone()));

@@ -4,8 +4,8 @@
 use super::*;
 use crate::model::{Baseline, HaltThreshold, JobState, RolloutPolicy, RolloutStatus};
 use harmony_protocol::{
-    BundleSource, FailureReason, Health, HealthStatus, Heartbeat, RefusalReason, RollbackReason, UpgradePhase,
-    UpgradeStatus, SCHEMA_VERSION,
+    BundleSource, FailureReason, Health, HealthStatus, Heartbeat, NotedRefusal, OfferNotes, RefusalReason,
+    RollbackReason, UpgradePhase, UpgradeStatus, SCHEMA_VERSION,
 };
 
 const NOW: u64 = 1_000_000_000;
@@ -39,6 +39,7 @@ fn job_in(state: JobState) -> Job {
             booted_slot: Some("A".into()),
             os_version: Some("1.0".into()),
             upgrade_since: Some(UnixMillis(NOW - 5_000)),
+            offer_notes: Some(Default::default()),
         });
         j.deadline = Some(UnixMillis(NOW + 60_000));
     }
@@ -131,6 +132,29 @@ fn unreadable(h: &mut Heartbeat, since: u64) {
         phase: UpgradePhase::Refused { reason: RefusalReason::UnknownKey { key_id: "k2".into() } },
         ..UpgradeStatus::idle(UnixMillis(since))
     };
+}
+
+/// The device works on offer 4 (downloading) and keeps offer `kept` for later.
+fn busy_with_4_keeping_payload(h: &mut Heartbeat, kept: u64) {
+    pre_reboot(h);
+    h.upgrade.offer_seq = Some(4);
+    h.upgrade.phase = UpgradePhase::Downloading { bytes_done: 1, bytes_total: 2 };
+    h.upgrade.offer_notes.busy_offer_seq = Some(kept);
+}
+
+/// (`stored_at`: when the server stored the heartbeat.)
+fn busy_with_4_keeping(h: &mut StoredHeartbeat, kept: u64, stored_at: u64) {
+    busy_with_4_keeping_payload(h, kept);
+    h.stored_at = UnixMillis(stored_at);
+}
+
+/// The device committed offer 4 (version 1.9 on slot B) and noted a refusal.
+fn committed_4_noting(h: &mut Heartbeat, seq: Option<u64>, reason: RefusalReason) {
+    h.os_version = Some("1.9".into());
+    h.upgrade.offer_seq = Some(4);
+    h.upgrade.target_version = Some("1.9".into());
+    h.upgrade.phase = UpgradePhase::Committed;
+    h.upgrade.offer_notes.refusal = Some(NotedRefusal { offer_seq: seq, reason });
 }
 
 /// Expected outcome per state, in the order of [`all_states`]:
@@ -322,6 +346,24 @@ fn table() -> Vec<Row> {
             NOW,
             t,
         ),
+        ("device busy with another offer keeps this one", hb(|h| busy_with_4_keeping(h, 5, NOW - 100)), NOW, t),
+        ("device keeps another offer while busy", hb(|h| busy_with_4_keeping(h, 6, NOW - 100)), NOW, t),
+        (
+            "refusal of this offer noted, device stays committed",
+            hb(|h| {
+                committed_4_noting(h, Some(5), RefusalReason::Downgrade { current: "2.0".into(), target: "2.0".into() })
+            }),
+            NOW,
+            ["=", "failed", "=", "=", "=", "=", "=", "=", "=", "="],
+        ),
+        ("refusal of another offer noted", hb(|h| committed_4_noting(h, Some(3), RefusalReason::Expired)), NOW, t),
+        (
+            "unverifiable offer noted after the offer, device stays committed",
+            hb(|h| committed_4_noting(h, None, RefusalReason::BadSignature)),
+            NOW,
+            ["=", "failed", "=", "=", "=", "=", "=", "=", "=", "="],
+        ),
+        ("a verifiable refusal without seq noted", hb(|h| committed_4_noting(h, None, RefusalReason::Busy)), NOW, t),
         ("control", Event::Control { rollout_id: "r1".into(), control: Control::Pause, revision: 1 }, NOW, t),
     ]
 }
@@ -731,4 +773,92 @@ fn a_committed_job_notes_a_boot_mismatch_once() {
     });
     let committed = job_in(JobState::Committed);
     assert_eq!(device_step(committed.clone(), &other_offer, UnixMillis(NOW), &t).0, committed);
+}
+
+fn queued_job() -> Job {
+    let mut j = job_in(JobState::Offered);
+    j.device_timeout_ms = 60_000;
+    j
+}
+
+#[test]
+fn a_queued_offer_does_not_time_out_while_the_device_reports_it_and_its_timeout_counts_from_the_start() {
+    let t = Tuning::default();
+    let at = |ms: u64| UnixMillis(NOW + ms);
+    let (j, _) = device_step(queued_job(), &hb(|h| busy_with_4_keeping(h, 5, NOW + 50_000)), at(50_000), &t);
+    assert_eq!(j.queued_behind.as_ref().map(|q| q.offer_seq), Some(Some(4)));
+    assert_eq!(j.deadline, Some(at(110_000)), "restarted by the report");
+    let (j, _) = device_step(j, &hb(|h| busy_with_4_keeping(h, 5, NOW + 100_000)), at(100_000), &t);
+    let (j, _) = device_step(j, &Event::Tick, at(120_000), &t);
+    assert_eq!(j.state, JobState::Offered, "not timed out past the original deadline: {:?}", j.history);
+    let queued_notes = j.history.iter().filter(|h| h.note.starts_with("queued on the device behind offer 4")).count();
+    assert_eq!(queued_notes, 1, "queued once in the history: {:?}", j.history);
+
+    // The device starts on it: the device timeout counts from here.
+    let started = hb(|h| {
+        pre_reboot(h);
+        h.upgrade.phase = UpgradePhase::Downloading { bytes_done: 0, bytes_total: 2 };
+        h.stored_at = UnixMillis(NOW + 130_000);
+    });
+    let (j, _) = device_step(j, &started, at(130_000), &t);
+    assert_eq!((j.state.name(), j.queued_behind.clone()), ("installing", None));
+    assert_eq!(j.deadline, Some(at(190_000)));
+    assert_eq!(device_step(j.clone(), &Event::Tick, at(189_999), &t).0.state, JobState::Installing);
+    assert_eq!(device_step(j, &Event::Tick, at(190_000), &t).0.state.name(), "timed_out");
+}
+
+#[test]
+fn a_queued_offer_times_out_once_the_device_stops_reporting_it() {
+    let t = Tuning::default();
+    let at = |ms: u64| UnixMillis(NOW + ms);
+    let (j, _) = device_step(queued_job(), &hb(|h| busy_with_4_keeping(h, 5, NOW + 50_000)), at(50_000), &t);
+    // Dropped for a newer offer: no longer queued, the deadline stands.
+    let (j, _) = device_step(j, &hb(|h| busy_with_4_keeping(h, 6, NOW + 60_000)), at(60_000), &t);
+    assert_eq!(j.queued_behind, None);
+    assert_eq!(device_step(j.clone(), &Event::Tick, at(109_999), &t).0.state, JobState::Offered);
+    assert_eq!(device_step(j, &Event::Tick, at(110_000), &t).0.state.name(), "timed_out");
+}
+
+#[test]
+fn a_queued_job_of_an_older_record_keeps_its_deadline() {
+    let mut j = job_in(JobState::Offered);
+    j.device_timeout_ms = 0; // not recorded
+    let (j, _) = device_step(j, &hb(|h| busy_with_4_keeping(h, 5, NOW)), UnixMillis(NOW), &Tuning::default());
+    assert_eq!(j.deadline, Some(UnixMillis(NOW + 60_000)));
+    assert!(j.queued_behind.is_some());
+}
+
+#[test]
+fn a_noted_refusal_fails_the_job_with_its_reason() {
+    let reason = RefusalReason::Downgrade { current: "2.0".into(), target: "2.0".into() };
+    let e = hb(|h| committed_4_noting(h, Some(5), reason.clone()));
+    let (j, _) = device_step(job_in(JobState::Offered), &e, UnixMillis(NOW), &Tuning::default());
+    assert_eq!(j.state, JobState::Failed { reason: format!("refused: {reason}") });
+    assert_eq!(j.history.last().unwrap().note, "noted by agent, device phase stays committed");
+}
+
+#[test]
+fn an_unverifiable_offer_noted_before_the_offer_is_left_to_the_deadline() {
+    let noted = NotedRefusal { offer_seq: None, reason: RefusalReason::BadSignature };
+    let mut j = job_in(JobState::Offered);
+    j.baseline.as_mut().unwrap().offer_notes = Some(OfferNotes { busy_offer_seq: None, refusal: Some(noted) });
+    let e = hb(|h| committed_4_noting(h, None, RefusalReason::BadSignature));
+    assert_eq!(device_step(j.clone(), &e, UnixMillis(NOW), &Tuning::default()).0.state, JobState::Offered);
+    j.baseline.as_mut().unwrap().offer_notes = None; // a record from before notes were kept
+    assert_eq!(device_step(j, &e, UnixMillis(NOW), &Tuning::default()).0.state, JobState::Offered);
+}
+
+#[test]
+fn the_coordinator_persists_a_queued_job_and_offers_nothing_more() {
+    let mut state = State::default();
+    let r = rollout(1, 1, HaltThreshold::Count(1), 1);
+    let (s, _) = step(state, &Event::RolloutCreated(Box::new(r)), UnixMillis(NOW));
+    state = s;
+    let d = state.jobs.keys().next().unwrap().clone();
+    let seq = state.jobs[&d].offer_seq().unwrap();
+    assert_eq!(state.jobs[&d].device_timeout_ms, 60_000, "kept from the policy");
+    let (s, actions) = report(state, d.as_str(), |h| busy_with_4_keeping_payload(h, seq), NOW);
+    assert!(actions.contains(&Action::PersistJob(d.clone())), "{actions:?}");
+    assert!(offers(&actions).is_empty());
+    assert!(s.jobs[&d].queued_behind.is_some());
 }
