@@ -9,6 +9,7 @@ use common::*;
 use harmony_agent::service_manager::Notification;
 use harmony_protocol::names::{command_subject, device_inbox_prefix, kv_put_subject, HEARTBEAT_BUCKET};
 use harmony_protocol::Command;
+use harmony_testkit::wait::wait_until;
 use harmony_testkit::NatsServer;
 use std::time::Duration;
 

@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use harmony_agent::service_manager::Notification;
+use harmony_testkit::wait::wait_until;
 use harmony_testkit::NatsServer;
 use std::time::Duration;
 

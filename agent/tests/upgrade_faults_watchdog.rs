@@ -16,6 +16,7 @@ mod upgrade_common;
 use harmony_agent::clock::{BootMillis, Clock, SystemClock};
 use harmony_agent::service_manager::{Notification, RecordingServiceManager};
 use harmony_protocol::time::UnixMillis;
+use harmony_testkit::wait::wait_until;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -69,14 +70,6 @@ struct Unwedge(Arc<WedgingClock>);
 impl Drop for Unwedge {
     fn drop(&mut self) {
         self.0.release();
-    }
-}
-
-async fn wait_until(within: Duration, what: &str, cond: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + within;
-    while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -265,6 +265,21 @@ impl Job {
         self.history.push(Transition { at, to: state.name().to_string(), note: note.into() });
         self.state = state;
     }
+
+    /// Records `note` in the history without changing state.
+    pub(crate) fn note(&mut self, at: UnixMillis, note: impl Into<String>) {
+        self.history.push(Transition { at, to: self.state.name().to_string(), note: note.into() });
+    }
+
+    /// As [`Job::note`], unless the last entry already says the same (a
+    /// report repeated by every heartbeat); returns whether it was recorded.
+    pub(crate) fn note_once(&mut self, at: UnixMillis, note: String) -> bool {
+        let new = self.history.last().is_none_or(|t| t.note != note);
+        if new {
+            self.note(at, note);
+        }
+        new
+    }
 }
 
 /// What a queued job waits for: the upgrade the device is busy with.

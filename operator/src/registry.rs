@@ -103,7 +103,7 @@ impl std::ops::Deref for StoredHeartbeat {
 }
 
 /// The server's time of a KV entry, in the wire's unit (before 1970: 0).
-pub fn stored_at(entry: &async_nats::jetstream::kv::Entry) -> UnixMillis {
+fn stored_at(entry: &async_nats::jetstream::kv::Entry) -> UnixMillis {
     UnixMillis(u64::try_from(entry.created.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
 }
 

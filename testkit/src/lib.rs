@@ -13,6 +13,7 @@ pub mod nats_cluster;
 pub mod rauc;
 pub mod rauc_bundle;
 pub mod tools;
+pub mod wait;
 
 pub use nats::NatsServer;
 pub use nats_cluster::{stream_leader, NatsCluster};

@@ -169,15 +169,6 @@ pub async fn request(client: &async_nats::Client, command: Command) -> CommandRe
     request_raw(client, command.encode(), Duration::from_secs(15)).await
 }
 
-/// Poll `cond` until it holds, or panic naming `what` after `within`.
-pub async fn wait_until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + within;
-    while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Wait until the agent told systemd something matching `pred` (at index
 /// `from` or later); returns its index.
 pub async fn wait_notification(

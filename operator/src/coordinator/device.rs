@@ -163,7 +163,7 @@ fn queue(job: &mut Job, hb: &Heartbeat, now: UnixMillis) {
         let what = behind.map_or_else(|| "its current upgrade".to_string(), |s| format!("offer {s}"));
         let note = format!("queued on the device behind {what} ({})", hb.upgrade.phase.name());
         log::info!("device {}: {note}", job.device);
-        job.history.push(crate::model::Transition { at: now, to: job.state.name().into(), note });
+        job.note(now, note);
         job.queued_behind =
             Some(crate::model::QueuedBehind { offer_seq: behind, phase: hb.upgrade.phase.name().into() });
     }
@@ -182,12 +182,9 @@ fn note_boot_mismatch(job: &mut Job, hb: &Heartbeat, now: UnixMillis) {
     if hb.upgrade.offer_seq != job.offer_seq() {
         return;
     }
-    let note = format!("device reports: {mismatch}");
-    if job.history.last().is_some_and(|t| t.note == note) {
-        return;
+    if job.note_once(now, format!("device reports: {mismatch}")) {
+        log::warn!("device {} (committed job): {mismatch}", job.device);
     }
-    log::warn!("device {} (committed job): {mismatch}", job.device);
-    job.history.push(crate::model::Transition { at: now, to: "committed".into(), note });
 }
 
 /// Moves one job on one event. Terminal jobs and unrelated events are ignored.
@@ -218,11 +215,7 @@ pub fn device_step(mut job: Job, event: &Event, now: UnixMillis, tuning: &Tuning
                     Err(e) => {
                         // Retried on the next matching heartbeat.
                         job.commit_sent_at = None;
-                        job.history.push(crate::model::Transition {
-                            at: now,
-                            to: "commit_sent".into(),
-                            note: format!("commit failed, will retry: {e}"),
-                        });
+                        job.note(now, format!("commit failed, will retry: {e}"));
                     }
                 }
             }
@@ -276,8 +269,10 @@ fn on_heartbeat(job: &mut Job, hb: &StoredHeartbeat, now: UnixMillis, tuning: &T
         if job.queued_behind.is_some() && hb.upgrade.offer_seq != job.offer_seq() {
             // Dropped (a newer offer won on the device): the deadline stands.
             job.queued_behind = None;
-            let note = format!("no longer kept on the device (it keeps {:?})", hb.upgrade.offer_notes.busy_offer_seq);
-            job.history.push(crate::model::Transition { at: now, to: job.state.name().into(), note });
+            job.note(
+                now,
+                format!("no longer kept on the device (it keeps {:?})", hb.upgrade.offer_notes.busy_offer_seq),
+            );
         }
     }
     if hb.upgrade.offer_seq.is_none() || hb.upgrade.offer_seq != job.offer_seq() {
@@ -295,9 +290,8 @@ fn on_heartbeat(job: &mut Job, hb: &StoredHeartbeat, now: UnixMillis, tuning: &T
                     "device refused the offer ({reason}), which is valid by the operator's clock: the \
                      device's clock is {off}; it judges the offer again once its clock is set"
                 );
-                if job.history.last().is_none_or(|t| t.note != note) {
+                if job.note_once(now, note.clone()) {
                     log::warn!("device {}: {note}", job.device);
-                    job.history.push(crate::model::Transition { at: now, to: job.state.name().to_string(), note });
                 }
             }
             None => job.go(JobState::Failed { reason: format!("refused: {reason}") }, now, "reported by agent"),
