@@ -28,7 +28,7 @@ async fn watch_own_offer(
     client: &async_nats::Client,
     id: &DeviceId,
 ) -> Result<jetstream::consumer::push::Ordered, String> {
-    let stream = js.get_stream(format!("KV_{OFFER_BUCKET}")).await.map_err(|e| e.to_string())?;
+    let stream = js.get_stream_no_info(format!("KV_{OFFER_BUCKET}")).await.map_err(|e| e.to_string())?;
     let mut nonce = [0u8; 6];
     getrandom::getrandom(&mut nonce).map_err(|e| e.to_string())?;
     let consumer = stream
@@ -120,10 +120,26 @@ async fn a_device_can_do_its_own_things_and_nothing_else() {
     }
     assert!(js.get_key_value(HEARTBEAT_BUCKET).await.is_err());
 
-    // Its own offer: read and watch. Another device's: neither.
-    let dev_offers = js.get_key_value(OFFER_BUCKET).await.unwrap();
-    assert_eq!(dev_offers.get("pi-1").await.unwrap().as_deref(), Some(&b"offer-1"[..]));
-    assert!(dev_offers.get("pi-2").await.is_err(), "read another device's offer");
+    // Its own offer: read and watch. Another device's: neither. No stream
+    // info and so no bucket handle: `subjects_filter` on the offers stream
+    // would list every device ever offered an upgrade (issue #17).
+    let listing = tokio::time::timeout(
+        Duration::from_millis(1500),
+        dev.request(format!("$JS.API.STREAM.INFO.KV_{OFFER_BUCKET}"), r#"{"subjects_filter":">"}"#.into()),
+    )
+    .await;
+    if let Ok(Ok(reply)) = &listing {
+        let text = String::from_utf8_lossy(&reply.payload);
+        assert!(!text.contains("pi-2"), "a device enumerated offered devices: {text}");
+    }
+    assert!(js.get_key_value(OFFER_BUCKET).await.is_err(), "opened the offers bucket (stream info)");
+    let offer_stream = js.get_stream_no_info(format!("KV_{OFFER_BUCKET}")).await.unwrap();
+    let own = offer_stream.direct_get_last_for_subject(format!("$KV.{OFFER_BUCKET}.pi-1")).await.unwrap();
+    assert_eq!(&own.payload[..], b"offer-1");
+    assert!(
+        offer_stream.direct_get_last_for_subject(format!("$KV.{OFFER_BUCKET}.pi-2")).await.is_err(),
+        "read another device's offer"
+    );
     // The agent's offer watch: a named ordered consumer filtered on its key.
     let mut watch = watch_own_offer(&js, &dev, &pi1).await.unwrap();
     let first = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap().unwrap();
@@ -132,10 +148,20 @@ async fn a_device_can_do_its_own_things_and_nothing_else() {
     let next = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(&next.payload[..], b"offer-1b");
     assert!(watch_own_offer(&js, &dev, &pi2).await.is_err(), "watched another device's offer");
-    // The unnamed form (filter only in the payload) is refused: it could name any key.
-    assert!(dev_offers.watch("pi-1").await.is_err());
-    assert!(dev_offers.watch("pi-2").await.is_err());
-    assert!(dev_offers.put("pi-1", "forged".into()).await.is_err(), "a device cannot write offers");
+    // The unnamed form (filter only in the payload, as `kv::Store::watch`
+    // creates it) is refused: it could name any key.
+    for key in ["pi-1", "pi-2"] {
+        let unnamed = offer_stream
+            .create_consumer(jetstream::consumer::push::OrderedConfig {
+                deliver_subject: dev.new_inbox(),
+                filter_subject: format!("$KV.{OFFER_BUCKET}.{key}"),
+                ..Default::default()
+            })
+            .await;
+        assert!(unnamed.is_err(), "an unnamed consumer on {key} was allowed");
+    }
+    let forged = async { js.publish(format!("$KV.{OFFER_BUCKET}.pi-1"), "forged".into()).await?.await.map(drop) };
+    assert!(forged.await.is_err(), "a device cannot write offers");
 
     // Bundles: download yes, upload no.
     let dev_objects = js.get_object_store(BUNDLE_OBJECT_BUCKET).await.unwrap();

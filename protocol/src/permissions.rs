@@ -25,7 +25,9 @@ pub struct Permissions {
 /// payload), which would let a device watch any key, so it is not allowed;
 /// the agent creates an `OrderedConfig { name: Some(..), filter_subject:
 /// "$KV.harmony-offers.<id>", .. }` push consumer on the `KV_harmony-offers`
-/// stream instead (see the `device_permissions` test).
+/// stream instead, opened without a stream-info request
+/// (`get_stream_no_info`), which devices are not granted (see the
+/// `device_permissions` test).
 pub fn device_permissions(device: &DeviceId) -> Permissions {
     let id = device.as_str();
     let kv = |b: &str| format!("KV_{b}");
@@ -36,8 +38,9 @@ pub fn device_permissions(device: &DeviceId) -> Permissions {
         // STREAM.INFO on the heartbeat stream: its `subjects_filter` would
         // list every device id.
         kv_put_subject(HEARTBEAT_BUCKET, id),
-        // offer: read (direct get by subject) and watch its own key only
-        format!("$JS.API.STREAM.INFO.{offers}"),
+        // offer: read (direct get by subject) and watch its own key only. No
+        // STREAM.INFO on the offers stream either: its `subjects_filter`
+        // lists the key of every device that was ever offered an upgrade.
         format!("$JS.API.DIRECT.GET.{offers}.$KV.{OFFER_BUCKET}.{id}"),
         format!("$JS.API.CONSUMER.CREATE.{offers}.*.$KV.{OFFER_BUCKET}.{id}"),
         format!("$JS.FC.{offers}.>"),

@@ -570,7 +570,9 @@ async fn watch_offers(
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         let name = format!("offers_{}_{started}_{attempt}", device_key(&device));
         let consumer = async {
-            let stream = js.get_stream(format!("KV_{OFFER_BUCKET}")).await.map_err(|e| e.to_string())?;
+            // No stream info: devices may not read it (it would list every
+            // device's offer key); creating the consumer needs only the name.
+            let stream = js.get_stream_no_info(format!("KV_{OFFER_BUCKET}")).await.map_err(|e| e.to_string())?;
             stream
                 .create_consumer(OrderedConfig {
                     name: Some(name),
