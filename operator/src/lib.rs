@@ -12,6 +12,7 @@ pub mod coordinator;
 pub mod effects;
 pub mod error;
 pub mod keys;
+pub mod leader_status;
 pub mod lease;
 pub mod logger;
 pub mod model;

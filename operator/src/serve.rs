@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::coordinator::{step, Control, Event, State, Tuning, REBUILT_NOTE};
 use crate::effects::{execute, NatsEffects};
 use crate::error::{Error, Result};
+use crate::leader_status::LeaderStatus;
 use crate::lease::LeaseKeeper;
 use crate::model::{JobState, Rollout};
 use crate::ratelimit::WarnLimiter;
@@ -24,7 +25,7 @@ use async_nats::jetstream::kv;
 use ed25519_dalek::SigningKey;
 use futures::StreamExt;
 use harmony_protocol::command::{Command, CommandReply};
-use harmony_protocol::names::command_subject;
+use harmony_protocol::names::{command_subject, operator_status_subject};
 use harmony_protocol::{DeviceId, SignedEnvelope, UpgradeOffer};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -174,10 +175,12 @@ async fn lead(
     // offers record a baseline and pending commits are found at once. The
     // emptiness check must be fresh: a bucket opened empty may be full now.
     let mut replayed: HashMap<DeviceId, StoredHeartbeat> = HashMap::new();
+    let mut heartbeat_revision = 0u64;
     if !store::is_empty(&b.heartbeats).await? {
         while let Some(entry) = heartbeats.next().await {
             let entry = entry.map_err(Error::nats)?;
             let caught_up = entry.delta == 0;
+            heartbeat_revision = entry.revision;
             if let Some(hb) = decode_heartbeat(&entry, &mut warn_limit) {
                 let (next, actions) = step(state, &Event::Heartbeat(Box::new(hb.clone())), clock.now());
                 state = next;
@@ -216,6 +219,9 @@ async fn lead(
     let mut controls = b.state.watch_with_history("ctl.>").await.map_err(Error::nats)?;
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.coordinator.tick_millis.max(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Only the leader subscribes, so whoever answers leads.
+    let mut status_requests = b.client.subscribe(operator_status_subject()).await.map_err(Error::nats)?;
+    let operator_id = cfg.operator_id();
 
     loop {
         let event = tokio::select! {
@@ -224,9 +230,24 @@ async fn lead(
                 return Ok(Outcome::Shutdown);
             }
             entry = heartbeats.next() => match entry {
-                Some(Ok(e)) => match decode_heartbeat(&e, &mut warn_limit) { Some(hb) => Event::Heartbeat(Box::new(hb)), None => continue },
+                Some(Ok(e)) => {
+                    heartbeat_revision = e.revision;
+                    match decode_heartbeat(&e, &mut warn_limit) { Some(hb) => Event::Heartbeat(Box::new(hb)), None => continue }
+                }
                 _ => return Ok(Outcome::Restart),
             },
+            Some(request) = status_requests.next() => {
+                // Every heartbeat up to this revision was stepped over; the
+                // flush makes the job writes it caused durable before we say so.
+                writer.flush().await;
+                let status = LeaderStatus { operator_id: operator_id.clone(), heartbeat_revision };
+                if let (Some(reply), Ok(body)) = (request.reply, serde_json::to_vec(&status)) {
+                    if let Err(e) = b.client.publish(reply, body.into()).await {
+                        log::debug!("operator status reply: {e}");
+                    }
+                }
+                continue;
+            }
             entry = rollouts.next() => match entry {
                 Some(Ok(e)) if e.operation == kv::Operation::Put => {
                     // A rollout the CLI created: the writer must expect its revision.

@@ -8,7 +8,6 @@ use common::{dev, eventually, now, Env, Operator};
 use harmony_operator::model::{JobState, RolloutStatus};
 use harmony_protocol::time::UnixMillis;
 use harmony_protocol::{HealthStatus, RefusalReason, UpgradePhase, UpgradeStatus};
-use std::time::Duration;
 
 /// Sends a heartbeat of the scripted device after `f` shaped it.
 async fn beat_with(env: &Env, d: &str, f: impl FnOnce(&mut harmony_protocol::Heartbeat)) {
@@ -29,8 +28,12 @@ async fn offered_to_one_scripted_device() -> (Env, Operator) {
     (env, op)
 }
 
-async fn no_commit_for(env: &Env, d: &str, ms: u64) {
-    tokio::time::sleep(Duration::from_millis(ms)).await;
+/// Once the operator has processed the heartbeats written so far (a
+/// definite point, not a pause): no commit sent, none recorded.
+async fn not_committed(env: &Env, d: &str) {
+    env.operator_caught_up().await;
+    let job = env.job(d).await.unwrap();
+    assert!(!matches!(job.state, JobState::CommitSent | JobState::Committed), "{d} committed: {:?}", job.state);
     assert_eq!(env.commits_to(d), 0, "{d} must not be committed yet");
 }
 
@@ -60,18 +63,18 @@ async fn commits_only_after_the_right_heartbeat() {
         s.slot = "B".into();
     });
     beat_with(&env, "pi-1", |_| {}).await;
-    no_commit_for(&env, "pi-1", 700).await;
+    not_committed(&env, "pi-1").await;
 
     env.fleet.with(&dev("pi-1"), |s| s.reboot());
     // New boot, wrong slot.
     beat_with(&env, "pi-1", |h| h.booted_slot = Some("A".into())).await;
-    no_commit_for(&env, "pi-1", 500).await;
+    not_committed(&env, "pi-1").await;
     // New boot, unhealthy.
     beat_with(&env, "pi-1", |h| h.health.status = HealthStatus::Unhealthy).await;
-    no_commit_for(&env, "pi-1", 500).await;
+    not_committed(&env, "pi-1").await;
     // New boot, wrong version.
     beat_with(&env, "pi-1", |h| h.os_version = Some("1.0".into())).await;
-    no_commit_for(&env, "pi-1", 500).await;
+    not_committed(&env, "pi-1").await;
     // The right heartbeat: commit, naming the new boot. Its device's clock
     // is years behind (a Pi without RTC before NTP): freshness is judged on
     // the server's time of the write, never on `sent_at` (staleness itself
@@ -101,7 +104,8 @@ async fn rollback_reported_by_the_agent_halts_the_rollout() {
     assert!(format!("{:?}", job.state).contains("boot"), "{:?}", job.state);
     eventually(5, "halt", || async { matches!(env.rollout_state("r1").await.status, RolloutStatus::Halted { .. }) })
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.operator_caught_up().await;
+    assert!(env.buckets.offers.get("pi-2").await.unwrap().is_none(), "halted: no offer to the next wave");
     assert_eq!(env.offers_to("pi-2"), 0, "halted: no offer to the next wave");
     assert_eq!(env.commits_to("pi-1"), 0);
     op.stop().await;
@@ -179,7 +183,7 @@ async fn canary_failures_halt_and_the_rest_get_no_offer() {
     env.rollout(&a).await;
     eventually(10, "halt", || async { matches!(env.rollout_state("r1").await.status, RolloutStatus::Halted { .. }) })
         .await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    env.operator_caught_up().await;
     for d in ["d-1", "d-2", "d-3", "d-4"] {
         assert_eq!(env.offers_to(d), 0, "{d} got an offer from a halted rollout");
         assert!(env.buckets.offers.get(d).await.unwrap().is_none(), "{d} has an offer in KV");
@@ -257,7 +261,12 @@ async fn offer_decided_but_not_written_is_put_again_identically() {
     eventually(10, "re-put", || async { env.buckets.offers.get("pi-1").await.unwrap().is_some() }).await;
     let after = env.buckets.offers.get("pi-1").await.unwrap().unwrap();
     assert_eq!(before, after, "same offer, same sequence number, same signature");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The device's watch delivers the re-put (same sequence number) ...
+    eventually(10, "re-put delivered", || async {
+        env.fleet.with(&dev("pi-1"), |s| s.offers_received.len()).unwrap() == 2
+    })
+    .await;
+    // ... and takes it for the offer it already has.
     assert_eq!(env.offers_to("pi-1"), 1, "the device does not see a new offer");
     op.stop().await;
 }
@@ -272,7 +281,14 @@ async fn two_operators_only_the_leader_acts_and_the_standby_takes_over() {
     let mut cfg_b = env.cfg.clone();
     cfg_b.coordinator.operator_id = Some("op-b".into());
     let a = Operator::start(&cfg_a);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    eventually(10, "op-a leads", || async {
+        harmony_operator::store::get_json::<harmony_operator::lease::Lease>(&env.buckets.state, "lease.leader")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|l| l.holder == "op-a")
+    })
+    .await;
     let b = Operator::start(&cfg_b);
     let mut args = env.start_args(&["pi-1"]);
     args.id = Some("r1".into());

@@ -45,6 +45,12 @@ pub fn all_command_subjects() -> String {
     format!("{SUBJECT_PREFIX}.device.*.cmd")
 }
 
+/// Request/reply subject the leading operator answers with what it has
+/// processed (operator-only: device permissions do not name it).
+pub fn operator_status_subject() -> String {
+    format!("{SUBJECT_PREFIX}.operator.status")
+}
+
 /// The JetStream subject a KV `put` of `key` in `bucket` is published on.
 /// Used to grant a device permission to write only its own keys.
 pub fn kv_put_subject(bucket: &str, key: &str) -> String {

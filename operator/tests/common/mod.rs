@@ -116,6 +116,23 @@ impl Env {
         }
     }
 
+    /// Definite point: the leading operator has stepped over every
+    /// heartbeat written so far and its job writes for them are durable
+    /// (harmony_operator::leader_status). Check "nothing happened" after this.
+    pub async fn operator_caught_up(&self) {
+        let stream = self.buckets.js.get_stream(format!("KV_{}", harmony_protocol::names::HEARTBEAT_BUCKET));
+        let last = stream.await.unwrap().info().await.unwrap().state.last_sequence;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let status = harmony_operator::leader_status::query(&self.buckets.client, Duration::from_secs(2)).await;
+            if status.as_ref().is_ok_and(|s| s.heartbeat_revision >= last) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the operator has not caught up with revision {last}: {status:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn offers_to(&self, d: &str) -> usize {
         self.fleet.with(&dev(d), |s| s.offers.len()).unwrap()
     }
