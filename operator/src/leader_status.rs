@@ -6,6 +6,8 @@
 //! decision: a definite point to check "nothing happened" at (tests, and a
 //! liveness probe for people running the control plane).
 
+use crate::commands::Output;
+use crate::config::Config;
 use crate::error::{Error, Result};
 use harmony_protocol::names::operator_status_subject;
 use serde::{Deserialize, Serialize};
@@ -27,4 +29,29 @@ pub async fn query(client: &async_nats::Client, timeout: Duration) -> Result<Lea
         .map_err(|_| Error::Nats(format!("no operator answered on {} within {timeout:?}", operator_status_subject())))?
         .map_err(|e| Error::Nats(format!("{}: {e}", operator_status_subject())))?;
     serde_json::from_slice(&reply.payload).map_err(|e| Error::Invalid(format!("operator status: {e}")))
+}
+
+/// `harmony-operator leader`: who leads, and how far its heartbeat
+/// processing is behind the heartbeat stream (a liveness check for people
+/// running the control plane).
+pub async fn show(cfg: &Config) -> Result<Output> {
+    let b = crate::commands::open(cfg).await?;
+    let status = query(&b.client, Duration::from_secs(5))
+        .await
+        .map_err(|e| Error::Nats(format!("no operator is leading (is `harmony-operator serve` running?): {e}")))?;
+    let stream = format!("KV_{}", harmony_protocol::names::HEARTBEAT_BUCKET);
+    let last =
+        b.js.get_stream(&stream).await.map_err(Error::nats)?.info().await.map_err(Error::nats)?.state.last_sequence;
+    let behind = last.saturating_sub(status.heartbeat_revision);
+    let text = format!(
+        "leader: {}\nheartbeats processed up to revision {} of {} ({} behind)",
+        status.operator_id, status.heartbeat_revision, last, behind
+    );
+    let json = serde_json::json!({
+        "operator_id": status.operator_id,
+        "heartbeat_revision": status.heartbeat_revision,
+        "heartbeat_stream_last": last,
+        "behind": behind,
+    });
+    Ok(Output { json, text })
 }

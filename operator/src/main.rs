@@ -32,6 +32,8 @@ enum Cmd {
     Devices(DevicesCmd),
     /// Ping a device over its command subject.
     Ping { device: String },
+    /// Which operator leads, and how far behind the heartbeats it is.
+    Leader,
     #[command(subcommand)]
     Rollout(RolloutCmd),
     #[command(subcommand)]
@@ -257,6 +259,7 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
         Cmd::Devices(DevicesCmd::List) => commands::devices_list(&cfg).await?,
         Cmd::Devices(DevicesCmd::Show { device }) => commands::devices_show(&cfg, &device).await?,
         Cmd::Ping { device } => commands::ping(&cfg, &device).await?,
+        Cmd::Leader => harmony_operator::leader_status::show(&cfg).await?,
         Cmd::Rollout(RolloutCmd::Start(s)) => {
             let target = if s.all {
                 Target::All

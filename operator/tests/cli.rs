@@ -217,6 +217,9 @@ async fn undecodable_heartbeats_are_warned_about_once_per_device() {
     let cfg = write_config(&nats, dir.path());
     ok(&op(&cfg, &["keys", "generate"]));
     ok(&op(&cfg, &["init"]));
+    let nobody = op(&cfg, &["leader"]);
+    assert!(!nobody.status.success());
+    assert!(String::from_utf8_lossy(&nobody.stderr).contains("no operator is leading"), "{nobody:?}");
     let mut serve = KillOnDrop(
         Command::new(env!("CARGO_BIN_EXE_harmony-operator"))
             .arg("-c")
@@ -256,6 +259,10 @@ async fn undecodable_heartbeats_are_warned_about_once_per_device() {
     // one is logged, every garbage one before it has been handled.
     kv.put("pi-last", "garbage too".into()).await.unwrap();
     let seen = wait_for("pi-last");
+    // The leader answers, having processed all 21 puts.
+    let leader: serde_json::Value = serde_json::from_str(&ok(&op(&cfg, &["--json", "leader"]))).unwrap();
+    assert_eq!(leader["heartbeat_revision"], 21, "{leader}");
+    assert_eq!(leader["behind"], 0, "{leader}");
     drop(serve);
     let bad: Vec<&String> = seen.iter().filter(|l| l.contains("pi-bad")).collect();
     assert_eq!(bad.len(), 1, "{seen:#?}");
