@@ -39,9 +39,7 @@ pub async fn show(cfg: &Config) -> Result<Output> {
     let status = query(&b.client, Duration::from_secs(5))
         .await
         .map_err(|e| Error::Nats(format!("no operator is leading (is `harmony-operator serve` running?): {e}")))?;
-    let stream = format!("KV_{}", harmony_protocol::names::HEARTBEAT_BUCKET);
-    let last =
-        b.js.get_stream(&stream).await.map_err(Error::nats)?.info().await.map_err(Error::nats)?.state.last_sequence;
+    let last = crate::store::last_revision(&b.heartbeats).await?;
     let behind = last.saturating_sub(status.heartbeat_revision);
     let text = format!(
         "leader: {}\nheartbeats processed up to revision {} of {} ({} behind)",

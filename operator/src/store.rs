@@ -37,6 +37,12 @@ pub async fn is_empty(store: &kv::Store) -> Result<bool> {
     Ok(info.state.messages == 0)
 }
 
+/// The bucket's newest revision, read fresh (not the info cached at open).
+pub async fn last_revision(store: &kv::Store) -> Result<u64> {
+    let info = store.stream.get_info().await.map_err(|e| Error::Nats(format!("stream info: {e}")))?;
+    Ok(info.state.last_sequence)
+}
+
 /// Every live entry of a bucket whose key starts with `prefix` (one pass over
 /// the bucket's last values; returns at once for an empty bucket).
 pub async fn read_prefix(store: &kv::Store, prefix: &str) -> Result<Vec<kv::Entry>> {

@@ -120,8 +120,7 @@ impl Env {
     /// heartbeat written so far and its job writes for them are durable
     /// (harmony_operator::leader_status). Check "nothing happened" after this.
     pub async fn operator_caught_up(&self) {
-        let stream = self.buckets.js.get_stream(format!("KV_{}", harmony_protocol::names::HEARTBEAT_BUCKET));
-        let last = stream.await.unwrap().info().await.unwrap().state.last_sequence;
+        let last = store::last_revision(&self.buckets.heartbeats).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let status = harmony_operator::leader_status::query(&self.buckets.client, Duration::from_secs(2)).await;
