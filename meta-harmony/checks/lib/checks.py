@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bbharness  # noqa: E402
+import bootstate  # noqa: E402
 import parity  # noqa: E402
 import product  # noqa: E402
 import wks  # noqa: E402
@@ -462,9 +463,9 @@ def check_boot_script_vs_env(ctx: Ctx):
                 problems.append(f"[{machine}] boot.cmd.in does not know bootname {b}")
         if not re.search(r"rauc\.slot=", code):
             problems.append(f"[{machine}] boot.cmd.in does not pass rauc.slot= to the kernel")
-        # saveenv, or the script's own write of the environment file(s)
-        # (env export + fatwrite: the redundant copies of issue 11).
-        writes_itself = re.search(r"\benv export\b", code) and re.search(r"\bfatwrite\b", code)
+        # saveenv, or the script's own write of the environment copies
+        # (env export + ${devtype} write: the raw copies of ADR 0004).
+        writes_itself = re.search(r"\benv export\b", code) and re.search(r"\$\{devtype\} write\b", code)
         if "saveenv" not in code and not writes_itself:
             problems.append(f"[{machine}] boot.cmd.in never saves the environment (the counter would not count)")
         # Where the environment lives, as far as Linux is concerned.
@@ -681,6 +682,18 @@ def _yaml(path: Path):
     return yaml.safe_load(path.read_text()) or {}
 
 
+def check_boot_env_location(ctx: Ctx):
+    """wks rawcopy lines, fw_env.config, boot.cmd.in and the Pi's U-Boot
+    fragment put the two raw copies of the boot state at the same offsets;
+    the image writes the layer's initial state there."""
+    return bootstate.check_boot_env_location(ctx, read_fw_env, _wks_for, boot_script, read_system_conf)
+
+
+def check_boot_state_raw(ctx: Ctx):
+    """Nothing keeps the boot state in files on the boot partition any more."""
+    return bootstate.check_boot_state_raw(ctx, read_fw_env, boot_script)
+
+
 def check_image_content(ctx: Ctx):
     """packagegroup-base (machine extras) and the network stay in the image;
     the distro drops graphics/audio features and keeps the radios."""
@@ -719,6 +732,8 @@ CHECKS = {
     "bundle-compatible": check_bundle_compatible,
     "boot-script-placeholders": check_boot_script_placeholders,
     "boot-script-vs-env": check_boot_script_vs_env,
+    "boot-env-location": check_boot_env_location,
+    "boot-state-raw": check_boot_state_raw,
     "keyring": check_keyring,
     "no-mark-good": check_no_mark_good,
     "kas-pinned": check_kas_pinned,
