@@ -15,7 +15,7 @@ console, and proves the A/B boot chain with real U-Boot, RAUC and Linux:
   4 bundle signed by an untrusted CA -> rauc install refuses; nothing changes
   5 power cut (QEMU killed) in the middle of an install -> the old slot boots
     and works; a retried install succeeds
-  6 torn boot state (issue 11 item 7): the copy of uboot.env/uboot-redund.env
+  6 torn boot state (issue 11 item 7): the raw copy of the boot state
     just written is damaged and the power cut, at each point where it is
     written: install's set-primary, U-Boot's countdown of a trial boot,
     mark-good. Never an unverified slot booted as committed, never a jump
@@ -39,7 +39,15 @@ import time
 import suite
 from guest import check, slot_state
 
-ENV_FILES = ("/boot/firmware/uboot.env", "/boot/firmware/uboot-redund.env")
+
+def env_copies(g):
+    """[(device, offset, size)] of the two raw copies of the boot state, as
+    the layer's /etc/fw_env.config in the guest names them."""
+    _, out = g.sh("grep '^/dev/' /etc/fw_env.config")
+    copies = [(d, int(o, 16), int(s, 16))
+              for d, o, s in re.findall(r"^(/dev/\S+)\s+(0x[0-9a-fA-F]+)\s+(0x[0-9a-fA-F]+)", out, re.M)]
+    check(len(copies) == 2, f"/etc/fw_env.config does not name two raw copies: {out}")
+    return copies
 
 
 def boot_env(g):
@@ -50,7 +58,8 @@ def boot_env(g):
 
 def env_flags(g):
     """The flags byte (save counter) of each copy of the boot state."""
-    _, out = g.sh("for f in %s; do echo \"F=$(od -An -tu1 -j4 -N1 $f | tr -d ' ')\"; done" % " ".join(ENV_FILES))
+    cmds = "; ".join(f"echo \"F=$(od -An -tu1 -j{off + 4} -N1 {dev} | tr -d ' ')\"" for dev, off, _ in env_copies(g))
+    _, out = g.sh(cmds)
     return [int(v) for v in re.findall(r"F=(\d+)", out)]
 
 
@@ -63,16 +72,20 @@ def env_writes(before, after):
 def tear_and_cut(ctx, g, how, what):
     """A power cut while the newest copy was written: damage that copy (only
     the copy being written can be torn; the other is the previous state),
-    then kill QEMU."""
+    then kill QEMU. "truncate": only its first 32 bytes reached the disk, the
+    rest reads as zeros; "flip": bytes inside its variables overwritten."""
+    copies = env_copies(g)
     flags = env_flags(g)
-    newest = ENV_FILES[flags.index(max(flags))] if len(flags) == 2 else ENV_FILES[0]
+    n = flags.index(max(flags))
+    dev, off, size = copies[n]
     if how == "truncate":
-        g.sh(f"truncate -s 4096 {newest}; sync")
+        g.sh(f"head -c {size - 32} /dev/zero | dd of={dev} bs={size - 32} seek={off + 32} oflag=seek_bytes "
+             "conv=notrunc,fsync status=none; sync")
     else:
-        g.sh(f"printf 'TORN-BY-A-POWER-CUT' | dd of={newest} bs=1 seek=8 conv=notrunc status=none; sync")
-    ctx.note(f"{what}: {newest} ({how}), then power cut; flags before {flags}")
+        g.sh(f"printf 'TORN-BY-A-POWER-CUT' | dd of={dev} bs=1 seek={off + 8} conv=notrunc,fsync status=none; sync")
+    ctx.note(f"{what}: copy {n + 1} ({dev} at {off:#x}) {how}, then power cut; flags before {flags}")
     g.kill()
-    g.log.write(f"\n===== harness: {what}: {newest} torn, power cut =====\n")
+    g.log.write(f"\n===== harness: {what}: copy {n + 1} torn, power cut =====\n")
     g.start()
 
 

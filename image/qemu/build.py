@@ -5,6 +5,7 @@
 
 Output (default build/qemu/):
     disk.img            A/B disk (layout read from meta-harmony/files/wic/harmony-qemuarm64.wks):
+                        the initial boot state (harmony-boot-env) at the wks rawcopy offsets,
                         boot vfat (boot.scr), rootfs A = v1, rootfs B = v1, data ext4
                         (bundles/ with every bundle below, rauc/ data directory)
     bundles/v1.raucb, v2.raucb       signed verity bundles (version 1.0.0 / 2.0.0)
@@ -49,6 +50,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 LAYER = REPO / "meta-harmony"
 sys.path.insert(0, str(LAYER / "checks" / "lib"))
+import bootenv  # noqa: E402  (the layer's boot state copies: offsets, size, initial state)
 import wks  # noqa: E402  (the layer's wks reader)
 MACHINE = "qemuarm64"
 WKS = LAYER / "files" / "wic" / f"harmony-{MACHINE}.wks"
@@ -223,10 +225,20 @@ def size_bytes(s: str) -> int:
 
 def read_wks(path: Path):
     """The layer's partitions, numbered and named as wic does (the layer's
-    own reader), plus what this builder needs: sizes and alignment in bytes."""
-    ptable, parts = wks.read_wks(path)
-    if ptable != "msdos" or len(parts) != 4 or any(p["num"] is None for p in parts):
-        raise SystemExit(f"build: {path}: expected an msdos table with 4 partitions")
+    own reader), plus what this builder needs: sizes and alignment in bytes;
+    and the offsets of the raw boot state copies (its --no-table rawcopy
+    lines)."""
+    ptable, lines = wks.read_wks(path)
+    parts = [p for p in lines if not p.get("no-table")]
+    others = [p for p in lines if p.get("no-table") and p not in bootenv.copy_parts(lines)]
+    if ptable != "msdos" or len(parts) != 4 or others:
+        raise SystemExit(f"build: {path}: expected an msdos table with 4 partitions and the boot state copies")
+    try:
+        env_offsets = bootenv.copy_offsets(lines)
+    except bootenv.BootEnvError as e:
+        raise SystemExit(f"build: {path}: {e}")
+    if len(env_offsets) != 2:
+        raise SystemExit(f"build: {path}: expected two rawcopy lines of {bootenv.BLOB}")
     for p in parts:
         if "fixed-size" not in p and "size" not in p:
             raise SystemExit(f"build: {path}: every partition needs --fixed-size (or --size)")
@@ -235,7 +247,7 @@ def read_wks(path: Path):
         p["active"] = bool(p.get("active", False))
         if "device" not in p:
             raise SystemExit(f"build: {path}: partition {p['num']} has no --ondisk")
-    return parts
+    return parts, env_offsets
 
 
 # ---------------------------------------------------------------------------
@@ -708,14 +720,14 @@ def main():
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("build: run as root (mmdebstrap root mode, root-owned files in mke2fs -d)")
-    for tool in ("mmdebstrap", "mke2fs", "mkfs.vfat", "mcopy", "sfdisk", "mkimage", "rauc", "depmod",
+    for tool in ("mmdebstrap", "mke2fs", "mkfs.vfat", "mcopy", "sfdisk", "mkimage", "mkenvimage", "rauc", "depmod",
                  "cpio", "openssl", "systemd-sysusers"):
         if shutil.which(tool) is None:
             raise SystemExit(f"build: {tool} is missing (run scripts/setup)")
     t0 = time.time()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    parts = read_wks(WKS)
+    parts, env_offsets = read_wks(WKS)
     base = stage_base(out, args.force)
     kdir = stage_kernel(out, args.force)
     initrd = stage_initrd(out, base, kdir, args.force)
@@ -746,7 +758,8 @@ def main():
 
     # boot partition, data partition, disk
     boot_scr = out / "boot.scr"
-    dkey = sha(bkey, BOOT_CMD, WKS, *[out / f"stamps/rootfs-{n}" for n in VARIANTS])
+    dkey = sha(bkey, BOOT_CMD, WKS, LAYER / bootenv.RECIPE, LAYER / bootenv.TEXT, Path(bootenv.__file__),
+               *[out / f"stamps/rootfs-{n}" for n in VARIANTS])
     st = Stage(out, "disk", dkey, args.force)
     disk = out / "disk.img"
     if not (st.fresh() and disk.is_file()):
@@ -798,6 +811,13 @@ def main():
                 raise SystemExit(f"build: {img} is larger than partition {p['num']}")
             run(["dd", f"if={img}", f"of={disk}", "bs=4M", f"seek={off}", "oflag=seek_bytes",
                  "conv=notrunc,sparse", "status=none"])
+        # the initial boot state, as the wks rawcopy lines write it into the
+        # .wic: the layer's harmony-boot-env.txt made into one copy the way
+        # its recipe does (mkenvimage -r), at both offsets
+        env_blob = bootenv.make_blob(LAYER, out / bootenv.BLOB)
+        if max(env_offsets) + env_blob.stat().st_size > offs[0]:
+            raise SystemExit(f"build: the boot state copies {env_offsets} reach into partition 1 at {offs[0]}")
+        bootenv.place(disk, env_blob, env_offsets)
         shutil.copy2(UBOOT_BIN, out / "u-boot.bin")
         manifest = {
             "machine": MACHINE,
@@ -806,6 +826,7 @@ def main():
             "partitions": [{"num": p["num"], "device": p["device"], "label": p.get("label"),
                             "mount": p["mount"], "fstype": p["fstype"], "offset": o, "bytes": p["bytes"]}
                            for p, o in zip(parts, offs)],
+            "boot_env": {"offsets": env_offsets, "size": env_blob.stat().st_size},
             "versions": {n: v["version"] for n, v in VARIANTS.items()},
             "bundles_in_guest": {n: f"{data['mount']}/bundles/{bundles[n].name}" for n in DATA_BUNDLES},
             "bundles_on_host": {n: str(b) for n, b in bundles.items()},
