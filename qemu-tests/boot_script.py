@@ -2,7 +2,7 @@
 """The boot script under the real U-Boot, one boot at a time (issue 11 items
 7 and 8, issue 12's boot-backend parity, ADR 0004 decision 3).
 
-    qemu-tests/run script [--only N,N] [--script-rev REV] [--backend PATH]
+    qemu-tests/run script [--only N,N] [--script-rev REV] [--backend PATH] [--u-boot BIN]
 
 Needs no image: each boot runs Debian's qemu_arm64 U-Boot
 (/usr/lib/u-boot/qemu_arm64/u-boot.bin) under qemu-system-aarch64 -M virt
@@ -43,7 +43,9 @@ flipped inside the variables), "zero" (the whole copy reads as zeros).
 --script-rev REV runs the same scenarios with an older boot.cmd.in; the disk
 is always the raw-copy layout, so a script that keeps the state in files on
 the boot partition (before ADR 0004 decision 3) fails them. --backend PATH
-compares another boot-backend.sh in scenario 1.
+compares another boot-backend.sh in scenario 1. --u-boot BIN boots another
+qemu_arm64 U-Boot (one built with CONFIG_ENV_REDUNDANT, as the Pi's is, runs
+the script's other `env import/export -c` layout).
 The last line printed is "N passed, N failed".
 """
 
@@ -104,8 +106,9 @@ def layer_copies():
 class Disk:
     """A disk laid out like the qemuarm64 wks, booted by the real U-Boot."""
 
-    def __init__(self, work: Path, script_text: str, initial=True):
+    def __init__(self, work: Path, script_text: str, initial=True, uboot=UBOOT):
         self.work = work
+        self.uboot = uboot
         self.copies = layer_copies()
         self.size = self.copies[0][1]
         cmd = script_text.replace("@@KERNEL_IMAGETYPE@@", "Image").replace("@@KERNEL_BOOTCMD@@", "booti")
@@ -135,7 +138,7 @@ class Disk:
         self.boots += 1
         p = subprocess.run(
             ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57", "-m", "512", "-nographic", "-nic", "none",
-             "-bios", str(UBOOT), "-drive", f"if=none,file={self.img},format=raw,id=d",
+             "-bios", str(self.uboot), "-drive", f"if=none,file={self.img},format=raw,id=d",
              "-device", "virtio-blk-device,drive=d", "-no-reboot"],
             capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
         self.log.write(f"\n===== boot {self.boots} =====\n{p.stdout}")
@@ -410,6 +413,8 @@ def main():
     ap.add_argument("--script-rev", help="take boot.cmd.in from this git revision")
     ap.add_argument("--backend", type=Path, default=REPO / "testkit/data/boot-backend.sh")
     ap.add_argument("--keep", action="store_true", help="keep the work directories")
+    ap.add_argument("--u-boot", type=Path, default=UBOOT,
+                    help="another qemu_arm64 u-boot.bin (e.g. one built with ENV_REDUNDANT, like the Pi's)")
     opts = ap.parse_args()
     if opts.script_rev:
         text = run(["git", "-C", str(REPO), "show", f"{opts.script_rev}:{BOOT_CMD}"]).stdout
@@ -431,7 +436,7 @@ def main():
             for how in modes or [None]:
                 work = Path(tempfile.mkdtemp(prefix=f"bs{num}-{how or 'x'}-", dir=art))
                 try:
-                    d = Disk(work, text, initial)
+                    d = Disk(work, text, initial, opts.u_boot)
                     if how:
                         fn(d, opts, how)
                     else:
