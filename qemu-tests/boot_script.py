@@ -334,18 +334,25 @@ def s4(d: Disk, opts, how):
     check(seen[-1][0] == "B", f"the never-confirmed trial slot A kept booting: {seen}")
 
 
+def boot_with_state_lost(d: Disk, what):
+    """One boot with no valid copy: both slots on trial, the loss recorded,
+    both copies rewritten. Returns (slot, BOOT_* variables)."""
+    slot = d.boot()
+    env = {k: v for k, v in (d.env() or {}).items() if k.startswith("BOOT_")}
+    print(f"    {what}: booted {slot}, {env}", flush=True)
+    check("BOOT STATE LOST" in d.console, "U-Boot did not report the lost state")
+    check(env.get("BOOT_A_LEFT") not in (None, "3") and env.get("BOOT_B_LEFT") not in (None, "3"),
+          f"with the state lost a slot counts as committed: {env}")
+    check(env.get("BOOT_STATE_LOST") == "1", f"the loss is not recorded for userspace: {env}")
+    check(d.valid(1) and d.valid(2), "both copies are not rewritten after the loss")
+    return slot, env
+
+
 def s5(d: Disk, opts):
     committed_on_b(d)
     d.tear(1, "flip")
     d.tear(2, "zero")
-    slot = d.boot()
-    env = {k: v for k, v in (d.env() or {}).items() if k.startswith("BOOT_")}
-    print(f"    both copies damaged: booted {slot}, {env}", flush=True)
-    check("BOOT STATE LOST" in d.console, "U-Boot did not report the lost state")
-    check(env.get("BOOT_A_LEFT") not in (None, "3") and env.get("BOOT_B_LEFT") not in (None, "3"),
-          f"after losing the state a slot counts as committed: {env}")
-    check(env.get("BOOT_STATE_LOST") == "1", f"the loss is not recorded for userspace: {env}")
-    check(d.valid(1) and d.valid(2), "both copies are not rewritten after the loss")
+    boot_with_state_lost(d, "both copies damaged")
 
 
 def s6(d: Disk, opts):
@@ -369,7 +376,9 @@ def s7(d: Disk, opts):
     check((d.flags(1), d.flags(2)) == (1, 1), f"initial flags {d.flags(1)}, {d.flags(2)}")
     slot = d.boot()
     env = {k: v for k, v in (d.env() or {}).items() if k.startswith("BOOT_")}
-    print(f"    fresh disk: booted {slot}, {env}", flush=True)
+    layout = re.findall(r"harmony: (env -c layout [^\n]*)", d.console)
+    print(f"    fresh disk: booted {slot}, {env}; U-Boot's {layout[-1] if layout else 'env -c layout: not reported'}",
+          flush=True)
     check("boot state from copy 1" in d.console, "U-Boot did not read the initial state from copy 1")
     check(slot == "A", f"a fresh disk booted {slot}")
     check(env.get("BOOT_A_LEFT") == "3" and env.get("BOOT_B_LEFT") == "3", f"not both committed: {env}")
@@ -384,13 +393,7 @@ def s7(d: Disk, opts):
 def s8(d: Disk, opts):
     check(d.raw(1) == bytes(d.size) and d.raw(2) == bytes(d.size), "the copies are not zeros")
     check(d.env() is None, "libubootenv reads a state from zeros")
-    slot = d.boot()
-    env = {k: v for k, v in (d.env() or {}).items() if k.startswith("BOOT_")}
-    print(f"    zeros where the state belongs: booted {slot}, {env}", flush=True)
-    check("BOOT STATE LOST" in d.console, "U-Boot did not report the lost state")
-    check(env.get("BOOT_A_LEFT") not in (None, "3") and env.get("BOOT_B_LEFT") not in (None, "3"),
-          f"with no state a slot counts as committed: {env}")
-    check(env.get("BOOT_STATE_LOST") == "1", f"the loss is not recorded for userspace: {env}")
+    slot, env = boot_with_state_lost(d, "zeros where the state belongs")
     check(slot == "A" and env.get("BOOT_A_LEFT") == "1", f"not A on trial: {slot}, {env}")
 
 
