@@ -12,9 +12,9 @@ LICENSE = "MIT"
 # nooelint: oelint.var.licenseremotefile
 LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302"
 
-SRC_URI = "file://harmony-boot-env.txt"
-
 DEPENDS = "u-boot-tools-native"
+
+SRC_URI = "file://harmony-boot-env.txt"
 
 inherit deploy nopackages
 
