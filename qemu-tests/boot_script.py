@@ -111,7 +111,8 @@ class Disk:
         self.uboot = uboot
         self.copies = layer_copies()
         self.size = self.copies[0][1]
-        cmd = script_text.replace("@@KERNEL_IMAGETYPE@@", "Image").replace("@@KERNEL_BOOTCMD@@", "booti")
+        cmd = (script_text.replace("@@KERNEL_IMAGETYPE@@", "Image").replace("@@KERNEL_BOOTCMD@@", "booti")
+               .replace("@@BOOT_FILES_VERSION@@", "boot-script-test"))
         (work / "boot.cmd").write_text(cmd)
         run(["mkimage", "-A", "arm64", "-T", "script", "-C", "none", "-d", str(work / "boot.cmd"),
              str(work / "boot.scr")])

@@ -115,6 +115,7 @@ ENV_CFG = "recipes-bsp/u-boot/files/harmony-env-redund.cfg"
 BOOT_ENV_BB = "recipes-bsp/u-boot/harmony-boot-env_1.0.bb"
 BOOT_ENV_TXT = "recipes-bsp/u-boot/files/harmony-boot-env.txt"
 IMAGE = "recipes-core/images/harmony-image.bb"
+BUNDLE = "recipes-core/bundles/harmony-bundle.bb"
 PARTITIONS = "recipes-core/harmony-partitions"
 BUILDER = "image/qemu/build.py"
 
@@ -176,6 +177,23 @@ CASES = [
      lambda l: edit(l / IMAGE, r'^do_image_wic\[depends\] \+= "harmony-boot-env:do_deploy"\n', "")),
     ("initial state leaves a slot on trial", run_python_check("boot-env-location"),
      lambda l: edit(l / BOOT_ENV_TXT, r"^BOOT_B_LEFT=3$", "BOOT_B_LEFT=2")),
+    ("boot region larger than two boot partitions", run_python_check("boot-region"),
+     lambda l: edit(l / SYSTEM_CONF, r"^region-size=128M$", "region-size=256M")),
+    ("boot region starts after the boot partition", run_python_check("boot-region"),
+     lambda l: edit(l / "recipes-core/rauc/files/raspberrypi4-64/system.conf", r"^region-start=4M$", "region-start=68M")),
+    ("boot slot on a partition, not the whole disk", run_python_check("boot-region"),
+     lambda l: edit(l / "recipes-core/rauc/files/raspberrypi5/system.conf", r"^device=/dev/mmcblk0$", "device=/dev/mmcblk0p1")),
+    ("second half of the boot region not reserved", run_python_check("boot-region"),
+     lambda l: edit(l / "files/wic/harmony-raspberrypi4-64.wks", r"^part --ondisk mmcblk0 --no-table --fixed-size 64M\n", "")),
+    ("boot slot given a bootname", run_python_check("boot-region"),
+     lambda l: edit(l / SYSTEM_CONF, r"^type=boot-mbr-switch$", "type=boot-mbr-switch\nbootname=C")),
+    ("bundle writes the rootfs before the boot files", run_python_check("bundle-boot-slot"),
+     lambda l: edit(l / BUNDLE, r'^RAUC_BUNDLE_SLOTS = "bootloader rootfs"$', 'RAUC_BUNDLE_SLOTS = "rootfs bootloader"')),
+    ("bundle's boot image from a .wic the image does not build", run_python_check("bundle-boot-slot"),
+     lambda l: edit(l / BUNDLE, r'^HARMONY_BOOT_IMAGE_WIC_TYPE = "wic\.bz2"$', 'HARMONY_BOOT_IMAGE_WIC_TYPE = "wic.xz"')),
+    ("bundle's boot image no longer cut before the manifest", run_python_check("bundle-boot-slot"),
+     lambda l: edit(l / BUNDLE, r"^addtask harmony_boot_image after do_unpack before do_configure$",
+                    "addtask harmony_boot_image after do_unpack")),
     ("boot script writes uboot.env again", run_python_check("boot-state-raw"),
      lambda l: append(l / BOOT_CMD, "fatwrite ${devtype} ${devnum}:1 ${loadaddr} uboot.env 0x4000\n")),
     ("fw_env.config back on a file of the boot partition", run_python_check("boot-state-raw"),
