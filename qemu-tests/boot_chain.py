@@ -438,6 +438,16 @@ def image_on_disk(disk, offset, image):
     return have, total
 
 
+def fresh_on_raw_disk(ctx, name):
+    """A guest on a raw copy of the fresh disk, booted into A and settled:
+    (first half, second half, boot_files markers, guest, boot state)."""
+    first, second = halves(ctx)
+    g = ctx.guest(name, raw=True)
+    g.boot(expect_slot="A")
+    g.wait_running()
+    return first, second, ctx.manifest["boot_files"], g, g.env()
+
+
 @scenario(8, "new boot files in a bundle: other half written, MBR switched; they boot, trial countdown intact")
 def s8(ctx):
     first, second = halves(ctx)
@@ -492,12 +502,7 @@ def s8(ctx):
 
 @scenario(9, "power cut while the boot image is written: old boot files boot the old slot; state intact; retry works")
 def s9(ctx):
-    first, second = halves(ctx)
-    files = ctx.manifest["boot_files"]
-    g = ctx.guest("s9", raw=True)
-    g.boot(expect_slot="A")
-    g.wait_running()
-    env0 = g.env()
+    first, second, files, g, env0 = fresh_on_raw_disk(ctx, "s9")
     inactive = second * 512
     check(image_on_disk(g.overlay, inactive, ctx.manifest["boot_images"]["v2"])[0] == 0,
           "the new boot image is already in the inactive half")
@@ -544,12 +549,7 @@ def s9(ctx):
 
 @scenario(10, "power cut right after the MBR switch reached the disk: new boot files boot the old committed slot")
 def s10(ctx):
-    first, second = halves(ctx)
-    files = ctx.manifest["boot_files"]
-    g = ctx.guest("s10", raw=True)
-    g.boot(expect_slot="A")
-    g.wait_running()
-    env0 = g.env()
+    first, second, files, g, env0 = fresh_on_raw_disk(ctx, "s10")
     check(host_entry0(g.overlay)[0] == first, "MBR entry 0 not at the first half")
     since = g.mark()
     t0 = time.monotonic()

@@ -241,13 +241,7 @@ def read_wks(path: Path):
         raise SystemExit(f"build: {path}: {e}")
     if len(env_offsets) != 2:
         raise SystemExit(f"build: {path}: expected two rawcopy lines of {bootenv.BLOB}")
-    env_size = bootenv.recipe_size(LAYER)
-
-    def raw_sizes(part):
-        if part in bootenv.copy_parts([part]):
-            return env_size
-        raise SystemExit(f"build: {path}: line {part['line']} has no size")
-
+    raw_sizes = bootregion.raw_sizes(bootenv.recipe_size(LAYER))
     # where wic puts every part (the layer's layout), and the boot region
     # RAUC switches in (system.conf's boot-mbr-switch slot) agreeing with it
     try:

@@ -81,6 +81,18 @@ def layout(parts, raw_sizes=None):
     return out
 
 
+def raw_sizes(env_size: int):
+    """layout()'s size for parts without --size: the boot state copies
+    (bootenv's rawcopy lines) are env_size bytes; anything else is an error."""
+    import bootenv
+
+    def size(part):
+        if part in bootenv.copy_parts([part]):
+            return env_size
+        raise RegionError(f"wks line {part['line']}: no size and not a boot state copy")
+    return size
+
+
 def boot_slots(sc: configparser.ConfigParser):
     """[(section, device, region-start, region-size)] of the boot-mbr-switch slots."""
     out = []

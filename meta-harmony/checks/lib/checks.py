@@ -287,10 +287,9 @@ def _wks_for(ctx: Ctx, machine: str):
     return path, read_wks(path, d)
 
 
-def check_wks_vs_system_conf(ctx: Ctx):
-    """The rootfs slots in system.conf are two distinct ext4 rootfs partitions
-    of the machine's wks, and the data directory is on the data partition."""
-    problems = []
+def _wks_and_system_conf(ctx: Ctx, problems):
+    """(machine, "where" prefix, ptable, wks parts, system.conf) per machine;
+    a machine whose files cannot be read is a problem and is skipped."""
     for machine in MACHINES:
         try:
             wks_path, (ptable, parts) = _wks_for(ctx, machine)
@@ -299,7 +298,14 @@ def check_wks_vs_system_conf(ctx: Ctx):
         except CheckError as e:
             problems.append(f"[{machine}] {e}")
             continue
-        where = f"[{machine}] {sc_path.relative_to(ctx.layer)} vs {wks_path.name}"
+        yield machine, f"[{machine}] {sc_path.relative_to(ctx.layer)} vs {wks_path.name}", ptable, parts, sc
+
+
+def check_wks_vs_system_conf(ctx: Ctx):
+    """The rootfs slots in system.conf are two distinct ext4 rootfs partitions
+    of the machine's wks, and the data directory is on the data partition."""
+    problems = []
+    for machine, where, ptable, parts, sc in _wks_and_system_conf(ctx, problems):
         by_device = {p.get("device"): p for p in parts if p.get("device")}
         by_label = {p.get("label"): p for p in parts if p.get("label")}
         by_partname = {p.get("part-name"): p for p in parts if p.get("part-name")}
@@ -698,24 +704,10 @@ def check_boot_region(ctx: Ctx):
     and not the raw boot state copies."""
     problems = []
     try:
-        env_size = bootenv.recipe_size(ctx.layer)
+        raw_sizes = bootregion.raw_sizes(bootenv.recipe_size(ctx.layer))
     except (bootenv.BootEnvError, OSError) as e:
         return [str(e)]
-
-    def raw_sizes(part):
-        if part in bootenv.copy_parts([part]):
-            return env_size
-        raise bootregion.RegionError(f"wks line {part['line']}: no size and not a boot state copy")
-
-    for machine in MACHINES:
-        try:
-            wks_path, (ptable, parts) = _wks_for(ctx, machine)
-            sc_path = ctx.machine_file(RAUC_CONF_DIR, machine, "system.conf")
-            sc = read_system_conf(sc_path)
-        except CheckError as e:
-            problems.append(f"[{machine}] {e}")
-            continue
-        where = f"[{machine}] {sc_path.relative_to(ctx.layer)} vs {wks_path.name}"
+    for machine, where, ptable, parts, sc in _wks_and_system_conf(ctx, problems):
         if ptable != "msdos":
             problems.append(f"{where}: the wks table is {ptable}; boot-mbr-switch needs msdos")
         problems += [f"{where}: {p}" for p in bootregion.problems(sc, parts, raw_sizes)]
