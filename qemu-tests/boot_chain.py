@@ -15,7 +15,7 @@ console, and proves the A/B boot chain with real U-Boot, RAUC and Linux:
   4 bundle signed by an untrusted CA -> rauc install refuses; nothing changes
   5 power cut (QEMU killed) in the middle of an install -> the old slot boots
     and works; a retried install succeeds
-  6 torn boot state (issue 11 item 7): the copy of uboot.env/uboot-redund.env
+  6 torn boot state (issue 11 item 7): the raw copy of the boot state
     just written is damaged and the power cut, at each point where it is
     written: install's set-primary, U-Boot's countdown of a trial boot,
     mark-good. Never an unverified slot booted as committed, never a jump
@@ -23,23 +23,43 @@ console, and proves the A/B boot chain with real U-Boot, RAUC and Linux:
   7 a committed slot made unbootable (its ext4 zeroed) while the other slot
     is good (issue 11 item 8): U-Boot counts its unconfirmed boots and
     leaves it after 3; RAUC reports it bad
+  8 boot files over the air (ADR 0004): a bundle's boot image goes into the
+    half of the boot region not in use, MBR entry 0 is switched to it; the
+    next boot runs the new boot files (their boot.scr prints its version) and
+    the new slot's trial countdown is intact; a second update switches back
+  9 power cut while RAUC writes the boot image into the other half: the old
+    boot files boot the old, committed slot; the boot state is intact; a
+    retried install works
+ 10 power cut right after the switch of MBR entry 0 reached the disk, while
+    the rootfs slot is written: the new boot files boot the old committed
+    slot, never the half-written one
 
 The boot script alone (no image) is tested by boot_script.py
 (qemu-tests/run script).
 
---ci runs 1-3, --all (the default) 1-7. Every run writes the serial console
+--ci runs 1-3, --all (the default) 1-10. Every run writes the serial console
 of every boot and a summary to qemu-tests/artifacts/<timestamp>-boot-chain/. The last
 line printed is "N passed, N failed".
 """
 
 import re
+import struct
 import sys
 import time
+from pathlib import Path
 
 import suite
 from guest import check, slot_state
 
-ENV_FILES = ("/boot/firmware/uboot.env", "/boot/firmware/uboot-redund.env")
+
+def env_copies(g):
+    """[(device, offset, size)] of the two raw copies of the boot state, as
+    the layer's /etc/fw_env.config in the guest names them."""
+    _, out = g.sh("grep '^/dev/' /etc/fw_env.config")
+    copies = [(d, int(o, 16), int(s, 16))
+              for d, o, s in re.findall(r"^(/dev/\S+)\s+(0x[0-9a-fA-F]+)\s+(0x[0-9a-fA-F]+)", out, re.M)]
+    check(len(copies) == 2, f"/etc/fw_env.config does not name two raw copies: {out}")
+    return copies
 
 
 def boot_env(g):
@@ -50,7 +70,8 @@ def boot_env(g):
 
 def env_flags(g):
     """The flags byte (save counter) of each copy of the boot state."""
-    _, out = g.sh("for f in %s; do echo \"F=$(od -An -tu1 -j4 -N1 $f | tr -d ' ')\"; done" % " ".join(ENV_FILES))
+    cmds = "; ".join(f"echo \"F=$(od -An -tu1 -j{off + 4} -N1 {dev} | tr -d ' ')\"" for dev, off, _ in env_copies(g))
+    _, out = g.sh(cmds)
     return [int(v) for v in re.findall(r"F=(\d+)", out)]
 
 
@@ -63,16 +84,20 @@ def env_writes(before, after):
 def tear_and_cut(ctx, g, how, what):
     """A power cut while the newest copy was written: damage that copy (only
     the copy being written can be torn; the other is the previous state),
-    then kill QEMU."""
+    then kill QEMU. "truncate": only its first 32 bytes reached the disk, the
+    rest reads as zeros; "flip": bytes inside its variables overwritten."""
+    copies = env_copies(g)
     flags = env_flags(g)
-    newest = ENV_FILES[flags.index(max(flags))] if len(flags) == 2 else ENV_FILES[0]
+    n = flags.index(max(flags))
+    dev, off, size = copies[n]
     if how == "truncate":
-        g.sh(f"truncate -s 4096 {newest}; sync")
+        g.sh(f"head -c {size - 32} /dev/zero | dd of={dev} bs={size - 32} seek={off + 32} oflag=seek_bytes "
+             "conv=notrunc,fsync status=none; sync")
     else:
-        g.sh(f"printf 'TORN-BY-A-POWER-CUT' | dd of={newest} bs=1 seek=8 conv=notrunc status=none; sync")
-    ctx.note(f"{what}: {newest} ({how}), then power cut; flags before {flags}")
+        g.sh(f"printf 'TORN-BY-A-POWER-CUT' | dd of={dev} bs=1 seek={off + 8} conv=notrunc,fsync status=none; sync")
+    ctx.note(f"{what}: copy {n + 1} ({dev} at {off:#x}) {how}, then power cut; flags before {flags}")
     g.kill()
-    g.log.write(f"\n===== harness: {what}: {newest} torn, power cut =====\n")
+    g.log.write(f"\n===== harness: {what}: copy {n + 1} torn, power cut =====\n")
     g.start()
 
 
@@ -323,6 +348,250 @@ def s7(ctx):
     check(env.get("BOOT_B_LEFT") == "0", f"B not exhausted: {env}")
     check(env.get("BOOT_A_UNCONFIRMED") == "0", f"A's boot not confirmed: {env}")
     check(slot_state(g.rauc_status(), "B")[1].get("boot_status") == "bad", "RAUC does not report B bad")
+
+
+# ---------------------------------------------------------------------------
+# boot files over the air (ADR 0004): boot-mbr-switch
+# ---------------------------------------------------------------------------
+
+def boot_files(uboot):
+    """The version the boot.scr that ran printed ("harmony-boot-files: X")."""
+    found = re.findall(r"harmony-boot-files: (\S+)", uboot)
+    return found[-1] if found else None
+
+
+def halves(ctx):
+    """First-sector numbers of the two halves of the boot region."""
+    r = ctx.manifest["boot_region"]
+    return r["start"] // 512, (r["start"] + r["size"] // 2) // 512
+
+
+def guest_entry0(g):
+    """(start, sectors) of MBR entry 0 as the running guest reads /dev/vda."""
+    _, out = g.sh("dd if=/dev/vda bs=512 count=1 status=none | od -An -tu4 -j454 -N8")
+    start, sectors = (int(x) for x in out.split()[-2:])
+    return start, sectors
+
+
+def host_entry0(path):
+    """(start, sectors) of MBR entry 0 in the raw disk file: what reached the disk."""
+    with open(path, "rb") as f:
+        return struct.unpack_from("<II", f.read(512), 446 + 8)
+
+
+def kernel_boot_start(g):
+    """Where the running kernel's /dev/vda1 starts (the partition table it read at boot)."""
+    _, out = g.sh("cat /sys/class/block/vda1/start")
+    return int(out.split()[-1])
+
+
+def rauc_steps(g):
+    """RAUC's own messages of the last install (journal), in order."""
+    _, out = g.sh("journalctl -u rauc -o cat --no-pager 2>/dev/null | "
+                  "grep -E 'half of boot partition region|^Updating /dev/' ; true")
+    return [l.strip() for l in out.splitlines() if l.strip()]
+
+
+def timed_install(ctx, g, bundle, label):
+    _, out = g.sh("s=$(date +%s.%N); "
+                  f"rauc install {bundle} >/tmp/install.log 2>&1; rc=$?; e=$(date +%s.%N); "
+                  "tail -n 3 /tmp/install.log; echo INST=$(busybox awk \"BEGIN{print $e - $s}\") RC=$rc",
+                  timeout=1200)
+    rc = int(re.search(r"RC=(\d+)", out).group(1))
+    check(rc == 0, f"rauc install {bundle} failed:\n{out}")
+    secs = float(re.search(r"INST=([\d.]+)", out).group(1))
+    ctx.metric(f"{label}: rauc install, boot image + rootfs (s)", round(secs, 1))
+    return secs
+
+
+def power_cut_when(g, cond, timeout, what):
+    """Poll cond() (every 20 ms) while the guest runs; SIGKILL QEMU the
+    moment it is true. Returns (seconds waited, cond's value)."""
+    t0 = time.monotonic()
+    while True:
+        v = cond()
+        if v:
+            g.kill()
+            return time.monotonic() - t0, v
+        if g.proc is None or g.proc.poll() is not None:
+            raise Fail(f"QEMU exited while waiting for {what}")
+        if time.monotonic() - t0 > timeout:
+            raise Fail(f"timeout ({timeout}s) waiting for {what}")
+        time.sleep(0.02)
+
+
+def image_on_disk(disk, offset, image):
+    """How much of a boot image reached the disk at offset: (non-zero 64 KiB
+    chunks of the image found there, non-zero chunks of the image)."""
+    chunk = 64 * 1024
+    have = total = 0
+    with open(disk, "rb") as d, open(image, "rb") as i:
+        d.seek(offset)
+        while True:
+            a = i.read(chunk)
+            if not a:
+                break
+            b = d.read(len(a))
+            if any(a):
+                total += 1
+                have += a == b
+    return have, total
+
+
+def fresh_on_raw_disk(ctx, name):
+    """A guest on a raw copy of the fresh disk, booted into A and settled:
+    (first half, second half, boot_files markers, guest, boot state)."""
+    first, second = halves(ctx)
+    g = ctx.guest(name, raw=True)
+    g.boot(expect_slot="A")
+    g.wait_running()
+    return first, second, ctx.manifest["boot_files"], g, g.env()
+
+
+@scenario(8, "new boot files in a bundle: other half written, MBR switched; they boot, trial countdown intact")
+def s8(ctx):
+    first, second = halves(ctx)
+    files = ctx.manifest["boot_files"]
+    g = ctx.guest("s8")
+    _, uboot = g.boot(expect_slot="A")
+    check(boot_files(uboot) == files["v1"], f"fresh image booted boot files {boot_files(uboot)}, want {files['v1']}")
+    g.wait_running()
+    check(guest_entry0(g)[0] == first, f"fresh image: MBR entry 0 at {guest_entry0(g)}, want sector {first}")
+    st = g.rauc_status()
+    names = [n for e in st["slots"] for n in e]
+    check("bootloader.0" in names, f"rauc status lists no bootloader.0 slot: {names}")
+    timed_install(ctx, g, ctx.bundle("v2"), "first update")
+    steps = rauc_steps(g)
+    ctx.note(f"RAUC: {steps}")
+    boot_i = next((i for i, l in enumerate(steps) if l.startswith("Updating /dev/vda with")), None)
+    switch_i = next((i for i, l in enumerate(steps) if l.startswith("Setting second half")), None)
+    root_i = next((i for i, l in enumerate(steps) if l.startswith("Updating /dev/vda3")), None)
+    check(None not in (boot_i, switch_i, root_i) and boot_i < switch_i < root_i,
+          "RAUC did not write the boot image, switch, then write the rootfs slot")
+    entry = guest_entry0(g)
+    check(entry == (second, second - first), f"after the install MBR entry 0 is {entry}, want ({second}, {second - first})")
+    check(kernel_boot_start(g) == first, "the running kernel already uses the new half (it must keep the old one)")
+    env = g.env()
+    check(env.get("BOOT_ORDER", "").startswith("B") and env.get("BOOT_B_LEFT") == "2" and env.get("BOOT_A_LEFT") == "3",
+          f"after the install: {env}")
+    t, uboot = g.reboot(expect_slot="B")
+    ctx.metric("reboot into the new slot with the new boot files -> root shell (s)", round(t, 1))
+    check(boot_files(uboot) == files["v2"], f"booted boot files {boot_files(uboot)}, want the bundle's {files['v2']}")
+    check("harmony: saving boot state" in uboot, "the trial boot of B was not counted")
+    g.wait_running()
+    env = boot_env(g)
+    check(env.get("BOOT_B_LEFT") == "1" and env.get("BOOT_ORDER", "").startswith("B") and env.get("BOOT_A_LEFT") == "3",
+          f"the trial countdown is not intact: {env}")
+    check(g.os_version() == ctx.versions["v2"], "not running v2")
+    check(kernel_boot_start(g) == second, "/dev/vda1 is not the new half after the reboot")
+    _, scr = g.sh("grep -a -o 'harmony-boot-files: [^\"]*' /boot/firmware/boot.scr")
+    check(files["v2"] in scr, f"/boot/firmware/boot.scr is not the bundle's: {scr}")
+    g.sh("rauc status mark-good")
+    env = g.env()
+    check(env.get("BOOT_B_LEFT") == "3", f"after mark-good: {env}")
+    # the next update writes the first half and switches back
+    timed_install(ctx, g, ctx.bundle("v2"), "second update")
+    check(guest_entry0(g)[0] == first, f"second update: MBR entry 0 at {guest_entry0(g)}, want sector {first}")
+    t, uboot = g.reboot(expect_slot="A")
+    check(boot_files(uboot) == files["v2"], f"second update booted boot files {boot_files(uboot)}")
+    g.wait_running()
+    env = boot_env(g)
+    check(env.get("BOOT_A_LEFT") == "1" and env.get("BOOT_B_LEFT") == "3", f"second update, trial of A: {env}")
+    check(kernel_boot_start(g) == first, "/dev/vda1 is not the first half after the second update")
+
+
+@scenario(9, "power cut while the boot image is written: old boot files boot the old slot; state intact; retry works")
+def s9(ctx):
+    first, second, files, g, env0 = fresh_on_raw_disk(ctx, "s9")
+    inactive = second * 512
+    check(image_on_disk(g.overlay, inactive, ctx.manifest["boot_images"]["v2"])[0] == 0,
+          "the new boot image is already in the inactive half")
+    since = g.mark()
+    t0 = time.monotonic()
+    g.send(f"rauc install {ctx.bundle('v2')} 2>&1 | tee /tmp/install.log\n")
+    g.wait_for(r"Copying image to bootloader\.0", 900, since)
+    t_step = time.monotonic() - t0
+
+    def landing():
+        with open(g.overlay, "rb") as f:
+            f.seek(inactive)
+            return any(f.read(512))
+    waited, _ = power_cut_when(g, landing, 600, "the new boot image reaching the disk")
+    with g.lock:
+        console = g.buf[since:]
+    g.log.write("\n===== harness: power cut (SIGKILL) while the boot image was written =====\n")
+    have, total = image_on_disk(g.overlay, inactive, ctx.manifest["boot_images"]["v2"])
+    entry = host_entry0(g.overlay)
+    ctx.metric("install start -> RAUC's step 'Copying image to bootloader.0' (s)", round(t_step, 1))
+    ctx.metric("that step -> first sector of the new boot image on the disk, power cut (s)", round(waited, 2))
+    ctx.note(f"at the power cut: {have} of {total} non-empty 64 KiB chunks of the new boot image on the disk, "
+             f"MBR entry 0 = {entry}")
+    check("Copying image to rootfs.1" not in console, "RAUC had already moved on to the rootfs slot")
+    check(entry[0] == first, f"MBR entry 0 already switched at the power cut: {entry}")
+    g.start()
+    _, uboot = g.boot(expect_slot="A")
+    check(boot_files(uboot) == files["v1"], f"booted boot files {boot_files(uboot)}, want the old {files['v1']}")
+    g.wait_running()
+    check(g.os_version() == ctx.versions["v1"], "the old slot is not v1")
+    env1 = g.env()
+    ctx.note(f"boot state before the install {env0}, after the power cut {env1}")
+    check(env1.get("BOOT_ORDER", "").split()[:1] == ["A"] and env1.get("BOOT_A_LEFT") == env0.get("BOOT_A_LEFT"),
+          f"the interrupted install changed A's boot state: {env0} -> {env1}")
+    check(env1.get("BOOT_B_LEFT") == "0", f"the half-installed B is bootable: {env1}")
+    check(kernel_boot_start(g) == first, "the kernel does not use the old half")
+    check(g.rauc_status().get("booted") == "A", "rauc status: not booted from A")
+    timed_install(ctx, g, ctx.bundle("v2"), "retried install")
+    check(guest_entry0(g)[0] == second, "the retried install did not switch to the second half")
+    _, uboot = g.reboot(expect_slot="B")
+    check(boot_files(uboot) == files["v2"], f"after the retried install boot files {boot_files(uboot)}")
+    check(g.os_version() == ctx.versions["v2"], "the retried install did not boot v2")
+
+
+@scenario(10, "power cut right after the MBR switch reached the disk: new boot files boot the old committed slot")
+def s10(ctx):
+    first, second, files, g, env0 = fresh_on_raw_disk(ctx, "s10")
+    check(host_entry0(g.overlay)[0] == first, "MBR entry 0 not at the first half")
+    since = g.mark()
+    t0 = time.monotonic()
+    g.send(f"rauc install {ctx.bundle('v2')} 2>&1 | tee /tmp/install.log\n")
+    seen = {}
+
+    def switched():
+        with g.lock:
+            console = g.buf[since:]
+        if "rootfs" not in seen and "Copying image to rootfs.1" in console:
+            seen["rootfs"] = time.monotonic() - t0
+        return host_entry0(g.overlay)[0] != first
+
+    waited, _ = power_cut_when(g, switched, 900, "MBR entry 0 switched on the disk")
+    with g.lock:
+        console = g.buf[since:]
+    g.log.write("\n===== harness: power cut (SIGKILL) right after the MBR switch reached the disk =====\n")
+    entry = host_entry0(g.overlay)
+    ctx.metric("install start -> MBR switch on the disk, power cut (s)", round(waited, 2))
+    if "rootfs" in seen:
+        ctx.metric("RAUC's step 'Copying image to rootfs.1' -> MBR switch on the disk (s)",
+                   round(waited - seen["rootfs"], 2))
+    last = re.findall(r"(\d+)% ([^\n]*)", console)
+    ctx.note(f"at the power cut: MBR entry 0 = {entry}; RAUC's last progress line: {last[-1] if last else None}")
+    check(entry == (second, second - first), f"MBR entry 0 on the disk is {entry}")
+    check(not re.search(r"succeeded|Installing .* done|100% ", console),
+          "the install had finished before the switch reached the disk: this is not a cut before the rootfs is written")
+    g.start()
+    _, uboot = g.boot(expect_slot="A")
+    check(boot_files(uboot) == files["v2"], f"booted boot files {boot_files(uboot)}, want the new {files['v2']}")
+    g.wait_running()
+    check(g.os_version() == ctx.versions["v1"], "not the old committed v1 on A")
+    env1 = boot_env(g)
+    ctx.note(f"boot state before the install {env0}, after the power cut {env1}")
+    check(env1.get("BOOT_ORDER", "").split()[:1] == ["A"] and env1.get("BOOT_A_LEFT") == env0.get("BOOT_A_LEFT"),
+          f"A's boot state changed: {env0} -> {env1}")
+    check(env1.get("BOOT_B_LEFT") == "0", f"the half-written B is bootable: {env1}")
+    check(env1.get("BOOT_A_UNCONFIRMED") == "0", f"the boot of A was not confirmed: {env1}")
+    check(kernel_boot_start(g) == second, "/dev/vda1 is not the new half")
+    st = g.rauc_status()
+    check(st.get("booted") == "A", f"rauc status booted={st.get('booted')}")
+    check(slot_state(st, "B")[1].get("boot_status") == "bad", "RAUC does not report B bad")
 
 
 if __name__ == "__main__":

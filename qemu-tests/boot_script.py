@@ -1,38 +1,51 @@
 #!/usr/bin/env python3
 """The boot script under the real U-Boot, one boot at a time (issue 11 items
-7 and 8, issue 12's boot-backend parity).
+7 and 8, issue 12's boot-backend parity, ADR 0004 decision 3).
 
-    qemu-tests/run script [--only N,N] [--script-rev REV] [--backend PATH]
+    qemu-tests/run script [--only N,N] [--script-rev REV] [--backend PATH] [--u-boot BIN]
 
 Needs no image: each boot runs Debian's qemu_arm64 U-Boot
 (/usr/lib/u-boot/qemu_arm64/u-boot.bin) under qemu-system-aarch64 -M virt
-(TCG) on a 40 MiB disk whose partition 1 (vfat) holds boot.scr, compiled with
-mkimage from meta-harmony's boot.cmd.in (or from git REV with --script-rev),
-and the environment files; partitions 2 and 3 are empty. The script chooses a
+(TCG) on a 40 MiB disk laid out like the layer's qemuarm64 wks: the two raw
+copies of the boot state between the MBR and the first partition (offsets
+from the wks rawcopy lines, initially the layer's harmony-boot-env.bin made
+with mkenvimage as the recipe does), partition 1 (vfat, at 4 MiB) holding
+boot.scr compiled with mkimage from meta-harmony's boot.cmd.in (or from git
+REV with --script-rev); partitions 2 and 3 are empty. The script chooses a
 slot, saves the boot state, finds no kernel and resets; -no-reboot ends QEMU
 there. The chosen slot is read from the console ("harmony: slot X"), the
-state from the env files with the real libubootenv (fw_printenv -c). What
-userspace writes (RAUC's uboot backend, harmony-boot-confirm) is written with
-the real fw_setenv / the layer's harmony-boot-confirm on the same files.
-A torn write is a power cut while a copy is written: that copy is truncated or
-has bytes flipped, between two boots.
+state from the disk with the real libubootenv (fw_printenv -c with the
+layer's qemuarm64 fw_env.config, its device replaced by the disk image).
+What userspace writes (RAUC's uboot backend, harmony-boot-confirm) is written
+with the real fw_setenv / the layer's harmony-boot-confirm on the same disk.
+A torn write is a power cut while a copy is written; between two boots the
+copy last written is damaged in one of three ways: "truncate" (the write
+stopped after 32 bytes: the new CRC and flags, then zeros), "flip" (bytes
+flipped inside the variables), "zero" (the whole copy reads as zeros).
 
   1 parity: testkit/data/boot-backend.sh (the Rust tests' stand-in) and the
     real boot script go through the same sequence of boots, RAUC writes and
     confirmations; the state and the booted slot agree after every step
   2 install's set-primary write torn on a device committed on B: B boots, the
-    new slot is never booted as committed
+    new slot is never booted as committed (each tear mode)
   3 mark-good's write torn: the slot stays on trial (counted), the device does
-    not jump back to the old slot at once
+    not jump back to the old slot at once (each tear mode)
   4 U-Boot's own countdown write torn on a trial boot: the trial slot is still
-    counted down and the committed slot is reached
-  5 both copies lost: both slots on trial, BOOT_STATE_LOST=1
+    counted down and the committed slot is reached (each tear mode)
+  5 both copies lost (flipped, zeroed): both slots on trial, BOOT_STATE_LOST=1
   6 a committed slot that stops booting (never confirmed) is left for the good
     other slot after 3 boots; a confirmed one is never left
+  7 a fresh disk with the layer's initial state: both committed, A boots,
+    the first save goes to copy 2
+  8 a disk with zeros where the copies belong (no initial state): both slots
+    on trial, BOOT_STATE_LOST=1, never a silent committed boot
 
---script-rev REV runs the same scenarios on an older boot.cmd.in (single
-uboot.env when that script knows no uboot-redund.env) to show they fail
-there; --backend PATH compares another boot-backend.sh in scenario 1.
+--script-rev REV runs the same scenarios with an older boot.cmd.in; the disk
+is always the raw-copy layout, so a script that keeps the state in files on
+the boot partition (before ADR 0004 decision 3) fails them. --backend PATH
+compares another boot-backend.sh in scenario 1. --u-boot BIN boots another
+qemu_arm64 U-Boot (one built with CONFIG_ENV_REDUNDANT, as the Pi's is, runs
+the script's other `env import/export -c` layout).
 The last line printed is "N passed, N failed".
 """
 
@@ -45,16 +58,24 @@ import sys
 import tempfile
 import time
 import traceback
+import zlib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+LAYER = REPO / "meta-harmony"
+sys.path.insert(0, str(LAYER / "checks" / "lib"))
+import bootenv  # noqa: E402  (the layer's definition of the boot state's place and content)
+import wks  # noqa: E402
 BOOT_CMD = "meta-harmony/recipes-bsp/u-boot/files/boot.cmd.in"
-CONFIRM = REPO / "meta-harmony/recipes-bsp/u-boot/files/harmony-boot-confirm"
+CONFIRM = LAYER / "recipes-bsp/u-boot/files/harmony-boot-confirm"
+WKS = LAYER / "files/wic/harmony-qemuarm64.wks"
+FW_ENV = LAYER / "recipes-bsp/libubootenv/files/qemuarm64/fw_env.config"
 UBOOT = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
-VFAT_START = 2048  # sectors: sfdisk's first partition
+VFAT_START = 8192  # sectors: 4 MiB, where the wks aligns the first partition
 VFAT_SECTORS = 32768  # 16 MiB
 STATE_VARS = ["BOOT_ORDER", "BOOT_A_LEFT", "BOOT_B_LEFT", "BOOT_A_UNCONFIRMED", "BOOT_B_UNCONFIRMED"]
 RAUC_VARS = ["BOOT_ORDER", "BOOT_A_LEFT", "BOOT_B_LEFT"]
+TEARS = ["truncate", "flip", "zero"]
 
 
 class Fail(Exception):
@@ -70,56 +91,59 @@ def run(cmd, **kw):
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
 
 
-class Disk:
-    """A boot partition with boot.scr, booted by the real U-Boot."""
+def layer_copies():
+    """[(offset, size)] of the two raw copies: the wks rawcopy offsets, and
+    fw_env.config must name the same ones (the layer's checks insist)."""
+    _, parts = wks.read_wks(WKS)
+    offsets = bootenv.copy_offsets(parts)
+    size = bootenv.recipe_size(LAYER)
+    lines = [ln.split("#", 1)[0].split() for ln in FW_ENV.read_text().splitlines()]
+    cfg = [(int(w[1], 0), int(w[2], 0)) for w in lines if len(w) >= 3]
+    check(cfg == [(o, size) for o in offsets], f"fw_env.config {cfg} != wks/recipe {offsets}, {size:#x}")
+    return cfg
 
-    def __init__(self, work: Path, script_text: str):
+
+class Disk:
+    """A disk laid out like the qemuarm64 wks, booted by the real U-Boot."""
+
+    def __init__(self, work: Path, script_text: str, initial=True, uboot=UBOOT):
         self.work = work
-        self.two = "uboot-redund.env" in script_text
-        self.files = ["uboot.env", "uboot-redund.env"] if self.two else ["uboot.env"]
-        self.cfg = work / "fw_env.config"
-        self.cfg.write_text("".join(f"{work / f} 0x0000 0x4000\n" for f in self.files))
-        cmd = script_text.replace("@@KERNEL_IMAGETYPE@@", "Image").replace("@@KERNEL_BOOTCMD@@", "booti")
+        self.uboot = uboot
+        self.copies = layer_copies()
+        self.size = self.copies[0][1]
+        cmd = (script_text.replace("@@KERNEL_IMAGETYPE@@", "Image").replace("@@KERNEL_BOOTCMD@@", "booti")
+               .replace("@@BOOT_FILES_VERSION@@", "boot-script-test"))
         (work / "boot.cmd").write_text(cmd)
         run(["mkimage", "-A", "arm64", "-T", "script", "-C", "none", "-d", str(work / "boot.cmd"),
              str(work / "boot.scr")])
         self.img = work / "disk.img"
-        self.vfat = work / "vfat.img"
+        vfat = work / "vfat.img"
         run(["truncate", "-s", "40M", str(self.img)])
-        subprocess.run(["sfdisk", "-q", str(self.img)], input="label: dos\n,16M,c,*\n,8M,83\n,8M,83\n",
+        subprocess.run(["sfdisk", "-q", str(self.img)],
+                       input=f"label: dos\nstart={VFAT_START}, size={VFAT_SECTORS}, type=c, bootable\n,8M,83\n,8M,83\n",
                        text=True, check=True, capture_output=True)
-        run(["truncate", "-s", "16M", str(self.vfat)])
-        run(["mkfs.vfat", "-n", "BOOT", str(self.vfat)])
-        run(["mcopy", "-i", str(self.vfat), str(work / "boot.scr"), "::boot.scr"])
+        run(["truncate", "-s", f"{VFAT_SECTORS * 512}", str(vfat)])
+        run(["mkfs.vfat", "-n", "BOOT", str(vfat)])
+        run(["mcopy", "-i", str(vfat), str(work / "boot.scr"), "::boot.scr"])
+        run(["dd", f"if={vfat}", f"of={self.img}", "bs=512", f"seek={VFAT_START}", "conv=notrunc"])
+        vfat.unlink()
+        if initial:  # what wic writes with the rawcopy lines
+            bootenv.place(self.img, bootenv.make_blob(LAYER, work / bootenv.BLOB), [o for o, _ in self.copies])
+        self.cfg = work / "fw_env.config"
+        self.cfg.write_text("".join(f"{self.img} {o:#x} {s:#x}\n" for o, s in self.copies))
         self.boots = 0
         self.log = open(work / "console.log", "w")
 
-    # -- the boot partition <-> the files libubootenv sees -------------------
-    def pull(self):
-        for f in self.files:
-            p = subprocess.run(["mcopy", "-n", "-o", "-i", str(self.vfat), f"::{f}", str(self.work / f)],
-                               capture_output=True)
-            if p.returncode != 0 and (self.work / f).exists():
-                (self.work / f).unlink()
-
-    def push(self):
-        for f in self.files:
-            if (self.work / f).exists():
-                run(["mcopy", "-o", "-i", str(self.vfat), str(self.work / f), f"::{f}"])
-
     def boot(self):
         """One power-on: returns the slot U-Boot chose."""
-        run(["dd", f"if={self.vfat}", f"of={self.img}", "bs=512", f"seek={VFAT_START}", "conv=notrunc"])
         self.boots += 1
         p = subprocess.run(
             ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57", "-m", "512", "-nographic", "-nic", "none",
-             "-bios", str(UBOOT), "-drive", f"if=none,file={self.img},format=raw,id=d",
+             "-bios", str(self.uboot), "-drive", f"if=none,file={self.img},format=raw,id=d",
              "-device", "virtio-blk-device,drive=d", "-no-reboot"],
             capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL)
         self.log.write(f"\n===== boot {self.boots} =====\n{p.stdout}")
         self.log.flush()
-        run(["dd", f"if={self.img}", f"of={self.vfat}", "bs=512", f"skip={VFAT_START}", f"count={VFAT_SECTORS}"])
-        self.pull()
         slots = re.findall(r"harmony: slot (\w) \(order", p.stdout)
         check(slots, f"boot {self.boots}: the script chose no slot:\n{p.stdout[-1500:]}")
         self.console = p.stdout
@@ -137,7 +161,6 @@ class Disk:
         script = self.work / "fw_setenv.script"
         script.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
         run(["fw_setenv", "-c", str(self.cfg), "-s", str(script)])
-        self.push()
 
     def confirm(self, slot):
         """harmony-boot-confirm as the booted system runs it."""
@@ -145,35 +168,52 @@ class Disk:
         cmdline.write_text(f"root=PARTUUID=x rauc.slot={slot}\n")
         env = dict(os.environ, HARMONY_FW_ENV_CONFIG=str(self.cfg), HARMONY_CMDLINE=str(cmdline))
         run([str(CONFIRM)], env=env)
-        self.push()
+
+    def raw(self, n):
+        """Copy n (1 or 2) as it is on the disk."""
+        off, size = self.copies[n - 1]
+        with open(self.img, "rb") as f:
+            f.seek(off)
+            return f.read(size)
+
+    def write_raw(self, n, data: bytes):
+        off, size = self.copies[n - 1]
+        assert len(data) == size
+        with open(self.img, "r+b") as f:
+            f.seek(off)
+            f.write(data)
+
+    def valid(self, n):
+        b = self.raw(n)
+        return zlib.crc32(b[5:]) == int.from_bytes(b[:4], "little")
+
+    def flags(self, n):
+        return self.raw(n)[4]
 
     def newest_copy(self):
         """The copy the last write went to (the valid one with the newer flags)."""
-        if not self.two:
-            return self.files[0]
         best, flags = None, None
-        for f in self.files:
-            b = (self.work / f).read_bytes()
-            if len(b) != 0x4000:
+        for n in (1, 2):
+            if not self.valid(n):
                 continue
-            import zlib
-            if zlib.crc32(b[5:]) != int.from_bytes(b[:4], "little"):
-                continue
-            if flags is None or (b[4] - flags) % 256 in range(1, 128):
-                best, flags = f, b[4]
+            if flags is None or (self.flags(n) - flags) % 256 in range(1, 128):
+                best, flags = n, self.flags(n)
         return best
 
-    def tear(self, name, how):
-        """A power cut while `name` was written: truncated or bytes flipped."""
-        p = self.work / name
-        b = bytearray(p.read_bytes())
-        if how == "truncate":
-            b = b[:0x1000]
-        else:
+    def tear(self, n, how):
+        """A power cut while copy n was written."""
+        b = bytearray(self.raw(n))
+        if how == "truncate":  # only the first 32 bytes reached the card
+            b[32:] = bytes(len(b) - 32)
+        elif how == "flip":
             for i in range(8, 40):
                 b[i] ^= 0x5A
-        p.write_bytes(bytes(b))
-        self.push()
+        elif how == "zero":
+            b[:] = bytes(len(b))
+        else:
+            raise ValueError(how)
+        self.write_raw(n, bytes(b))
+        check(not self.valid(n), f"tearing copy {n} ({how}) left it valid")
 
 
 def state(env):
@@ -243,13 +283,13 @@ def s1(d: Disk, opts):
         print(f"    {i:2} {str(step):28} booted {booted if step == 'boot' else '-'}  {real}", flush=True)
 
 
-def s2(d: Disk, opts):
+def s2(d: Disk, opts, how):
     committed_on_b(d)
     d.setenv({"BOOT_ORDER": "B", "BOOT_A_LEFT": "0"})  # rauc: set-state A bad
     d.setenv({"BOOT_ORDER": "A B", "BOOT_A_LEFT": "2"})  # rauc: set-primary A
     torn = d.newest_copy()
-    d.tear(torn, "truncate")
-    print(f"    tore {torn} (truncated) after set-primary A", flush=True)
+    d.tear(torn, how)
+    print(f"    tore copy {torn} ({how}) after set-primary A", flush=True)
     for n in range(1, 4):
         slot = d.boot()
         env = state(d.env())
@@ -258,7 +298,7 @@ def s2(d: Disk, opts):
         d.confirm(slot)
 
 
-def s3(d: Disk, opts):
+def s3(d: Disk, opts, how):
     d.boot()
     d.confirm("A")
     d.setenv({"BOOT_ORDER": "A", "BOOT_B_LEFT": "0"})  # rauc: set-state B bad
@@ -266,8 +306,8 @@ def s3(d: Disk, opts):
     check(d.boot() == "B", "the installed slot B did not boot")
     d.setenv({"BOOT_B_LEFT": "3"})  # rauc status mark-good: the operator's commit
     torn = d.newest_copy()
-    d.tear(torn, "flip")
-    print(f"    tore {torn} (bytes flipped) after mark-good", flush=True)
+    d.tear(torn, how)
+    print(f"    tore copy {torn} ({how}) after mark-good", flush=True)
     slot = d.boot()
     env = state(d.env())
     check(slot == "B", f"after the torn mark-good U-Boot chose {slot} ({env}): back to the old slot at once")
@@ -276,14 +316,14 @@ def s3(d: Disk, opts):
     check(slot == "A", f"with B's trial spent U-Boot chose {slot}")
 
 
-def s4(d: Disk, opts):
+def s4(d: Disk, opts, how):
     committed_on_b(d)
     d.setenv({"BOOT_ORDER": "B", "BOOT_A_LEFT": "0"})  # rauc: set-state A bad
     d.setenv({"BOOT_ORDER": "A B", "BOOT_A_LEFT": "2"})  # rauc: set-primary A
     check(d.boot() == "A", "the installed slot A did not boot")
     torn = d.newest_copy()
-    d.tear(torn, "flip")
-    print(f"    tore {torn} (bytes flipped) after U-Boot's countdown write", flush=True)
+    d.tear(torn, how)
+    print(f"    tore copy {torn} ({how}) after U-Boot's countdown write", flush=True)
     seen = []
     for _ in range(4):
         slot = d.boot()
@@ -295,16 +335,25 @@ def s4(d: Disk, opts):
     check(seen[-1][0] == "B", f"the never-confirmed trial slot A kept booting: {seen}")
 
 
-def s5(d: Disk, opts):
-    committed_on_b(d)
-    for f in d.files:
-        d.tear(f, "flip")
+def boot_with_state_lost(d: Disk, what):
+    """One boot with no valid copy: both slots on trial, the loss recorded,
+    both copies rewritten. Returns (slot, BOOT_* variables)."""
     slot = d.boot()
     env = {k: v for k, v in (d.env() or {}).items() if k.startswith("BOOT_")}
-    print(f"    both copies damaged: booted {slot}, {env}", flush=True)
+    print(f"    {what}: booted {slot}, {env}", flush=True)
+    check("BOOT STATE LOST" in d.console, "U-Boot did not report the lost state")
     check(env.get("BOOT_A_LEFT") not in (None, "3") and env.get("BOOT_B_LEFT") not in (None, "3"),
-          f"after losing the state a slot counts as committed: {env}")
+          f"with the state lost a slot counts as committed: {env}")
     check(env.get("BOOT_STATE_LOST") == "1", f"the loss is not recorded for userspace: {env}")
+    check(d.valid(1) and d.valid(2), "both copies are not rewritten after the loss")
+    return slot, env
+
+
+def s5(d: Disk, opts):
+    committed_on_b(d)
+    d.tear(1, "flip")
+    d.tear(2, "zero")
+    boot_with_state_lost(d, "both copies damaged")
 
 
 def s6(d: Disk, opts):
@@ -320,13 +369,45 @@ def s6(d: Disk, opts):
     check(env["BOOT_B_LEFT"] == "0", f"B not marked exhausted (RAUC would report it good): {env}")
 
 
+def s7(d: Disk, opts):
+    env = state(d.env())
+    want = {"BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "3",
+            "BOOT_A_UNCONFIRMED": "0", "BOOT_B_UNCONFIRMED": "0"}
+    check(env == want, f"the layer's initial state reads as {env}, want {want}")
+    check((d.flags(1), d.flags(2)) == (1, 1), f"initial flags {d.flags(1)}, {d.flags(2)}")
+    slot = d.boot()
+    env = {k: v for k, v in (d.env() or {}).items() if k.startswith("BOOT_")}
+    layout = re.findall(r"harmony: (env -c layout [^\n]*)", d.console)
+    print(f"    fresh disk: booted {slot}, {env}; U-Boot's {layout[-1] if layout else 'env -c layout: not reported'}",
+          flush=True)
+    check("boot state from copy 1" in d.console, "U-Boot did not read the initial state from copy 1")
+    check(slot == "A", f"a fresh disk booted {slot}")
+    check(env.get("BOOT_A_LEFT") == "3" and env.get("BOOT_B_LEFT") == "3", f"not both committed: {env}")
+    check(env.get("BOOT_A_UNCONFIRMED") == "1", f"the committed boot of A was not counted: {env}")
+    check("BOOT_STATE_LOST" not in env, f"a fresh disk reports a lost state: {env}")
+    check((d.flags(1), d.flags(2)) == (1, 2), f"the first save did not go to copy 2 with flags 2: "
+                                               f"{d.flags(1)}, {d.flags(2)}")
+    d.confirm("A")
+    check(d.boot() == "A", "the confirmed committed A was not booted again")
+
+
+def s8(d: Disk, opts):
+    check(d.raw(1) == bytes(d.size) and d.raw(2) == bytes(d.size), "the copies are not zeros")
+    check(d.env() is None, "libubootenv reads a state from zeros")
+    slot, env = boot_with_state_lost(d, "zeros where the state belongs")
+    check(slot == "A" and env.get("BOOT_A_LEFT") == "1", f"not A on trial: {slot}, {env}")
+
+
+# number: (title, function, tear modes it runs with (a fresh disk each), initial state on the disk)
 SCENARIOS = {
-    1: ("boot-backend.sh and the real boot script agree on every step", s1),
-    2: ("torn install write: the committed slot keeps booting", s2),
-    3: ("torn mark-good write: still a counted trial, no jump back", s3),
-    4: ("torn countdown write: the trial slot is still counted down", s4),
-    5: ("both copies lost: both slots on trial, loss recorded", s5),
-    6: ("a committed slot that stops booting is left after 3 boots", s6),
+    1: ("boot-backend.sh and the real boot script agree on every step", s1, None, True),
+    2: ("torn install write: the committed slot keeps booting", s2, TEARS, True),
+    3: ("torn mark-good write: still a counted trial, no jump back", s3, TEARS, True),
+    4: ("torn countdown write: the trial slot is still counted down", s4, TEARS, True),
+    5: ("both copies lost: both slots on trial, loss recorded", s5, None, True),
+    6: ("a committed slot that stops booting is left after 3 boots", s6, None, True),
+    7: ("fresh disk with the layer's initial state: both committed, A", s7, None, True),
+    8: ("zeros where the state belongs: both slots on trial, loss recorded", s8, None, False),
 }
 
 
@@ -336,6 +417,8 @@ def main():
     ap.add_argument("--script-rev", help="take boot.cmd.in from this git revision")
     ap.add_argument("--backend", type=Path, default=REPO / "testkit/data/boot-backend.sh")
     ap.add_argument("--keep", action="store_true", help="keep the work directories")
+    ap.add_argument("--u-boot", type=Path, default=UBOOT,
+                    help="another qemu_arm64 u-boot.bin (e.g. one built with ENV_REDUNDANT, like the Pi's)")
     opts = ap.parse_args()
     if opts.script_rev:
         text = run(["git", "-C", str(REPO), "show", f"{opts.script_rev}:{BOOT_CMD}"]).stdout
@@ -349,26 +432,32 @@ def main():
     nums = [int(n) for n in opts.only.split(",")] if opts.only else sorted(SCENARIOS)
     passed = failed = 0
     for num in nums:
-        title, fn = SCENARIOS[num]
+        title, fn, modes, initial = SCENARIOS[num]
         print(f"[{num}] {title}", flush=True)
-        work = Path(tempfile.mkdtemp(prefix=f"bs{num}-", dir=art))
         t0 = time.monotonic()
+        boots = 0
         try:
-            d = Disk(work, text)
-            fn(d, opts)
-            print(f"PASS {num} ({d.boots} boots, {time.monotonic() - t0:.0f} s)", flush=True)
+            for how in modes or [None]:
+                work = Path(tempfile.mkdtemp(prefix=f"bs{num}-{how or 'x'}-", dir=art))
+                try:
+                    d = Disk(work, text, initial, opts.u_boot)
+                    if how:
+                        fn(d, opts, how)
+                    else:
+                        fn(d, opts)
+                    boots += d.boots
+                finally:
+                    if not opts.keep:
+                        (work / "disk.img").unlink(missing_ok=True)
+            print(f"PASS {num} ({boots} boots, {time.monotonic() - t0:.0f} s)", flush=True)
             passed += 1
         except Fail as e:
-            print(f"FAIL {num}: {e}", flush=True)
+            print(f"FAIL {num}{f' ({how})' if how else ''}: {e}", flush=True)
             failed += 1
         except Exception:
             traceback.print_exc()
             print(f"FAIL {num}: crashed", flush=True)
             failed += 1
-        finally:
-            if not opts.keep:
-                for f in ("disk.img", "vfat.img"):
-                    (work / f).unlink(missing_ok=True)
     print(f"artifacts: {art}")
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0

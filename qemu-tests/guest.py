@@ -24,13 +24,22 @@ def check(cond, msg):
 class Guest:
     """One QEMU machine on one disk overlay; boots can be repeated."""
 
-    def __init__(self, image: Path, art: Path, name: str):
+    def __init__(self, image: Path, art: Path, name: str, raw=False):
+        """raw=True: a sparse raw copy of disk.img instead of a qcow2 overlay,
+        so the host can read what reached the disk while QEMU runs (QEMU
+        writes a raw image through at once; a qcow2 overlay keeps metadata in
+        QEMU's cache). Slower to create (a copy of disk.img)."""
         self.image = image
         self.art = art
         self.name = name
-        self.overlay = art / f"{name}.qcow2"
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image / "disk.img"),
-                        "-F", "raw", str(self.overlay)], check=True)
+        self.raw = raw
+        if raw:
+            self.overlay = art / f"{name}.img"
+            subprocess.run(["cp", "--sparse=always", str(image / "disk.img"), str(self.overlay)], check=True)
+        else:
+            self.overlay = art / f"{name}.qcow2"
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image / "disk.img"),
+                            "-F", "raw", str(self.overlay)], check=True)
         self.proc = None
         self.boots = 0
         self.buf = ""
@@ -50,7 +59,7 @@ class Guest:
         cmd = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57", "-smp", "2", "-m", "1024",
                "-nographic", "-monitor", "none", "-serial", "stdio",
                "-bios", str(self.image / "u-boot.bin"),
-               "-drive", f"if=none,id=hd,format=qcow2,file={self.overlay}",
+               "-drive", f"if=none,id=hd,format={'raw' if self.raw else 'qcow2'},file={self.overlay}",
                "-device", "virtio-blk-pci,drive=hd",
                "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile=", *self.qemu_args]
         self.t0 = time.monotonic()

@@ -27,8 +27,8 @@ commit deadline come from that agent config, not from code.
   7 layer parity (issue 11): on a card larger than the image the data
     partition grows on first boot; after an OTA the new slot mounts /data
     and /boot/firmware only through the layer's mount units (no fstab), its
-    agent finds its identity on /data and RAUC reaches uboot.env: committed,
-    B good; RAUC grew the written slot's ext4 to the partition (resize=true)
+    agent finds its identity on /data and RAUC reaches the boot state (raw
+    copies on /dev/vda, the layer's fw_env.config): committed, B good; RAUC grew the written slot's ext4 to the partition (resize=true)
 
   8 clock (issue 12): the guest's RTC starts in 2020; the offer is refused
     as not yet valid and the operator keeps the job open; after `date -s`
@@ -581,7 +581,7 @@ def ext4_bytes(g, dev):
     return int(v["Block count"]) * int(v["Block size"])
 
 
-@scenario(7, "layer parity: /data grows to the card; the new slot mounts /data and uboot.env through the layer only")
+@scenario(7, "layer parity: /data grows to the card; the new slot mounts /data and reaches the boot state through the layer only")
 def s7(ctx):
     o = Ota(ctx)
     g = o.g
@@ -605,7 +605,8 @@ def s7(ctx):
     mounted_by_layer_units(g)
     check(g.os_version() == ctx.versions["v2"], "not running v2")
     # ...and through them the agent reads its identity from /data and RAUC
-    # reaches uboot.env: the operator commits, RAUC marks B good.
+    # reaches the boot state (fw_env.config): the operator commits, RAUC marks
+    # B good.
     _, after = g.sh("sha256sum /data/harmony/agent.d/* | sort")
     check(after == before, "the provisioned drop-ins on /data differ in the new slot")
     s = o.watch(lambda s: job_state(s) == "committed" and s["heartbeat"]["upgrade"]["phase"] == "committed",
@@ -615,7 +616,7 @@ def s7(ctx):
     check(st.get("booted") == "B" and slot_state(st, "B")[1].get("boot_status") == "good",
           f"rauc: booted={st.get('booted')} B={slot_state(st, 'B')[1]}")
     env = g.env()
-    ctx.note(f"uboot.env after the commit: {env}")
+    ctx.note(f"boot state after the commit: {env}")
     check(env.get("BOOT_ORDER", "").split()[:1] == ["B"], f"BOOT_ORDER {env.get('BOOT_ORDER')}")
     check(ext4_bytes(g, "/dev/vda4") == data_bytes, "/data changed size again in the new slot")
     # RAUC wrote a slot image smaller than the partition and grew it.

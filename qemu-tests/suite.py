@@ -41,8 +41,8 @@ class Ctx:
         self.versions = self.manifest["versions"]
         self.bundles = self.manifest["bundles_in_guest"]
 
-    def guest(self, name):
-        g = Guest(self.image, self.art, name)
+    def guest(self, name, raw=False):
+        g = Guest(self.image, self.art, name, raw=raw)
         self.guests.append(g)
         LIVE.append(g)
         return g

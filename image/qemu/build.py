@@ -5,9 +5,16 @@
 
 Output (default build/qemu/):
     disk.img            A/B disk (layout read from meta-harmony/files/wic/harmony-qemuarm64.wks):
-                        boot vfat (boot.scr), rootfs A = v1, rootfs B = v1, data ext4
+                        the initial boot state (harmony-boot-env) at the wks rawcopy offsets,
+                        the boot region (system.conf's boot-mbr-switch slot): boot vfat
+                        (boot-v1.vfat) in its first half, the second half empty;
+                        rootfs A = v1, rootfs B = v1, data ext4
                         (bundles/ with every bundle below, rauc/ data directory)
-    bundles/v1.raucb, v2.raucb       signed verity bundles (version 1.0.0 / 2.0.0)
+    boot-<variant>.vfat              the boot partition of each variant: boot.scr from the
+                                     layer's boot.cmd.in, printing "harmony-boot-files: <version>"
+    bundles/v1.raucb, v2.raucb       signed verity bundles (version 1.0.0 / 2.0.0); every bundle
+                                     carries its variant's boot-<variant>.vfat for the boot slot
+                                     (listed first) and the rootfs slot image
     bundles/broken.raucb             signed, installs fine, cannot boot (no init)
     bundles/untrusted.raucb          v2 signed by a CA the device does not trust
     bundles/v3.raucb                 version 3.0.0 whose agent is pointed at a NATS URL
@@ -49,6 +56,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 LAYER = REPO / "meta-harmony"
 sys.path.insert(0, str(LAYER / "checks" / "lib"))
+import bootenv  # noqa: E402  (the layer's boot state copies: offsets, size, initial state)
+import bootregion  # noqa: E402  (the layer's boot region: RAUC's boot-mbr-switch slot and the wks layout)
 import wks  # noqa: E402  (the layer's wks reader)
 MACHINE = "qemuarm64"
 WKS = LAYER / "files" / "wic" / f"harmony-{MACHINE}.wks"
@@ -213,29 +222,57 @@ class Stage:
 # wks
 # ---------------------------------------------------------------------------
 
-def size_bytes(s: str) -> int:
-    units = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
-    s = s.strip()
-    if s[-1].upper() in units:
-        return int(float(s[:-1]) * units[s[-1].upper()])
-    return int(s) * 1024 ** 2  # wic default unit: MiB
-
-
 def read_wks(path: Path):
     """The layer's partitions, numbered and named as wic does (the layer's
-    own reader), plus what this builder needs: sizes and alignment in bytes."""
-    ptable, parts = wks.read_wks(path)
-    if ptable != "msdos" or len(parts) != 4 or any(p["num"] is None for p in parts):
-        raise SystemExit(f"build: {path}: expected an msdos table with 4 partitions")
+    own reader), plus what this builder needs: sizes and alignment in bytes;
+    and the offsets of the raw boot state copies (its --no-table rawcopy
+    lines)."""
+    ptable, lines = wks.read_wks(path)
+    parts = [p for p in lines if not p.get("no-table")]
+    # --no-table lines: the boot state copies, and reserves without a source
+    # (the second half of the boot region)
+    others = [p for p in lines if p.get("no-table") and p not in bootenv.copy_parts(lines) and p.get("source")]
+    if ptable != "msdos" or len(parts) != 4 or others:
+        raise SystemExit(f"build: {path}: expected an msdos table with 4 partitions, the boot state copies "
+                         "and reserves")
+    try:
+        env_offsets = bootenv.copy_offsets(lines)
+    except bootenv.BootEnvError as e:
+        raise SystemExit(f"build: {path}: {e}")
+    if len(env_offsets) != 2:
+        raise SystemExit(f"build: {path}: expected two rawcopy lines of {bootenv.BLOB}")
+    raw_sizes = bootregion.raw_sizes(bootenv.recipe_size(LAYER))
+    # where wic puts every part (the layer's layout), and the boot region
+    # RAUC switches in (system.conf's boot-mbr-switch slot) agreeing with it
+    try:
+        placed = {id(p): (start, size) for p, start, size in bootregion.layout(lines, raw_sizes)}
+        bad = bootregion.problems(read_system_conf(), lines, raw_sizes)
+    except bootregion.RegionError as e:
+        raise SystemExit(f"build: {path}: {e}")
+    if bad:
+        raise SystemExit(f"build: {path} and {SYSTEM_CONF.name}: " + "; ".join(bad))
     for p in parts:
         if "fixed-size" not in p and "size" not in p:
             raise SystemExit(f"build: {path}: every partition needs --fixed-size (or --size)")
-        p["bytes"] = size_bytes(p.get("fixed-size") or p.get("size"))
-        p["align"] = int(p.get("align", 1024)) * 1024  # KiB; 1 MiB unless the wks says
+        p["offset_bytes"], p["bytes"] = placed[id(p)]
         p["active"] = bool(p.get("active", False))
         if "device" not in p:
             raise SystemExit(f"build: {path}: partition {p['num']} has no --ondisk")
-    return parts
+    return parts, env_offsets
+
+
+def read_system_conf():
+    import configparser
+    cp = configparser.ConfigParser(interpolation=None, strict=True)
+    cp.optionxform = str
+    cp.read_string(SYSTEM_CONF.read_text(), source=str(SYSTEM_CONF))
+    return cp
+
+
+def boot_region():
+    """(slot class, start, size) of system.conf's boot-mbr-switch slot."""
+    section, _, start, size = bootregion.boot_slots(read_system_conf())[0]
+    return bootregion.slot_class(section), start, size
 
 
 # ---------------------------------------------------------------------------
@@ -670,8 +707,10 @@ def stage_rootfs(out: Path, name: str, base: Path, kdir: Path, initrd: Path, key
     return img
 
 
-def bundle(out: Path, name: str, img: Path, version: str, cert: Path, key: Path, keyring: Path,
+def bundle(out: Path, name: str, img: Path, boot_img: Path, version: str, cert: Path, key: Path, keyring: Path,
            compatible=None) -> Path:
+    """A signed verity bundle: the boot files (system.conf's boot-mbr-switch
+    slot) first, as harmony-bundle lists them, then the rootfs slot image."""
     bdir = out / "bundles"
     bdir.mkdir(exist_ok=True)
     work = out / f"bundle-{name}.d"
@@ -679,12 +718,15 @@ def bundle(out: Path, name: str, img: Path, version: str, cert: Path, key: Path,
         shutil.rmtree(work)
     work.mkdir()
     os.link(img, work / "rootfs.ext4")
+    os.link(boot_img, work / "boot.vfat")
+    boot_class = boot_region()[0]
     compatible = compatible or next(l.split("=", 1)[1].strip() for l in SYSTEM_CONF.read_text().splitlines()
                                     if l.startswith("compatible="))
     (work / "manifest.raucm").write_text(
         f"[update]\ncompatible={compatible}\nversion={version}\n"
         f"description=Harmony Fleet {name} (QEMU test bundle)\n\n"
-        f"[bundle]\nformat=verity\n\n[image.rootfs]\nfilename=rootfs.ext4\n")
+        f"[bundle]\nformat=verity\n\n[image.{boot_class}]\nfilename=boot.vfat\n\n"
+        f"[image.rootfs]\nfilename=rootfs.ext4\n")
     dst = bdir / f"{name}.raucb"
     dst.unlink(missing_ok=True)
     # lz4: fast to build and to read under TCG (the guest kernel has it).
@@ -700,6 +742,40 @@ def mkfs_ext4_dir(img: Path, src: Path, size: int, label: str):
          "-d", str(src), str(img), str(size // 4096)])
 
 
+def stage_boot_images(out: Path, parts, force: bool):
+    """The boot partition's image for every variant: what IMAGE_BOOT_FILES
+    puts there for qemuarm64 (boot.scr, compiled from the layer's
+    boot.cmd.in as the u-boot recipe does, its version marker filled with the
+    variant's version) in a vfat of the wks boot partition's size. The disk's
+    partition 1 gets v1's; each bundle carries its variant's as the image of
+    system.conf's boot-mbr-switch slot."""
+    boot = parts[0]
+    key = sha(BOOT_CMD, WKS, SYSTEM_CONF, {n: v["version"] for n, v in VARIANTS.items()}, "v1")
+    st = Stage(out, "boot-images", key, force)
+    imgs = {n: out / f"boot-{n}.vfat" for n in VARIANTS}
+    if st.fresh() and all(i.is_file() for i in imgs.values()):
+        return imgs
+    for n, img in imgs.items():
+        cmd = (BOOT_CMD.read_text().replace("@@KERNEL_IMAGETYPE@@", "Image").replace("@@KERNEL_BOOTCMD@@", "booti")
+               .replace("@@BOOT_FILES_VERSION@@", VARIANTS[n]["version"]))
+        if "@@" in cmd:
+            raise SystemExit("build: boot.cmd.in has placeholders this builder does not fill")
+        work = out / f"boot-{n}.d"
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir()
+        (work / "boot.cmd").write_text(cmd)
+        run(["mkimage", "-q", "-A", "arm64", "-O", "linux", "-T", "script", "-C", "none",
+             "-n", "harmony boot", "-d", str(work / "boot.cmd"), str(work / "boot.scr")], stdout=subprocess.DEVNULL)
+        img.unlink(missing_ok=True)
+        run(["mkfs.vfat", "-n", boot["label"].upper()[:11], "-C", str(img), str(boot["bytes"] // 1024)],
+            stdout=subprocess.DEVNULL)
+        run(["mcopy", "-i", str(img), str(work / "boot.scr"), "::boot.scr"])
+        shutil.rmtree(work)
+    st.done()
+    return imgs
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=REPO / "build" / "qemu")
@@ -708,14 +784,14 @@ def main():
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("build: run as root (mmdebstrap root mode, root-owned files in mke2fs -d)")
-    for tool in ("mmdebstrap", "mke2fs", "mkfs.vfat", "mcopy", "sfdisk", "mkimage", "rauc", "depmod",
+    for tool in ("mmdebstrap", "mke2fs", "mkfs.vfat", "mcopy", "sfdisk", "mkimage", "mkenvimage", "rauc", "depmod",
                  "cpio", "openssl", "systemd-sysusers"):
         if shutil.which(tool) is None:
             raise SystemExit(f"build: {tool} is missing (run scripts/setup)")
     t0 = time.time()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    parts = read_wks(WKS)
+    parts, env_offsets = read_wks(WKS)
     base = stage_base(out, args.force)
     kdir = stage_kernel(out, args.force)
     initrd = stage_initrd(out, base, kdir, args.force)
@@ -725,43 +801,34 @@ def main():
                  keys / "ca.cert.pem", keys / "fleet.pub", WKS, agent or "no-agent", *layer_inputs(agent))
     imgs = {n: stage_rootfs(out, n, base, kdir, initrd, keys, parts, agent, sha(common, n), args.force)
             for n in VARIANTS}
+    boot_imgs = stage_boot_images(out, parts, args.force)
 
     # bundles
-    bkey = sha(common, *[out / f"stamps/rootfs-{n}" for n in VARIANTS], keys / "signer.cert.pem",
-               keys / "untrusted-signer.cert.pem")
+    bkey = sha(common, *[out / f"stamps/rootfs-{n}" for n in VARIANTS], out / "stamps/boot-images",
+               keys / "signer.cert.pem", keys / "untrusted-signer.cert.pem", SYSTEM_CONF)
     st = Stage(out, "bundles", bkey, args.force)
     bundles = {n: out / "bundles" / f"{n}.raucb" for n in list(VARIANTS) + list(DERIVED_BUNDLES)}
     if not (st.fresh() and all(b.is_file() for b in bundles.values())):
         for n in VARIANTS:
             log(f"bundle {n}")
-            bundle(out, n, imgs[n], VARIANTS[n]["version"], keys / "signer.cert.pem",
+            bundle(out, n, imgs[n], boot_imgs[n], VARIANTS[n]["version"], keys / "signer.cert.pem",
                    keys / "signer.key.pem", keys / "ca.cert.pem")
         for n, (img, version, signer, compatible) in DERIVED_BUNDLES.items():
             log(f"bundle {n} (slot image {img}, version {version}, {signer} signer, "
                 f"compatible {compatible or 'of the machine'})")
             prefix = "untrusted-" if signer == "untrusted" else ""
-            bundle(out, n, imgs[img], version, keys / f"{prefix}signer.cert.pem", keys / f"{prefix}signer.key.pem",
+            bundle(out, n, imgs[img], boot_imgs[img], version, keys / f"{prefix}signer.cert.pem",
+                   keys / f"{prefix}signer.key.pem",
                    keys / f"{prefix}ca.cert.pem", compatible)
         st.done()
 
-    # boot partition, data partition, disk
-    boot_scr = out / "boot.scr"
-    dkey = sha(bkey, BOOT_CMD, WKS, *[out / f"stamps/rootfs-{n}" for n in VARIANTS])
+    # data partition, disk (boot partition: v1's boot image)
+    dkey = sha(bkey, WKS, LAYER / bootenv.RECIPE, LAYER / bootenv.TEXT, Path(bootenv.__file__),
+               Path(bootregion.__file__), *[out / f"stamps/rootfs-{n}" for n in VARIANTS])
     st = Stage(out, "disk", dkey, args.force)
     disk = out / "disk.img"
     if not (st.fresh() and disk.is_file()):
-        cmd = BOOT_CMD.read_text().replace("@@KERNEL_IMAGETYPE@@", "Image").replace("@@KERNEL_BOOTCMD@@", "booti")
-        if "@@" in cmd:
-            raise SystemExit("build: boot.cmd.in has placeholders this builder does not fill")
-        (out / "boot.cmd").write_text(cmd)
-        run(["mkimage", "-q", "-A", "arm64", "-O", "linux", "-T", "script", "-C", "none",
-             "-n", "harmony boot", "-d", str(out / "boot.cmd"), str(boot_scr)], stdout=subprocess.DEVNULL)
         boot, slot_a, slot_b, data = parts
-        vfat = out / "boot.vfat"
-        vfat.unlink(missing_ok=True)
-        run(["mkfs.vfat", "-n", boot["label"].upper()[:11], "-C", str(vfat), str(boot["bytes"] // 1024)],
-            stdout=subprocess.DEVNULL)
-        run(["mcopy", "-i", str(vfat), str(boot_scr), "::boot.scr"])
         dd = out / "data.d"
         if dd.exists():
             shutil.rmtree(dd)
@@ -775,14 +842,11 @@ def main():
                              f"on the {data['bytes'] >> 20} MiB data partition ({WKS.name})")
         mkfs_ext4_dir(out / "data.ext4", dd, data["bytes"], data["label"])
         shutil.rmtree(dd)
-        # partition table from the wks
-        offs = []
-        pos = 0
-        for p in parts:
-            pos = -(-max(pos, 1024 * 1024) // p["align"]) * p["align"]
-            offs.append(pos)
-            pos += p["bytes"]
-        total = pos + 1024 * 1024
+        # partition table: where the layer's wks puts each partition (the
+        # boot partition in the first half of the boot region, the second
+        # half reserved, as wic lays it out)
+        offs = [p["offset_bytes"] for p in parts]
+        total = offs[-1] + parts[-1]["bytes"] + 1024 * 1024
         disk.unlink(missing_ok=True)
         with open(disk, "wb") as f:
             f.truncate(total)
@@ -793,11 +857,18 @@ def main():
             table.append(f"start={off // 512}, size={p['bytes'] // 512}, type={ptype}{boot_flag}")
         run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", str(disk)],
             input="\n".join(table) + "\n", text=True)
-        for p, off, img in zip(parts, offs, [vfat, imgs["v1"], imgs["v1"], out / "data.ext4"]):
+        for p, off, img in zip(parts, offs, [boot_imgs["v1"], imgs["v1"], imgs["v1"], out / "data.ext4"]):
             if img.stat().st_size > p["bytes"]:
                 raise SystemExit(f"build: {img} is larger than partition {p['num']}")
             run(["dd", f"if={img}", f"of={disk}", "bs=4M", f"seek={off}", "oflag=seek_bytes",
                  "conv=notrunc,sparse", "status=none"])
+        # the initial boot state, as the wks rawcopy lines write it into the
+        # .wic: the layer's harmony-boot-env.txt made into one copy the way
+        # its recipe does (mkenvimage -r), at both offsets
+        env_blob = bootenv.make_blob(LAYER, out / bootenv.BLOB)
+        if max(env_offsets) + env_blob.stat().st_size > offs[0]:
+            raise SystemExit(f"build: the boot state copies {env_offsets} reach into partition 1 at {offs[0]}")
+        bootenv.place(disk, env_blob, env_offsets)
         shutil.copy2(UBOOT_BIN, out / "u-boot.bin")
         manifest = {
             "machine": MACHINE,
@@ -806,6 +877,12 @@ def main():
             "partitions": [{"num": p["num"], "device": p["device"], "label": p.get("label"),
                             "mount": p["mount"], "fstype": p["fstype"], "offset": o, "bytes": p["bytes"]}
                            for p, o in zip(parts, offs)],
+            "boot_env": {"offsets": env_offsets, "size": env_blob.stat().st_size},
+            "boot_region": dict(zip(("slot_class", "start", "size"), boot_region())),
+            "boot_images": {n: str(i) for n, i in boot_imgs.items()},
+            # what each bundle's boot.scr prints first ("harmony-boot-files: <marker>")
+            "boot_files": {**{n: v["version"] for n, v in VARIANTS.items()},
+                           **{n: VARIANTS[d[0]]["version"] for n, d in DERIVED_BUNDLES.items()}},
             "versions": {n: v["version"] for n, v in VARIANTS.items()},
             "bundles_in_guest": {n: f"{data['mount']}/bundles/{bundles[n].name}" for n in DATA_BUNDLES},
             "bundles_on_host": {n: str(b) for n, b in bundles.items()},

@@ -20,6 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bbharness  # noqa: E402
+import bootenv  # noqa: E402
+import bootregion  # noqa: E402
+import bootstate  # noqa: E402
 import parity  # noqa: E402
 import product  # noqa: E402
 import wks  # noqa: E402
@@ -284,10 +287,9 @@ def _wks_for(ctx: Ctx, machine: str):
     return path, read_wks(path, d)
 
 
-def check_wks_vs_system_conf(ctx: Ctx):
-    """The rootfs slots in system.conf are two distinct ext4 rootfs partitions
-    of the machine's wks, and the data directory is on the data partition."""
-    problems = []
+def _wks_and_system_conf(ctx: Ctx, problems):
+    """(machine, "where" prefix, ptable, wks parts, system.conf) per machine;
+    a machine whose files cannot be read is a problem and is skipped."""
     for machine in MACHINES:
         try:
             wks_path, (ptable, parts) = _wks_for(ctx, machine)
@@ -296,7 +298,14 @@ def check_wks_vs_system_conf(ctx: Ctx):
         except CheckError as e:
             problems.append(f"[{machine}] {e}")
             continue
-        where = f"[{machine}] {sc_path.relative_to(ctx.layer)} vs {wks_path.name}"
+        yield machine, f"[{machine}] {sc_path.relative_to(ctx.layer)} vs {wks_path.name}", ptable, parts, sc
+
+
+def check_wks_vs_system_conf(ctx: Ctx):
+    """The rootfs slots in system.conf are two distinct ext4 rootfs partitions
+    of the machine's wks, and the data directory is on the data partition."""
+    problems = []
+    for machine, where, ptable, parts, sc in _wks_and_system_conf(ctx, problems):
         by_device = {p.get("device"): p for p in parts if p.get("device")}
         by_label = {p.get("label"): p for p in parts if p.get("label")}
         by_partname = {p.get("part-name"): p for p in parts if p.get("part-name")}
@@ -462,9 +471,9 @@ def check_boot_script_vs_env(ctx: Ctx):
                 problems.append(f"[{machine}] boot.cmd.in does not know bootname {b}")
         if not re.search(r"rauc\.slot=", code):
             problems.append(f"[{machine}] boot.cmd.in does not pass rauc.slot= to the kernel")
-        # saveenv, or the script's own write of the environment file(s)
-        # (env export + fatwrite: the redundant copies of issue 11).
-        writes_itself = re.search(r"\benv export\b", code) and re.search(r"\bfatwrite\b", code)
+        # saveenv, or the script's own write of the environment copies
+        # (env export + ${devtype} write: the raw copies of ADR 0004).
+        writes_itself = re.search(r"\benv export\b", code) and re.search(r"\$\{devtype\} write\b", code)
         if "saveenv" not in code and not writes_itself:
             problems.append(f"[{machine}] boot.cmd.in never saves the environment (the counter would not count)")
         # Where the environment lives, as far as Linux is concerned.
@@ -681,6 +690,87 @@ def _yaml(path: Path):
     return yaml.safe_load(path.read_text()) or {}
 
 
+def check_boot_env_location(ctx: Ctx):
+    """wks rawcopy lines, fw_env.config, boot.cmd.in and the Pi's U-Boot
+    fragment put the two raw copies of the boot state at the same offsets;
+    the image writes the layer's initial state there."""
+    return bootstate.check_boot_env_location(ctx, read_fw_env, _wks_for, boot_script, read_system_conf)
+
+
+def check_boot_region(ctx: Ctx):
+    """system.conf's boot-mbr-switch slot and the wks agree, by RAUC 1.8's
+    rules: the region is the boot partition (MBR entry 0, first half) and a
+    reserved second half, on the whole disk, overlapping no other partition
+    and not the raw boot state copies."""
+    problems = []
+    try:
+        raw_sizes = bootregion.raw_sizes(bootenv.recipe_size(ctx.layer))
+    except (bootenv.BootEnvError, OSError) as e:
+        return [str(e)]
+    for machine, where, ptable, parts, sc in _wks_and_system_conf(ctx, problems):
+        if ptable != "msdos":
+            problems.append(f"{where}: the wks table is {ptable}; boot-mbr-switch needs msdos")
+        problems += [f"{where}: {p}" for p in bootregion.problems(sc, parts, raw_sizes)]
+    return problems
+
+
+def check_bundle_boot_slot(ctx: Ctx):
+    """harmony-bundle carries the boot image for system.conf's boot-mbr-switch
+    slot, listed first (RAUC writes images in manifest order), taken from the
+    boot partition of the image's own .wic."""
+    problems = []
+    for machine in MACHINES:
+        try:
+            sc = read_system_conf(ctx.machine_file(RAUC_CONF_DIR, machine, "system.conf"))
+            boot = bootregion.boot_slots(sc)
+        except (CheckError, bootregion.RegionError) as e:
+            problems.append(f"[{machine}] {e}")
+            continue
+        d = ctx.recipe(BUNDLE, machine)
+        slots = (d.getVar("RAUC_BUNDLE_SLOTS") or "").split()
+        classes = [(d.getVarFlag(f"RAUC_SLOT_{s}", "name") or s) for s in slots]
+        known = {s.split(".")[1] for s in sc.sections() if s.startswith("slot.")}
+        for c in classes:
+            if c not in known:
+                problems.append(f"[{machine}] {BUNDLE}: slot class {c} is not in system.conf")
+        if len(boot) != 1:
+            continue
+        want = bootregion.slot_class(boot[0][0])
+        if not classes or classes[0] != want:
+            problems.append(f"[{machine}] {BUNDLE}: RAUC_BUNDLE_SLOTS {slots} does not start with the boot slot "
+                            f"class {want}: RAUC would write the rootfs before the boot files")
+            continue
+        slot = slots[0]
+        name = d.getVarFlag(f"RAUC_SLOT_{slot}", "file") or ""
+        if not name.endswith((".vfat", ".img")):
+            problems.append(f"[{machine}] {BUNDLE}: the boot image {name!r} is not *.vfat or *.img "
+                            "(RAUC 1.8 has no boot-mbr-switch handler for it)")
+        if d.getVarFlag(f"RAUC_SLOT_{slot}", "type") != "boot":
+            problems.append(f"[{machine}] {BUNDLE}: RAUC_SLOT_{slot}[type] is not boot")
+        if name and name != (d.getVar("HARMONY_BOOT_IMAGE") or ""):
+            problems.append(f"[{machine}] {BUNDLE}: RAUC_SLOT_{slot}[file] is {name}, the recipe makes "
+                            f"{d.getVar('HARMONY_BOOT_IMAGE')}")
+        wic = d.getVar("HARMONY_BOOT_IMAGE_WIC_TYPE") or ""
+        image = ctx.recipe(IMAGE, machine)
+        if wic not in (image.getVar("IMAGE_FSTYPES") or "").split():
+            problems.append(f"[{machine}] {BUNDLE}: takes the boot partition from the {wic!r} image, which "
+                            f"{IMAGE} does not build (IMAGE_FSTYPES)")
+        task = d.getVarFlags("do_harmony_boot_image") or {}
+        if not task.get("task") or "do_unpack" not in (task.get("deps") or []) \
+                or "do_harmony_boot_image" not in (d.getVarFlag("do_configure", "deps") or []):
+            problems.append(f"[{machine}] {BUNDLE}: do_harmony_boot_image does not run between do_unpack and "
+                            "do_configure (where bundle.bbclass collects the images)")
+        if f"harmony-image:do_image_complete" not in (d.getVarFlag(f"RAUC_SLOT_{slot}", "depends") or "").split():
+            problems.append(f"[{machine}] {BUNDLE}: RAUC_SLOT_{slot}[depends] does not wait for "
+                            "harmony-image:do_image_complete (the .wic)")
+    return problems
+
+
+def check_boot_state_raw(ctx: Ctx):
+    """Nothing keeps the boot state in files on the boot partition any more."""
+    return bootstate.check_boot_state_raw(ctx, read_fw_env, boot_script)
+
+
 def check_image_content(ctx: Ctx):
     """packagegroup-base (machine extras) and the network stay in the image;
     the distro drops graphics/audio features and keeps the radios."""
@@ -719,6 +809,10 @@ CHECKS = {
     "bundle-compatible": check_bundle_compatible,
     "boot-script-placeholders": check_boot_script_placeholders,
     "boot-script-vs-env": check_boot_script_vs_env,
+    "boot-env-location": check_boot_env_location,
+    "boot-state-raw": check_boot_state_raw,
+    "boot-region": check_boot_region,
+    "bundle-boot-slot": check_bundle_boot_slot,
     "keyring": check_keyring,
     "no-mark-good": check_no_mark_good,
     "kas-pinned": check_kas_pinned,

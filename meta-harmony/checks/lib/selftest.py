@@ -110,7 +110,12 @@ def run_crates_script(layer: Path):
 CRATES_INC = "recipes-harmony/harmony-agent/harmony-agent-crates.inc"
 SYSTEM_CONF = "recipes-core/rauc/files/qemuarm64/system.conf"
 BOOT_CMD = "recipes-bsp/u-boot/files/boot.cmd.in"
+QEMU_FW_ENV = "recipes-bsp/libubootenv/files/qemuarm64/fw_env.config"
+ENV_CFG = "recipes-bsp/u-boot/files/harmony-env-redund.cfg"
+BOOT_ENV_BB = "recipes-bsp/u-boot/harmony-boot-env_1.0.bb"
+BOOT_ENV_TXT = "recipes-bsp/u-boot/files/harmony-boot-env.txt"
 IMAGE = "recipes-core/images/harmony-image.bb"
+BUNDLE = "recipes-core/bundles/harmony-bundle.bb"
 PARTITIONS = "recipes-core/harmony-partitions"
 BUILDER = "image/qemu/build.py"
 
@@ -152,6 +157,56 @@ CASES = [
      lambda l: append(l / BOOT_CMD, "echo @@NOT_FILLED_ANYWHERE@@\n")),
     ("boot script ignores a RAUC variable", run_python_check("boot-script-vs-env"),
      lambda l: edit(l / BOOT_CMD, r"\bBOOT_B_LEFT\b", "BOOT_Y_LEFT", count=0)),
+    ("fw_env.config names another offset than the wks", run_python_check("boot-env-location"),
+     lambda l: edit(l / QEMU_FW_ENV, r"0x110000", "0x120000")),
+    ("boot script reads copy 2 elsewhere", run_python_check("boot-env-location"),
+     lambda l: edit(l / BOOT_CMD, r"^setenv harmony_env_blk2 0x880$", "setenv harmony_env_blk2 0x890")),
+    ("boot script reads fewer blocks than a copy has", run_python_check("boot-env-location"),
+     lambda l: edit(l / BOOT_CMD, r"^setenv harmony_env_blks 0x20$", "setenv harmony_env_blks 0x10")),
+    ("U-Boot fragment's redundant offset differs", run_python_check("boot-env-location"),
+     lambda l: edit(l / ENV_CFG, r"^CONFIG_ENV_OFFSET_REDUND=0x110000$", "CONFIG_ENV_OFFSET_REDUND=0x120000")),
+    ("U-Boot fragment without ENV_APPEND (copies replace bootcmd)", run_python_check("boot-env-location"),
+     lambda l: edit(l / ENV_CFG, r"^CONFIG_ENV_APPEND=y\n", "")),
+    ("Pi's wks puts copy 2 elsewhere", run_python_check("boot-env-location"),
+     lambda l: edit(l / "files/wic/harmony-raspberrypi5.wks", r"--offset 1088K", "--offset 1152K")),
+    ("wks writes only one copy", run_python_check("boot-env-location"),
+     lambda l: edit(l / "files/wic/harmony-qemuarm64.wks", r"^part --source rawcopy .*--offset 1088K\n", "")),
+    ("copy size differs from the recipe's", run_python_check("boot-env-location"),
+     lambda l: edit(l / BOOT_ENV_BB, r'^HARMONY_BOOT_ENV_SIZE = "0x4000"$', 'HARMONY_BOOT_ENV_SIZE = "0x8000"')),
+    ("image does not wait for the initial state", run_python_check("boot-env-location"),
+     lambda l: edit(l / IMAGE, r'^do_image_wic\[depends\] \+= "harmony-boot-env:do_deploy"\n', "")),
+    ("initial state leaves a slot on trial", run_python_check("boot-env-location"),
+     lambda l: edit(l / BOOT_ENV_TXT, r"^BOOT_B_LEFT=3$", "BOOT_B_LEFT=2")),
+    ("boot region larger than two boot partitions", run_python_check("boot-region"),
+     lambda l: edit(l / SYSTEM_CONF, r"^region-size=128M$", "region-size=256M")),
+    ("boot region starts after the boot partition", run_python_check("boot-region"),
+     lambda l: edit(l / "recipes-core/rauc/files/raspberrypi4-64/system.conf", r"^region-start=4M$", "region-start=68M")),
+    ("boot slot on a partition, not the whole disk", run_python_check("boot-region"),
+     lambda l: edit(l / "recipes-core/rauc/files/raspberrypi5/system.conf", r"^device=/dev/mmcblk0$", "device=/dev/mmcblk0p1")),
+    ("second half of the boot region not reserved", run_python_check("boot-region"),
+     lambda l: edit(l / "files/wic/harmony-raspberrypi4-64.wks", r"^part --ondisk mmcblk0 --no-table --fixed-size 64M\n", "")),
+    ("boot slot given a bootname", run_python_check("boot-region"),
+     lambda l: edit(l / SYSTEM_CONF, r"^type=boot-mbr-switch$", "type=boot-mbr-switch\nbootname=C")),
+    ("bundle writes the rootfs before the boot files", run_python_check("bundle-boot-slot"),
+     lambda l: edit(l / BUNDLE, r'^RAUC_BUNDLE_SLOTS = "bootloader rootfs"$', 'RAUC_BUNDLE_SLOTS = "rootfs bootloader"')),
+    ("bundle's boot image from a .wic the image does not build", run_python_check("bundle-boot-slot"),
+     lambda l: edit(l / BUNDLE, r'^HARMONY_BOOT_IMAGE_WIC_TYPE = "wic\.bz2"$', 'HARMONY_BOOT_IMAGE_WIC_TYPE = "wic.xz"')),
+    ("bundle's boot image no longer cut before the manifest", run_python_check("bundle-boot-slot"),
+     lambda l: edit(l / BUNDLE, r"^addtask harmony_boot_image after do_unpack before do_configure$",
+                    "addtask harmony_boot_image after do_unpack")),
+    ("boot script writes uboot.env again", run_python_check("boot-state-raw"),
+     lambda l: append(l / BOOT_CMD, "fatwrite ${devtype} ${devnum}:1 ${loadaddr} uboot.env 0x4000\n")),
+    ("fw_env.config back on a file of the boot partition", run_python_check("boot-state-raw"),
+     lambda l: edit(l / QEMU_FW_ENV, r"^/dev/vda(\s+0x110000)", r"/boot/firmware/uboot-redund.env\1")),
+    ("fw_env.config on a partition, not the whole disk", run_python_check("boot-state-raw"),
+     lambda l: edit(l / "recipes-bsp/libubootenv/files/raspberrypi4-64/fw_env.config", r"^/dev/mmcblk0 ", "/dev/mmcblk0p1 ")),
+    ("U-Boot fragment with the pre-2026 redundancy option", run_python_check("boot-state-raw"),
+     lambda l: edit(l / ENV_CFG, r"^CONFIG_ENV_REDUNDANT=y$", "CONFIG_SYS_REDUNDAND_ENVIRONMENT=y")),
+    ("U-Boot fragment back on FAT", run_python_check("boot-state-raw"),
+     lambda l: edit(l / ENV_CFG, r"^# CONFIG_ENV_IS_IN_FAT is not set$", "CONFIG_ENV_IS_IN_FAT=y")),
+    ("boot confirmation needs /boot/firmware again", run_python_check("boot-state-raw"),
+     lambda l: edit(l / "recipes-bsp/u-boot/files/harmony-boot-confirm.service", r"^After=multi-user\.target$",
+                    "After=multi-user.target boot-firmware.mount\nRequires=boot-firmware.mount")),
     ("keyring name differs", run_python_check("keyring"),
      lambda l: edit(l / SYSTEM_CONF, r"^(path\s*=\s*).*$", r"\1elsewhere.pem")),
     ("rauc-mark-good allowed in", run_python_check("no-mark-good"),

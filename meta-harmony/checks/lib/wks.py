@@ -53,13 +53,16 @@ def parse_wks(text: str, expand=None):
         parts.append(part)
     # wic numbers partitions in order; with an msdos table and more than four
     # partitions the fourth becomes the extended one and the rest are logical.
+    # --no-table parts (raw data such as the boot state) get no number and do
+    # not count.
+    in_table = [p for p in parts if not p.get("no-table")]
     num = 0
     for p in parts:
         if p.get("no-table"):
             p["num"] = None
             continue
         num += 1
-        if ptable == "msdos" and len(parts) > 4 and num == 4:
+        if ptable == "msdos" and len(in_table) > 4 and num == 4:
             num = 5
         p["num"] = num
         disk = p.get("ondisk") or p.get("ondrive")

@@ -3,8 +3,10 @@
 # no sources of its own (bundle.bbclass collects harmony-image's output from
 # DEPLOY_DIR_IMAGE) and no package section.
 SUMMARY = "Harmony Fleet OTA update bundle"
-DESCRIPTION = "Signed RAUC bundle (verity format) carrying harmony-image's \
-               ext4 root filesystem for the inactive rootfs slot."
+DESCRIPTION = "Signed RAUC bundle (verity format) carrying the boot files \
+               (the boot partition of harmony-image's .wic) for the \
+               boot-mbr-switch slot and harmony-image's ext4 root \
+               filesystem for the inactive rootfs slot."
 HOMEPAGE = "https://example.invalid/harmony-fleet"
 LICENSE = "MIT"
 
@@ -25,9 +27,69 @@ RAUC_BUNDLE_COMPATIBLE = "harmony-${MACHINE}"
 RAUC_BUNDLE_VERSION = "${DISTRO_VERSION}"
 RAUC_BUNDLE_DESCRIPTION = "${DISTRO_NAME} ${DISTRO_VERSION} for ${MACHINE}"
 
-RAUC_BUNDLE_SLOTS = "rootfs"
+# The boot files first (ADR 0004): RAUC writes the images in manifest order,
+# and the rootfs slot after the boot files means a power cut can leave new
+# boot files with the old, committed rootfs (the target rootfs slot is marked
+# not bootable before anything is written), never a new rootfs with boot
+# files that were not written.
+RAUC_BUNDLE_SLOTS = "bootloader rootfs"
 RAUC_SLOT_rootfs = "harmony-image"
 RAUC_SLOT_rootfs[fstype] = "ext4"
+
+# system.conf's [slot.bootloader.0] (type=boot-mbr-switch). Its image is the
+# boot partition of the very .wic this build makes for flashing: the same
+# IMAGE_BOOT_FILES (Pi firmware, config.txt, DTBs and overlays, u-boot.bin,
+# boot.scr) in the same vfat, byte for byte, so a device updated over the air
+# boots the boot files a freshly flashed card has. RAUC 1.8 writes *.vfat and
+# *.img files to such a slot. meta-harmony/checks: bundle-boot-slot.
+HARMONY_BOOT_IMAGE = "harmony-boot.vfat"
+HARMONY_BOOT_IMAGE_WIC_TYPE = "wic.bz2"
+HARMONY_BOOT_IMAGE_WIC = "${RAUC_SLOT_rootfs}${IMAGE_MACHINE_SUFFIX}${IMAGE_NAME_SUFFIX}.${HARMONY_BOOT_IMAGE_WIC_TYPE}"
+RAUC_SLOT_bootloader = "harmony-image"
+RAUC_SLOT_bootloader[type] = "boot"
+RAUC_SLOT_bootloader[file] = "${HARMONY_BOOT_IMAGE}"
+RAUC_SLOT_bootloader[depends] = "harmony-image:do_image_complete"
+
+# Cut partition 1 (MBR entry 0, the boot partition) out of the deployed .wic
+# into ${HARMONY_BOOT_IMAGE}, where bundle.bbclass's manifest writer finds it
+# (UNPACKDIR). Only the first partition's sectors are decompressed.
+python do_harmony_boot_image() {
+    import bz2
+    import gzip
+    import lzma
+    import struct
+
+    kind = d.getVar('HARMONY_BOOT_IMAGE_WIC_TYPE')
+    openers = {'wic': open, 'wic.bz2': bz2.open, 'wic.gz': gzip.open, 'wic.xz': lzma.open}
+    if kind not in openers:
+        bb.fatal("HARMONY_BOOT_IMAGE_WIC_TYPE %s: want one of %s" % (kind, ", ".join(openers)))
+    src = os.path.join(d.getVar('DEPLOY_DIR_IMAGE'), d.getVar('HARMONY_BOOT_IMAGE_WIC'))
+    dst = os.path.join(d.getVar('HARMONY_UNPACKDIR'), d.getVar('HARMONY_BOOT_IMAGE'))
+
+    def copy(f, out, count):
+        while count:
+            chunk = f.read(min(count, 1 << 20))
+            if not chunk:
+                bb.fatal("%s ends inside its boot partition" % src)
+            if out is not None:
+                out.write(chunk)
+            count -= len(chunk)
+
+    with openers[kind](src, 'rb') as f:
+        mbr = f.read(512)
+        if len(mbr) != 512 or mbr[510:512] != b'\x55\xaa':
+            bb.fatal("%s has no MBR" % src)
+        start, sectors = struct.unpack_from('<II', mbr, 446 + 8)
+        if start == 0 or sectors == 0:
+            bb.fatal("%s: MBR entry 0 (the boot partition) is empty" % src)
+        copy(f, None, start * 512 - 512)
+        with open(dst, 'wb') as out:
+            copy(f, out, sectors * 512)
+    bb.note("%s: partition 1 of %s (%d sectors at sector %d)" % (dst, src, sectors, start))
+}
+addtask harmony_boot_image after do_unpack before do_configure
+do_harmony_boot_image[doc] = "Cuts the boot partition out of the .wic as the bundle's boot image"
+do_harmony_boot_image[depends] += "harmony-image:do_image_complete"
 
 # Signing material; the defaults (public development keys) come from
 # classes-global/harmony_sanity.bbclass, which warns in release builds.

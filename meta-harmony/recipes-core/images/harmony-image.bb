@@ -60,6 +60,9 @@ IMAGE_ROOTFS_MAXSIZE:rpi = "1048576"
 # meta-raspberrypi already lists it and depends on u-boot:do_deploy for the Pi.
 IMAGE_BOOT_FILES:qemuarm64 = "boot.scr"
 do_image_wic[depends] += "u-boot:do_deploy"
+# The initial boot state that the wks writes raw before the first partition
+# (harmony-boot-env.bin, ADR 0004 decision 3).
+do_image_wic[depends] += "harmony-boot-env:do_deploy"
 # Each rootfs slot carries its own kernel in /boot (kernel-image above), so
 # a bundle updates kernel and userland together (boot.cmd.in loads it from
 # the slot); the copy meta-raspberrypi puts on the shared boot partition
