@@ -102,9 +102,26 @@ def check_runqemu(ctx):
         problems.append(f"[qemuarm64] {IMAGE}: IMAGE_FSTYPES lacks a plain wic for runqemu")
     if "u-boot" not in (d.getVar("EXTRA_IMAGEDEPENDS") or "").split():
         problems.append(f"[qemuarm64] {IMAGE}: EXTRA_IMAGEDEPENDS lacks u-boot (runqemu's firmware)")
-    if "virtio-blk" not in (d.getVar("QB_ROOTFS_OPT") or ""):
-        problems.append(f"[qemuarm64] {IMAGE}: QB_ROOTFS_OPT does not attach the disk as virtio-blk (vda)")
+    # runqemu attaches a wic disk by QB_DRIVE_TYPE alone (QB_ROOTFS_OPT is
+    # replaced); qemuboot.bbclass defaults it to /dev/sd, i.e. virtio-scsi.
+    drive = (d.getVar("QB_DRIVE_TYPE") or "/dev/sd").strip()
+    if runqemu_disk_bus(drive) != "virtio-blk":
+        problems.append(f"[qemuarm64] {IMAGE}: QB_DRIVE_TYPE {drive!r} makes runqemu attach the .wic as "
+                        f"{runqemu_disk_bus(drive)}, but the layer's files name /dev/vda (want \"/dev/vd\")")
+    if d.getVar("QB_ROOTFS_OPT"):
+        problems.append(f"[qemuarm64] {IMAGE}: QB_ROOTFS_OPT is set, but runqemu ignores it for a wic image")
     return problems
+
+
+def runqemu_disk_bus(drive_type):
+    """The bus runqemu puts a wic/vmdk disk on for a QB_DRIVE_TYPE (its
+    prefix tests, in its order)."""
+    for prefix, bus in (("/dev/sd", "virtio-scsi"), ("/dev/hd", "ide"), ("/dev/mmcblk", "sdhci"),
+                        ("/dev/vdb", "virtio-mmio")):
+        if drive_type.startswith(prefix):
+            return bus
+    # Anything else, /dev/vd included, is virtio-blk (with a warning unless /dev/vd).
+    return "virtio-blk"
 
 
 def check_limits(ctx, read_system_conf, wks_for, size_kib):

@@ -251,6 +251,8 @@ CASES = [
      lambda l: edit(l.parent / "image/kas/release.yml", r'^    HARMONY_RAUC_SIGNING_KEY \?= ""\n', "")),
     ("runqemu without U-Boot as firmware", run_python_check("runqemu"),
      lambda l: edit(l / IMAGE, r"^QB_DEFAULT_BIOS:qemuarm64 = .*\n", "")),
+    ("runqemu attaches the wic as virtio-scsi (sda)", run_python_check("runqemu"),
+     lambda l: edit(l / IMAGE, r"^QB_DRIVE_TYPE:qemuarm64 = .*\n", "")),
     ("agent accepts larger bundles than RAUC", run_python_check("limits"),
      lambda l: edit(l / "recipes-harmony/harmony-agent/files/agent.toml", r"^max_bundle_bytes = \d+", "max_bundle_bytes = 4294967296")),
     ("slot without resize=true", run_python_check("limits"),

@@ -80,5 +80,9 @@ QB_DEFAULT_FSTYPE:qemuarm64 = "wic"
 QB_DEFAULT_BIOS:qemuarm64 = "u-boot.bin"
 QB_DEFAULT_KERNEL:qemuarm64 = "none"
 QB_KERNEL_ROOT:qemuarm64 = ""
-QB_ROOTFS_OPT:qemuarm64 = "-drive id=disk0,file=@ROOTFS@,if=none,format=raw -device virtio-blk-pci,drive=disk0"
+# For a wic image runqemu ignores QB_ROOTFS_OPT and attaches the disk by
+# QB_DRIVE_TYPE, whose default (/dev/sd) is virtio-scsi: U-Boot then finds no
+# disk and Linux would call it sda, while fw_env.config, system.conf and the
+# mount units name /dev/vda. "/dev/vd" makes it virtio-blk, as in qemu-tests.
+QB_DRIVE_TYPE:qemuarm64 = "/dev/vd"
 
