@@ -108,8 +108,6 @@ def check_runqemu(ctx):
     if runqemu_disk_bus(drive) != "virtio-blk":
         problems.append(f"[qemuarm64] {IMAGE}: QB_DRIVE_TYPE {drive!r} makes runqemu attach the .wic as "
                         f"{runqemu_disk_bus(drive)}, but the layer's files name /dev/vda (want \"/dev/vd\")")
-    if d.getVar("QB_ROOTFS_OPT"):
-        problems.append(f"[qemuarm64] {IMAGE}: QB_ROOTFS_OPT is set, but runqemu ignores it for a wic image")
     return problems
 
 
