@@ -50,22 +50,29 @@ class Guest:
         self.qemu_args = []
 
     # -- process ------------------------------------------------------------
+    # A launcher that starts QEMU as its child (runqemu) gets its own session,
+    # so that a power cut can end both.
+    own_session = False
+
+    def command(self):
+        """The QEMU command line of every boot."""
+        return ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57", "-smp", "2", "-m", "1024",
+                "-nographic", "-monitor", "none", "-serial", "stdio",
+                "-bios", str(self.image / "u-boot.bin"),
+                "-drive", f"if=none,id=hd,format={'raw' if self.raw else 'qcow2'},file={self.overlay}",
+                "-device", "virtio-blk-pci,drive=hd",
+                "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile=", *self.qemu_args]
+
     def start(self):
         self.boots += 1
         self.logpath = self.art / f"{self.name}.console-{self.boots}.log"
         self.log = open(self.logpath, "w", errors="replace")
         with self.lock:
             self.buf = ""
-        cmd = ["qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a57", "-smp", "2", "-m", "1024",
-               "-nographic", "-monitor", "none", "-serial", "stdio",
-               "-bios", str(self.image / "u-boot.bin"),
-               "-drive", f"if=none,id=hd,format={'raw' if self.raw else 'qcow2'},file={self.overlay}",
-               "-device", "virtio-blk-pci,drive=hd",
-               "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile=", *self.qemu_args]
         self.t0 = time.monotonic()
         # PR_SET_PDEATHSIG would be nicer; a killed runner is handled by _terminate.
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, bufsize=0)
+        self.proc = subprocess.Popen(self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, bufsize=0, start_new_session=self.own_session)
         threading.Thread(target=self._reader, args=(self.proc, self.log), daemon=True).start()
 
     def _reader(self, proc, log):

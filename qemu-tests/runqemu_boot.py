@@ -30,7 +30,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -101,17 +100,10 @@ class RunqemuGuest(Guest):
         self.conf = write_qemuboot_conf(env, self.deploy, self.native)
         self.runqemu = layers / "openembedded-core" / "scripts" / "runqemu"
 
-    def start(self):
-        self.boots += 1
-        self.logpath = self.art / f"{self.name}.console-{self.boots}.log"
-        self.log = open(self.logpath, "w", errors="replace")
-        with self.lock:
-            self.buf = ""
-        cmd = [str(self.runqemu), str(self.conf), "nographic", "slirp"]
-        self.t0 = time.monotonic()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, bufsize=0, start_new_session=True)
-        threading.Thread(target=self._reader, args=(self.proc, self.log), daemon=True).start()
+    own_session = True
+
+    def command(self):
+        return [str(self.runqemu), str(self.conf), "nographic", "slirp"]
 
     def kill(self):
         # runqemu starts QEMU as its child: end the whole session.
