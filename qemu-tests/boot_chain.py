@@ -33,11 +33,19 @@ console, and proves the A/B boot chain with real U-Boot, RAUC and Linux:
  10 power cut right after the switch of MBR entry 0 reached the disk, while
     the rootfs slot is written: the new boot files boot the old committed
     slot, never the half-written one
+ 11 Wi-Fi-only Pi (issue 11 item 2): harmony-wifi.conf (CRLF) on the boot
+    partition is moved to /data (0600, no CR) by harmony-wifi-import at boot;
+    the product's wpa_supplicant@wlan0 associates with a WPA2 access point
+    the test runs with hostapd on the other mac80211_hwsim radio and
+    systemd-networkd gets wlan0 a DHCP address from it; the next boot does
+    not import again and associates again from /data; a harmony-wifi.conf
+    without a network={ block is left in place, /data untouched, the unit
+    fails with its message
 
 The boot script alone (no image) is tested by boot_script.py
 (qemu-tests/run script).
 
---ci runs 1-3, --all (the default) 1-10. Every run writes the serial console
+--ci runs 1-3, --all (the default) 1-11. Every run writes the serial console
 of every boot and a summary to qemu-tests/artifacts/<timestamp>-boot-chain/. The last
 line printed is "N passed, N failed".
 """
@@ -592,6 +600,150 @@ def s10(ctx):
     st = g.rauc_status()
     check(st.get("booted") == "A", f"rauc status booted={st.get('booted')}")
     check(slot_state(st, "B")[1].get("boot_status") == "bad", "RAUC does not report B bad")
+
+
+# --- scenario 11: Wi-Fi ------------------------------------------------------
+WIFI_SSID = "harmony-test-ap"
+WIFI_PSK = "correct horse battery"
+# As a Windows user's editor saves it: CRLF line endings.
+WIFI_CONF = f'network={{\r\n    ssid="{WIFI_SSID}"\r\n    psk="{WIFI_PSK}"\r\n}}\r\n'
+WIFI_DATA = "/data/harmony/wifi/wpa_supplicant-wlan0.conf"
+# Test fixtures, never product files: written into the raw disk before the
+# first boot (modules-load.d: the radios exist at boot, as a Pi's brcmfmac
+# does) or in the guest at test time (the access point and its DHCP server,
+# /run only). 10- sorts before the layer's 25-wireless.network (wl*).
+HWSIM_LOAD = "mac80211_hwsim\n"
+HWSIM_OPTS = "options mac80211_hwsim radios=2\n"
+AP_NETWORK = ("[Match]\nName=wlan1\n\n[Network]\nAddress=192.168.77.1/24\nDHCPServer=yes\n"
+              "ConfigureWithoutCarrier=yes\n\n[DHCPServer]\nPoolOffset=100\nPoolSize=20\n")
+AP_HOSTAPD = (f"interface=wlan1\ndriver=nl80211\nssid={WIFI_SSID}\nhw_mode=g\nchannel=6\n"
+              f"wpa=2\nwpa_key_mgmt=WPA-PSK\nrsn_pairwise=CCMP\nwpa_passphrase={WIFI_PSK}\n")
+
+
+def mbr_entry(path, n):
+    """(start, sectors) of MBR entry n of a raw disk file."""
+    with open(path, "rb") as f:
+        return struct.unpack_from("<II", f.read(512), 446 + 16 * n + 8)
+
+
+def put_boot_file(disk, name, text):
+    """A file on the boot partition (vfat, MBR entry 0) of a raw disk, as
+    whoever prepares the card would put it there."""
+    start, _ = mbr_entry(disk, 0)
+    src = disk.parent / f"{disk.stem}.{name}"
+    src.write_bytes(text.encode())
+    suite_run(["mcopy", "-o", "-i", f"{disk}@@{start * 512}", str(src), f"::{name}"])
+
+
+def put_rootfs_file(disk, entry, path, text):
+    """A test fixture file in the ext4 rootfs of MBR entry `entry` (debugfs on
+    the raw disk at the partition's offset)."""
+    start, _ = mbr_entry(disk, entry)
+    src = disk.parent / f"{disk.stem}.{Path(path).name}"
+    src.write_text(text)
+    src.chmod(0o644)
+    dev = f"{disk}?offset={start * 512}"
+    suite_run(["debugfs", "-w", "-R", f"mkdir {Path(path).parent}", dev], ok=False)
+    suite_run(["debugfs", "-w", "-R", f"write {src} {path}", dev])
+    out = suite_run(["debugfs", "-R", f"cat {path}", dev])
+    check(out == text, f"debugfs did not write {path}: {out!r}")
+
+
+def suite_run(cmd, ok=True):
+    import subprocess
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if ok and p.returncode != 0:
+        raise suite.Fail(f"{cmd[0]} failed: {p.stderr.strip()}")
+    return p.stdout
+
+
+def start_ap(g):
+    """The test's access point on wlan1: hostapd (WPA2-PSK) and a DHCP server
+    (systemd-networkd) in /run; returns when hostapd reports AP-ENABLED."""
+    g.sh(f"mkdir -p /run/systemd/network && printf '{AP_NETWORK}' >/run/systemd/network/10-harmony-test-ap.network"
+         " && networkctl reload")
+    g.sh(f"printf '{AP_HOSTAPD}' >/run/harmony-test-ap.conf && "
+         "systemd-run -q --unit=harmony-test-ap /usr/sbin/hostapd /run/harmony-test-ap.conf")
+    rc, _ = g.sh("timeout 60 sh -c 'until iw dev wlan1 info | grep -q \"type AP\"; do sleep 0.5; done'",
+                 timeout=90, ok=False)
+    if rc != 0:
+        _, out = g.sh("systemctl status --no-pager -n 40 harmony-test-ap; iw dev; true")
+        check(False, f"the test's hostapd did not bring up the AP on wlan1: {out[-2500:]}")
+
+
+def wifi_associated(ctx, g, what):
+    """wlan0 associated with the test's AP by the product's wpa_supplicant@wlan0,
+    with a DHCP address from the AP side; returns seconds waited."""
+    t0 = time.monotonic()
+    rc, _ = g.sh(f"timeout 120 sh -c 'until iw dev wlan0 link | grep -q \"SSID: {WIFI_SSID}\"; do sleep 0.5; done'",
+                 timeout=150, ok=False)
+    _, out = g.sh("systemctl status --no-pager -n 30 wpa_supplicant@wlan0; true")
+    check(rc == 0, f"{what}: wlan0 did not associate with the AP: {out[-2500:]}")
+    _, out = g.sh("timeout 30 sh -c 'until journalctl -b -u wpa_supplicant@wlan0 -o cat | "
+                  "grep -q CTRL-EVENT-CONNECTED; do sleep 0.5; done'; "
+                  "journalctl -b -u wpa_supplicant@wlan0 -o cat | grep -E 'CTRL-EVENT-CONNECTED' ; true", timeout=60)
+    check("CTRL-EVENT-CONNECTED" in out, f"{what}: wpa_supplicant@wlan0 never reported CTRL-EVENT-CONNECTED: {out}")
+    _, link = g.sh("iw dev wlan0 link")
+    check(f"SSID: {WIFI_SSID}" in link, f"{what}: iw dev wlan0 link: {link}")
+    _, addr = g.sh("timeout 90 sh -c 'until ip -4 -o addr show dev wlan0 | grep -q \"inet 192.168.77.\"; "
+                   "do sleep 0.5; done'; ip -4 -o addr show dev wlan0", timeout=120)
+    m = re.search(r"inet (192\.168\.77\.(\d+))/24", addr)
+    check(m and 100 <= int(m.group(2)) < 120, f"{what}: wlan0 has no DHCP address from the AP: {addr}")
+    _, ping = g.sh("busybox ping -c 1 -W 5 192.168.77.1 >/dev/null && echo PING-OK; true", timeout=30)
+    check("PING-OK" in ping, f"{what}: the AP at 192.168.77.1 does not answer over wlan0")
+    waited = round(time.monotonic() - t0, 1)
+    ctx.note(f"{what}: {link.splitlines()[0] if link else ''}; wlan0 {m.group(1)}")
+    return waited
+
+
+@scenario(11, "Wi-Fi: harmony-wifi.conf imported to /data, wpa_supplicant@wlan0 associates (hwsim), DHCP; "
+              "no second import; bad file left")
+def s11(ctx):
+    g = ctx.guest("s11", raw=True)
+    put_boot_file(g.overlay, "harmony-wifi.conf", WIFI_CONF)
+    put_rootfs_file(g.overlay, 1, "/etc/modules-load.d/harmony-test-hwsim.conf", HWSIM_LOAD)
+    put_rootfs_file(g.overlay, 1, "/etc/modprobe.d/harmony-test-hwsim.conf", HWSIM_OPTS)
+    t, _ = g.boot(expect_slot="A")
+    ctx.metric("boot 1: QEMU start -> root shell (s)", round(t, 1))
+    g.wait_running()
+    _, ifs = g.sh("ls /sys/class/ieee80211/*/device/net/ 2>/dev/null; ls /sys/class/net")
+    check(re.search(r"\bwlan0\b", ifs) and re.search(r"\bwlan1\b", ifs), f"hwsim radios are not wlan0/wlan1: {ifs}")
+    _, log = g.sh("journalctl -b -u harmony-wifi-import -o cat")
+    check(f"harmony-wifi-import: Wi-Fi credentials moved to {WIFI_DATA}" in log, f"no import line in the journal: {log}")
+    rc, _ = g.sh("test -e /boot/firmware/harmony-wifi.conf", ok=False)
+    check(rc != 0, "/boot/firmware/harmony-wifi.conf is still there")
+    _, st = g.sh(f"stat -c 'MODE=%a OWNER=%U' {WIFI_DATA}; echo CR=$(tr -cd '\\r' <{WIFI_DATA} | wc -c); "
+                 f"grep -c 'ssid=\"{WIFI_SSID}\"' {WIFI_DATA}")
+    check("MODE=600 OWNER=root" in st, f"{WIFI_DATA}: {st}")
+    check("CR=0" in st, f"{WIFI_DATA} has CR bytes: {st}")
+    start_ap(g)
+    ctx.metric("boot 1: AP up -> wlan0 associated with a DHCP address (s)", wifi_associated(ctx, g, "boot 1"))
+
+    # second boot: nothing to import, the credentials are on /data
+    _, sum1 = g.sh(f"sha256sum {WIFI_DATA}")
+    g.reboot(expect_slot="A")
+    g.wait_running()
+    _, cond = g.sh("systemctl show -p ConditionResult -p ActiveEnterTimestampMonotonic harmony-wifi-import; "
+                   "journalctl -b -u harmony-wifi-import -o cat | grep -c 'moved to' ; true")
+    check("ConditionResult=no" in cond, f"boot 2: harmony-wifi-import ran again: {cond}")
+    _, sum2 = g.sh(f"sha256sum {WIFI_DATA}")
+    check(sum1.split()[0] == sum2.split()[0], "boot 2: the credentials on /data changed")
+    start_ap(g)
+    ctx.metric("boot 2: AP up -> wlan0 associated with a DHCP address (s)", wifi_associated(ctx, g, "boot 2"))
+
+    # bad input: no network={ block
+    g.sh("printf 'ssid=\"forgot-the-block\"\\r\\n' >/boot/firmware/harmony-wifi.conf && sync")
+    _, stat1 = g.sh(f"stat -c '%Y %s' {WIFI_DATA}; ls -a /data/harmony/wifi")
+    g.reboot(expect_slot="A")
+    g.wait_running()
+    _, state = g.sh("systemctl is-failed harmony-wifi-import; journalctl -b -u harmony-wifi-import -o cat; true")
+    check(re.search(r"^failed$", state, re.M), f"bad file: harmony-wifi-import did not fail: {state}")
+    check("harmony-wifi-import: /boot/firmware/harmony-wifi.conf has no network={...} block; left as it is" in state,
+          f"bad file: no clear message: {state}")
+    _, left = g.sh("cat /boot/firmware/harmony-wifi.conf")
+    check("forgot-the-block" in left, f"bad file: not left in place: {left}")
+    _, stat2 = g.sh(f"stat -c '%Y %s' {WIFI_DATA}; ls -a /data/harmony/wifi")
+    check(stat1 == stat2, f"bad file: /data/harmony/wifi changed: {stat1} -> {stat2}")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,11 @@ LAYER_FILES = [
     (PARTITIONS_BB, "harmony-grow-data.service", "usr/lib/systemd/system/harmony-grow-data.service", 0o644, None),
     (PARTITIONS_BB, "harmony-grow-data", "usr/sbin/harmony-grow-data", 0o755, None),
     (NETWORK_BB, "20-wired.network", "usr/lib/systemd/network/20-wired.network", 0o644, None),
+    (NETWORK_BB, "25-wireless.network", "usr/lib/systemd/network/25-wireless.network", 0o644, None),
+    (NETWORK_BB, "harmony-wifi-import.service", "usr/lib/systemd/system/harmony-wifi-import.service", 0o644, None),
+    (NETWORK_BB, "harmony-wifi-import", "usr/sbin/harmony-wifi-import", 0o755, None),
+    (NETWORK_BB, "wpa_supplicant-wlan0.conf",
+     "usr/lib/systemd/system/wpa_supplicant@wlan0.service.d/10-harmony.conf", 0o644, None),
     (CONFIRM_BB, "harmony-boot-confirm.service", "usr/lib/systemd/system/harmony-boot-confirm.service", 0o644, None),
     (CONFIRM_BB, "harmony-boot-confirm", "usr/sbin/harmony-boot-confirm", 0o755, None),
     ("recipes-core/rauc/rauc-conf.bbappend", "system.conf", "etc/rauc/system.conf", 0o644, None),
@@ -91,6 +96,14 @@ LAYER_FILES = [
     (AGENT_BB, "harmony-agent.service", "usr/lib/systemd/system/harmony-agent.service", 0o644, "agent"),
     (AGENT_BB, "harmony-watchdog.conf", "usr/lib/systemd/system.conf.d/10-harmony-watchdog.conf", 0o644, "agent"),
     (AGENT_BB, "agent.toml", "etc/harmony/agent.toml", 0o644, "agent"),
+]
+
+# Units a recipe enables by a symlink of its own do_install (not by
+# systemd.bbclass): (recipe, link name, target, unit it is wanted by).
+# harmony-network enables wpa_supplicant's wlan0 instance this way.
+LAYER_ENABLES = [
+    (NETWORK_BB, "wpa_supplicant@wlan0.service", "/usr/lib/systemd/system/wpa_supplicant@.service",
+     "sys-subsystem-net-devices-wlan0.device"),
 ]
 
 
@@ -121,6 +134,11 @@ PACKAGES = [
     "iproute2", "procps", "busybox-static", "bash", "coreutils", "grep", "sed", "findutils",
     # sfdisk: harmony-grow-data (the layer's first-boot growth of the data partition)
     "fdisk",
+    # wpa_supplicant@.service, run for wlan0 by the layer's harmony-network
+    "wpasupplicant",
+    # test-only (boot-chain scenario 11): the access point on the other
+    # mac80211_hwsim radio and `iw dev wlan0 link`; no product file uses them
+    "hostapd", "iw",
 ]
 KERNEL_META = "linux-image-arm64"
 # Kernel modules the guest needs (plus their dependencies). The first group
@@ -130,6 +148,10 @@ ROOTFS_MODULES = INITRD_MODULES + [
     "loop", "squashfs", "dm_mod", "dm_verity", "vfat", "nls_cp437", "nls_ascii",
     "nls_utf8", "nls_iso8859_1", "virtio_net", "virtio_rng", "virtio_console",
     "sha256_generic", "sha256_arm64", "sha2_ce", "af_packet",
+    # a pair of simulated 802.11 radios (scenario 11: the layer's Wi-Fi path)
+    # and the ciphers mac80211 asks the crypto API for (WPA2's CCMP, GCMP,
+    # BIP), loaded on demand; without them hostapd's set_key fails (ENOENT)
+    "mac80211_hwsim", "ccm", "ctr", "cmac", "gcm", "ghash_generic",
 ]
 # Trimmed from every rootfs: documentation, translations, perl's library.
 TRIM = ["usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
@@ -517,10 +539,10 @@ def write(path: Path, text: str, mode=0o644):
     path.chmod(mode)
 
 
-def enable(root: Path, unit: str, target: str):
+def enable(root: Path, unit: str, target: str, name=None):
     wants = root / "etc/systemd/system" / f"{target}.wants"
     wants.mkdir(parents=True, exist_ok=True)
-    link = wants / Path(unit).name
+    link = wants / (name or Path(unit).name)
     if not link.exists():
         link.symlink_to(unit)
 
@@ -543,6 +565,12 @@ def install_layer_files(root: Path, with_agent: bool):
         if dst.suffix == ".mount":
             where = next(l.split("=", 1)[1].strip() for l in dst.read_text().splitlines() if l.startswith("Where="))
             (root / where.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    for recipe, name, unit, target in LAYER_ENABLES:
+        # Debian bookworm's packages without merged /usr: /lib/systemd/system
+        found = [u for u in (unit, unit.replace("/usr/lib/", "/lib/", 1)) if (root / u.lstrip("/")).is_file()]
+        if not found:
+            raise SystemExit(f"build: {recipe} enables {name} as {unit}, which no package of the image installs")
+        enable(root, found[0], target, name)
 
 
 def preset_networkd(root: Path):

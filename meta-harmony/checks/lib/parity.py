@@ -191,7 +191,8 @@ UPSTREAM_INSTALLS = {("recipes-core/rauc/rauc-conf.bbappend", "system.conf"): ("
 # Recipes whose every installed file the QEMU image must carry.
 MIRRORED_RECIPES = ["recipes-core/harmony-partitions/harmony-partitions_1.0.bb",
                     "recipes-harmony/harmony-agent/harmony-agent_0.1.0.bb",
-                    "recipes-bsp/u-boot/harmony-boot-confirm_1.0.bb"]
+                    "recipes-bsp/u-boot/harmony-boot-confirm_1.0.bb",
+                    "recipes-core/harmony-network/harmony-network_1.0.bb"]
 
 
 def recipe_installs(d):

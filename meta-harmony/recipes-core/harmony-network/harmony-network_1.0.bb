@@ -35,9 +35,13 @@ do_install() {
     install -m 0755 ${HARMONY_UNPACKDIR}/harmony-wifi-import ${D}${sbindir}/
     # wpa_supplicant@.service belongs to wpa-supplicant: enable its wlan0
     # instance here (systemd.bbclass only enables units of this package).
-    install -d ${D}${sysconfdir}/systemd/system/multi-user.target.wants
+    # Wanted by the wlan0 device, not by multi-user.target: the unit
+    # Requires= its device, so on a Pi without wlan0 (a CM4 Lite, Wi-Fi
+    # disabled in config.txt) multi-user.target would wait 90 s for it and
+    # network.target would fail; this way it starts when wlan0 appears.
+    install -d ${D}${sysconfdir}/systemd/system/sys-subsystem-net-devices-wlan0.device.wants
     ln -sf ${systemd_system_unitdir}/wpa_supplicant@.service \
-        ${D}${sysconfdir}/systemd/system/multi-user.target.wants/wpa_supplicant@wlan0.service
+        ${D}${sysconfdir}/systemd/system/sys-subsystem-net-devices-wlan0.device.wants/wpa_supplicant@wlan0.service
 }
 
 FILES:${PN} += "${systemd_unitdir}/network ${systemd_system_unitdir} ${sysconfdir}/systemd/system"
