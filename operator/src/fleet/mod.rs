@@ -6,9 +6,18 @@
 //! string a device reported (ids, versions, failed-check names, refusal
 //! reasons) is hostile and must be rendered as text by whoever shows it.
 
+mod archive;
+mod audit;
+mod index;
+mod kv;
+mod live;
+mod query;
 mod stage;
+mod timeline;
 mod types;
 
+pub use kv::KvFleet;
+pub use query::{health_name, selector_matches};
 pub use stage::Stage;
 pub use types::*;
 

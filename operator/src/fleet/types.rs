@@ -151,7 +151,7 @@ pub struct JobRef {
 /// One row of the device list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceSummary {
-    pub id: DeviceId,
+    pub device_id: DeviceId,
     pub presence: Presence,
     /// When the server stored its last believable heartbeat.
     pub last_seen: Option<UnixMillis>,
@@ -163,6 +163,7 @@ pub struct DeviceSummary {
     /// The agent's upgrade phase name.
     pub phase: Option<String>,
     /// The device says its upgrade record and its bootloader disagree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_mismatch: Option<String>,
     /// The operator's provisioning labels.
     pub labels: Labels,
@@ -210,6 +211,9 @@ pub struct DeviceDetail {
     pub heartbeat: Option<Heartbeat>,
     /// KV revision of that heartbeat.
     pub heartbeat_revision: Option<u64>,
+    /// Why the latest value under the device's heartbeat key is not believed
+    /// (undecodable, or it names another device).
+    pub heartbeat_error: Option<String>,
     /// Its current (latest) rollout job.
     pub job: Option<Job>,
     /// The job record could not be read.
@@ -234,6 +238,10 @@ pub struct StageCounts {
     pub timed_out: usize,
     pub skipped: usize,
     pub up_to_date: usize,
+    /// Devices of the wave whose job for this rollout is no longer on
+    /// record (replaced by a newer rollout and not found in the archive).
+    #[serde(default)]
+    pub superseded: usize,
 }
 
 impl StageCounts {
@@ -258,8 +266,9 @@ impl StageCounts {
             Stage::UpToDate => &mut self.up_to_date,
         }
     }
+    /// Devices counted, `superseded` included.
     pub fn total(&self) -> usize {
-        Stage::ALL.iter().map(|s| self.get(*s)).sum()
+        Stage::ALL.iter().map(|s| self.get(*s)).sum::<usize>() + self.superseded
     }
     /// Devices whose job is over, one way or another.
     pub fn finished(&self) -> usize {
@@ -269,6 +278,7 @@ impl StageCounts {
         for s in Stage::ALL {
             *self.slot(s) += other.get(s);
         }
+        self.superseded += other.superseded;
     }
 }
 
