@@ -17,12 +17,14 @@ mod pages;
 mod session;
 mod throttle;
 mod widgets;
+mod with_operator;
 
 pub use auth::hash_password;
 pub use error::DashError;
 pub use guard::CSRF_HEADER;
 pub use headers::CSP;
 pub use session::COOKIE;
+pub use with_operator::run_with_dashboard;
 
 use crate::config::Config;
 use crate::error::{Error, Result};

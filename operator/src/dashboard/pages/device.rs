@@ -2,7 +2,7 @@
 //! transition with its reason, and (admins) ping and reboot.
 
 use super::devices::health_name;
-use super::{actor, is_htmx, now, opt};
+use super::{actor, is_htmx, now, opt, wave_name};
 use crate::dashboard::error::DashResult;
 use crate::dashboard::guard::Caller;
 use crate::dashboard::layout::{page as layout, Nav};
@@ -22,6 +22,7 @@ fn heartbeat(d: &DeviceDetail) -> Markup {
     html! {
         div.panel #device-heartbeat {
             h2 { "Last heartbeat" }
+            @if let Some(e) = &d.heartbeat_error { div.flash.flash-error #heartbeat-error { "Latest heartbeat not believed: " (e) } }
             @match &d.heartbeat {
                 None => p.muted { "No heartbeat yet." },
                 Some(hb) => dl.facts {
@@ -88,7 +89,7 @@ fn timeline(d: &DeviceDetail) -> Markup {
                                 (badge(&t.state)) " "
                                 a href={ "/rollouts/" (t.rollout_id) } { (t.rollout_id) }
                                 @if let Some(v) = &t.target_version { " → " code { (v) } }
-                                " · wave " (t.wave + 1)
+                                " · " (wave_name(t.wave))
                             }
                             @if !t.note.is_empty() { div { (t.note) } }
                             @if let Some(r) = &t.reason { div.reason { strong { "Reason: " } (r) } }
@@ -102,7 +103,7 @@ fn timeline(d: &DeviceDetail) -> Markup {
 }
 
 fn region(d: &DeviceDetail) -> Markup {
-    let id = d.summary.id.as_str();
+    let id = d.summary.device_id.as_str();
     html! {
         div #device-detail data-device-id=(id) hx-get={ "/devices/" (id) } hx-trigger="sse:devices" hx-swap="outerHTML" {
             div.grid { (heartbeat(d)) (labels(d)) }

@@ -147,8 +147,8 @@ fn region(f: &Filter, p: &DevicePage) -> Markup {
                     thead { tr { th { "Device" } th { "Presence" } th { "Last seen" } th { "OS version" } th { "Slot" } th { "Health" } th { "Phase" } th { "Rollout" } th { "Labels" } } }
                     tbody {
                         @for d in &p.devices {
-                            tr.device-row data-device-id=(d.id) {
-                                td { a href={ "/devices/" (d.id) } { code { (d.id) } } }
+                            tr.device-row data-device-id=(d.device_id) {
+                                td { a href={ "/devices/" (d.device_id) } { code { (d.device_id) } } }
                                 td { (badge(d.presence.name())) }
                                 td { @if let Some(at) = d.last_seen { (when(at, p.at)) } @else { span.muted { "never" } } }
                                 td { code { (opt(&d.os_version)) } }

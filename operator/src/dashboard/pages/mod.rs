@@ -42,10 +42,21 @@ pub const BAR_ORDER: [Stage; 10] = [
     Stage::Pending,
 ];
 
+/// Stage name and count per segment; devices whose job is no longer on
+/// record (replaced by a newer rollout) go last, as `superseded`.
 pub fn bar_counts(c: &StageCounts) -> Vec<(&'static str, usize)> {
-    BAR_ORDER.iter().map(|s| (s.name(), c.get(*s))).collect()
+    BAR_ORDER.iter().map(|s| (s.name(), c.get(*s))).chain(std::iter::once(("superseded", c.superseded))).collect()
 }
 
 pub fn opt(s: &Option<String>) -> &str {
     s.as_deref().unwrap_or("—")
+}
+
+/// Wave 0 is the canary.
+pub fn wave_name(index: usize) -> String {
+    if index == 0 {
+        "canary".to_string()
+    } else {
+        format!("wave {index}")
+    }
 }

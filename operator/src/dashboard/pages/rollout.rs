@@ -2,7 +2,7 @@
 //! segment per stage, the status history, the jobs, and (admins) pause,
 //! resume and abort.
 
-use super::{actor, bar_counts, is_htmx, now, BAR_ORDER};
+use super::{actor, bar_counts, is_htmx, now, wave_name, BAR_ORDER};
 use crate::dashboard::error::DashResult;
 use crate::dashboard::guard::Caller;
 use crate::dashboard::layout::{page as layout, Nav};
@@ -48,7 +48,7 @@ fn job_reason(state: &JobState) -> Option<&str> {
 }
 
 fn waves(d: &RolloutDetail) -> Markup {
-    let shown: Vec<&str> = BAR_ORDER.iter().map(|s| s.name()).collect();
+    let shown: Vec<&str> = BAR_ORDER.iter().map(|s| s.name()).chain(std::iter::once("superseded")).collect();
     html! {
         div.panel #rollout-waves {
             h2 { "Progress" }
@@ -128,7 +128,7 @@ fn jobs(d: &RolloutDetail) -> Markup {
                             @let stage = Stage::of(&j.state);
                             tr.job-row data-device-id=(j.device) data-state=(stage.name()) {
                                 td { a href={ "/devices/" (j.device) } { code { (j.device) } } }
-                                td { (j.wave + 1) }
+                                td { (wave_name(j.wave)) }
                                 td { (badge(stage.name())) }
                                 td { @if let Some(r) = job_reason(&j.state) { (r) } }
                                 td { @if let Some(t) = j.history.last() { (when(t.at, now)) } }
