@@ -9,31 +9,12 @@ mod dashboard_support;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use axum::Router;
 use common::sim::Behavior;
-use common::{dev, eventually, Env, Operator};
-use dashboard_support::{login, login_reply, send, ADMIN, VIEWER};
-use harmony_operator::fleet::KvFleet;
+use common::{dev, eventually, Env};
+use dashboard_support::{login, login_reply, send, start, ADMIN, VIEWER};
 use harmony_operator::model::RolloutStatus;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-struct Dash {
-    env: Env,
-    op: Operator,
-    router: Router,
-}
-
-async fn start() -> Dash {
-    let env = Env::start().await;
-    let op = Operator::start(&env.cfg);
-    let mut cfg = env.cfg.clone();
-    cfg.dashboard = dashboard_support::dashboard_config();
-    let fleet = Arc::new(KvFleet::live(env.buckets.clone(), cfg.fleet.clone()).await.unwrap());
-    let router = harmony_operator::dashboard::router(fleet, &cfg).unwrap();
-    Dash { env, op, router }
-}
 
 fn get(uri: &str) -> Request<Body> {
     Request::builder().uri(uri).body(Body::empty()).unwrap()

@@ -12,6 +12,28 @@ use http_body_util::BodyExt;
 use std::sync::OnceLock;
 use tower::ServiceExt;
 
+use crate::common::{Env, Operator};
+use harmony_operator::fleet::KvFleet;
+use std::sync::Arc;
+
+/// A real fleet (nats-server, operator loop, simulated devices) and the
+/// dashboard router over a live `KvFleet` of it.
+pub struct Dash {
+    pub env: Env,
+    pub op: Operator,
+    pub router: Router,
+}
+
+pub async fn start() -> Dash {
+    let env = Env::start().await;
+    let op = Operator::start(&env.cfg);
+    let mut cfg = env.cfg.clone();
+    cfg.dashboard = dashboard_config();
+    let fleet = Arc::new(KvFleet::live(env.buckets.clone(), cfg.fleet.clone()).await.unwrap());
+    let router = harmony_operator::dashboard::router(fleet, &cfg).unwrap();
+    Dash { env, op, router }
+}
+
 pub const ADMIN: (&str, &str) = ("alice", "alice-password");
 pub const VIEWER: (&str, &str) = ("bob", "bob-password");
 
@@ -122,5 +144,41 @@ impl Client {
         };
         b = b.header(header::CONTENT_LENGTH, body.len());
         send(router, b.body(Body::from(body)).unwrap()).await
+    }
+}
+
+impl Client {
+    /// A multipart POST as htmx sends a file form (`hx-encoding`): parts are
+    /// (field name, file name if a file, content).
+    pub async fn post_multipart(&self, router: &Router, uri: &str, parts: &[(&str, Option<&str>, &[u8])]) -> Reply {
+        let boundary = "harmony-test-boundary-7f3a";
+        let mut body = Vec::new();
+        for (name, file, content) in parts {
+            body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+            match file {
+                Some(f) => body.extend_from_slice(
+                    format!(
+                        "Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\n\
+                         Content-Type: application/octet-stream\r\n\r\n"
+                    )
+                    .as_bytes(),
+                ),
+                None => body
+                    .extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes()),
+            }
+            body.extend_from_slice(content);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(header::COOKIE, &self.cookie)
+            .header("hx-request", "true")
+            .header(harmony_operator::dashboard::CSRF_HEADER, &self.csrf)
+            .header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}"))
+            .body(Body::from(body))
+            .unwrap();
+        send(router, req).await
     }
 }
