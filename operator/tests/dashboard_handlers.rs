@@ -240,3 +240,55 @@ async fn sse_stream_reports_a_heartbeat_change_over_a_real_socket() {
     server.abort();
     d.op.stop().await;
 }
+
+#[tokio::test]
+async fn sse_coalesces_a_burst_of_device_changes() {
+    let d = start().await;
+    let names: Vec<String> = (0..50).map(|i| format!("b{i:02}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    d.env.devices(&refs, Behavior::Manual).await;
+    let admin = login(&d.router, ADMIN.0, ADMIN.1).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = d.router.clone();
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    // Let the initial heartbeats' changes pass before listening.
+    eventually(10, "50 devices indexed", || async {
+        admin.get(&d.router, "/devices").await.body.contains(r#"data-total="50""#)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET /events HTTP/1.1\r\nHost: {addr}\r\nCookie: {}\r\n\r\n", admin.cookie);
+    sock.write_all(req.as_bytes()).await.unwrap();
+    let mut seen = String::new();
+    read_until(&mut sock, &mut seen, "event: hello", 10).await;
+    seen.clear();
+
+    // 200 heartbeat changes (every device reports a new version, four times).
+    let started = std::time::Instant::now();
+    for round in 0..4 {
+        for n in &names {
+            d.env.fleet.with(&dev(n), |s| s.os_version = format!("1.{round}"));
+            d.env.fleet.beat(&dev(n)).await.unwrap();
+        }
+    }
+    let burst = started.elapsed();
+    // Read until the stream has been quiet for five windows (100 ms each).
+    let mut buf = [0u8; 4096];
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), sock.read(&mut buf)).await {
+        assert!(n > 0);
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let events = seen.matches("event: devices").count();
+    let windows = (burst.as_millis() / 100) as usize;
+    assert!(events >= 1, "no devices event for 200 changes");
+    // One event per window at most (plus the window open when the burst
+    // began and the one that closes it), far below one per change.
+    assert!(events <= windows + 2, "{events} events for {windows} windows of a {burst:?} burst");
+    assert!(events < 50, "{events} events for 200 changes");
+    println!("200 device changes in {burst:?}: {events} devices events");
+    server.abort();
+    d.op.stop().await;
+}
