@@ -9,6 +9,7 @@ use crate::fleet::{Change, FleetService};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -64,16 +65,19 @@ pub struct LiveHub {
     /// Set when the server shuts down: open streams end, so a graceful
     /// shutdown does not wait for browsers to go away.
     closing: Arc<watch::Sender<bool>>,
+    /// Bumped with every coalesced batch sent: fragments rendered at an
+    /// older generation are out of date.
+    generation: Arc<AtomicU64>,
 }
 
 impl LiveHub {
     /// Starts the coalescing task (ends with the fleet's change channel).
     pub fn start<S: FleetService>(fleet: Arc<S>, window: Duration) -> Self {
         let (tx, _) = broadcast::channel(64);
-        let hub = Self { tx: tx.clone(), closing: Arc::new(watch::channel(false).0) };
+        let generation = Arc::new(AtomicU64::new(0));
+        let hub = Self { tx: tx.clone(), closing: Arc::new(watch::channel(false).0), generation: generation.clone() };
         let mut changes = fleet.subscribe();
         tokio::spawn(async move {
-            let mut generation = 0u64;
             loop {
                 let mut topics = Topics::default();
                 match changes.recv().await {
@@ -90,9 +94,9 @@ impl LiveHub {
                         Ok(Err(RecvError::Closed)) | Err(_) => break,
                     }
                 }
-                generation += 1;
+                let current = generation.fetch_add(1, Ordering::SeqCst) + 1;
                 // No receivers is fine: nobody is watching.
-                let _ = tx.send((generation, topics));
+                let _ = tx.send((current, topics));
             }
             log::debug!("dashboard: fleet change stream ended");
         });
@@ -101,6 +105,10 @@ impl LiveHub {
 
     pub fn subscribe(&self) -> broadcast::Receiver<(u64, Topics)> {
         self.tx.subscribe()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     pub fn close(&self) {

@@ -9,6 +9,7 @@
 mod assets;
 mod auth;
 mod error;
+mod fragments;
 mod guard;
 mod headers;
 mod layout;
@@ -46,6 +47,7 @@ pub struct App<S> {
     pub(crate) users: auth::Users,
     pub(crate) throttle: throttle::LoginThrottle,
     pub(crate) live: live::LiveHub,
+    pub(crate) fragments: fragments::FragmentCache,
     pub(crate) secure_cookie: bool,
     /// The config's `[rollout]` defaults, for rollouts started here.
     pub(crate) defaults: Config,
@@ -77,7 +79,8 @@ pub fn router<S: FleetService>(fleet: Arc<S>, config: &Config) -> Result<Router>
 fn build<S: FleetService>(fleet: Arc<S>, config: &Config) -> Result<(Router, AppState<S>)> {
     let cfg = &config.dashboard;
     let users = auth::Users::new(cfg.users.clone()).map_err(|e| Error::Invalid(format!("dashboard users: {e}")))?;
-    let live = live::LiveHub::start(fleet.clone(), Duration::from_millis(cfg.live_coalesce_millis.max(10)));
+    let window = Duration::from_millis(cfg.live_coalesce_millis.max(10));
+    let live = live::LiveHub::start(fleet.clone(), window);
     let app = AppState(Arc::new(App {
         fleet,
         sessions: session::Sessions::new(
@@ -87,6 +90,7 @@ fn build<S: FleetService>(fleet: Arc<S>, config: &Config) -> Result<(Router, App
         users,
         throttle: throttle::LoginThrottle::default(),
         live,
+        fragments: fragments::FragmentCache::new(window),
         secure_cookie: cfg.secure_cookie,
         defaults: config.clone(),
     }));

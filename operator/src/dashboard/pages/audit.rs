@@ -1,6 +1,6 @@
 //! The audit log: every action from the dashboard or the CLI, newest first.
 
-use super::{is_htmx, now};
+use super::{is_htmx, live_fragment, now};
 use crate::dashboard::error::DashResult;
 use crate::dashboard::guard::Caller;
 use crate::dashboard::layout::{page as layout, Nav};
@@ -8,7 +8,7 @@ use crate::dashboard::widgets::{badge, utc, when};
 use crate::dashboard::AppState;
 use crate::fleet::{AuditAction, AuditPage, AuditQuery, AuditResult, FleetService, Via};
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use maud::{html, Markup};
@@ -81,12 +81,17 @@ pub async fn page<S: FleetService>(
     State(app): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
+    uri: Uri,
     Query(paging): Query<Paging>,
 ) -> DashResult<Response> {
-    let log = app.fleet.audit(&AuditQuery { offset: paging.offset, limit: 0 }).await?;
     if is_htmx(&headers) {
-        return Ok(region(&log).into_response());
+        return live_fragment(&app, &caller, &uri, || async {
+            let log = app.fleet.audit(&AuditQuery { offset: paging.offset, limit: 0 }).await?;
+            Ok(region(&log))
+        })
+        .await;
     }
+    let log = app.fleet.audit(&AuditQuery { offset: paging.offset, limit: 0 }).await?;
     let body = html! { h1 { "Audit log" } div.panel { (region(&log)) } };
     Ok(layout("Audit log", Nav::Audit, &caller, body).into_response())
 }

@@ -5,7 +5,7 @@
 //! `dashboard.js`). The file is spooled to a private temporary file, then
 //! pushed like `bundle push` does (the manifest is read from the file).
 
-use super::{actor, is_htmx, now};
+use super::{actor, is_htmx, live_fragment, now};
 use crate::dashboard::error::{DashError, DashResult};
 use crate::dashboard::guard::Caller;
 use crate::dashboard::layout::{page as layout, Nav};
@@ -14,7 +14,7 @@ use crate::dashboard::widgets::{bytes, when};
 use crate::dashboard::AppState;
 use crate::fleet::{BundlePush, BundleView, FleetService};
 use axum::extract::{Multipart, Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use maud::{html, Markup};
@@ -76,11 +76,16 @@ pub async fn page<S: FleetService>(
     State(app): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
+    uri: Uri,
 ) -> DashResult<Response> {
-    let bundles = app.fleet.bundles().await?;
     if is_htmx(&headers) {
-        return Ok(region(&bundles, &caller).into_response());
+        return live_fragment(&app, &caller, &uri, || async {
+            let bundles = app.fleet.bundles().await?;
+            Ok(region(&bundles, &caller))
+        })
+        .await;
     }
+    let bundles = app.fleet.bundles().await?;
     let body = html! {
         h1 { "Bundles" }
         div.panel { (region(&bundles, &caller)) }

@@ -2,7 +2,7 @@
 //! transition with its reason, and (admins) ping and reboot.
 
 use super::devices::health_name;
-use super::{actor, is_htmx, now, opt, wave_name};
+use super::{actor, is_htmx, live_fragment, now, opt, wave_name};
 use crate::dashboard::error::DashResult;
 use crate::dashboard::guard::Caller;
 use crate::dashboard::layout::{page as layout, Nav};
@@ -10,7 +10,7 @@ use crate::dashboard::widgets::{badge, utc, when};
 use crate::dashboard::AppState;
 use crate::fleet::{device_id, DeviceDetail, FleetService};
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use harmony_protocol::ReplyBody;
@@ -130,13 +130,18 @@ pub async fn page<S: FleetService>(
     State(app): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
+    uri: Uri,
     Path(id): Path<String>,
 ) -> DashResult<Response> {
     let id = device_id(&id)?;
-    let detail = app.fleet.device(&id).await?;
     if is_htmx(&headers) {
-        return Ok(region(&detail).into_response());
+        return live_fragment(&app, &caller, &uri, || async {
+            let detail = app.fleet.device(&id).await?;
+            Ok(region(&detail))
+        })
+        .await;
     }
+    let detail = app.fleet.device(&id).await?;
     let body = html! {
         div.row {
             h1 { "Device " code { (id) } }

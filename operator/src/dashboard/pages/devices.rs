@@ -1,7 +1,7 @@
 //! The device list: filter by label, presence, version, phase and health;
 //! search; sort; server-side pages.
 
-use super::{is_htmx, opt};
+use super::{is_htmx, live_fragment, opt};
 use crate::dashboard::error::{DashError, DashResult};
 use crate::dashboard::guard::Caller;
 use crate::dashboard::layout::{page as layout, Nav};
@@ -9,7 +9,7 @@ use crate::dashboard::widgets::{badge, when};
 use crate::dashboard::AppState;
 use crate::fleet::{DevicePage, DeviceQuery, DeviceSort, FleetService, Presence};
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use harmony_protocol::HealthStatus;
@@ -193,12 +193,17 @@ pub async fn page<S: FleetService>(
     State(app): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
+    uri: Uri,
     Query(filter): Query<Filter>,
 ) -> DashResult<Response> {
-    let devices = app.fleet.devices(&filter.query()?).await?;
     if is_htmx(&headers) {
-        return Ok(region(&filter, &devices).into_response());
+        return live_fragment(&app, &caller, &uri, || async {
+            let devices = app.fleet.devices(&filter.query()?).await?;
+            Ok(region(&filter, &devices))
+        })
+        .await;
     }
+    let devices = app.fleet.devices(&filter.query()?).await?;
     let body = html! {
         h1 { "Devices" }
         div.panel { (filter_form(&filter)) (region(&filter, &devices)) }

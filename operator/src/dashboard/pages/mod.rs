@@ -14,9 +14,15 @@ pub fn is_htmx(headers: &axum::http::HeaderMap) -> bool {
     headers.contains_key("hx-request") && !headers.contains_key("hx-boosted")
 }
 
+use crate::dashboard::error::DashResult;
 use crate::dashboard::guard::Caller;
+use crate::dashboard::AppState;
 use crate::fleet::{Actor, Stage, StageCounts, Via};
+use axum::http::Uri;
+use axum::response::{Html, IntoResponse, Response};
 use harmony_protocol::time::UnixMillis;
+use maud::Markup;
+use std::future::Future;
 
 /// The dashboard user as the audit log records them.
 pub fn actor(caller: &Caller) -> Actor {
@@ -59,4 +65,17 @@ pub fn wave_name(index: usize) -> String {
     } else {
         format!("wave {index}")
     }
+}
+
+/// A live region as htmx fetches it, shared between the viewers with the
+/// same role and URL (see `fragments.rs`).
+pub async fn live_fragment<S, F, Fut>(app: &AppState<S>, caller: &Caller, uri: &Uri, render: F) -> DashResult<Response>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = DashResult<Markup>>,
+{
+    let role = if caller.is_admin() { "admin" } else { "viewer" };
+    let key = format!("{role} {uri}");
+    let html = app.fragments.get_or_render(key, app.live.generation(), render).await?;
+    Ok(Html(html.to_string()).into_response())
 }

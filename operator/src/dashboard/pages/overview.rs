@@ -1,7 +1,7 @@
 //! The fleet at a glance: counts by presence, OS version, upgrade phase and
 //! health, and the rollouts in progress.
 
-use super::{bar_counts, is_htmx};
+use super::{bar_counts, is_htmx, live_fragment};
 use crate::dashboard::error::DashResult;
 use crate::dashboard::guard::Caller;
 use crate::dashboard::layout::{page as layout, Nav};
@@ -9,7 +9,7 @@ use crate::dashboard::widgets::{badge, stage_bar, when};
 use crate::dashboard::AppState;
 use crate::fleet::{FleetService, Overview, RolloutSummary, Tally};
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use maud::{html, Markup};
@@ -94,10 +94,15 @@ pub async fn page<S: FleetService>(
     State(app): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
+    uri: Uri,
 ) -> DashResult<Response> {
-    let ov = app.fleet.overview().await?;
     if is_htmx(&headers) {
-        return Ok(region(&ov).into_response());
+        return live_fragment(&app, &caller, &uri, || async {
+            let ov = app.fleet.overview().await?;
+            Ok(region(&ov))
+        })
+        .await;
     }
+    let ov = app.fleet.overview().await?;
     Ok(layout("Overview", Nav::Overview, &caller, html! { h1 { "Fleet overview" } (region(&ov)) }).into_response())
 }

@@ -2,7 +2,7 @@
 //! segment per stage, the status history, the jobs, and (admins) pause,
 //! resume and abort.
 
-use super::{actor, bar_counts, is_htmx, now, wave_name, BAR_ORDER};
+use super::{actor, bar_counts, is_htmx, live_fragment, now, wave_name, BAR_ORDER};
 use crate::dashboard::error::DashResult;
 use crate::dashboard::guard::Caller;
 use crate::dashboard::layout::{page as layout, Nav};
@@ -11,7 +11,7 @@ use crate::dashboard::AppState;
 use crate::fleet::{Control, FleetService, RolloutDetail, Stage, WaveState};
 use crate::model::{HaltThreshold, JobState};
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use maud::{html, Markup};
@@ -165,12 +165,17 @@ pub async fn page<S: FleetService>(
     State(app): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
+    uri: Uri,
     Path(id): Path<String>,
 ) -> DashResult<Response> {
-    let detail = app.fleet.rollout(&id).await?;
     if is_htmx(&headers) {
-        return Ok(region(&detail, &caller).into_response());
+        return live_fragment(&app, &caller, &uri, || async {
+            let detail = app.fleet.rollout(&id).await?;
+            Ok(region(&detail, &caller))
+        })
+        .await;
     }
+    let detail = app.fleet.rollout(&id).await?;
     Ok(layout("Rollout", Nav::Rollouts, &caller, region(&detail, &caller)).into_response())
 }
 

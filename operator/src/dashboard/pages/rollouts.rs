@@ -1,7 +1,7 @@
 //! The rollout list, and (admins) starting a rollout.
 
 use super::overview::{rollout_head, rollout_rows};
-use super::{actor, is_htmx, now};
+use super::{actor, is_htmx, live_fragment, now};
 use crate::dashboard::error::{DashError, DashResult};
 use crate::dashboard::guard::Caller;
 use crate::dashboard::layout::{page as layout, Nav};
@@ -9,7 +9,7 @@ use crate::dashboard::AppState;
 use crate::fleet::{BundleView, FleetService, RolloutSummary, StartArgs, Target};
 use crate::model::HaltThreshold;
 use axum::extract::{Form, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use maud::{html, Markup};
@@ -52,11 +52,16 @@ pub async fn page<S: FleetService>(
     State(app): State<AppState<S>>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
+    uri: Uri,
 ) -> DashResult<Response> {
-    let rollouts = app.fleet.rollouts().await?;
     if is_htmx(&headers) {
-        return Ok(region(&rollouts).into_response());
+        return live_fragment(&app, &caller, &uri, || async {
+            let rollouts = app.fleet.rollouts().await?;
+            Ok(region(&rollouts))
+        })
+        .await;
     }
+    let rollouts = app.fleet.rollouts().await?;
     let bundles = if caller.is_admin() { app.fleet.bundles().await? } else { Vec::new() };
     let body = html! {
         h1 { "Rollouts" }
