@@ -138,3 +138,33 @@ async fn device_list_filters_sorts_and_pages() {
     );
     d.op.stop().await;
 }
+
+#[tokio::test]
+async fn a_failed_device_halts_the_rollout_and_the_page_says_why() {
+    let d = start().await;
+    d.env.devices(&["ok1"], Behavior::Happy).await;
+    d.env.devices(&["bad1"], Behavior::FailInstall).await;
+    d.env.devices(&["ok2"], Behavior::Happy).await;
+    let mut args = d.env.start_args(&["bad1", "ok1", "ok2"]);
+    args.canary = 1;
+    d.env.rollout(&args).await;
+    let admin = login(&d.router, ADMIN.0, ADMIN.1).await;
+    eventually(30, "rollout r1 halted on the page", || async {
+        admin.get(&d.router, "/rollouts/r1").await.body.contains(r#"id="rollout-status" data-status="halted""#)
+    })
+    .await;
+    let page = admin.get(&d.router, "/rollouts/r1").await.body;
+    assert!(page.contains(r#"id="halt-reason""#), "{page}");
+    assert!(page.contains(r#"data-stage="failed" data-count="1""#), "{page}");
+    assert!(page.contains(r#"data-device-id="bad1" data-state="failed""#), "{page}");
+    assert!(page.contains("resume-button") && !page.contains("pause-button"));
+    let device = admin.get(&d.router, "/devices/bad1").await.body;
+    assert!(device.contains(r#"class="transition" data-state="failed""#) && device.contains("Reason: "), "{device}");
+    // Resuming accepts the failure: the other devices get their offers.
+    assert_eq!(admin.post(&d.router, "/rollouts/r1/resume", &[]).await.status, StatusCode::OK);
+    eventually(30, "rollout r1 completed after the resume", || async {
+        admin.get(&d.router, "/rollouts/r1").await.body.contains(r#"data-status="completed""#)
+    })
+    .await;
+    d.op.stop().await;
+}

@@ -100,6 +100,7 @@ pub async fn login(router: &Router, user: &str, password: &str) -> Client {
     let r = login_reply(router, user, password).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "login as {user}: {}", r.body);
     let set = r.headers.get(header::SET_COOKIE).unwrap().to_str().unwrap().to_string();
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/"), "{set}");
     let cookie = set.split(';').next().unwrap().to_string();
     let mut client = Client { cookie, csrf: String::new() };
     let page = client.get(router, "/").await;

@@ -34,14 +34,14 @@ fn start_form(bundles: &[BundleView]) -> Markup {
             @if bundles.is_empty() {
                 p.muted { "Upload a bundle first." }
             } @else {
-                form #start-form.filters hx-post="/rollouts" hx-target="#flash" {
+                form #start-form.filters hx-post="/rollouts" hx-target="#flash" hx-confirm="Start this rollout?" {
                     label { "Bundle" select name="bundle" { @for b in bundles { option value=(b.record.id) { (b.record.id) " (" (b.record.version) ")" } } } }
                     label { "Devices (label selector)" input name="selector" placeholder="site=lab  (empty: all)"; }
                     label { "Canary devices" input name="canary" type="number" min="0" value="1"; }
                     label { "Waves (cumulative %)" input name="waves" value="10,50,100"; }
                     label { "Halt after failures" input name="halt_after" type="number" min="1" value="1"; }
                     label { "Rollout id (optional)" input name="id"; }
-                    button.primary #start-button type="submit" hx-confirm="Start this rollout?" { "Start rollout" }
+                    button.primary #start-button type="submit" { "Start rollout" }
                 }
             }
         }
