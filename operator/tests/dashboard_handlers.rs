@@ -237,6 +237,15 @@ async fn sse_stream_reports_a_heartbeat_change_over_a_real_socket() {
     d.env.fleet.beat(&dev("d1")).await.unwrap();
     read_until(&mut sock, &mut seen, "event: devices", 20).await;
     assert!(seen.contains("event: overview"));
+
+    // Logging out ends the stream at the next update (the chunked body ends).
+    let r = admin.post_with_token(&d.router, "/logout", Some(&admin.csrf)).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    seen.clear();
+    d.env.fleet.with(&dev("d1"), |s| s.os_version = "1.2".into());
+    d.env.fleet.beat(&dev("d1")).await.unwrap();
+    read_until(&mut sock, &mut seen, "0\r\n\r\n", 20).await;
+    assert!(!seen.contains("event: devices"), "an event after logout: {seen:?}");
     server.abort();
     d.op.stop().await;
 }

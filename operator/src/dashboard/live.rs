@@ -116,19 +116,25 @@ impl LiveHub {
     }
 }
 
-/// `GET /events`: the page's one SSE stream.
-pub fn stream(hub: &LiveHub) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+/// `GET /events`: the page's one SSE stream. It ends at the first update
+/// after `still_allowed` says no (the session was logged out or expired).
+pub fn stream(
+    hub: &LiveHub,
+    still_allowed: impl Fn() -> bool + Send + 'static,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let hello = futures::stream::once(async { Ok(Event::default().event("hello").data("0")) });
-    let updates = BroadcastStream::new(hub.subscribe()).flat_map(|item| {
-        // A viewer that fell behind refreshes everything once.
-        let (generation, topics) = item.unwrap_or((0, Topics::all()));
-        let events: Vec<Result<Event, Infallible>> = topics
-            .names()
-            .into_iter()
-            .map(|name| Ok(Event::default().event(name).data(generation.to_string())))
-            .collect();
-        futures::stream::iter(events)
-    });
+    let updates = BroadcastStream::new(hub.subscribe())
+        .take_while(move |_| std::future::ready(still_allowed()))
+        .flat_map(|item| {
+            // A viewer that fell behind refreshes everything once.
+            let (generation, topics) = item.unwrap_or((0, Topics::all()));
+            let events: Vec<Result<Event, Infallible>> = topics
+                .names()
+                .into_iter()
+                .map(|name| Ok(Event::default().event(name).data(generation.to_string())))
+                .collect();
+            futures::stream::iter(events)
+        });
     let mut closing = hub.closing.subscribe();
     let closed = async move {
         let _ = closing.wait_for(|c| *c).await;

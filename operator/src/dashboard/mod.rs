@@ -126,8 +126,10 @@ fn build<S: FleetService>(fleet: Arc<S>, config: &Config) -> Result<(Router, App
 
 async fn events<S: FleetService>(
     axum::extract::State(app): axum::extract::State<AppState<S>>,
+    axum::Extension(caller): axum::Extension<guard::Caller>,
 ) -> impl axum::response::IntoResponse {
-    live::stream(&app.live)
+    let sessions = app.clone();
+    live::stream(&app.live, move || sessions.sessions.is_live(&caller.session_id))
 }
 
 /// Whether an address is this host only.

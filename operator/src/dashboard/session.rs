@@ -93,6 +93,13 @@ impl Sessions {
         Some(s.clone())
     }
 
+    /// Whether the session is still live, without restarting its idle clock
+    /// (a live-update stream is not a sign of a person at the keyboard).
+    pub fn is_live(&self, id: &str) -> bool {
+        let now = Instant::now();
+        self.lock().get(id).is_some_and(|s| self.live(s, now))
+    }
+
     pub fn remove(&self, id: &str) {
         self.lock().remove(id);
     }
@@ -133,7 +140,9 @@ mod tests {
         assert_eq!(s.touch(&id).unwrap().user, "alice");
         std::thread::sleep(Duration::from_millis(80));
         assert!(s.touch(&id).is_none());
+        assert!(!s.is_live(&id));
         let (id, _) = s.create("bob", DashboardRole::Viewer).unwrap();
+        assert!(s.is_live(&id));
         s.remove(&id);
         assert!(s.touch(&id).is_none());
     }
