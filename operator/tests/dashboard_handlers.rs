@@ -110,6 +110,23 @@ async fn state_changes_need_the_csrf_token_and_an_admin() {
     }
     let r = viewer.post_with_token(&d.router, "/rollouts/r1/pause", Some(&viewer.csrf)).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // A page of another site cannot post, even with the right token; nor log in.
+    let cross = |uri: &str, origin: &str| {
+        Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(header::HOST, "127.0.0.1:8080")
+            .header(header::ORIGIN, origin)
+            .header(header::COOKIE, &admin.cookie)
+            .header(harmony_operator::dashboard::CSRF_HEADER, &admin.csrf)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(dashboard_support::form_body(&[("username", ADMIN.0), ("password", ADMIN.1)])))
+            .unwrap()
+    };
+    assert_eq!(send(&d.router, cross("/rollouts/r1/pause", "http://evil.example")).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(send(&d.router, cross("/login", "http://127.0.0.1.evil.example")).await.status, StatusCode::FORBIDDEN);
+    // The same origin passes.
+    assert_eq!(send(&d.router, cross("/login", "http://127.0.0.1:8080")).await.status, StatusCode::SEE_OTHER);
     // A viewer sees no control buttons.
     let page = viewer.get(&d.router, "/rollouts/r1").await;
     assert!(!page.body.contains("pause-button") && !page.body.contains("abort-button"));

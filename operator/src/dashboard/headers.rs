@@ -1,6 +1,9 @@
 //! Security headers on every response: a Content-Security-Policy that
 //! allows only our own script and style files (no inline script, no eval,
-//! no inline style), no framing, no MIME sniffing, no referrer.
+//! no inline style), no framing, no MIME sniffing, no referrer to other
+//! sites. (`same-origin`, not `no-referrer`: under `no-referrer` browsers
+//! send `Origin: null` with our own POSTs, and the same-origin check in
+//! `guard.rs` needs the real origin.)
 
 use axum::extract::Request;
 use axum::http::header::{self, HeaderValue};
@@ -17,7 +20,7 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     if !is_asset && !h.contains_key(header::CACHE_CONTROL) {
         // Pages hold fleet data and the CSRF token: not for shared caches.
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -119,6 +119,7 @@ fn build<S: FleetService>(fleet: Arc<S>, config: &Config) -> Result<(Router, App
         // Browsers ask for it on every site; no icon, and no 404 in their console.
         .route("/favicon.ico", get(|| async { axum::http::StatusCode::NO_CONTENT }))
         .merge(protected)
+        .layer(axum::middleware::from_fn(guard::require_same_origin))
         .layer(axum::middleware::from_fn(headers::security_headers))
         .with_state(app.clone());
     Ok((router, app))
