@@ -9,11 +9,6 @@ pub mod overview;
 pub mod rollout;
 pub mod rollouts;
 
-/// Whether htmx asked (then only the fragment is sent, not the page).
-pub fn is_htmx(headers: &axum::http::HeaderMap) -> bool {
-    headers.contains_key("hx-request") && !headers.contains_key("hx-boosted")
-}
-
 use crate::dashboard::error::DashResult;
 use crate::dashboard::guard::Caller;
 use crate::dashboard::AppState;
@@ -23,6 +18,11 @@ use axum::response::{Html, IntoResponse, Response};
 use harmony_protocol::time::UnixMillis;
 use maud::Markup;
 use std::future::Future;
+
+/// Whether htmx asked (then only the fragment is sent, not the page).
+pub fn is_htmx(headers: &axum::http::HeaderMap) -> bool {
+    headers.contains_key("hx-request") && !headers.contains_key("hx-boosted")
+}
 
 /// The dashboard user as the audit log records them.
 pub fn actor(caller: &Caller) -> Actor {
