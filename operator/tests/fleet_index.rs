@@ -246,3 +246,34 @@ async fn the_index_follows_kv_skips_what_it_cannot_believe_and_survives_a_server
         assert!(Instant::now() < deadline, "the index never saw pi-1's write after the restart");
     }
 }
+
+/// A watch that ends for good (here its bucket is deleted and created
+/// again, as a re-`init` after a mistake would) is started again from a
+/// fresh read, and subscribers are told to re-read everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_watch_is_restarted_from_a_fresh_read() {
+    let env = Env::start().await;
+    env.devices(&["pi-1", "pi-2"], Behavior::Manual).await;
+    let fleet = KvFleet::live(env.buckets.clone(), env.cfg.fleet.clone()).await.unwrap();
+    let mut rx = fleet.subscribe();
+    assert_eq!(fleet.devices(&DeviceQuery::default()).await.unwrap().total, 2);
+    env.buckets.js.delete_key_value(harmony_protocol::names::HEARTBEAT_BUCKET).await.unwrap();
+    harmony_operator::bus::create_buckets(&env.buckets.js, &harmony_operator::bus::BucketLimits::default())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut resynced = false;
+    loop {
+        env.fleet.with(&dev("pi-1"), |s| s.os_version = "5.0".into());
+        let _ = env.fleet.beat(&dev("pi-1")).await;
+        if let Ok(change) = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
+            resynced |= matches!(change, Ok(Change::Resync) | Err(RecvError::Lagged(_)));
+        }
+        let page = fleet.devices(&DeviceQuery::default()).await.unwrap();
+        let ids: Vec<String> = page.devices.iter().map(|d| d.device_id.to_string()).collect();
+        if resynced && ids == ["pi-1"] && page.devices[0].os_version.as_deref() == Some("5.0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no fresh read after the bucket came back: {ids:?}, resynced {resynced}");
+    }
+}

@@ -92,36 +92,51 @@ fn matches(
         }
     }
     if let Some(s) = search {
-        if !id.as_str().to_ascii_lowercase().contains(s) {
+        if !contains_ascii_lowercase(id.as_str(), s) {
             return false;
         }
     }
     true
 }
 
-fn compare(a: (&DeviceId, &DeviceEntry), b: (&DeviceId, &DeviceEntry), sort: DeviceSort) -> Ordering {
-    fn hb(e: &DeviceEntry) -> Option<&crate::registry::StoredHeartbeat> {
-        e.heartbeat.as_ref()
+/// `hay` contains `needle` (already lower case), ignoring ASCII case,
+/// without allocating.
+fn contains_ascii_lowercase(hay: &str, needle: &str) -> bool {
+    let (hay, needle) = (hay.as_bytes(), needle.as_bytes());
+    needle.is_empty() || hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// Orders `hits` (in id order) by `key`, keeping id order among equal
+/// keys. Versions and phases have few distinct values: the hits are grouped
+/// by key in one pass and only the distinct keys are sorted.
+fn sort_grouped<'a, K: Ord + std::hash::Hash + Copy>(
+    hits: &mut Vec<(&'a DeviceId, &'a DeviceEntry)>,
+    key: impl Fn(&'a DeviceEntry) -> K,
+) {
+    let mut groups: HashMap<K, Vec<(&'a DeviceId, &'a DeviceEntry)>> = HashMap::new();
+    for hit in hits.drain(..) {
+        groups.entry(key(hit.1)).or_default().push(hit);
     }
-    let by = match sort {
-        DeviceSort::Id => Ordering::Equal,
-        DeviceSort::LastSeen => hb(a.1).map(|h| h.stored_at).cmp(&hb(b.1).map(|h| h.stored_at)),
-        DeviceSort::Version => {
-            hb(a.1).and_then(|h| h.os_version.as_deref()).cmp(&hb(b.1).and_then(|h| h.os_version.as_deref()))
+    let mut keys: Vec<K> = groups.keys().copied().collect();
+    keys.sort_unstable();
+    for k in keys {
+        if let Some(group) = groups.remove(&k) {
+            hits.extend(group);
         }
-        DeviceSort::Phase => hb(a.1).map(|h| h.upgrade.phase.name()).cmp(&hb(b.1).map(|h| h.upgrade.phase.name())),
-    };
-    by.then_with(|| a.0.cmp(b.0))
+    }
 }
 
 /// One page of the devices matching `q`. Only the page's rows are built;
-/// the filter walks the index once and the sort orders references.
+/// the filter walks the index once (in id order) and the sort is stable.
 pub fn devices(index: &Index, q: &DeviceQuery, now: UnixMillis, cfg: &FleetConfig) -> DevicePage {
     let search = q.search.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_ascii_lowercase);
     let mut hits: Vec<(&DeviceId, &DeviceEntry)> =
         index.devices.iter().filter(|(id, e)| matches(id, e, q, search.as_deref(), now, cfg)).collect();
-    if q.sort != DeviceSort::Id {
-        hits.sort_unstable_by(|a, b| compare(*a, *b, q.sort));
+    match q.sort {
+        DeviceSort::Id => {}
+        DeviceSort::LastSeen => hits.sort_by_key(|(_, e)| e.heartbeat.as_ref().map(|h| h.stored_at)),
+        DeviceSort::Version => sort_grouped(&mut hits, |e| e.heartbeat.as_ref().and_then(|h| h.os_version.as_deref())),
+        DeviceSort::Phase => sort_grouped(&mut hits, |e| e.heartbeat.as_ref().map(|h| h.upgrade.phase.name())),
     }
     if q.descending {
         hits.reverse();
@@ -131,8 +146,9 @@ pub fn devices(index: &Index, q: &DeviceQuery, now: UnixMillis, cfg: &FleetConfi
     DevicePage { devices, total: hits.len(), offset: q.offset, limit, fleet_size: index.devices.len(), at: now }
 }
 
-fn tallies(counts: HashMap<String, usize>) -> Vec<Tally> {
-    let mut out: Vec<Tally> = counts.into_iter().map(|(value, count)| Tally { value, count }).collect();
+fn tallies(counts: HashMap<&str, usize>) -> Vec<Tally> {
+    let mut out: Vec<Tally> =
+        counts.into_iter().map(|(value, count)| Tally { value: value.to_string(), count }).collect();
     out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.value.cmp(&b.value)));
     out
 }
@@ -142,10 +158,10 @@ pub fn overview(index: &Index, now: UnixMillis, cfg: &FleetConfig) -> Overview {
         (HashMap::new(), HashMap::new(), HashMap::new(), HashMap::new());
     for e in index.devices.values() {
         let hb = e.heartbeat.as_ref();
-        *presence.entry(presence_of(e, now, cfg).name().to_string()).or_insert(0) += 1;
-        *version.entry(hb.and_then(|h| h.os_version.clone()).unwrap_or_default()).or_insert(0) += 1;
-        *phase.entry(hb.map(|h| h.upgrade.phase.name()).unwrap_or("").to_string()).or_insert(0) += 1;
-        *health.entry(hb.map(|h| health_name(h.health.status)).unwrap_or("").to_string()).or_insert(0) += 1;
+        *presence.entry(presence_of(e, now, cfg).name()).or_insert(0) += 1;
+        *version.entry(hb.and_then(|h| h.os_version.as_deref()).unwrap_or("")).or_insert(0) += 1;
+        *phase.entry(hb.map_or("", |h| h.upgrade.phase.name())).or_insert(0) += 1;
+        *health.entry(hb.map_or("", |h| health_name(h.health.status))).or_insert(0) += 1;
     }
     let mut active: Vec<RolloutSummary> =
         index.rollouts.values().filter(|r| !r.status.is_final()).map(|r| rollout_summary(index, r)).collect();
