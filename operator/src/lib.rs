@@ -26,3 +26,7 @@ pub mod writer;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use serve::run;
+
+// Simulated devices for tests, fleet-sim, the demo and the browser tests.
+#[cfg(feature = "sim")]
+pub mod sim;

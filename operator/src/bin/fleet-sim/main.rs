@@ -11,16 +11,14 @@
 //!
 //! cargo run --release -p harmony-operator --bin fleet-sim -- --devices 10000
 
-mod sim;
-
 use clap::Parser;
 use futures::stream::{FuturesUnordered, StreamExt};
 use harmony_operator::bus::{create_buckets, BucketLimits, Buckets};
 use harmony_operator::commands::{rollout_start, StartArgs, Target};
 use harmony_operator::model::{keys, BundleRecord, HaltThreshold, RolloutStatus};
+use harmony_operator::sim::{Behavior, SimFleet, SimState};
 use harmony_operator::{store, Config};
 use harmony_protocol::DeviceId;
-use sim::{Behavior, SimFleet, SimState};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
