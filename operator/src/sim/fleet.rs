@@ -64,8 +64,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl SimFleet {
     /// `url`: one server, or every node of a cluster separated by commas.
     pub async fn connect(url: &str, fleet_key: VerifyingKey) -> Result<Self> {
+        Self::connect_with(async_nats::ConnectOptions::new(), url, fleet_key).await
+    }
+
+    /// Like [`SimFleet::connect`], with the caller's options (credentials:
+    /// on a server that requires them, e.g. the demo's, the simulation uses
+    /// the operator's nkey).
+    pub async fn connect_with(options: async_nats::ConnectOptions, url: &str, fleet_key: VerifyingKey) -> Result<Self> {
         let addrs = crate::bus::server_addrs(url)?;
-        let client = async_nats::ConnectOptions::new()
+        let client = options
             .client_capacity(65_536)
             .subscription_capacity(65_536)
             // A paused (SIGSTOPped) server keeps its TCP connections open:
@@ -227,11 +234,24 @@ impl SimFleet {
                 d.run_offer(&offer, now)
             }
         });
-        for hb in beats.unwrap_or_default() {
+        // The install delay is split: the download heartbeat at once, the
+        // installed (or failed) one halfway, the new boot's at the end.
+        let half = self.install_delay / 2;
+        let mut beats = beats.unwrap_or_default().into_iter();
+        if let Some(hb) = beats.next() {
             let _ = self.put(&hb).await;
         }
-        if !self.install_delay.is_zero() {
-            tokio::time::sleep(self.install_delay).await;
+        let rest: Vec<Heartbeat> = beats.collect();
+        if !rest.is_empty() && !half.is_zero() {
+            tokio::time::sleep(half).await;
+        }
+        for mut hb in rest {
+            hb.sent_at = self.now();
+            let _ = self.put(&hb).await;
+        }
+        let remaining = self.install_delay.saturating_sub(half);
+        if !remaining.is_zero() {
+            tokio::time::sleep(remaining).await;
         }
         let now = self.now();
         let manual = self.with(&offer.device_id, |d| d.behavior == Behavior::Manual).unwrap_or(true);
