@@ -15,6 +15,7 @@ use harmony_protocol::names::{all_command_subjects, HEARTBEAT_BUCKET, OFFER_BUCK
 use harmony_protocol::time::UnixMillis;
 use harmony_protocol::{DeviceId, Heartbeat, SignedEnvelope, TrustedKeys, UpgradeOffer, UpgradePhase};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,8 +50,10 @@ pub struct SimFleet {
     pub devices: Arc<Mutex<HashMap<DeviceId, SimState>>>,
     pub stats: Arc<Mutex<Stats>>,
     clock: Arc<dyn Clock>,
-    /// Simulated download + install + reboot time before the new boot's heartbeat.
-    pub install_delay: Duration,
+    /// Simulated download + install + reboot time before the new boot's
+    /// heartbeat, in ms; shared by the clones the watchers hold, so it can
+    /// be changed after [`SimFleet::start`].
+    install_delay_ms: Arc<AtomicU64>,
 }
 
 fn nats(e: impl std::fmt::Display) -> Error {
@@ -96,8 +99,18 @@ impl SimFleet {
             devices: Arc::default(),
             stats: Arc::default(),
             clock: Arc::new(SystemClock),
-            install_delay: Duration::ZERO,
+            install_delay_ms: Arc::default(),
         })
+    }
+
+    /// Sets the simulated download + install + reboot time (default none).
+    pub fn set_install_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.install_delay_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn install_delay(&self) -> Duration {
+        Duration::from_millis(self.install_delay_ms.load(Ordering::Relaxed))
     }
 
     pub fn add(&self, state: SimState) {
@@ -236,7 +249,8 @@ impl SimFleet {
         });
         // The install delay is split: the download heartbeat at once, the
         // installed (or failed) one halfway, the new boot's at the end.
-        let half = self.install_delay / 2;
+        let install_delay = self.install_delay();
+        let half = install_delay / 2;
         let mut beats = beats.unwrap_or_default().into_iter();
         if let Some(hb) = beats.next() {
             let _ = self.put(&hb).await;
@@ -249,7 +263,7 @@ impl SimFleet {
             hb.sent_at = self.now();
             let _ = self.put(&hb).await;
         }
-        let remaining = self.install_delay.saturating_sub(half);
+        let remaining = install_delay.saturating_sub(half);
         if !remaining.is_zero() {
             tokio::time::sleep(remaining).await;
         }

@@ -9,8 +9,8 @@
 //! use harmony_protocol::DeviceId;
 //! use std::time::Duration;
 //!
-//! let mut fleet = SimFleet::connect(url, key).await?; // the buckets must exist (`init`)
-//! fleet.install_delay = Duration::from_secs(2);   // download + install + reboot
+//! let fleet = SimFleet::connect(url, key).await?; // the buckets must exist (`init`)
+//! fleet.set_install_delay(Duration::from_secs(2)); // download + install + reboot
 //! let id = DeviceId::new("pi-1").map_err(|e| harmony_operator::Error::Invalid(e.to_string()))?;
 //! let mut pi = SimState::new(id, "1.0", Behavior::Happy);
 //! pi.labels.insert("site".into(), "kitchen".into());

@@ -140,8 +140,8 @@ async fn connect_sim(cfg: &Config, args: &Args) -> Result<SimFleet> {
         None => async_nats::ConnectOptions::new(),
     };
     let public = harmony_operator::keys::load(&cfg.keys.signing_key)?.verifying_key();
-    let mut fleet = SimFleet::connect_with(options, &cfg.nats.url, public).await?;
-    fleet.install_delay = Duration::from_millis(args.install_ms);
+    let fleet = SimFleet::connect_with(options, &cfg.nats.url, public).await?;
+    fleet.set_install_delay(Duration::from_millis(args.install_ms));
     Ok(fleet)
 }
 

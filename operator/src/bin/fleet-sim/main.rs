@@ -188,8 +188,8 @@ async fn bench(args: Args) -> Res<()> {
     store::put_json(&buckets.state, &keys::bundle("2.0"), &rec).await?;
 
     let public = harmony_operator::keys::load(&key)?.verifying_key();
-    let mut fleet = SimFleet::connect(&url, public).await?;
-    fleet.install_delay = Duration::from_millis(args.install_ms);
+    let fleet = SimFleet::connect(&url, public).await?;
+    fleet.set_install_delay(Duration::from_millis(args.install_ms));
     let ids: Vec<DeviceId> =
         (0..args.devices).map(|i| DeviceId::new(format!("sim-{i:06}"))).collect::<Result<_, _>>()?;
     for id in &ids {
