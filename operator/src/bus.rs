@@ -174,6 +174,10 @@ pub async fn create_buckets(js: &jetstream::Context, limits: &BucketLimits) -> R
         let name = cfg.bucket.clone();
         js.create_or_update_key_value(cfg).await.map_err(|e| refused(&name, limits.replicas, e))?;
     }
+    create_log_bucket(js, AUDIT_BUCKET, "audit log: who did what when, key = time-id", AUDIT_MAX_ENTRIES, limits)
+        .await?;
+    create_log_bucket(js, JOB_ARCHIVE_BUCKET, "finished jobs, key = <device>.<rollout>", JOB_ARCHIVE_MAX, limits)
+        .await?;
     if js.get_object_store(BUNDLE_OBJECT_BUCKET).await.is_err() {
         js.create_object_store(object_store::Config {
             bucket: BUNDLE_OBJECT_BUCKET.into(),
@@ -202,4 +206,44 @@ pub async fn create_buckets(js: &jetstream::Context, limits: &BucketLimits) -> R
 /// The server's own refusal, with the replica count asked for.
 fn refused(bucket: &str, replicas: usize, e: impl std::fmt::Display) -> Error {
     Error::Nats(format!("create bucket {bucket} with {replicas} replica(s): the server refused: {e}"))
+}
+
+/// The audit log (issue #13): one entry per key, written once, never updated.
+pub const AUDIT_BUCKET: &str = "harmony-audit";
+/// Entries the audit log keeps; the oldest go first.
+pub const AUDIT_MAX_ENTRIES: i64 = 1_000_000;
+/// Finished rollout jobs, kept when a newer rollout replaces a device's job.
+pub const JOB_ARCHIVE_BUCKET: &str = "harmony-job-archive";
+/// Job records the archive keeps; the oldest go first.
+pub const JOB_ARCHIVE_MAX: i64 = 1_000_000;
+
+/// An append-only KV bucket bounded by a message count, dropping its oldest
+/// entries (a KV bucket refuses new writes once full; a log must not).
+async fn create_log_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    description: &str,
+    max_messages: i64,
+    limits: &BucketLimits,
+) -> Result<()> {
+    let store = js
+        .create_or_update_key_value(kv::Config {
+            bucket: name.into(),
+            description: description.into(),
+            history: 1,
+            max_value_size: 1024 * 1024,
+            num_replicas: limits.replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| refused(name, limits.replicas, e))?;
+    let mut stream = store.stream.clone();
+    let info = stream.info().await.map_err(|e| refused(name, limits.replicas, e))?;
+    if info.config.max_messages != max_messages || info.config.discard != jetstream::stream::DiscardPolicy::Old {
+        let mut config = info.config.clone();
+        config.max_messages = max_messages;
+        config.discard = jetstream::stream::DiscardPolicy::Old;
+        js.update_stream(config).await.map_err(|e| refused(name, limits.replicas, e))?;
+    }
+    Ok(())
 }

@@ -2,21 +2,19 @@
 //! printed as JSON (`--json`) or as a human table.
 
 use crate::bus::{create_buckets, BucketLimits, Buckets};
-use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::coordinator::{plan_waves, WavePlan};
 use crate::error::{Error, Result};
-use crate::model::{keys, valid_name, HaltThreshold, Job, Rollout, RolloutPolicy, RolloutStatus};
+pub use crate::fleet::{Actor, StartArgs, Target, Via};
+use crate::fleet::{
+    AuditQuery, AuditResult, BundlePush, Control, DeviceQuery, DeviceSummary, FleetService, KvFleet, Presence,
+};
+use crate::model::{keys, Job, Rollout, RolloutStatus};
 use crate::provision::{self, AgentSettings, DeviceUser};
-use crate::registry::{matches_selector, stored_heartbeat, DeviceRow, Labels, StoredHeartbeat};
-use crate::serve::ControlRequest;
+use crate::registry::{stored_heartbeat, Labels, StoredHeartbeat};
 use crate::store;
-use harmony_protocol::command::Command;
 use harmony_protocol::DeviceId;
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// A command's result: the JSON for scripts and the text for people.
 #[derive(Debug)]
@@ -77,36 +75,42 @@ pub async fn provisioned(b: &Buckets) -> Result<Vec<DeviceUser>> {
     Ok(store::decode_all(&store::read_prefix(&b.state, "device.").await?).good)
 }
 
-fn labels_by_device(users: &[DeviceUser]) -> BTreeMap<DeviceId, Labels> {
-    users.iter().map(|u| (u.device.clone(), u.labels.clone())).collect()
-}
-
+/// Every device heard from (as before; provisioned devices never seen are
+/// left out here, the dashboard shows them as `unseen`).
 pub async fn devices_list(cfg: &Config) -> Result<Output> {
-    let b = open(cfg).await?;
-    let now = SystemClock.now();
-    let labels = labels_by_device(&provisioned(&b).await?);
-    let none = Labels::new();
-    let rows: Vec<DeviceRow> = heartbeats(&b)
-        .await?
-        .iter()
-        .map(|h| DeviceRow::from_heartbeat(h, labels.get(&h.device_id).unwrap_or(&none), now, &cfg.fleet))
-        .collect();
+    let fleet = KvFleet::open(cfg).await?;
+    let mut q = DeviceQuery {
+        presence: vec![Presence::Online, Presence::Stale, Presence::Offline],
+        limit: DeviceQuery::MAX_LIMIT,
+        ..Default::default()
+    };
+    let mut rows: Vec<DeviceSummary> = Vec::new();
+    let at = loop {
+        let page = fleet.devices(&q).await?;
+        let done = page.devices.len() < page.limit;
+        rows.extend(page.devices);
+        if done {
+            break page.at;
+        }
+        q.offset += page.limit;
+    };
     let text = table(
         &["DEVICE", "PRESENCE", "VERSION", "SLOT", "HEALTH", "PHASE", "SEEN"],
         &rows
             .iter()
             .map(|r| {
+                let phase = r.phase.clone().unwrap_or_default();
                 vec![
-                    r.device_id.clone(),
-                    format!("{:?}", r.presence).to_lowercase(),
+                    r.device_id.to_string(),
+                    r.presence.name().to_string(),
                     r.os_version.clone().unwrap_or_default(),
                     r.booted_slot.clone().unwrap_or_default(),
-                    format!("{:?}", r.health).to_lowercase(),
+                    r.health.map(crate::fleet::health_name).unwrap_or_default().to_string(),
                     match &r.boot_mismatch {
-                        Some(m) => format!("{} ({m})", r.phase),
-                        None => r.phase.to_string(),
+                        Some(m) => format!("{phase} ({m})"),
+                        None => phase,
                     },
-                    format!("{}s ago", now.saturating_since(r.last_seen) / 1000),
+                    r.last_seen.map(|t| format!("{}s ago", at.saturating_since(t) / 1000)).unwrap_or_default(),
                 ]
             })
             .collect::<Vec<_>>(),
@@ -114,46 +118,92 @@ pub async fn devices_list(cfg: &Config) -> Result<Output> {
     Ok(Output::new(&rows, text))
 }
 
+/// One device: its row, last heartbeat, current job (or why it cannot be
+/// read) and the timeline of its jobs across rollouts.
 pub async fn devices_show(cfg: &Config, id: &str) -> Result<Output> {
-    let b = open(cfg).await?;
     let id = DeviceId::new(id).map_err(|e| Error::Invalid(e.to_string()))?;
-    let entry = b
-        .heartbeats
-        .entry(id.as_str())
-        .await
-        .map_err(|e| Error::Nats(format!("get {id}: {e}")))?
-        .filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put)
-        .ok_or_else(|| Error::NoSuchDevice(id.to_string()))?;
-    let hb = stored_heartbeat(&entry).map_err(|why| Error::Corrupt { key: id.to_string(), detail: why.to_string() })?;
-    let record: Option<DeviceUser> = store::get_json(&b.state, &keys::device(&id)).await.unwrap_or_else(|e| {
-        log::warn!("{e}");
-        None
-    });
-    let labels = record.map(|r| r.labels).unwrap_or_default();
-    // A corrupt job is shown as such (with its quarantined copy), not fatal.
-    let (job, job_error) = match store::get_json::<Job>(&b.state, &keys::job(&id)).await {
-        Ok(job) => (job, None),
-        Err(e @ Error::Corrupt { .. }) => (None, Some(e.to_string())),
-        Err(e) => return Err(e),
+    let fleet = KvFleet::open(cfg).await?;
+    let d = match fleet.device(&id).await {
+        Err(Error::NoSuchDevice(_)) => return Err(Error::NoSuchDevice(id.to_string())),
+        other => other?,
     };
-    let quarantined: Option<store::Quarantined> =
-        store::get_json(&b.state, &keys::quarantine(&keys::job(&id))).await.unwrap_or_default();
-    let row = DeviceRow::from_heartbeat(&hb, &labels, SystemClock.now(), &cfg.fleet);
+    if d.heartbeat.is_none() {
+        return Err(match d.heartbeat_error {
+            Some(detail) => Error::Corrupt { key: id.to_string(), detail },
+            None => Error::NoSuchDevice(id.to_string()),
+        });
+    }
     let value = serde_json::json!({
-        "device": row, "heartbeat": hb.heartbeat, "job": job, "job_error": job_error, "quarantined_job": quarantined,
+        "device": d.summary, "heartbeat": d.heartbeat, "job": d.job, "job_error": d.job_error,
+        "quarantined_job": d.quarantined_job, "timeline": d.timeline,
     });
     let text = serde_json::to_string_pretty(&value).unwrap_or_default();
     Ok(Output { json: value, text })
 }
 
 pub async fn ping(cfg: &Config, id: &str) -> Result<Output> {
-    let b = open(cfg).await?;
     let id = DeviceId::new(id).map_err(|e| Error::Invalid(e.to_string()))?;
-    let start = std::time::Instant::now();
-    let body = crate::serve::request(&b.client, &id, &Command::Ping, Duration::from_secs(5)).await?;
-    let ms = start.elapsed().as_secs_f64() * 1000.0;
-    let value = serde_json::json!({ "device": id, "rtt_ms": ms, "reply": body });
-    Ok(Output { text: format!("{id}: {} ({ms:.1} ms)", serde_json::to_string(&body).unwrap_or_default()), json: value })
+    let fleet = KvFleet::open(cfg).await?;
+    let report = fleet.ping(&actor(), &id).await?;
+    let text = format!("{id}: {} ({:.1} ms)", serde_json::to_string(&report.reply).unwrap_or_default(), report.rtt_ms);
+    Ok(Output::new(&report, text))
+}
+
+pub async fn devices_reboot(cfg: &Config, id: &str) -> Result<Output> {
+    let id = DeviceId::new(id).map_err(|e| Error::Invalid(e.to_string()))?;
+    let fleet = KvFleet::open(cfg).await?;
+    fleet.reboot(&actor(), &id).await?;
+    Ok(Output::new(&serde_json::json!({"device": id, "reboot": "scheduled"}), format!("{id}: reboot scheduled")))
+}
+
+/// The audit log, newest first.
+pub async fn audit(cfg: &Config, offset: usize, limit: usize) -> Result<Output> {
+    let fleet = KvFleet::open(cfg).await?;
+    let page = fleet.audit(&AuditQuery { offset, limit }).await?;
+    let text = table(
+        &["WHEN", "WHO", "VIA", "ACTION", "TARGET", "RESULT"],
+        &page
+            .entries
+            .iter()
+            .map(|e| {
+                vec![
+                    e.at.0.to_string(),
+                    e.actor.name.clone(),
+                    format!("{:?}", e.actor.via).to_lowercase(),
+                    serde_json::to_value(e.action)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    e.target.clone(),
+                    match &e.result {
+                        AuditResult::Ok { detail } => format!("ok: {detail}"),
+                        AuditResult::Failed { error } => format!("failed: {error}"),
+                    },
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    Ok(Output::new(&page, format!("{text}\n({} of {} entries from {})", page.entries.len(), page.total, offset)))
+}
+
+/// The name the CLI records in the audit log: `--as`, else the OS user.
+static ACT_AS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the CLI's name for the audit log (from `--as`); call once, first.
+pub fn act_as(name: Option<String>) {
+    if let Some(name) = name.filter(|n| !n.trim().is_empty()) {
+        let _ = ACT_AS.set(name);
+    }
+}
+
+/// Who the CLI acts as.
+pub fn actor() -> Actor {
+    let name = ACT_AS
+        .get()
+        .cloned()
+        .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| "unknown".to_string());
+    Actor::new(name, Via::Cli)
 }
 
 pub async fn init(cfg: &Config, limits: &BucketLimits) -> Result<Output> {
@@ -219,26 +269,29 @@ pub async fn provision(cfg: &Config, a: &ProvisionArgs) -> Result<Output> {
 pub async fn bundle_push(cfg: &Config, file: &Path, id: Option<&str>, progress: bool) -> Result<Output> {
     // Local input first: a wrong file is reported without touching NATS.
     crate::bundle::read_manifest(file)?;
-    let b = open(cfg).await?;
-    let rec = crate::bundle::push(&b, file, id, progress, SystemClock.now()).await?;
+    let fleet = KvFleet::open(cfg).await?;
+    let push = BundlePush { path: file.to_path_buf(), id: id.map(str::to_string), progress_bar: progress };
+    let rec = fleet.push_bundle(&actor(), &push).await?;
     let text = format!("{} {} {} {} bytes sha256 {}", rec.id, rec.compatible, rec.version, rec.size, rec.sha256);
     Ok(Output::new(&rec, text))
 }
 
 pub async fn bundle_list(cfg: &Config) -> Result<Output> {
-    let b = open(cfg).await?;
-    let list = store::bundles(&b.state).await?.good;
+    let fleet = KvFleet::open(cfg).await?;
+    let list = fleet.bundles().await?;
     let text = table(
-        &["BUNDLE", "VERSION", "COMPATIBLE", "SIZE", "SHA256"],
+        &["BUNDLE", "VERSION", "COMPATIBLE", "SIZE", "SHA256", "IN USE BY"],
         &list
             .iter()
-            .map(|r| {
+            .map(|b| {
+                let r = &b.record;
                 vec![
                     r.id.clone(),
                     r.version.clone(),
                     r.compatible.clone(),
                     r.size.to_string(),
                     r.sha256[..16.min(r.sha256.len())].to_string(),
+                    b.in_use_by.join(","),
                 ]
             })
             .collect::<Vec<_>>(),
@@ -247,122 +300,34 @@ pub async fn bundle_list(cfg: &Config) -> Result<Output> {
 }
 
 pub async fn bundle_rm(cfg: &Config, id: &str) -> Result<Output> {
-    let b = open(cfg).await?;
-    crate::bundle::remove(&b, id).await?;
+    let fleet = KvFleet::open(cfg).await?;
+    fleet.remove_bundle(&actor(), id).await?;
     Ok(Output::new(&serde_json::json!({"removed": id}), format!("removed {id}")))
-}
-
-/// Which devices a rollout targets.
-#[derive(Debug, Clone)]
-pub enum Target {
-    Devices(Vec<String>),
-    Selector(String),
-    All,
-}
-
-#[derive(Debug, Clone)]
-pub struct StartArgs {
-    pub id: Option<String>,
-    pub bundle: String,
-    pub target: Target,
-    pub canary: usize,
-    pub waves: Vec<u8>,
-    pub policy: RolloutPolicy,
-}
-
-impl StartArgs {
-    pub fn from_defaults(cfg: &Config, bundle: &str, target: Target) -> Self {
-        let d = &cfg.rollout;
-        let halt = match (d.halt_after_percent, d.halt_after_failures) {
-            (Some(p), _) => HaltThreshold::Percent(p),
-            (None, n) => HaltThreshold::Count(n.unwrap_or(1)),
-        };
-        Self {
-            id: None,
-            bundle: bundle.into(),
-            target,
-            canary: d.canary,
-            waves: d.waves.clone(),
-            policy: RolloutPolicy {
-                max_in_flight: d.max_in_flight,
-                device_timeout_ms: d.device_timeout_secs * 1000,
-                reboot_timeout_ms: d.reboot_timeout_secs * 1000,
-                halt,
-                allow_downgrade: false,
-                offer_ttl_ms: d.offer_ttl_secs * 1000,
-            },
-        }
-    }
 }
 
 /// Creates the rollout record; the serving operator picks it up from its watch.
 pub async fn rollout_start(cfg: &Config, a: &StartArgs) -> Result<Output> {
-    let b = open(cfg).await?;
-    let now = SystemClock.now();
-    let bundle = crate::bundle::get(&b, &a.bundle).await?;
-    let devices: Vec<DeviceId> = match &a.target {
-        Target::Devices(list) => list
-            .iter()
-            .map(|d| DeviceId::new(d.as_str()).map_err(|e| Error::Invalid(format!("{d}: {e}"))))
-            .collect::<Result<_>>()?,
-        // The operator's own labels, never what a device reports.
-        Target::Selector(sel) => {
-            provisioned(&b).await?.into_iter().filter(|u| matches_selector(&u.labels, sel)).map(|u| u.device).collect()
-        }
-        // Every device heartbeating under its own key.
-        Target::All => heartbeats(&b).await?.into_iter().map(|h| h.heartbeat.device_id).collect(),
-    };
-    if devices.is_empty() {
-        return Err(Error::Invalid("no devices selected".into()));
-    }
-    // A corrupt job record is skipped (with a warning): the serving operator
-    // rebuilds it from the device's signed offer, or starts it afresh.
-    let busy: Vec<String> = store::jobs(&b.state)
-        .await?
-        .good
-        .into_iter()
-        .filter(|j| !j.state.is_terminal() && devices.contains(&j.device))
-        .map(|j| format!("{} (rollout {})", j.device, j.rollout_id))
-        .collect();
-    if !busy.is_empty() {
-        return Err(Error::Invalid(format!("devices busy in another rollout: {}", busy.join(", "))));
-    }
-    let id = a.id.clone().unwrap_or_else(|| format!("{}-{}", a.bundle.replace('.', "_"), now.0));
-    if !valid_name(&id) || id.contains('.') {
-        return Err(Error::Invalid(format!("rollout id {id:?}: use letters, digits, '_', '-'")));
-    }
-    let waves = plan_waves(&devices, &WavePlan { canary: a.canary, percents: a.waves.clone() });
-    let rollout = Rollout {
-        id: id.clone(),
-        bundle,
-        policy: a.policy.clone(),
-        waves,
-        current_wave: 0,
-        status: RolloutStatus::Running,
-        created_at: now,
-        last_ctl_rev: 0,
-        accepted_failures: 0,
-        history: Vec::new(),
-    };
-    let bytes = serde_json::to_vec(&rollout).map_err(|e| Error::Invalid(e.to_string()))?;
-    b.state.create(keys::rollout(&id), bytes.into()).await.map_err(|e| Error::Nats(format!("rollout {id}: {e}")))?;
+    let fleet = KvFleet::open(cfg).await?;
+    let rollout = fleet.start_rollout(&actor(), a).await?;
     let sizes: Vec<usize> = rollout.waves.iter().map(Vec::len).collect();
-    Ok(Output::new(&rollout, format!("rollout {id}: {} devices in waves {sizes:?}", devices.len())))
+    let text = format!("rollout {}: {} devices in waves {sizes:?}", rollout.id, rollout.devices().count());
+    Ok(Output::new(&rollout, text))
 }
 
 pub async fn rollout_control(cfg: &Config, id: &str, control: &str) -> Result<Output> {
-    let b = open(cfg).await?;
-    if store::get_json::<Rollout>(&b.state, &keys::rollout(id)).await?.is_none() {
-        return Err(Error::NoSuchRollout(id.into()));
-    }
-    store::put_json(&b.state, &keys::ctl(id), &ControlRequest { control: control.into() }).await?;
+    let parsed: Control = control.parse()?;
+    let fleet = KvFleet::open(cfg).await?;
+    fleet.control_rollout(&actor(), id, parsed).await?;
     Ok(Output::new(&serde_json::json!({"rollout": id, "requested": control}), format!("{control} requested for {id}")))
 }
 
 #[derive(Debug, Serialize)]
 pub struct RolloutReport {
     pub rollout: Rollout,
+    /// Jobs per state name.
     pub counts: std::collections::BTreeMap<&'static str, usize>,
+    /// Per wave: devices per stage.
+    pub waves: Vec<crate::fleet::WaveProgress>,
     pub devices: Vec<Job>,
     /// Records that could not be read (skipped); their raw bytes are kept
     /// under `quarantine.<key>` once the serving operator has seen them.
@@ -378,20 +343,24 @@ fn corrupt_note(corrupt: &[store::CorruptRecord]) -> String {
 }
 
 pub async fn rollout_status(cfg: &Config, id: Option<&str>) -> Result<Output> {
-    let b = open(cfg).await?;
-    let store::Records { good: rollouts, mut corrupt } = store::rollouts(&b.state).await?;
+    let fleet = KvFleet::open(cfg).await?;
     let Some(id) = id else {
+        let corrupt = fleet.corrupt_records().await?;
+        let summaries = fleet.rollouts().await?;
+        let rollouts = fleet.rollout_records().await?;
         let text = table(
-            &["ROLLOUT", "BUNDLE", "STATUS", "WAVE", "DEVICES"],
+            &["ROLLOUT", "BUNDLE", "STATUS", "WAVE", "DEVICES", "DONE"],
             &rollouts
                 .iter()
                 .map(|r| {
+                    let done = summaries.iter().find(|s| s.id == r.id).map_or(0, |s| s.counts.finished());
                     vec![
                         r.id.clone(),
                         r.bundle.id.clone(),
                         r.status.name().into(),
                         format!("{}/{}", (r.current_wave + 1).min(r.waves.len()), r.waves.len()),
                         r.devices().count().to_string(),
+                        done.to_string(),
                     ]
                 })
                 .collect::<Vec<_>>(),
@@ -399,10 +368,8 @@ pub async fn rollout_status(cfg: &Config, id: Option<&str>) -> Result<Output> {
         let text = format!("{text}{}", corrupt_note(&corrupt));
         return Ok(Output::new(&rollouts, text));
     };
-    let rollout = rollouts.into_iter().find(|r| r.id == id).ok_or_else(|| Error::NoSuchRollout(id.into()))?;
-    let job_records = store::jobs(&b.state).await?;
-    corrupt.extend(job_records.corrupt);
-    let jobs: Vec<Job> = job_records.good.into_iter().filter(|j| j.rollout_id == id).collect();
+    let detail = fleet.rollout(id).await?;
+    let (rollout, jobs, corrupt) = (detail.rollout, detail.jobs, detail.corrupt);
     let mut counts = std::collections::BTreeMap::new();
     for j in &jobs {
         *counts.entry(j.state.name()).or_insert(0) += 1;
@@ -421,6 +388,14 @@ pub async fn rollout_status(cfg: &Config, id: Option<&str>) -> Result<Output> {
         rollout.waves.len(),
         counts
     );
+    for w in &detail.waves {
+        let stages: Vec<String> = crate::fleet::Stage::ALL
+            .iter()
+            .filter(|s| w.counts.get(**s) > 0)
+            .map(|s| format!("{} {}", w.counts.get(*s), s.name()))
+            .collect();
+        text.push_str(&format!("  wave {} ({} devices): {}\n", w.index, w.devices, stages.join(", ")));
+    }
     text.push_str(&table(
         &["DEVICE", "WAVE", "STATE", "SINCE"],
         &jobs
@@ -449,5 +424,5 @@ pub async fn rollout_status(cfg: &Config, id: Option<&str>) -> Result<Output> {
             .collect::<Vec<_>>(),
     ));
     text.push_str(&corrupt_note(&corrupt));
-    Ok(Output::new(&RolloutReport { rollout, counts, devices: jobs, corrupt }, text))
+    Ok(Output::new(&RolloutReport { rollout, counts, waves: detail.waves, devices: jobs, corrupt }, text))
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod coordinator;
 pub mod effects;
 pub mod error;
+pub mod fleet;
 pub mod keys;
 pub mod leader_status;
 pub mod lease;

@@ -18,6 +18,9 @@ struct Cli {
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     json: bool,
+    /// Your name in the audit log (default: $USER).
+    #[arg(long = "as", global = true, value_name = "NAME")]
+    act_as: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -40,6 +43,13 @@ enum Cmd {
     Bundle(BundleCmd),
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// The audit log: who did what, when, and how it ended; newest first.
+    Audit {
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -83,6 +93,8 @@ enum DevicesCmd {
     List,
     /// One device: last heartbeat and its rollout job with every transition.
     Show { device: String },
+    /// Ask a device to reboot (the agent refuses during an install).
+    Reboot { device: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -199,6 +211,7 @@ fn main() -> ExitCode {
 
 async fn dispatch(cli: Cli) -> Result<(), Error> {
     let json = cli.json;
+    commands::act_as(cli.act_as.clone());
     if let Cmd::Keys(KeysCmd::Generate { out: Some(path) }) = &cli.cmd {
         let id = keys::generate(path)?;
         print(
@@ -259,6 +272,8 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
         Cmd::Devices(DevicesCmd::List) => commands::devices_list(&cfg).await?,
         Cmd::Devices(DevicesCmd::Show { device }) => commands::devices_show(&cfg, &device).await?,
         Cmd::Ping { device } => commands::ping(&cfg, &device).await?,
+        Cmd::Devices(DevicesCmd::Reboot { device }) => commands::devices_reboot(&cfg, &device).await?,
+        Cmd::Audit { offset, limit } => commands::audit(&cfg, offset, limit).await?,
         Cmd::Leader => harmony_operator::leader_status::show(&cfg).await?,
         Cmd::Rollout(RolloutCmd::Start(s)) => {
             let target = if s.all {

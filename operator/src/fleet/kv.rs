@@ -1,0 +1,409 @@
+//! [`KvFleet`]: the [`FleetService`] over the operator's KV buckets.
+//!
+//! Two ways to run it: [`KvFleet::live`] (the long-running operator) loads
+//! the index once and keeps it current from KV watches, so reads do no KV
+//! round trip; [`KvFleet::snapshot`] (a one-shot CLI command) loads the
+//! index on the first read that needs it, and never again.
+
+use super::live::{self, Shared, Source};
+use super::query::{self, selector_matches};
+use super::{
+    archive, audit, timeline, Actor, AuditAction, AuditEntry, AuditPage, AuditQuery, AuditResult, BundlePush,
+    BundleView, Change, Control, DeviceDetail, DevicePage, DeviceQuery, FleetService, Overview, PingReport,
+    RolloutDetail, RolloutSummary, Stage, StartArgs, Target,
+};
+use crate::bus::Buckets;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, FleetConfig};
+use crate::coordinator::{plan_waves, WavePlan};
+use crate::error::{Error, Result};
+use crate::model::{keys, valid_name, BundleRecord, Job, Rollout, RolloutStatus};
+use crate::serve::ControlRequest;
+use crate::store::{self, CorruptRecord, Quarantined};
+use futures::StreamExt;
+use harmony_protocol::command::Command;
+use harmony_protocol::time::UnixMillis;
+use harmony_protocol::{DeviceId, ReplyBody};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, OnceCell};
+
+/// How long a ping or reboot request waits for the device.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+const REBOOT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The real fleet. Cheap to clone; the watch tasks of a live one stop when
+/// its last clone is dropped.
+#[derive(Clone)]
+pub struct KvFleet {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    buckets: Buckets,
+    fleet: FleetConfig,
+    shared: Arc<Shared>,
+    /// Set once the index holds a full read of the buckets.
+    loaded: OnceCell<()>,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for KvFleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvFleet").field("live", &!self.inner.tasks.is_empty()).finish_non_exhaustive()
+    }
+}
+
+impl KvFleet {
+    /// For one CLI command: connects (failing fast) and reads lazily.
+    pub async fn open(cfg: &Config) -> Result<Self> {
+        let buckets = Buckets::open(crate::bus::connect_once(&cfg.nats).await?).await?;
+        Ok(Self::snapshot(buckets, cfg.fleet.clone()))
+    }
+
+    /// Reads the buckets once, on the first read that needs the index.
+    pub fn snapshot(buckets: Buckets, fleet: FleetConfig) -> Self {
+        let inner =
+            Inner { buckets, fleet, shared: Arc::new(Shared::new()), loaded: OnceCell::new(), tasks: Vec::new() };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// Loads the index and keeps it current from KV watches (heartbeats,
+    /// the operator bucket, the audit log) until the last clone is dropped.
+    pub async fn live(buckets: Buckets, fleet: FleetConfig) -> Result<Self> {
+        let shared = Arc::new(Shared::new());
+        let audit = audit::open(&buckets.js).await?;
+        let sources = [
+            (buckets.heartbeats.clone(), Source::Heartbeats),
+            (buckets.state.clone(), Source::State),
+            (audit, Source::Audit),
+        ];
+        let mut tasks = Vec::new();
+        for (store, source) in sources {
+            let revision = live::load(&store, &shared, source).await?;
+            tasks.push(tokio::spawn(live::follow(store, shared.clone(), source, revision)).abort_handle());
+        }
+        let loaded = OnceCell::new_with(Some(()));
+        Ok(Self { inner: Arc::new(Inner { buckets, fleet, shared, loaded, tasks }) })
+    }
+
+    pub fn buckets(&self) -> &Buckets {
+        &self.inner.buckets
+    }
+
+    fn now(&self) -> UnixMillis {
+        SystemClock.now()
+    }
+
+    async fn ensure_loaded(&self) -> Result<()> {
+        let inner = &self.inner;
+        inner
+            .loaded
+            .get_or_try_init(|| async {
+                live::load(&inner.buckets.heartbeats, &inner.shared, Source::Heartbeats).await?;
+                live::load(&inner.buckets.state, &inner.shared, Source::State).await?;
+                Ok::<(), Error>(())
+            })
+            .await
+            .map(drop)
+    }
+
+    /// Operator records that could not be read: rollouts first, then jobs.
+    pub async fn corrupt_records(&self) -> Result<Vec<CorruptRecord>> {
+        self.ensure_loaded().await?;
+        let index = self.inner.shared.read();
+        let of = |p: &str| index.corrupt.values().filter(|c| c.key.starts_with(p)).cloned().collect::<Vec<_>>();
+        Ok([of("rollout."), of("job.")].concat())
+    }
+
+    /// The stored rollout records, by id.
+    pub async fn rollout_records(&self) -> Result<Vec<Rollout>> {
+        self.ensure_loaded().await?;
+        Ok(self.inner.shared.read().rollouts.values().cloned().collect())
+    }
+
+    /// Runs `action`, then records it and its result in the audit log. The
+    /// log is opened first: an action that could not be recorded is not done.
+    async fn audited<T: Send>(
+        &self,
+        actor: &Actor,
+        action: AuditAction,
+        target: &str,
+        run: impl Future<Output = Result<T>> + Send,
+        describe: impl FnOnce(&T) -> String + Send,
+    ) -> Result<T> {
+        let log = audit::open(&self.inner.buckets.js).await?;
+        let result = run.await;
+        let entry = AuditEntry {
+            seq: 0,
+            at: self.now(),
+            actor: actor.clone(),
+            action,
+            target: target.to_string(),
+            result: match &result {
+                Ok(v) => AuditResult::Ok { detail: describe(v) },
+                Err(e) => AuditResult::Failed { error: e.to_string() },
+            },
+        };
+        if let Err(e) = audit::append(&log, &entry).await {
+            log::error!("audit log: could not record {action:?} of {target} by {}: {e}", actor.name);
+        }
+        result
+    }
+
+    async fn create_rollout(&self, a: &StartArgs) -> Result<Rollout> {
+        let b = &self.inner.buckets;
+        let now = self.now();
+        let bundle = crate::bundle::get(b, &a.bundle).await?;
+        self.ensure_loaded().await?;
+        let (devices, busy, finished) = {
+            let index = self.inner.shared.read();
+            let devices: Vec<DeviceId> = match &a.target {
+                Target::Devices(list) => list.iter().map(|d| super::device_id(d)).collect::<Result<_>>()?,
+                // The operator's own labels, never what a device reports.
+                Target::Selector(sel) => index
+                    .devices
+                    .iter()
+                    .filter(|(_, e)| e.labels.as_ref().is_some_and(|l| selector_matches(l, sel)))
+                    .map(|(id, _)| id.clone())
+                    .collect(),
+                // Every device heartbeating under its own key.
+                Target::All => {
+                    index.devices.iter().filter(|(_, e)| e.heartbeat.is_some()).map(|(id, _)| id.clone()).collect()
+                }
+            };
+            let jobs: Vec<&Job> = devices.iter().filter_map(|d| index.devices.get(d)?.job.as_ref()).collect();
+            let busy: Vec<String> = jobs
+                .iter()
+                .filter(|j| !j.state.is_terminal())
+                .map(|j| format!("{} (rollout {})", j.device, j.rollout_id))
+                .collect();
+            let finished: Vec<Job> = jobs.into_iter().filter(|j| j.state.is_terminal()).cloned().collect();
+            (devices, busy, finished)
+        };
+        if devices.is_empty() {
+            return Err(Error::Invalid("no devices selected".into()));
+        }
+        if !busy.is_empty() {
+            return Err(Error::Invalid(format!("devices busy in another rollout: {}", busy.join(", "))));
+        }
+        let id = a.id.clone().unwrap_or_else(|| format!("{}-{}", a.bundle.replace('.', "_"), now.0));
+        if !valid_name(&id) || id.contains('.') {
+            return Err(Error::Invalid(format!("rollout id {id:?}: use letters, digits, '_', '-'")));
+        }
+        // The coordinator replaces these jobs with the new rollout's: keep
+        // them for the devices' timelines first.
+        match archive::open(&b.js).await {
+            Ok(store) => archive::save(&store, finished).await?,
+            Err(e) => log::warn!("finished jobs not archived: {e}"),
+        }
+        let waves = plan_waves(&devices, &WavePlan { canary: a.canary, percents: a.waves.clone() });
+        let rollout = Rollout {
+            id: id.clone(),
+            bundle,
+            policy: a.policy.clone(),
+            waves,
+            current_wave: 0,
+            status: RolloutStatus::Running,
+            created_at: now,
+            last_ctl_rev: 0,
+            accepted_failures: 0,
+            history: Vec::new(),
+        };
+        let bytes = serde_json::to_vec(&rollout).map_err(|e| Error::Invalid(e.to_string()))?;
+        b.state
+            .create(keys::rollout(&id), bytes.into())
+            .await
+            .map_err(|e| Error::Nats(format!("rollout {id}: {e}")))?;
+        Ok(rollout)
+    }
+
+    async fn request_control(&self, id: &str, control: Control) -> Result<()> {
+        let state = &self.inner.buckets.state;
+        if store::get_json::<Rollout>(state, &keys::rollout(id)).await?.is_none() {
+            return Err(Error::NoSuchRollout(id.into()));
+        }
+        store::put_json(state, &keys::ctl(id), &ControlRequest { control: control.name().into() }).await.map(drop)
+    }
+}
+
+impl FleetService for KvFleet {
+    async fn overview(&self) -> Result<Overview> {
+        self.ensure_loaded().await?;
+        Ok(query::overview(&self.inner.shared.read(), self.now(), &self.inner.fleet))
+    }
+
+    async fn devices(&self, q: &DeviceQuery) -> Result<DevicePage> {
+        self.ensure_loaded().await?;
+        Ok(query::devices(&self.inner.shared.read(), q, self.now(), &self.inner.fleet))
+    }
+
+    async fn device(&self, id: &DeviceId) -> Result<DeviceDetail> {
+        self.ensure_loaded().await?;
+        let job_key = keys::job(id);
+        let (summary, heartbeat, heartbeat_error, job, job_error, versions) = {
+            let index = self.inner.shared.read();
+            let corrupt_job = index
+                .corrupt
+                .get(&job_key)
+                .map(|c| Error::Corrupt { key: c.key.clone(), detail: c.detail.clone() }.to_string());
+            let entry = match index.devices.get(id) {
+                Some(e) => e.clone(),
+                None if corrupt_job.is_some() => Default::default(),
+                None => return Err(Error::NoSuchDevice(id.to_string())),
+            };
+            let summary = query::summary(id, &entry, self.now(), &self.inner.fleet);
+            let versions: HashMap<String, String> =
+                index.rollouts.values().map(|r| (r.id.clone(), r.bundle.version.clone())).collect();
+            (summary, entry.heartbeat, entry.heartbeat_error, entry.job, corrupt_job, versions)
+        };
+        let b = &self.inner.buckets;
+        let quarantined_job: Option<Quarantined> =
+            store::get_json(&b.state, &keys::quarantine(&job_key)).await.ok().flatten();
+        let archived = match archive::open(&b.js).await {
+            Ok(store) => archive::of_device(&store, id).await.unwrap_or_else(|e| {
+                log::warn!("job archive of {id}: {e}");
+                Vec::new()
+            }),
+            Err(e) => {
+                log::warn!("{e}");
+                Vec::new()
+            }
+        };
+        let timeline = timeline::of_jobs(&archived, job.as_ref(), |r| versions.get(r).cloned());
+        Ok(DeviceDetail {
+            summary,
+            heartbeat_revision: heartbeat.as_ref().map(|h| h.revision),
+            heartbeat: heartbeat.map(|h| h.heartbeat),
+            heartbeat_error,
+            job,
+            job_error,
+            quarantined_job,
+            timeline,
+        })
+    }
+
+    async fn rollouts(&self) -> Result<Vec<RolloutSummary>> {
+        self.ensure_loaded().await?;
+        let index = self.inner.shared.read();
+        let mut out: Vec<RolloutSummary> = index.rollouts.values().map(|r| query::rollout_summary(&index, r)).collect();
+        out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    async fn rollout(&self, id: &str) -> Result<RolloutDetail> {
+        let corrupt = self.corrupt_records().await?;
+        let (rollout, mut jobs, missing) = {
+            let index = self.inner.shared.read();
+            let r = index.rollouts.get(id).cloned().ok_or_else(|| Error::NoSuchRollout(id.into()))?;
+            let jobs: HashMap<DeviceId, Job> = index.jobs_of(id).map(|j| (j.device.clone(), j.clone())).collect();
+            let missing: Vec<DeviceId> = r.devices().filter(|d| !jobs.contains_key(*d)).cloned().collect();
+            (r, jobs, missing)
+        };
+        // Devices whose job of this rollout was replaced by a newer one.
+        if !missing.is_empty() {
+            if let Ok(store) = archive::open(&self.inner.buckets.js).await {
+                let found: Vec<Job> = futures::stream::iter(missing)
+                    .map(|d| {
+                        let store = store.clone();
+                        async move { archive::get(&store, &d, id).await.ok().flatten() }
+                    })
+                    .buffer_unordered(32)
+                    .filter_map(|j| async move { j })
+                    .collect()
+                    .await;
+                jobs.extend(found.into_iter().map(|j| (j.device.clone(), j)));
+            }
+        }
+        let waves = query::wave_progress(&rollout, |d| jobs.get(d).map(|j| Stage::of(&j.state)));
+        let summary = query::summary_of(&rollout, &waves);
+        let mut jobs: Vec<Job> = jobs.into_values().collect();
+        jobs.sort_by(|a, b| a.device.cmp(&b.device));
+        Ok(RolloutDetail { summary, rollout, waves, jobs, corrupt })
+    }
+
+    async fn bundles(&self) -> Result<Vec<BundleView>> {
+        self.ensure_loaded().await?;
+        let index = self.inner.shared.read();
+        Ok(index
+            .bundles
+            .values()
+            .map(|record| BundleView {
+                in_use_by: index
+                    .rollouts
+                    .values()
+                    .filter(|r| r.uses_bundle(&record.id))
+                    .map(|r| r.id.clone())
+                    .collect(),
+                record: record.clone(),
+            })
+            .collect())
+    }
+
+    async fn push_bundle(&self, actor: &Actor, push: &BundlePush) -> Result<BundleRecord> {
+        let target = push.id.clone().unwrap_or_else(|| push.path.display().to_string());
+        let run =
+            crate::bundle::push(&self.inner.buckets, &push.path, push.id.as_deref(), push.progress_bar, self.now());
+        self.audited(actor, AuditAction::BundlePush, &target, run, |r: &BundleRecord| {
+            format!("{} {} {} bytes sha256 {}", r.id, r.version, r.size, r.sha256)
+        })
+        .await
+    }
+
+    async fn remove_bundle(&self, actor: &Actor, id: &str) -> Result<()> {
+        let run = crate::bundle::remove(&self.inner.buckets, id);
+        self.audited(actor, AuditAction::BundleRemove, id, run, |_| "removed".into()).await
+    }
+
+    async fn start_rollout(&self, actor: &Actor, args: &StartArgs) -> Result<Rollout> {
+        let target = args.id.clone().unwrap_or_else(|| format!("(new rollout of {})", args.bundle));
+        self.audited(actor, AuditAction::RolloutStart, &target, self.create_rollout(args), |r: &Rollout| {
+            let sizes: Vec<usize> = r.waves.iter().map(Vec::len).collect();
+            format!("rollout {} of bundle {}: {} devices in waves {sizes:?}", r.id, r.bundle.id, r.devices().count())
+        })
+        .await
+    }
+
+    async fn control_rollout(&self, actor: &Actor, id: &str, control: Control) -> Result<()> {
+        let run = self.request_control(id, control);
+        self.audited(actor, control.into(), id, run, |_| format!("{} requested", control.name())).await
+    }
+
+    async fn ping(&self, actor: &Actor, id: &DeviceId) -> Result<PingReport> {
+        let run = async {
+            let start = std::time::Instant::now();
+            let reply = crate::serve::request(&self.inner.buckets.client, id, &Command::Ping, PING_TIMEOUT).await?;
+            Ok(PingReport { device: id.clone(), rtt_ms: start.elapsed().as_secs_f64() * 1000.0, reply })
+        };
+        self.audited(actor, AuditAction::DevicePing, id.as_str(), run, |p: &PingReport| format!("{:.1} ms", p.rtt_ms))
+            .await
+    }
+
+    async fn reboot(&self, actor: &Actor, id: &DeviceId) -> Result<()> {
+        let run = async {
+            match crate::serve::request(&self.inner.buckets.client, id, &Command::Reboot, REBOOT_TIMEOUT).await? {
+                ReplyBody::RebootScheduled => Ok(()),
+                other => Err(Error::Device(format!("{id}: unexpected reply to reboot: {other:?}"))),
+            }
+        };
+        self.audited(actor, AuditAction::DeviceReboot, id.as_str(), run, |_| "reboot scheduled".into()).await
+    }
+
+    async fn audit(&self, q: &AuditQuery) -> Result<AuditPage> {
+        audit::page(&audit::open(&self.inner.buckets.js).await?, q).await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.inner.shared.changes.subscribe()
+    }
+}

@@ -1,0 +1,82 @@
+//! The fleet as one domain API: what the dashboard, the CLI and the tests
+//! all go through. [`FleetService`] is the contract; [`KvFleet`] is the real
+//! implementation over the operator's KV buckets.
+//!
+//! Everything here is plain data (serde) and carries no presentation: every
+//! string a device reported (ids, versions, failed-check names, refusal
+//! reasons) is hostile and must be rendered as text by whoever shows it.
+
+mod archive;
+mod audit;
+mod index;
+mod kv;
+mod live;
+mod query;
+mod stage;
+mod timeline;
+mod types;
+
+pub use kv::KvFleet;
+pub use query::{health_name, selector_matches};
+pub use stage::Stage;
+pub use types::*;
+
+use crate::error::Result;
+use crate::model::{BundleRecord, Rollout};
+use harmony_protocol::DeviceId;
+use std::future::Future;
+use tokio::sync::broadcast;
+
+/// One domain API over the fleet. Reads answer from an in-memory index where
+/// the implementation keeps one; every state-changing call (and `ping`) is
+/// written to the audit log with its result, whether it succeeded or not.
+///
+/// The futures are `Send` so axum handlers can await them.
+pub trait FleetService: Send + Sync + 'static {
+    /// Counts by presence, OS version, upgrade phase and health, and the
+    /// rollouts that are not finished, with their progress.
+    fn overview(&self) -> impl Future<Output = Result<Overview>> + Send;
+
+    /// One page of devices matching `query`, sorted, with the total that match.
+    fn devices(&self, query: &DeviceQuery) -> impl Future<Output = Result<DevicePage>> + Send;
+
+    /// One device: its last heartbeat, labels, current job and the timeline
+    /// of every upgrade transition across rollouts.
+    /// [`crate::Error::NoSuchDevice`] if it is neither provisioned nor seen.
+    fn device(&self, id: &DeviceId) -> impl Future<Output = Result<DeviceDetail>> + Send;
+
+    /// Every rollout, newest first.
+    fn rollouts(&self) -> impl Future<Output = Result<Vec<RolloutSummary>>> + Send;
+
+    /// One rollout with per-wave stage counts and its jobs.
+    /// [`crate::Error::NoSuchRollout`] if unknown.
+    fn rollout(&self, id: &str) -> impl Future<Output = Result<RolloutDetail>> + Send;
+
+    /// Every bundle with the unfinished rollouts that use it.
+    fn bundles(&self) -> impl Future<Output = Result<Vec<BundleView>>> + Send;
+
+    /// Uploads a RAUC bundle file (version and compatible from its manifest).
+    fn push_bundle(&self, actor: &Actor, push: &BundlePush) -> impl Future<Output = Result<BundleRecord>> + Send;
+
+    /// Removes a bundle; refused while an unfinished rollout uses it.
+    fn remove_bundle(&self, actor: &Actor, id: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Creates a rollout record; the leading operator picks it up.
+    fn start_rollout(&self, actor: &Actor, args: &StartArgs) -> impl Future<Output = Result<Rollout>> + Send;
+
+    /// Requests pause / resume / abort; the leading operator applies it.
+    fn control_rollout(&self, actor: &Actor, id: &str, control: Control) -> impl Future<Output = Result<()>> + Send;
+
+    /// Pings a device over its command subject.
+    fn ping(&self, actor: &Actor, id: &DeviceId) -> impl Future<Output = Result<PingReport>> + Send;
+
+    /// Asks a device to reboot (the agent refuses during an install).
+    fn reboot(&self, actor: &Actor, id: &DeviceId) -> impl Future<Output = Result<()>> + Send;
+
+    /// One page of the audit log, newest first.
+    fn audit(&self, query: &AuditQuery) -> impl Future<Output = Result<AuditPage>> + Send;
+
+    /// What changed, as it changes (for server-sent events). A receiver that
+    /// lags behind gets `RecvError::Lagged`: treat it like [`Change::Resync`].
+    fn subscribe(&self) -> broadcast::Receiver<Change>;
+}
