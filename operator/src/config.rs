@@ -23,6 +23,14 @@
 //! reboot_timeout_secs = 600
 //! halt_after_failures = 1
 //! offer_ttl_secs = 86400
+//! [dashboard]  # `serve --http ADDR` overrides listen
+//! listen = "127.0.0.1:8080"
+//! session_idle_secs = 28800
+//! secure_cookie = false   # true behind a TLS reverse proxy
+//! [[dashboard.users]]
+//! name = "alice"
+//! password_hash = "$argon2id$v=19$..."   # `harmony-operator dashboard hash-password`
+//! role = "admin"          # or "viewer"
 //! ```
 
 use crate::error::{Error, Result};
@@ -41,6 +49,8 @@ pub struct Config {
     pub coordinator: CoordinatorConfig,
     #[serde(default)]
     pub rollout: RolloutDefaults,
+    #[serde(default)]
+    pub dashboard: DashboardConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +131,58 @@ impl Default for RolloutDefaults {
     }
 }
 
+/// The web dashboard served by `serve` (issue 13). Off unless `listen` is
+/// set here or `serve --http` is given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DashboardConfig {
+    /// Address to listen on, e.g. `127.0.0.1:8080`.
+    pub listen: Option<String>,
+    /// Sessions end after this long without a request.
+    pub session_idle_secs: u64,
+    /// Sessions end this long after login, however busy.
+    pub session_max_secs: u64,
+    /// Mark the session cookie `Secure` (set when a TLS proxy is in front).
+    pub secure_cookie: bool,
+    /// Largest bundle upload, in MiB.
+    pub max_upload_mib: u64,
+    /// Live updates are coalesced over this window, so a busy rollout sends
+    /// each viewer at most one refresh per window.
+    pub live_coalesce_millis: u64,
+    pub users: Vec<DashboardUser>,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            session_idle_secs: 8 * 3600,
+            session_max_secs: 24 * 3600,
+            secure_cookie: false,
+            max_upload_mib: 4096,
+            live_coalesce_millis: 1000,
+            users: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardUser {
+    pub name: String,
+    /// PHC string of an argon2 hash. Never logged.
+    pub password_hash: String,
+    pub role: DashboardRole,
+}
+
+/// Viewers read; admins also act (rollouts, bundles, ping, reboot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DashboardRole {
+    Viewer,
+    Admin,
+}
+
 impl Config {
     pub fn for_url(url: &str, signing_key: &Path) -> Self {
         Self {
@@ -129,6 +191,7 @@ impl Config {
             fleet: FleetConfig::default(),
             coordinator: CoordinatorConfig::default(),
             rollout: RolloutDefaults::default(),
+            dashboard: DashboardConfig::default(),
         }
     }
 
@@ -146,6 +209,14 @@ impl Config {
                 path: path.to_path_buf(),
                 detail: "fleet.offline_after_secs must be >= fleet.stale_after_secs".into(),
             });
+        }
+        for user in &cfg.dashboard.users {
+            if argon2::PasswordHash::new(&user.password_hash).is_err() {
+                return Err(Error::Config {
+                    path: path.to_path_buf(),
+                    detail: format!("dashboard user {:?}: password_hash is not a PHC hash string", user.name),
+                });
+            }
         }
         Ok(cfg)
     }
@@ -179,5 +250,15 @@ mod tests {
         assert!(Config::parse("[nats]\nurl = \"x\"\nbogus = 1\n", Path::new("x")).is_err());
         let both = "[nats]\nurl = \"x\"\ncredentials_file = \"a\"\nnkey_seed_file = \"b\"\n";
         assert!(Config::parse(both, Path::new("x")).is_err());
+    }
+
+    #[test]
+    fn dashboard_users_parse_and_bad_hashes_are_errors() {
+        let ok = "[nats]\nurl = \"x\"\n[dashboard]\nlisten = \"127.0.0.1:8080\"\n[[dashboard.users]]\nname = \"a\"\n\
+                  password_hash = \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$ZXhhbXBsZWhhc2hleGFtcGxlaGFzaA\"\nrole = \"viewer\"\n";
+        let c = Config::parse(ok, Path::new("x")).unwrap();
+        assert_eq!(c.dashboard.users[0].role, DashboardRole::Viewer);
+        let bad = ok.replace("$argon2id$v=19", "plain");
+        assert!(Config::parse(&bad, Path::new("x")).is_err());
     }
 }

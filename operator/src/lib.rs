@@ -23,6 +23,8 @@ pub mod registry;
 pub mod serve;
 pub mod store;
 pub mod writer;
+// Issue 13: the web dashboard.
+pub mod dashboard;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -28,7 +28,11 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run the coordinator (leader-elected; safe to run two).
-    Serve,
+    Serve {
+        /// Also serve the web dashboard here (default 127.0.0.1:8080; overrides [dashboard] listen).
+        #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:8080", value_name = "ADDR")]
+        http: Option<String>,
+    },
     /// Create buckets; with --device, also provision a device credential + agent.toml.
     Init(InitArgs),
     #[command(subcommand)]
@@ -50,6 +54,28 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    #[command(subcommand)]
+    Dashboard(DashboardCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum DashboardCmd {
+    /// Read a password on stdin, print its argon2 hash for [[dashboard.users]] password_hash.
+    HashPassword,
+}
+
+fn hash_password_from_stdin() -> Result<(), Error> {
+    let mut password = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut password)
+        .map_err(|e| Error::Io { path: PathBuf::from("stdin"), source: e })?;
+    let password = password.strip_suffix('\n').unwrap_or(&password);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        return Err(Error::Invalid("empty password on stdin".into()));
+    }
+    let hash = harmony_operator::dashboard::hash_password(password).map_err(Error::Invalid)?;
+    println!("{hash}");
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -223,9 +249,13 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
         );
         return Ok(());
     }
+    if let Cmd::Dashboard(DashboardCmd::HashPassword) = &cli.cmd {
+        return hash_password_from_stdin();
+    }
     let cfg = Config::load(&cli.config)?;
     let out = match cli.cmd {
-        Cmd::Serve => {
+        Cmd::Dashboard(DashboardCmd::HashPassword) => return hash_password_from_stdin(),
+        Cmd::Serve { http } => {
             let shutdown = async {
                 let _ = tokio::signal::ctrl_c().await;
             };
@@ -237,10 +267,13 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
                     Err(_) => std::future::pending::<()>().await,
                 }
             };
-            return harmony_operator::run(cfg, async move {
+            let stop = async move {
                 tokio::select! { _ = shutdown => {}, _ = term => {} }
-            })
-            .await;
+            };
+            return match http.or_else(|| cfg.dashboard.listen.clone()) {
+                None => harmony_operator::run(cfg, stop).await,
+                Some(listen) => harmony_operator::dashboard::run_with_dashboard(cfg, &listen, stop).await,
+            };
         }
         Cmd::Init(a) => {
             let limits = BucketLimits {

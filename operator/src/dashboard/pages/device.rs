@@ -1,0 +1,177 @@
+//! One device: its last heartbeat, labels, the timeline of every upgrade
+//! transition with its reason, and (admins) ping and reboot.
+
+use super::devices::health_name;
+use super::{actor, is_htmx, now, opt, wave_name};
+use crate::dashboard::error::DashResult;
+use crate::dashboard::guard::Caller;
+use crate::dashboard::layout::{page as layout, Nav};
+use crate::dashboard::widgets::{badge, utc, when};
+use crate::dashboard::AppState;
+use crate::fleet::{device_id, DeviceDetail, FleetService};
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use harmony_protocol::ReplyBody;
+use maud::{html, Markup};
+
+fn heartbeat(d: &DeviceDetail) -> Markup {
+    let s = &d.summary;
+    let now = now();
+    html! {
+        div.panel #device-heartbeat {
+            h2 { "Last heartbeat" }
+            @if let Some(e) = &d.heartbeat_error { div.flash.flash-error #heartbeat-error { "Latest heartbeat not believed: " (e) } }
+            @match &d.heartbeat {
+                None => p.muted { "No heartbeat yet." },
+                Some(hb) => dl.facts {
+                    dt { "Presence" } dd { (badge(s.presence.name())) }
+                    dt { "Last seen" } dd { @if let Some(at) = s.last_seen { (when(at, now)) " (" (utc(at)) ")" } }
+                    dt { "OS version" } dd { code { (opt(&hb.os_version)) } }
+                    dt { "Agent" } dd { code { (hb.agent_version) } }
+                    dt { "Compatible" } dd { code { (opt(&hb.compatible)) } }
+                    dt { "Booted slot" } dd { (opt(&hb.booted_slot)) }
+                    dt { "Boot id" } dd { code { (hb.boot_id) } }
+                    dt { "Uptime" } dd { (hb.uptime_secs) " s" }
+                    dt { "Health" } dd {
+                        (badge(health_name(hb.health.status)))
+                        @if !hb.health.failed_checks.is_empty() {
+                            ul #failed-checks { @for c in &hb.health.failed_checks { li.failed-check { (c) } } }
+                        }
+                    }
+                    dt { "Upgrade phase" } dd {
+                        (badge(hb.upgrade.phase.name()))
+                        @if let Some(r) = &hb.upgrade.rollout_id { " rollout " code { (r) } }
+                        @if let Some(v) = &hb.upgrade.target_version { " → " code { (v) } }
+                    }
+                    @if let Some(m) = &s.boot_mismatch { dt { "Boot mismatch" } dd { (m) } }
+                    dt { "Sequence" } dd { (hb.seq) }
+                }
+            }
+        }
+    }
+}
+
+fn labels(d: &DeviceDetail) -> Markup {
+    html! {
+        div.panel #device-labels {
+            h2 { "Labels" }
+            h3 { "Provisioned (used by rollout selectors)" }
+            ul.labels data-source="operator" {
+                @for (k, v) in &d.summary.labels { li.label { (k) "=" (v) } }
+                @if d.summary.labels.is_empty() { li.muted { "none" } }
+            }
+            @if let Some(hb) = &d.heartbeat {
+                h3 { "Reported by the device" }
+                ul.labels data-source="device" {
+                    @for (k, v) in &hb.labels { li.label { (k) "=" (v) } }
+                    @if hb.labels.is_empty() { li.muted { "none" } }
+                }
+            }
+        }
+    }
+}
+
+fn timeline(d: &DeviceDetail) -> Markup {
+    let now = now();
+    html! {
+        div.panel {
+            h2 { "Upgrade timeline" }
+            @if let Some(e) = &d.job_error { div.flash.flash-error { "job record unreadable: " (e) } }
+            @if d.timeline.is_empty() {
+                p.muted #device-timeline { "Never part of a rollout." }
+            } @else {
+                ol.timeline #device-timeline {
+                    @for t in d.timeline.iter().rev() {
+                        li.transition data-state=(t.stage.map_or(t.state.as_str(), |s| s.name())) {
+                            div {
+                                (badge(&t.state)) " "
+                                a href={ "/rollouts/" (t.rollout_id) } { (t.rollout_id) }
+                                @if let Some(v) = &t.target_version { " → " code { (v) } }
+                                " · " (wave_name(t.wave))
+                            }
+                            @if !t.note.is_empty() { div { (t.note) } }
+                            @if let Some(r) = &t.reason { div.reason { strong { "Reason: " } (r) } }
+                            div.when { (when(t.at, now)) " · " (utc(t.at)) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn region(d: &DeviceDetail) -> Markup {
+    let id = d.summary.device_id.as_str();
+    html! {
+        div #device-detail data-device-id=(id) hx-get={ "/devices/" (id) } hx-trigger="sse:devices" hx-swap="outerHTML" {
+            div.grid { (heartbeat(d)) (labels(d)) }
+            (timeline(d))
+        }
+    }
+}
+
+fn actions(id: &str, caller: &Caller) -> Markup {
+    html! {
+        @if caller.is_admin() {
+            div.row {
+                button #ping-button hx-post={ "/devices/" (id) "/ping" } hx-target="#device-action-result" { "Ping" }
+                button #reboot-button.danger hx-post={ "/devices/" (id) "/reboot" } hx-target="#device-action-result"
+                    hx-confirm="Reboot this device now?" { "Reboot" }
+                span.spinner {}
+            }
+        }
+        div #device-action-result {}
+    }
+}
+
+pub async fn page<S: FleetService>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> DashResult<Response> {
+    let id = device_id(&id)?;
+    let detail = app.fleet.device(&id).await?;
+    if is_htmx(&headers) {
+        return Ok(region(&detail).into_response());
+    }
+    let body = html! {
+        div.row {
+            h1 { "Device " code { (id) } }
+            div.spacer {}
+            (actions(id.as_str(), &caller))
+        }
+        (region(&detail))
+    };
+    Ok(layout("Device", Nav::Devices, &caller, body).into_response())
+}
+
+pub async fn ping<S: FleetService>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> DashResult<Markup> {
+    let id = device_id(&id)?;
+    let report = app.fleet.ping(&actor(&caller), &id).await?;
+    let detail = match &report.reply {
+        ReplyBody::Pong { agent_version, uptime_secs, booted_slot, .. } => {
+            format!("agent {agent_version}, up {uptime_secs} s, slot {}", booted_slot.as_deref().unwrap_or("?"))
+        }
+        other => format!("{other:?}"),
+    };
+    Ok(html! {
+        div.flash.flash-ok #ping-result { "Pong from " code { (id) } " in " (format!("{:.1}", report.rtt_ms)) " ms — " (detail) }
+    })
+}
+
+pub async fn reboot<S: FleetService>(
+    State(app): State<AppState<S>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> DashResult<Markup> {
+    let id = device_id(&id)?;
+    app.fleet.reboot(&actor(&caller), &id).await?;
+    Ok(html! { div.flash.flash-ok #reboot-result { "Reboot scheduled on " code { (id) } "." } })
+}

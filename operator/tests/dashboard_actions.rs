@@ -1,0 +1,140 @@
+//! What an admin does from the dashboard, end to end on a real fleet
+//! (nats-server, the operator loop, simulated devices, KvFleet): ping,
+//! start a rollout and watch it complete, upload a real RAUC bundle, and
+//! find devices with filters and pages.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod dashboard_support;
+
+use axum::http::StatusCode;
+use common::sim::{Behavior, SimState};
+use common::{dev, eventually};
+use dashboard_support::{login, start, ADMIN, VIEWER};
+use harmony_testkit::rauc_bundle::{build_bundle, TestCa};
+
+#[tokio::test]
+async fn admin_pings_and_rolls_out_from_the_pages() {
+    let d = start().await;
+    d.env.devices(&["d1", "d2"], Behavior::Happy).await;
+    let admin = login(&d.router, ADMIN.0, ADMIN.1).await;
+    eventually(10, "both devices listed", || async {
+        admin.get(&d.router, "/devices").await.body.contains(r#"data-total="2""#)
+    })
+    .await;
+
+    let r = admin.post(&d.router, "/devices/d1/ping", &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("Pong from") && r.body.contains("ping-result"));
+    // The simulator does not reboot: the refusal comes back as an error fragment.
+    let r = admin.post(&d.router, "/devices/d1/reboot", &[]).await;
+    assert!(r.status.is_server_error() || r.status.is_client_error(), "{}", r.body);
+    assert!(r.body.contains("flash-error"));
+    let r = admin.post(&d.router, "/devices/not%20a%20device/ping", &[]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    let form =
+        [("bundle", "2.0"), ("selector", ""), ("canary", "1"), ("waves", "100"), ("halt_after", "1"), ("id", "web1")];
+    let r = admin.post(&d.router, "/rollouts", &form).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.headers["hx-redirect"], "/rollouts/web1");
+    eventually(30, "rollout web1 completed on the page", || async {
+        admin.get(&d.router, "/rollouts/web1").await.body.contains(r#"id="rollout-status" data-status="completed""#)
+    })
+    .await;
+    let page = admin.get(&d.router, "/rollouts/web1").await.body;
+    assert!(page.contains(r#"data-wave="0""#) && page.contains(r#"data-wave="1""#), "{page}");
+    assert!(page.contains(r#"data-stage="committed" data-count="1""#), "{page}");
+    assert!(page.contains(r#"data-stage="failed" data-count="0""#));
+    assert!(!page.contains("pause-button"), "a finished rollout offers no controls");
+    let device = admin.get(&d.router, "/devices/d2").await.body;
+    assert!(device.contains(r#"data-state="committed""#), "{device}");
+
+    let audit = admin.get(&d.router, "/audit").await.body;
+    for action in ["rollout start", "device ping", "device reboot"] {
+        assert!(audit.contains(action), "{action} not in the audit page");
+    }
+    d.op.stop().await;
+}
+
+#[tokio::test]
+async fn bundle_upload_stores_a_real_bundle_and_refuses_junk() {
+    let d = start().await;
+    let ca = TestCa::create(d.env.dir.path());
+    let path = build_bundle(&ca, d.env.dir.path(), "up", "harmony-sim", "3.0.0", "plain", &[7u8; 4096]);
+    let bytes = std::fs::read(&path).unwrap();
+    let admin = login(&d.router, ADMIN.0, ADMIN.1).await;
+    let viewer = login(&d.router, VIEWER.0, VIEWER.1).await;
+
+    let r = viewer.post_multipart(&d.router, "/bundles", &[("bundle", Some("up.raucb"), &bytes)]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = admin.post_multipart(&d.router, "/bundles", &[("bundle", Some("junk.raucb"), b"not a bundle")]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    let r = admin.post_multipart(&d.router, "/bundles", &[("id", None, b"")]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+
+    let r = admin
+        .post_multipart(&d.router, "/bundles", &[("id", None, b"spring"), ("bundle", Some("up.raucb"), &bytes)])
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains(r#"data-bundle-id="spring""#) && r.body.contains("3.0.0"), "{}", r.body);
+    let page = admin.get(&d.router, "/bundles").await.body;
+    assert!(page.contains(r#"data-bundle-id="spring""#), "{page}");
+    assert!(page.contains("harmony-sim"));
+    d.op.stop().await;
+}
+
+#[tokio::test]
+async fn device_list_filters_sorts_and_pages() {
+    let d = start().await;
+    for i in 0..60 {
+        let mut s =
+            SimState::new(dev(&format!("dev-{i:02}")), if i % 3 == 0 { "1.1" } else { "1.0" }, Behavior::Manual);
+        s.labels.insert("rack".into(), (i % 2).to_string());
+        d.env.fleet.add(s);
+        d.env.fleet.beat(&dev(&format!("dev-{i:02}"))).await.unwrap();
+    }
+    let admin = login(&d.router, ADMIN.0, ADMIN.1).await;
+    eventually(15, "60 devices indexed", || async {
+        admin.get(&d.router, "/devices").await.body.contains(r#"data-total="60""#)
+    })
+    .await;
+    let rows = |body: &str| body.matches(r#"class="device-row""#).count();
+    let first = admin.get(&d.router, "/devices").await.body;
+    assert_eq!(rows(&first), 50);
+    assert!(first.contains("page-next") && !first.contains("page-prev"));
+    assert!(first.find("dev-00").unwrap() < first.find("dev-01").unwrap());
+    let second = admin.get(&d.router, "/devices?offset=50").await.body;
+    assert_eq!(rows(&second), 10);
+    assert!(second.contains("page-prev") && !second.contains("page-next"));
+    let search = admin.get(&d.router, "/devices?q=DEV-1").await.body;
+    assert_eq!(rows(&search), 10, "case-insensitive id search");
+    let version = admin.get(&d.router, "/devices?version=1.1").await.body;
+    assert_eq!(rows(&version), 20);
+    let online = admin.get(&d.router, "/devices?presence=offline").await.body;
+    assert_eq!(rows(&online), 0);
+    let desc = admin.get(&d.router, "/devices?sort=id&desc=1").await.body;
+    assert!(desc.find("dev-59").unwrap() < desc.find("dev-58").unwrap());
+    // An htmx request gets only the region, not the page.
+    let fragment = dashboard_support::send(
+        &d.router,
+        axum::http::Request::builder()
+            .uri("/devices?version=1.1")
+            .header(axum::http::header::COOKIE, &admin.cookie)
+            .header("hx-request", "true")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .body;
+    assert!(fragment.starts_with(r#"<div id="devices-region""#), "{fragment}");
+    assert_eq!(admin.get(&d.router, "/devices?presence=bogus").await.status, StatusCode::BAD_REQUEST);
+    // The overview counts them.
+    let overview = admin.get(&d.router, "/").await.body;
+    assert!(overview.contains(r#"id="stat-devices">60<"#), "{overview}");
+    assert!(
+        overview.contains(r#"<tr data-key="1.1"><td><code>1.1</code></td><td class="count">20</td>"#),
+        "{overview}"
+    );
+    d.op.stop().await;
+}
