@@ -29,3 +29,7 @@ pub mod dashboard;
 pub use config::Config;
 pub use error::{Error, Result};
 pub use serve::run;
+
+// Simulated devices for tests, fleet-sim, the demo and the browser tests.
+#[cfg(feature = "sim")]
+pub mod sim;

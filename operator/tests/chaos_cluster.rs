@@ -164,8 +164,8 @@ impl Chaos {
         store::put_json(&buckets.state, &keys::bundle("2.0"), &rec).await.unwrap();
 
         let public = harmony_operator::keys::load(&key).unwrap().verifying_key();
-        let mut fleet = SimFleet::connect(&cfg.nats.url, public).await.unwrap();
-        fleet.install_delay = Duration::from_millis(1500);
+        let fleet = SimFleet::connect(&cfg.nats.url, public).await.unwrap();
+        fleet.set_install_delay(Duration::from_millis(1500));
         let ids: Vec<DeviceId> = (0..devices).map(|i| DeviceId::new(format!("sim-{i:05}")).unwrap()).collect();
         for id in &ids {
             fleet.add(SimState::new(id.clone(), "1.0", Behavior::Happy));

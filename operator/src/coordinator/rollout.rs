@@ -165,8 +165,13 @@ fn advance(state: &mut State, id: &str, now: UnixMillis, actions: &mut Vec<Actio
             wave.iter().map(|d| state.jobs.get(d).filter(|j| j.rollout_id == r.id).map(|j| &j.state)).collect();
         let bad = job_states.iter().filter(|s| s.is_some_and(|s| s.is_bad())).count();
         if r.policy.halt.reached(bad.saturating_sub(r.accepted_failures), wave.len()) {
-            let reason =
-                format!("{bad} of {} devices in wave {} failed, rolled back or timed out", wave.len(), r.current_wave);
+            // Waves counted from 1, as `rollout status` and the dashboard show them.
+            let reason = format!(
+                "{bad} of {} devices in wave {} of {} failed, rolled back or timed out",
+                wave.len(),
+                r.current_wave + 1,
+                r.waves.len()
+            );
             r.set_status(RolloutStatus::Halted { reason }, now, "threshold reached");
             changed = true;
             break;

@@ -2,8 +2,7 @@
 //! running the real `run` loop, and scripted devices speaking the protocol.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../../src/bin/fleet-sim/sim.rs"]
-pub mod sim;
+pub use harmony_operator::sim;
 
 use harmony_operator::bus::{create_buckets, BucketLimits, Buckets};
 use harmony_operator::commands::{self, StartArgs, Target};

@@ -10,17 +10,23 @@
 //! received by the device), p50/p99.
 //!
 //! cargo run --release -p harmony-operator --bin fleet-sim -- --devices 10000
+//!
+//! With `--dashboard` the operator also serves the dashboard (`serve
+//! --http`): after the steady state the device pages are timed, and during
+//! the rollout `--viewers` clients hold the live-update stream open while
+//! the rollout page is timed (scripts/bench dashboard).
 
-mod sim;
+mod dashboard;
+mod http;
 
 use clap::Parser;
 use futures::stream::{FuturesUnordered, StreamExt};
 use harmony_operator::bus::{create_buckets, BucketLimits, Buckets};
 use harmony_operator::commands::{rollout_start, StartArgs, Target};
 use harmony_operator::model::{keys, BundleRecord, HaltThreshold, RolloutStatus};
+use harmony_operator::sim::{Behavior, SimFleet, SimState};
 use harmony_operator::{store, Config};
 use harmony_protocol::DeviceId;
-use sim::{Behavior, SimFleet, SimState};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -53,6 +59,52 @@ struct Args {
     /// The operator binary (default: next to this one).
     #[arg(long)]
     operator: Option<PathBuf>,
+    /// Serve and benchmark the dashboard (see the module docs).
+    #[arg(long)]
+    dashboard: bool,
+    /// Live-update (SSE) viewers during the rollout, with --dashboard.
+    #[arg(long, default_value_t = 50)]
+    viewers: usize,
+    /// Rounds over the ten device-page requests, with --dashboard.
+    #[arg(long, default_value_t = 20)]
+    page_rounds: usize,
+}
+
+const BENCH_USER: &str = "bench";
+
+/// The operator config as TOML, with a dashboard admin when `password` is given
+/// (hashed by the operator binary itself, as an operator would).
+fn config_toml(cfg: &Config, op_bin: &Path, password: Option<&str>) -> Res<String> {
+    let mut table: toml::Table = toml::to_string(cfg)?.parse()?;
+    if let Some(password) = password {
+        let mut child = Command::new(op_bin)
+            .args(["dashboard", "hash-password"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            use std::io::Write;
+            writeln!(stdin, "{password}")?;
+        }
+        let out = child.wait_with_output()?;
+        let hash = String::from_utf8_lossy(&out.stdout).lines().last().unwrap_or_default().trim().to_string();
+        if !out.status.success() || hash.is_empty() {
+            return Err("harmony-operator dashboard hash-password failed".into());
+        }
+        let mut user = toml::Table::new();
+        user.insert("name".into(), BENCH_USER.into());
+        user.insert("password_hash".into(), hash.into());
+        user.insert("role".into(), "viewer".into());
+        let dash = table.entry("dashboard").or_insert_with(|| toml::Table::new().into());
+        if let Some(dash) = dash.as_table_mut() {
+            dash.insert("users".into(), toml::Value::Array(vec![user.into()]));
+        }
+    }
+    Ok(toml::to_string(&table)?)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -164,7 +216,12 @@ async fn bench(args: Args) -> Res<()> {
     cfg.fleet.stale_after_secs = 3 * args.interval_secs;
     cfg.coordinator.tick_millis = 500;
     let cfg_path = dir.join("operator.toml");
-    std::fs::write(&cfg_path, toml::to_string(&cfg)?)?;
+    let op_bin = args.operator.clone().unwrap_or_else(|| {
+        std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("harmony-operator"))).unwrap_or_default()
+    });
+    let password = args.dashboard.then(|| hex::encode(dir.as_os_str().as_encoded_bytes()));
+    std::fs::write(&cfg_path, config_toml(&cfg, &op_bin, password.as_deref())?)?;
+    let http_port = free_port()?;
 
     let client = harmony_operator::bus::connect(&cfg.nats).await?;
     let limits =
@@ -190,12 +247,16 @@ async fn bench(args: Args) -> Res<()> {
     store::put_json(&buckets.state, &keys::bundle("2.0"), &rec).await?;
 
     let public = harmony_operator::keys::load(&key)?.verifying_key();
-    let mut fleet = SimFleet::connect(&url, public).await?;
-    fleet.install_delay = Duration::from_millis(args.install_ms);
+    let fleet = SimFleet::connect(&url, public).await?;
+    fleet.set_install_delay(Duration::from_millis(args.install_ms));
     let ids: Vec<DeviceId> =
         (0..args.devices).map(|i| DeviceId::new(format!("sim-{i:06}"))).collect::<Result<_, _>>()?;
-    for id in &ids {
-        fleet.add(SimState::new(id.clone(), "1.0", Behavior::Happy));
+    for (i, id) in ids.iter().enumerate() {
+        let mut d = SimState::new(id.clone(), "1.0", Behavior::Happy);
+        if args.dashboard {
+            d.labels.insert("site".into(), format!("site-{}", i % 10));
+        }
+        fleet.add(d);
     }
     fleet.start().await?;
 
@@ -224,14 +285,15 @@ async fn bench(args: Args) -> Res<()> {
         })
     };
 
-    let op_bin = args.operator.clone().unwrap_or_else(|| {
-        std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("harmony-operator"))).unwrap_or_default()
-    });
+    let mut serve = vec!["serve".to_string()];
+    if args.dashboard {
+        serve.extend(["--http".to_string(), format!("127.0.0.1:{http_port}")]);
+    }
     let op = Proc(
         Command::new(&op_bin)
             .arg("--config")
             .arg(&cfg_path)
-            .arg("serve")
+            .args(&serve)
             .env("HARMONY_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()?,
@@ -286,6 +348,29 @@ async fn bench(args: Args) -> Res<()> {
         nats_pids.len().max(1),
         args.devices
     );
+    let dash = match &password {
+        Some(pw) => Some(
+            dashboard::login(http_port, BENCH_USER, pw, Duration::from_secs(120)).await.map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
+    if let Some(dash) = &dash {
+        let pages = dashboard::device_pages(args.devices);
+        let mut times = dash.time_all(&pages, args.page_rounds).await.map_err(|e| e.to_string())?;
+        times.sort();
+        println!(
+            "dashboard device pages ({} requests: first/middle/last page, search, label filter, combined filters, each sort, overview): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            times.len(),
+            ms(pct(&times, 0.5)),
+            ms(pct(&times, 0.99)),
+            ms(times.last().copied().unwrap_or_default())
+        );
+        result += &format!(
+            " devices_page_p50_ms={:.1} devices_page_p99_ms={:.1}",
+            ms(pct(&times, 0.5)),
+            ms(pct(&times, 0.99))
+        );
+    }
     if args.rollout > 0 {
         let targets: Vec<String> = ids.iter().take(args.rollout).map(|d| d.to_string()).collect();
         let mut a = StartArgs::from_defaults(&cfg, "2.0", Target::Devices(targets));
@@ -294,12 +379,19 @@ async fn bench(args: Args) -> Res<()> {
         a.waves = vec![10, 50, 100];
         a.policy.max_in_flight = args.max_in_flight;
         a.policy.halt = HaltThreshold::Percent(10);
+        let viewers = dash.as_ref().map(|d| d.viewers(args.viewers));
+        let mut rollout_page_times = Vec::new();
         let c_start = usage(pid).map(|u| u.0).unwrap_or(0.0);
         let nats_start = nats_cpu();
         let start = Instant::now();
         rollout_start(&cfg, &a).await?;
+        let mut polls = 0u64;
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
+            polls += 1;
+            if let Some(dash) = dash.as_ref().filter(|_| polls.is_multiple_of(4)) {
+                rollout_page_times.push(dash.time("/rollouts/bench").await.map_err(|e| e.to_string())?);
+            }
             let r: Option<harmony_operator::model::Rollout> =
                 store::get_json(&buckets.state, &keys::rollout("bench")).await?;
             match r.map(|r| r.status) {
@@ -368,6 +460,28 @@ async fn bench(args: Args) -> Res<()> {
             lat.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
             pct(&acks, 0.99).as_secs_f64() * 1000.0
         );
+        if let Some(v) = &viewers {
+            let events = v.events.load(std::sync::atomic::Ordering::Relaxed);
+            let bytes = v.bytes.load(std::sync::atomic::Ordering::Relaxed);
+            let failed = v.failures.load(std::sync::atomic::Ordering::Relaxed);
+            rollout_page_times.sort();
+            println!(
+                "dashboard during the rollout: {} live-update viewers received {events} events ({:.1} per viewer, {:.0} KiB in all, {failed} streams failed); rollout page p50 {:.1} ms, p99 {:.1} ms over {} requests",
+                args.viewers,
+                events as f64 / args.viewers.max(1) as f64,
+                bytes as f64 / 1024.0,
+                ms(pct(&rollout_page_times, 0.5)),
+                ms(pct(&rollout_page_times, 0.99)),
+                rollout_page_times.len()
+            );
+            result += &format!(
+                " viewers={} sse_events_per_viewer={:.1} sse_failed={failed} rollout_page_p50_ms={:.1} rollout_page_p99_ms={:.1}",
+                args.viewers,
+                events as f64 / args.viewers.max(1) as f64,
+                ms(pct(&rollout_page_times, 0.5)),
+                ms(pct(&rollout_page_times, 0.99))
+            );
+        }
     }
     println!("{result}");
     beater.abort();

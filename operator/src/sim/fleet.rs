@@ -1,198 +1,23 @@
-//! Simulated devices speaking the real protocol over real NATS: used by the
-//! integration tests (as scripted devices) and by the `fleet-sim` benchmark.
-//!
-//! One NATS connection serves the whole simulated fleet: heartbeats are KV
-//! puts under each device's key, offers arrive through one watch of the offer
-//! bucket (verified with the fleet public key like an agent would), commands
-//! through one subscription to every device's command subject.
-//!
-//! Not part of the operator library: the `fleet-sim` binary compiles it as
-//! its own module and the integration tests include this file by path, so
-//! each uses only part of it.
-#![allow(dead_code)]
+//! The simulated fleet: one NATS connection for every simulated device.
+//! Heartbeats are KV puts under each device's key, offers arrive through one
+//! watch of the offer bucket (verified with the fleet public key like an
+//! agent would), commands through one subscription to every device's
+//! command subject.
 
+use super::device::{Behavior, SimState};
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
 use async_nats::jetstream::{self, kv};
 use ed25519_dalek::VerifyingKey;
 use futures::StreamExt;
-use harmony_operator::clock::{Clock, SystemClock};
-use harmony_operator::error::{Error, Result};
 use harmony_protocol::command::{Command, CommandReply, ReplyBody};
 use harmony_protocol::names::{all_command_subjects, HEARTBEAT_BUCKET, OFFER_BUCKET};
 use harmony_protocol::time::UnixMillis;
-use harmony_protocol::{
-    DeviceId, FailureReason, Health, HealthStatus, Heartbeat, RollbackReason, SignedEnvelope, TrustedKeys,
-    UpgradeOffer, UpgradePhase, UpgradeStatus, SCHEMA_VERSION,
-};
-use std::collections::{BTreeMap, HashMap};
+use harmony_protocol::{DeviceId, Heartbeat, SignedEnvelope, TrustedKeys, UpgradeOffer, UpgradePhase};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// What a simulated device does with an offer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Behavior {
-    /// Installs, reboots into the other slot, awaits commit, commits.
-    Happy,
-    /// Reports `Failed` (install error) instead of rebooting.
-    FailInstall,
-    /// Reboots, then U-Boot falls back: old version on the old slot, agent reports `RolledBack`.
-    RollBack,
-    /// Reboots and is never heard of again.
-    Vanish,
-    /// Does nothing by itself; the test drives heartbeats.
-    Manual,
-}
-
-#[derive(Debug, Clone)]
-pub struct SimState {
-    pub id: DeviceId,
-    pub os_version: String,
-    pub slot: String,
-    pub boot_id: String,
-    pub boot_no: u64,
-    pub seq: u64,
-    pub health: HealthStatus,
-    pub upgrade: UpgradeStatus,
-    pub labels: BTreeMap<String, String>,
-    pub behavior: Behavior,
-    pub offers: Vec<UpgradeOffer>,
-    /// Sequence number of every verified offer the watch delivered, repeats
-    /// included (a re-put of the same offer shows up twice here).
-    pub offers_received: Vec<u64>,
-    pub commits: Vec<harmony_protocol::command::CommitArgs>,
-    /// (boot id, OS version) of every awaiting-commit heartbeat sent: the
-    /// only evidence a commit may be based on.
-    pub awaiting_sent: Vec<(String, String)>,
-    /// Commits that no awaiting-commit heartbeat of this device justified.
-    pub unjustified_commits: Vec<String>,
-    pub awaiting_since: Option<Instant>,
-    pub silent: bool,
-}
-
-impl SimState {
-    pub fn new(id: DeviceId, version: &str, behavior: Behavior) -> Self {
-        let boot_id = format!("{id}-boot-0");
-        Self {
-            id,
-            os_version: version.into(),
-            slot: "A".into(),
-            boot_id,
-            boot_no: 0,
-            seq: 0,
-            health: HealthStatus::Healthy,
-            upgrade: UpgradeStatus::idle(UnixMillis(0)),
-            labels: BTreeMap::new(),
-            behavior,
-            offers: Vec::new(),
-            offers_received: Vec::new(),
-            commits: Vec::new(),
-            awaiting_sent: Vec::new(),
-            unjustified_commits: Vec::new(),
-            awaiting_since: None,
-            silent: false,
-        }
-    }
-
-    pub fn heartbeat(&mut self, now: UnixMillis) -> Heartbeat {
-        self.seq += 1;
-        if self.upgrade.phase == UpgradePhase::AwaitingCommit {
-            let evidence = (self.boot_id.clone(), self.os_version.clone());
-            if !self.awaiting_sent.contains(&evidence) {
-                self.awaiting_sent.push(evidence);
-            }
-        }
-        Heartbeat {
-            schema: SCHEMA_VERSION,
-            device_id: self.id.clone(),
-            agent_version: "sim".into(),
-            os_version: Some(self.os_version.clone()),
-            compatible: Some("harmony-sim".into()),
-            booted_slot: Some(self.slot.clone()),
-            boot_id: self.boot_id.clone(),
-            uptime_secs: 1,
-            health: Health { status: self.health, failed_checks: Vec::new() },
-            upgrade: self.upgrade.clone(),
-            labels: self.labels.clone(),
-            seq: self.seq,
-            sent_at: now,
-        }
-    }
-
-    pub fn reboot(&mut self) {
-        self.boot_no += 1;
-        self.boot_id = format!("{}-boot-{}", self.id, self.boot_no);
-        self.seq = 0;
-    }
-
-    fn other_slot(&self) -> String {
-        if self.slot == "A" {
-            "B".into()
-        } else {
-            "A".into()
-        }
-    }
-
-    fn status(&self, phase: UpgradePhase, offer: &UpgradeOffer, now: UnixMillis) -> UpgradeStatus {
-        UpgradeStatus {
-            phase,
-            offer_seq: Some(offer.offer_seq),
-            rollout_id: offer.rollout_id.clone(),
-            target_version: Some(offer.target_version.clone()),
-            pre_reboot_boot_id: self.upgrade.pre_reboot_boot_id.clone(),
-            target_slot: self.upgrade.target_slot.clone(),
-            since: now,
-            offer_notes: Default::default(),
-            boot_mismatch: None,
-        }
-    }
-
-    /// Accept an offer and run the simulated install up to the reboot.
-    /// Returns the pre-reboot heartbeats; the device is then silent (rebooting)
-    /// until [`SimState::finish_reboot`].
-    pub fn run_offer(&mut self, offer: &UpgradeOffer, now: UnixMillis) -> Vec<Heartbeat> {
-        let mut out = Vec::new();
-        self.upgrade =
-            self.status(UpgradePhase::Downloading { bytes_done: 0, bytes_total: offer.bundle.size }, offer, now);
-        out.push(self.heartbeat(now));
-        if self.behavior == Behavior::FailInstall {
-            self.upgrade = self.status(
-                UpgradePhase::Failed { reason: FailureReason::InstallFailed { last_error: "simulated".into() } },
-                offer,
-                now,
-            );
-            out.push(self.heartbeat(now));
-            return out;
-        }
-        self.upgrade.pre_reboot_boot_id = Some(self.boot_id.clone());
-        self.upgrade.target_slot = Some(self.other_slot());
-        self.upgrade = self.status(UpgradePhase::Installed, offer, now);
-        out.push(self.heartbeat(now));
-        self.silent = true;
-        out
-    }
-
-    /// The first heartbeat of the boot after the upgrade reboot.
-    pub fn finish_reboot(&mut self, offer: &UpgradeOffer, now: UnixMillis) -> Option<Heartbeat> {
-        if self.behavior == Behavior::FailInstall || self.upgrade.phase != UpgradePhase::Installed {
-            return None;
-        }
-        self.reboot();
-        match self.behavior {
-            Behavior::RollBack => {
-                self.silent = false;
-                self.upgrade = self.status(UpgradePhase::RolledBack { reason: RollbackReason::BootFailed }, offer, now);
-            }
-            Behavior::Vanish => return None,
-            _ => {
-                self.silent = false;
-                self.slot = self.other_slot();
-                self.os_version = offer.target_version.clone();
-                self.upgrade = self.status(UpgradePhase::AwaitingCommit, offer, now);
-                self.awaiting_since = Some(Instant::now());
-            }
-        }
-        Some(self.heartbeat(now))
-    }
-}
 
 /// Commit latencies seen by the simulated devices: from the moment the
 /// awaiting-commit heartbeat was written to the moment the commit arrived.
@@ -225,8 +50,10 @@ pub struct SimFleet {
     pub devices: Arc<Mutex<HashMap<DeviceId, SimState>>>,
     pub stats: Arc<Mutex<Stats>>,
     clock: Arc<dyn Clock>,
-    /// Simulated download + install + reboot time before the new boot's heartbeat.
-    pub install_delay: Duration,
+    /// Simulated download + install + reboot time before the new boot's
+    /// heartbeat, in ms; shared by the clones the watchers hold, so it can
+    /// be changed after [`SimFleet::start`].
+    install_delay_ms: Arc<AtomicU64>,
 }
 
 fn nats(e: impl std::fmt::Display) -> Error {
@@ -240,8 +67,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl SimFleet {
     /// `url`: one server, or every node of a cluster separated by commas.
     pub async fn connect(url: &str, fleet_key: VerifyingKey) -> Result<Self> {
-        let addrs = harmony_operator::bus::server_addrs(url)?;
-        let client = async_nats::ConnectOptions::new()
+        Self::connect_with(async_nats::ConnectOptions::new(), url, fleet_key).await
+    }
+
+    /// Like [`SimFleet::connect`], with the caller's options (credentials:
+    /// on a server that requires them, e.g. the demo's, the simulation uses
+    /// the operator's nkey).
+    pub async fn connect_with(options: async_nats::ConnectOptions, url: &str, fleet_key: VerifyingKey) -> Result<Self> {
+        let addrs = crate::bus::server_addrs(url)?;
+        let client = options
             .client_capacity(65_536)
             .subscription_capacity(65_536)
             // A paused (SIGSTOPped) server keeps its TCP connections open:
@@ -265,8 +99,18 @@ impl SimFleet {
             devices: Arc::default(),
             stats: Arc::default(),
             clock: Arc::new(SystemClock),
-            install_delay: Duration::ZERO,
+            install_delay_ms: Arc::default(),
         })
+    }
+
+    /// Sets the simulated download + install + reboot time (default none).
+    pub fn set_install_delay(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.install_delay_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn install_delay(&self) -> Duration {
+        Duration::from_millis(self.install_delay_ms.load(Ordering::Relaxed))
     }
 
     pub fn add(&self, state: SimState) {
@@ -311,6 +155,37 @@ impl SimFleet {
             Some(hb) => self.put(&hb).await,
             None => Ok(()),
         }
+    }
+
+    /// Sends every device's heartbeat once per `interval`, spread evenly
+    /// over it (a hundred slots), many puts in flight; runs until aborted.
+    /// Devices added later are included from the next round on.
+    pub fn spawn_heartbeats(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            const SLOTS: u32 = 100;
+            let mut tick = tokio::time::interval(interval / SLOTS);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut inflight = futures::stream::FuturesUnordered::new();
+            loop {
+                let mut ids: Vec<DeviceId> = lock(&me.devices).keys().cloned().collect();
+                ids.sort();
+                let per_slot = ids.len().div_ceil(SLOTS as usize).max(1);
+                let mut chunks = ids.chunks(per_slot);
+                for _ in 0..SLOTS {
+                    tick.tick().await;
+                    for id in chunks.next().unwrap_or_default() {
+                        let me = me.clone();
+                        let id = id.clone();
+                        inflight.push(async move { me.beat(&id).await });
+                        while inflight.len() > 2048 {
+                            inflight.next().await;
+                        }
+                    }
+                    while let Some(Some(_)) = futures::FutureExt::now_or_never(inflight.next()) {}
+                }
+            }
+        })
     }
 
     /// Starts the offer watcher and the command responder.
@@ -372,11 +247,25 @@ impl SimFleet {
                 d.run_offer(&offer, now)
             }
         });
-        for hb in beats.unwrap_or_default() {
+        // The install delay is split: the download heartbeat at once, the
+        // installed (or failed) one halfway, the new boot's at the end.
+        let install_delay = self.install_delay();
+        let half = install_delay / 2;
+        let mut beats = beats.unwrap_or_default().into_iter();
+        if let Some(hb) = beats.next() {
             let _ = self.put(&hb).await;
         }
-        if !self.install_delay.is_zero() {
-            tokio::time::sleep(self.install_delay).await;
+        let rest: Vec<Heartbeat> = beats.collect();
+        if !rest.is_empty() && !half.is_zero() {
+            tokio::time::sleep(half).await;
+        }
+        for mut hb in rest {
+            hb.sent_at = self.now();
+            let _ = self.put(&hb).await;
+        }
+        let remaining = install_delay.saturating_sub(half);
+        if !remaining.is_zero() {
+            tokio::time::sleep(remaining).await;
         }
         let now = self.now();
         let manual = self.with(&offer.device_id, |d| d.behavior == Behavior::Manual).unwrap_or(true);
