@@ -103,6 +103,9 @@ impl Browser {
         let _ = std::fs::remove_dir_all(&profile);
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
+            // An open alert or confirm stays open until a test handles it
+            // (the default would dismiss it at the next command, unseen).
+            "unhandledPromptBehavior": "ignore",
             "goog:chromeOptions": {
                 "binary": chromium,
                 "args": [
@@ -226,6 +229,28 @@ impl Browser {
 
     pub async fn click(&self, e: &Element) {
         self.cmd("POST", &format!("/element/{}/click", e.0), Some(json!({}))).await.unwrap();
+    }
+
+    /// Finds `css` and clicks it, again if the live updates replaced the
+    /// element in between (a stale reference) or it is not there yet.
+    pub async fn click_css(&self, css: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let clicked = match self.find(css).await {
+                Ok(e) => self.cmd("POST", &format!("/element/{}/click", e.0), Some(json!({}))).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match clicked {
+                Ok(()) => return,
+                // The click opened a dialog (hx-confirm): the caller handles it.
+                Err(e) if e.error == "unexpected alert open" => return,
+                Err(e) if Instant::now() > deadline => {
+                    self.screenshot("timeout").await;
+                    panic!("clicking {css}: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
     pub async fn type_into(&self, e: &Element, text: &str) {

@@ -10,7 +10,7 @@ use crate::dashboard::error::{DashError, DashResult};
 use crate::dashboard::guard::Caller;
 use crate::dashboard::layout::{page as layout, Nav};
 use crate::dashboard::session::random_token;
-use crate::dashboard::widgets::{bytes, when};
+use crate::dashboard::widgets::{bytes, csrf_field, when};
 use crate::dashboard::AppState;
 use crate::fleet::{BundlePush, BundleView, FleetService};
 use axum::extract::{Multipart, Path, State};
@@ -57,11 +57,12 @@ fn region(bundles: &[BundleView], caller: &Caller) -> Markup {
     }
 }
 
-fn upload_form() -> Markup {
+fn upload_form(caller: &Caller) -> Markup {
     html! {
         div.panel {
             h2 { "Upload a bundle" }
             form #upload-form.filters hx-post="/bundles" hx-encoding="multipart/form-data" hx-target="#upload-result" {
+                (csrf_field(caller))
                 label { "RAUC bundle (.raucb)" input type="file" name="bundle" required; }
                 label { "Name (default: its version)" input name="id"; }
                 button.primary #upload-button type="submit" { "Upload" }
@@ -89,7 +90,7 @@ pub async fn page<S: FleetService>(
     let body = html! {
         h1 { "Bundles" }
         div.panel { (region(&bundles, &caller)) }
-        @if caller.is_admin() { (upload_form()) }
+        @if caller.is_admin() { (upload_form(&caller)) }
     };
     Ok(layout("Bundles", Nav::Bundles, &caller, body).into_response())
 }

@@ -5,6 +5,7 @@ use super::{actor, is_htmx, live_fragment, now};
 use crate::dashboard::error::{DashError, DashResult};
 use crate::dashboard::guard::Caller;
 use crate::dashboard::layout::{page as layout, Nav};
+use crate::dashboard::widgets::csrf_field;
 use crate::dashboard::AppState;
 use crate::fleet::{BundleView, FleetService, RolloutSummary, StartArgs, Target};
 use crate::model::HaltThreshold;
@@ -27,7 +28,7 @@ fn region(rollouts: &[RolloutSummary]) -> Markup {
     }
 }
 
-fn start_form(bundles: &[BundleView]) -> Markup {
+fn start_form(bundles: &[BundleView], caller: &Caller) -> Markup {
     html! {
         div.panel {
             h2 { "Start a rollout" }
@@ -35,6 +36,7 @@ fn start_form(bundles: &[BundleView]) -> Markup {
                 p.muted { "Upload a bundle first." }
             } @else {
                 form #start-form.filters hx-post="/rollouts" hx-target="#flash" hx-confirm="Start this rollout?" {
+                    (csrf_field(caller))
                     label { "Bundle" select name="bundle" { @for b in bundles { option value=(b.record.id) { (b.record.id) " (" (b.record.version) ")" } } } }
                     label { "Devices (label selector)" input name="selector" placeholder="site=lab  (empty: all)"; }
                     label { "Canary devices" input name="canary" type="number" min="0" value="1"; }
@@ -66,7 +68,7 @@ pub async fn page<S: FleetService>(
     let body = html! {
         h1 { "Rollouts" }
         div.panel { (region(&rollouts)) }
-        @if caller.is_admin() { (start_form(&bundles)) }
+        @if caller.is_admin() { (start_form(&bundles, &caller)) }
     };
     Ok(layout("Rollouts", Nav::Rollouts, &caller, body).into_response())
 }
