@@ -58,7 +58,7 @@ async fn wave_stages_halt_reason_resume_and_timelines_across_rollouts() {
     assert_eq!((canary.devices, canary.counts.committed, canary.counts.total()), (1, 1, 1), "{canary:?}");
     assert_eq!((rest.counts.failed, rest.counts.pending, rest.counts.total()), (1, 2, 3), "{rest:?}");
     let reason = halted.summary.halt_reason.clone().unwrap();
-    assert!(reason.contains("1 of 3 devices in wave 1"), "{reason}");
+    assert!(reason.contains("1 of 3 devices in wave 2 of 2"), "{reason}");
     let overview = fleet.overview().await.unwrap();
     assert_eq!(overview.active_rollouts.len(), 1);
     assert_eq!(overview.active_rollouts[0].halt_reason.as_deref(), Some(reason.as_str()));
