@@ -52,6 +52,7 @@ line printed is "N passed, N failed".
 
 import re
 import struct
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -381,10 +382,10 @@ def guest_entry0(g):
     return start, sectors
 
 
-def host_entry0(path):
-    """(start, sectors) of MBR entry 0 in the raw disk file: what reached the disk."""
+def mbr_entry(path, n):
+    """(start, sectors) of MBR entry n in the raw disk file: what reached the disk."""
     with open(path, "rb") as f:
-        return struct.unpack_from("<II", f.read(512), 446 + 8)
+        return struct.unpack_from("<II", f.read(512), 446 + 16 * n + 8)
 
 
 def kernel_boot_start(g):
@@ -529,7 +530,7 @@ def s9(ctx):
         console = g.buf[since:]
     g.log.write("\n===== harness: power cut (SIGKILL) while the boot image was written =====\n")
     have, total = image_on_disk(g.overlay, inactive, ctx.manifest["boot_images"]["v2"])
-    entry = host_entry0(g.overlay)
+    entry = mbr_entry(g.overlay, 0)
     ctx.metric("install start -> RAUC's step 'Copying image to bootloader.0' (s)", round(t_step, 1))
     ctx.metric("that step -> first sector of the new boot image on the disk, power cut (s)", round(waited, 2))
     ctx.note(f"at the power cut: {have} of {total} non-empty 64 KiB chunks of the new boot image on the disk, "
@@ -558,7 +559,7 @@ def s9(ctx):
 @scenario(10, "power cut right after the MBR switch reached the disk: new boot files boot the old committed slot")
 def s10(ctx):
     first, second, files, g, env0 = fresh_on_raw_disk(ctx, "s10")
-    check(host_entry0(g.overlay)[0] == first, "MBR entry 0 not at the first half")
+    check(mbr_entry(g.overlay, 0)[0] == first, "MBR entry 0 not at the first half")
     since = g.mark()
     t0 = time.monotonic()
     g.send(f"rauc install {ctx.bundle('v2')} 2>&1 | tee /tmp/install.log\n")
@@ -569,13 +570,13 @@ def s10(ctx):
             console = g.buf[since:]
         if "rootfs" not in seen and "Copying image to rootfs.1" in console:
             seen["rootfs"] = time.monotonic() - t0
-        return host_entry0(g.overlay)[0] != first
+        return mbr_entry(g.overlay, 0)[0] != first
 
     waited, _ = power_cut_when(g, switched, 900, "MBR entry 0 switched on the disk")
     with g.lock:
         console = g.buf[since:]
     g.log.write("\n===== harness: power cut (SIGKILL) right after the MBR switch reached the disk =====\n")
-    entry = host_entry0(g.overlay)
+    entry = mbr_entry(g.overlay, 0)
     ctx.metric("install start -> MBR switch on the disk, power cut (s)", round(waited, 2))
     if "rootfs" in seen:
         ctx.metric("RAUC's step 'Copying image to rootfs.1' -> MBR switch on the disk (s)",
@@ -620,19 +621,13 @@ AP_HOSTAPD = (f"interface=wlan1\ndriver=nl80211\nssid={WIFI_SSID}\nhw_mode=g\nch
               f"wpa=2\nwpa_key_mgmt=WPA-PSK\nrsn_pairwise=CCMP\nwpa_passphrase={WIFI_PSK}\n")
 
 
-def mbr_entry(path, n):
-    """(start, sectors) of MBR entry n of a raw disk file."""
-    with open(path, "rb") as f:
-        return struct.unpack_from("<II", f.read(512), 446 + 16 * n + 8)
-
-
 def put_boot_file(disk, name, text):
     """A file on the boot partition (vfat, MBR entry 0) of a raw disk, as
     whoever prepares the card would put it there."""
     start, _ = mbr_entry(disk, 0)
     src = disk.parent / f"{disk.stem}.{name}"
     src.write_bytes(text.encode())
-    suite_run(["mcopy", "-o", "-i", f"{disk}@@{start * 512}", str(src), f"::{name}"])
+    host_run(["mcopy", "-o", "-i", f"{disk}@@{start * 512}", str(src), f"::{name}"])
 
 
 def put_rootfs_file(disk, entry, path, text):
@@ -643,14 +638,14 @@ def put_rootfs_file(disk, entry, path, text):
     src.write_text(text)
     src.chmod(0o644)
     dev = f"{disk}?offset={start * 512}"
-    suite_run(["debugfs", "-w", "-R", f"mkdir {Path(path).parent}", dev], ok=False)
-    suite_run(["debugfs", "-w", "-R", f"write {src} {path}", dev])
-    out = suite_run(["debugfs", "-R", f"cat {path}", dev])
+    host_run(["debugfs", "-w", "-R", f"mkdir {Path(path).parent}", dev], ok=False)
+    host_run(["debugfs", "-w", "-R", f"write {src} {path}", dev])
+    out = host_run(["debugfs", "-R", f"cat {path}", dev])
     check(out == text, f"debugfs did not write {path}: {out!r}")
 
 
-def suite_run(cmd, ok=True):
-    import subprocess
+def host_run(cmd, ok=True):
+    """A host command (mtools, debugfs) on the raw disk; its stdout."""
     p = subprocess.run(cmd, capture_output=True, text=True)
     if ok and p.returncode != 0:
         raise suite.Fail(f"{cmd[0]} failed: {p.stderr.strip()}")

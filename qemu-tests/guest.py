@@ -3,7 +3,9 @@ driven through a root shell on its serial console. Shared by the boot-chain
 (boot_chain.py) and OTA (ota.py) suites."""
 
 import json
+import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -89,9 +91,16 @@ class Guest:
                 self.cond.notify_all()
 
     def kill(self):
-        """Power cut: SIGKILL, no flush, no shutdown."""
+        """Power cut: SIGKILL, no flush, no shutdown. A launcher in its own
+        session (runqemu) is killed with its QEMU child."""
         if self.proc and self.proc.poll() is None:
-            self.proc.kill()
+            if self.own_session:
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            else:
+                self.proc.kill()
             self.proc.wait()
         self.proc = None
 

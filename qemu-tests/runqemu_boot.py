@@ -26,9 +26,7 @@ records the runs.
 import argparse
 import configparser
 import json
-import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -104,16 +102,6 @@ class RunqemuGuest(Guest):
 
     def command(self):
         return [str(self.runqemu), str(self.conf), "nographic", "slirp"]
-
-    def kill(self):
-        # runqemu starts QEMU as its child: end the whole session.
-        if self.proc and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, 9)
-            except ProcessLookupError:
-                pass
-            self.proc.wait()
-        self.proc = None
 
 
 def run(args) -> int:

@@ -105,9 +105,10 @@ def check_runqemu(ctx):
     # runqemu attaches a wic disk by QB_DRIVE_TYPE alone (QB_ROOTFS_OPT is
     # replaced); qemuboot.bbclass defaults it to /dev/sd, i.e. virtio-scsi.
     drive = (d.getVar("QB_DRIVE_TYPE") or "/dev/sd").strip()
-    if runqemu_disk_bus(drive) != "virtio-blk":
+    bus = runqemu_disk_bus(drive)
+    if bus != "virtio-blk":
         problems.append(f"[qemuarm64] {IMAGE}: QB_DRIVE_TYPE {drive!r} makes runqemu attach the .wic as "
-                        f"{runqemu_disk_bus(drive)}, but the layer's files name /dev/vda (want \"/dev/vd\")")
+                        f"{bus}, but the layer's files name /dev/vda (want \"/dev/vd\")")
     return problems
 
 
