@@ -16,6 +16,21 @@ use harmony_operator::model::RolloutStatus;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Every live region (an element that refetches itself on an SSE topic)
+/// stops htmx inheritance: otherwise its buttons inherit its
+/// `hx-swap="outerHTML"` and their answer replaces `#flash` itself, after
+/// which every later action on the page has no target.
+fn assert_live_regions_disinherit(uri: &str, body: &str) {
+    let mut regions = 0;
+    for (at, _) in body.match_indices(r#"hx-trigger="sse:"#) {
+        let start = body[..at].rfind('<').unwrap();
+        let tag = &body[start..at + body[at..].find('>').unwrap()];
+        assert!(tag.contains(r#"hx-disinherit="*""#), "{uri}: live region without hx-disinherit: {tag}");
+        regions += 1;
+    }
+    assert!(regions > 0, "{uri}: no live region");
+}
+
 fn get(uri: &str) -> Request<Body> {
     Request::builder().uri(uri).body(Body::empty()).unwrap()
 }
@@ -61,6 +76,7 @@ async fn pages_need_a_login_and_carry_the_security_headers() {
         assert!(r.headers.contains_key(header::CONTENT_SECURITY_POLICY));
         assert_eq!(r.headers[header::CACHE_CONTROL], "no-store");
         assert!(!r.body.contains("<script>") && !r.body.contains(" style=") && !r.body.contains(" onclick="), "{uri}");
+        assert_live_regions_disinherit(uri, &r.body);
     }
     d.op.stop().await;
 }
@@ -161,6 +177,7 @@ async fn admin_pause_resume_abort_reach_the_coordinator() {
     wait_status(&d.env, "r1", "paused").await;
     let page = admin.get(&d.router, "/rollouts/r1").await;
     assert!(page.body.contains(r#"data-status="paused""#) && page.body.contains("resume-button"));
+    assert_live_regions_disinherit("/rollouts/r1", &page.body);
 
     admin.post(&d.router, "/rollouts/r1/resume", &[]).await;
     wait_status(&d.env, "r1", "running").await;

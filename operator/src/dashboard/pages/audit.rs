@@ -39,7 +39,7 @@ fn region(p: &AuditPage) -> Markup {
     let url = format!("/audit?offset={}", p.offset);
     let last = p.offset + p.entries.len();
     html! {
-        div #audit-region hx-get=(url) hx-trigger="sse:audit" hx-swap="outerHTML" {
+        div #audit-region hx-get=(url) hx-trigger="sse:audit" hx-swap="outerHTML" hx-disinherit="*" {
             div.table-wrap {
                 table #audit-table {
                     thead { tr { th { "When" } th { "Who" } th { "Via" } th { "Action" } th { "Target" } th { "Result" } } }

@@ -24,7 +24,7 @@ use tokio::io::AsyncWriteExt;
 fn region(bundles: &[BundleView], caller: &Caller) -> Markup {
     let now = now();
     html! {
-        div #bundles-region hx-get="/bundles" hx-trigger="sse:bundles" hx-swap="outerHTML" {
+        div #bundles-region hx-get="/bundles" hx-trigger="sse:bundles" hx-swap="outerHTML" hx-disinherit="*" {
             div.table-wrap {
                 table #bundles-table {
                     thead { tr { th { "Bundle" } th { "Version" } th { "Compatible" } th.count { "Size" } th { "SHA-256" } th { "Pushed" } th { "In use by" } @if caller.is_admin() { th {} } } }

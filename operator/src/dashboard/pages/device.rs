@@ -105,7 +105,7 @@ fn timeline(d: &DeviceDetail) -> Markup {
 fn region(d: &DeviceDetail) -> Markup {
     let id = d.summary.device_id.as_str();
     html! {
-        div #device-detail data-device-id=(id) hx-get={ "/devices/" (id) } hx-trigger="sse:devices" hx-swap="outerHTML" {
+        div #device-detail data-device-id=(id) hx-get={ "/devices/" (id) } hx-trigger="sse:devices" hx-swap="outerHTML" hx-disinherit="*" {
             div.grid { (heartbeat(d)) (labels(d)) }
             (timeline(d))
         }

@@ -137,7 +137,7 @@ fn region(f: &Filter, p: &DevicePage) -> Markup {
     let first = if p.total == 0 { 0 } else { p.offset + 1 };
     let last = p.offset + p.devices.len();
     html! {
-        div #devices-region hx-get=(f.url(p.offset)) hx-trigger="sse:devices" hx-swap="outerHTML" {
+        div #devices-region hx-get=(f.url(p.offset)) hx-trigger="sse:devices" hx-swap="outerHTML" hx-disinherit="*" {
             p.muted {
                 span #devices-total data-total=(p.total) { (p.total) } " matching of " (p.fleet_size) " devices"
                 @if p.total > 0 { " · showing " (first) "–" (last) }

@@ -63,7 +63,7 @@ fn region(ov: &Overview) -> Markup {
     let online = ov.by_presence.iter().find(|t| t.value == "online").map_or(0, |t| t.count);
     let unhealthy = ov.by_health.iter().find(|t| t.value == "unhealthy").map_or(0, |t| t.count);
     html! {
-        div #overview hx-get="/" hx-trigger="sse:overview" hx-swap="outerHTML" {
+        div #overview hx-get="/" hx-trigger="sse:overview" hx-swap="outerHTML" hx-disinherit="*" {
             div.grid {
                 div.panel { div.stat-label { "Devices" } div.stat #stat-devices { (ov.devices) } }
                 div.panel { div.stat-label { "Online" } div.stat #stat-online { (online) } }

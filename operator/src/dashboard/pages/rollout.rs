@@ -145,7 +145,7 @@ fn jobs(d: &RolloutDetail) -> Markup {
 fn region(d: &RolloutDetail, caller: &Caller) -> Markup {
     let s = &d.summary;
     html! {
-        div #rollout-detail data-rollout-id=(s.id) hx-get={ "/rollouts/" (s.id) } hx-trigger="sse:rollouts" hx-swap="outerHTML" {
+        div #rollout-detail data-rollout-id=(s.id) hx-get={ "/rollouts/" (s.id) } hx-trigger="sse:rollouts" hx-swap="outerHTML" hx-disinherit="*" {
             div.row {
                 h1 { "Rollout " code { (s.id) } }
                 span #rollout-status.badge data-status=(s.status) { (s.status) }

@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 fn region(rollouts: &[RolloutSummary]) -> Markup {
     html! {
-        div #rollouts-region hx-get="/rollouts" hx-trigger="sse:rollouts" hx-swap="outerHTML" {
+        div #rollouts-region hx-get="/rollouts" hx-trigger="sse:rollouts" hx-swap="outerHTML" hx-disinherit="*" {
             @if rollouts.is_empty() {
                 p.muted #rollouts-table { "No rollouts yet." }
             } @else {
