@@ -17,6 +17,7 @@ use common::sim::{Behavior, SimState};
 use common::{dev, Env};
 use harmony_operator::config::{DashboardRole, DashboardUser};
 use harmony_operator::model::HaltThreshold;
+use harmony_testkit::rauc_bundle::{build_bundle, TestCa};
 use serde_json::json;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -237,4 +238,51 @@ async fn scenario() {
     b.wait_for("tr.device-row[data-device-id=kiosk-hostile]", WAIT).await;
     assert_eq!(b.alert_text().await, None, "no alert fired on the devices page");
     b.screenshot("devices").await;
+
+    // A real RAUC bundle uploaded from the page: the bar follows the request
+    // body to its end (not the answer's bytes), the bundle is listed live;
+    // then removed from the same page (a second action there still works).
+    let ca = TestCa::create(env.dir.path());
+    // 2 MiB that squashfs cannot compress, so the upload takes many chunks.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let payload: Vec<u8> = (0..2 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let bundle = build_bundle(&ca, env.dir.path(), "upload", "harmony-sim", "3.0.0", "plain", &payload);
+    let size = std::fs::metadata(&bundle).unwrap().len();
+    b.goto(&format!("{base}/bundles")).await;
+    let file = b.wait_for("#upload-form input[type=file][name=bundle]", WAIT).await;
+    b.type_into(&file, &bundle.display().to_string()).await;
+    b.type_into(&b.find("#upload-form input[name=id]").await.unwrap(), "from-browser").await;
+    b.execute(
+        "window.__progress = []; document.body.addEventListener('htmx:xhr:progress', e => \
+         window.__progress.push([e.detail.lengthComputable, e.detail.loaded, e.detail.total]))",
+        json!([]),
+    )
+    .await
+    .unwrap();
+    b.click_css("#upload-button", WAIT).await;
+    b.wait_for("#upload-ok[data-bundle-id=from-browser]", WAIT).await;
+    let bar = b.execute("const p = document.querySelector('#upload-progress'); return [p.value, p.max]", json!([])).await;
+    let bar = bar.unwrap();
+    let (value, max) = (bar[0].as_f64().unwrap_or(0.0), bar[1].as_f64().unwrap_or(0.0));
+    let events = b.execute("return window.__progress", json!([])).await.unwrap();
+    assert!(
+        max >= size as f64 && value == max,
+        "progress bar at {value} of {max} for a {size}-byte bundle; progress events {events}"
+    );
+    b.wait_for("tr.bundle-row[data-bundle-id=from-browser]", WAIT).await;
+    b.screenshot("bundle-uploaded").await;
+    click_confirmed(&b, "tr.bundle-row[data-bundle-id=from-browser] button.remove-bundle", "Remove this bundle?").await;
+    b.wait_until(
+        "the uploaded bundle removed from the list",
+        "document.querySelector('tr.bundle-row[data-bundle-id=from-browser]') === null",
+        WAIT,
+    )
+    .await;
 }

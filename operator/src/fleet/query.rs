@@ -12,7 +12,7 @@ use crate::registry::{matches_selector, presence, Labels};
 use harmony_protocol::time::UnixMillis;
 use harmony_protocol::{DeviceId, HealthStatus};
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// A device's presence now.
 pub fn presence_of(e: &DeviceEntry, now: UnixMillis, cfg: &FleetConfig) -> Presence {
@@ -54,21 +54,29 @@ pub fn summary(id: &DeviceId, e: &DeviceEntry, now: UnixMillis, cfg: &FleetConfi
 /// `key=value` / `key` terms joined by `,`, all of which must match the
 /// operator's labels (an empty selector matches every device).
 pub fn selector_matches(labels: &Labels, selector: &str) -> bool {
-    selector.split(',').map(str::trim).filter(|t| !t.is_empty()).all(|t| matches_selector(labels, t))
+    selector_terms(selector).iter().all(|t| matches_selector(labels, t))
+}
+
+fn selector_terms(selector: &str) -> Vec<&str> {
+    selector.split(',').map(str::trim).filter(|t| !t.is_empty()).collect()
 }
 
 fn matches(
     id: &DeviceId,
     e: &DeviceEntry,
     q: &DeviceQuery,
+    selector: Option<&[&str]>,
     search: Option<&str>,
     now: UnixMillis,
     cfg: &FleetConfig,
 ) -> bool {
-    let hb = e.heartbeat.as_ref();
-    if let Some(sel) = &q.selector {
+    // Read the entry only for the filters asked for: the plain list of
+    // 100,000 devices then never touches their records.
+    let hb = || e.heartbeat.as_ref();
+    if let Some(terms) = selector {
         let none = Labels::new();
-        if !selector_matches(e.labels.as_ref().unwrap_or(&none), sel) {
+        let labels = e.labels.as_ref().unwrap_or(&none);
+        if !terms.iter().all(|t| matches_selector(labels, t)) {
             return false;
         }
     }
@@ -76,18 +84,18 @@ fn matches(
         return false;
     }
     if let Some(v) = &q.os_version {
-        let has = hb.and_then(|h| h.os_version.as_deref()).unwrap_or("");
+        let has = hb().and_then(|h| h.os_version.as_deref()).unwrap_or("");
         if has != v {
             return false;
         }
     }
     if let Some(p) = &q.phase {
-        if hb.map(|h| h.upgrade.phase.name()) != Some(p.as_str()) {
+        if hb().map(|h| h.upgrade.phase.name()) != Some(p.as_str()) {
             return false;
         }
     }
     if let Some(h) = q.health {
-        if hb.map(|x| x.health.status) != Some(h) {
+        if hb().map(|x| x.health.status) != Some(h) {
             return false;
         }
     }
@@ -106,37 +114,54 @@ fn contains_ascii_lowercase(hay: &str, needle: &str) -> bool {
     needle.is_empty() || hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
 }
 
+type Hit<'a> = (&'a DeviceId, &'a DeviceEntry);
+
 /// Orders `hits` (in id order) by `key`, keeping id order among equal
-/// keys. Versions and phases have few distinct values: the hits are grouped
-/// by key in one pass and only the distinct keys are sorted.
-fn sort_grouped<'a, K: Ord + std::hash::Hash + Copy>(
-    hits: &mut Vec<(&'a DeviceId, &'a DeviceEntry)>,
-    key: impl Fn(&'a DeviceEntry) -> K,
-) {
-    let mut groups: HashMap<K, Vec<(&'a DeviceId, &'a DeviceEntry)>> = HashMap::new();
-    for hit in hits.drain(..) {
-        groups.entry(key(hit.1)).or_default().push(hit);
-    }
-    let mut keys: Vec<K> = groups.keys().copied().collect();
-    keys.sort_unstable();
-    for k in keys {
-        if let Some(group) = groups.remove(&k) {
-            hits.extend(group);
-        }
-    }
+/// keys. Each record is read once, for its key; the sort then moves small
+/// (key, position) pairs instead of following 100,000 references on every
+/// comparison. For keys that compare without following a pointer.
+fn order_by<'a, K: Ord + Copy>(hits: &mut Vec<Hit<'a>>, key: impl Fn(&'a DeviceEntry) -> K) {
+    let mut order: Vec<(K, usize)> = hits.iter().enumerate().map(|(at, (_, e))| (key(e), at)).collect();
+    order.sort_unstable();
+    let old = std::mem::take(hits);
+    hits.extend(order.into_iter().map(|(_, at)| old[at]));
+}
+
+/// [`order_by`] for string keys: each key is first replaced by its rank
+/// among the distinct keys, so the sort compares numbers. The distinct keys
+/// are found by dropping repeats of the key before (neighbouring devices
+/// mostly run the same version or phase), then hashing what is left.
+fn order_by_rank<'a>(hits: &mut Vec<Hit<'a>>, key: impl Fn(&'a DeviceEntry) -> Option<&'a str>) {
+    let keys: Vec<Option<&str>> = hits.iter().map(|(_, e)| key(e)).collect();
+    let mut runs = keys.clone();
+    runs.dedup();
+    let mut distinct: Vec<Option<&str>> = runs.into_iter().collect::<HashSet<_>>().into_iter().collect();
+    distinct.sort_unstable();
+    let mut order: Vec<(usize, usize)> = keys
+        .iter()
+        .enumerate()
+        .map(|(at, k)| (distinct.binary_search(k).unwrap_or_else(|slot| slot), at))
+        .collect();
+    order.sort_unstable();
+    let old = std::mem::take(hits);
+    hits.extend(order.into_iter().map(|(_, at)| old[at]));
 }
 
 /// One page of the devices matching `q`. Only the page's rows are built;
 /// the filter walks the index once (in id order) and the sort is stable.
 pub fn devices(index: &Index, q: &DeviceQuery, now: UnixMillis, cfg: &FleetConfig) -> DevicePage {
     let search = q.search.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_ascii_lowercase);
-    let mut hits: Vec<(&DeviceId, &DeviceEntry)> =
-        index.devices.iter().filter(|(id, e)| matches(id, e, q, search.as_deref(), now, cfg)).collect();
+    let selector = q.selector.as_deref().map(selector_terms);
+    let mut hits: Vec<Hit<'_>> = index
+        .devices
+        .iter()
+        .filter(|(id, e)| matches(id, e, q, selector.as_deref(), search.as_deref(), now, cfg))
+        .collect();
     match q.sort {
         DeviceSort::Id => {}
-        DeviceSort::LastSeen => hits.sort_by_key(|(_, e)| e.heartbeat.as_ref().map(|h| h.stored_at)),
-        DeviceSort::Version => sort_grouped(&mut hits, |e| e.heartbeat.as_ref().and_then(|h| h.os_version.as_deref())),
-        DeviceSort::Phase => sort_grouped(&mut hits, |e| e.heartbeat.as_ref().map(|h| h.upgrade.phase.name())),
+        DeviceSort::LastSeen => order_by(&mut hits, |e| e.heartbeat.as_ref().map(|h| h.stored_at)),
+        DeviceSort::Version => order_by_rank(&mut hits, |e| e.heartbeat.as_ref().and_then(|h| h.os_version.as_deref())),
+        DeviceSort::Phase => order_by_rank(&mut hits, |e| e.heartbeat.as_ref().map(|h| h.upgrade.phase.name())),
     }
     if q.descending {
         hits.reverse();
@@ -153,25 +178,57 @@ fn tallies(counts: HashMap<&str, usize>) -> Vec<Tally> {
     out
 }
 
+/// Devices per value of one fact. Neighbouring devices mostly report the
+/// same value (a fleet runs few versions), so a run of equal values is
+/// counted with one string comparison each and hashed once.
+#[derive(Default)]
+struct Counts<'a> {
+    run: Option<(&'a str, usize)>,
+    all: HashMap<&'a str, usize>,
+}
+
+impl<'a> Counts<'a> {
+    fn add(&mut self, value: &'a str) {
+        match &mut self.run {
+            Some((last, n)) if *last == value => *n += 1,
+            _ => {
+                self.end_run();
+                self.run = Some((value, 1));
+            }
+        }
+    }
+
+    fn end_run(&mut self) {
+        if let Some((value, n)) = self.run.take() {
+            *self.all.entry(value).or_insert(0) += n;
+        }
+    }
+
+    fn tallies(mut self) -> Vec<Tally> {
+        self.end_run();
+        tallies(self.all)
+    }
+}
+
 pub fn overview(index: &Index, now: UnixMillis, cfg: &FleetConfig) -> Overview {
     let (mut presence, mut version, mut phase, mut health) =
-        (HashMap::new(), HashMap::new(), HashMap::new(), HashMap::new());
+        (Counts::default(), Counts::default(), Counts::default(), Counts::default());
     for e in index.devices.values() {
         let hb = e.heartbeat.as_ref();
-        *presence.entry(presence_of(e, now, cfg).name()).or_insert(0) += 1;
-        *version.entry(hb.and_then(|h| h.os_version.as_deref()).unwrap_or("")).or_insert(0) += 1;
-        *phase.entry(hb.map_or("", |h| h.upgrade.phase.name())).or_insert(0) += 1;
-        *health.entry(hb.map_or("", |h| health_name(h.health.status))).or_insert(0) += 1;
+        presence.add(presence_of(e, now, cfg).name());
+        version.add(hb.and_then(|h| h.os_version.as_deref()).unwrap_or(""));
+        phase.add(hb.map_or("", |h| h.upgrade.phase.name()));
+        health.add(hb.map_or("", |h| health_name(h.health.status)));
     }
     let mut active: Vec<RolloutSummary> =
         index.rollouts.values().filter(|r| !r.status.is_final()).map(|r| rollout_summary(index, r)).collect();
     active.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.id.cmp(&b.id)));
     Overview {
         devices: index.devices.len(),
-        by_presence: tallies(presence),
-        by_os_version: tallies(version),
-        by_phase: tallies(phase),
-        by_health: tallies(health),
+        by_presence: presence.tallies(),
+        by_os_version: version.tallies(),
+        by_phase: phase.tallies(),
+        by_health: health.tallies(),
         active_rollouts: active,
         at: now,
     }

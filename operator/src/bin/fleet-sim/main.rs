@@ -357,6 +357,17 @@ async fn bench(args: Args) -> Res<()> {
     if let Some(dash) = &dash {
         let pages = dashboard::device_pages(args.devices);
         let mut times = dash.time_all(&pages, args.page_rounds).await.map_err(|e| e.to_string())?;
+        // Per page: which requests make the tail (times are in round order,
+        // one per page per round).
+        for (i, page) in pages.iter().enumerate() {
+            let mut own: Vec<Duration> = times.iter().skip(i).step_by(pages.len()).copied().collect();
+            own.sort();
+            println!(
+                "  {page}: p50 {:.1} ms, max {:.1} ms",
+                ms(pct(&own, 0.5)),
+                ms(own.last().copied().unwrap_or_default())
+            );
+        }
         times.sort();
         println!(
             "dashboard device pages ({} requests: first/middle/last page, search, label filter, combined filters, each sort, overview): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",

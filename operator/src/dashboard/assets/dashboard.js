@@ -11,12 +11,36 @@
     document.body.classList.remove("sse-open");
   });
 
-  // Upload progress: htmx reports XHR upload progress on the form.
+  // Upload progress. htmx reports the progress of the request body and of
+  // the response alike (same event, no way to tell them apart), so the bar
+  // follows only the first total it sees per upload: the request body's.
+  // Once the body is sent the operator still hashes and stores the bundle,
+  // which for a large one takes a while: say so instead of a silent bar.
+  // (getAttribute: the form's input named "id" shadows its `.id`.)
+  var uploadTotal = null;
+  function isUploadForm(elt) {
+    return !!elt && elt.getAttribute && elt.getAttribute("id") === "upload-form";
+  }
+  document.body.addEventListener("htmx:beforeRequest", function (evt) {
+    if (isUploadForm(evt.target)) {
+      uploadTotal = null;
+      var bar = document.getElementById("upload-progress");
+      if (bar) { bar.value = 0; }
+      var result = document.getElementById("upload-result");
+      if (result) { result.textContent = ""; }
+    }
+  });
   document.body.addEventListener("htmx:xhr:progress", function (evt) {
     var bar = document.getElementById("upload-progress");
-    if (bar && evt.detail && evt.detail.lengthComputable) {
-      bar.max = evt.detail.total;
-      bar.value = evt.detail.loaded;
+    var d = evt.detail;
+    if (!bar || !isUploadForm(evt.target) || !d || !d.lengthComputable) { return; }
+    if (uploadTotal === null) { uploadTotal = d.total; }
+    if (d.total !== uploadTotal) { return; }
+    bar.max = d.total;
+    bar.value = d.loaded;
+    var result = document.getElementById("upload-result");
+    if (d.loaded === d.total && result && result.childElementCount === 0) {
+      result.textContent = "Sent; the operator is checking and storing the bundle\u2026";
     }
   });
 
