@@ -268,7 +268,8 @@ async fn scenario() {
     .unwrap();
     b.click_css("#upload-button", WAIT).await;
     b.wait_for("#upload-ok[data-bundle-id=from-browser]", WAIT).await;
-    let bar = b.execute("const p = document.querySelector('#upload-progress'); return [p.value, p.max]", json!([])).await;
+    let bar =
+        b.execute("const p = document.querySelector('#upload-progress'); return [p.value, p.max]", json!([])).await;
     let bar = bar.unwrap();
     let (value, max) = (bar[0].as_f64().unwrap_or(0.0), bar[1].as_f64().unwrap_or(0.0));
     let events = b.execute("return window.__progress", json!([])).await.unwrap();

@@ -137,11 +137,8 @@ fn order_by_rank<'a>(hits: &mut Vec<Hit<'a>>, key: impl Fn(&'a DeviceEntry) -> O
     runs.dedup();
     let mut distinct: Vec<Option<&str>> = runs.into_iter().collect::<HashSet<_>>().into_iter().collect();
     distinct.sort_unstable();
-    let mut order: Vec<(usize, usize)> = keys
-        .iter()
-        .enumerate()
-        .map(|(at, k)| (distinct.binary_search(k).unwrap_or_else(|slot| slot), at))
-        .collect();
+    let mut order: Vec<(usize, usize)> =
+        keys.iter().enumerate().map(|(at, k)| (distinct.binary_search(k).unwrap_or_else(|slot| slot), at)).collect();
     order.sort_unstable();
     let old = std::mem::take(hits);
     hits.extend(order.into_iter().map(|(_, at)| old[at]));
