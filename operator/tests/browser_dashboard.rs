@@ -234,6 +234,12 @@ async fn scenario() {
     assert_eq!(injected, json!(0), "no element made from device data");
     assert_eq!(b.alert_text().await, None, "no alert fired");
     b.screenshot("device-hostile-label").await;
+    // Reboot (confirmed in the dialog), then ping, from the same page: the
+    // second action still has its target.
+    click_confirmed(&b, "#reboot-button", "Reboot this device now?").await;
+    b.wait_for("#device-action-result #reboot-result", WAIT).await;
+    b.click_css("#ping-button", WAIT).await;
+    b.wait_for("#device-action-result #ping-result", WAIT).await;
     b.goto(&format!("{base}/devices")).await;
     b.wait_for("tr.device-row[data-device-id=kiosk-hostile]", WAIT).await;
     assert_eq!(b.alert_text().await, None, "no alert fired on the devices page");

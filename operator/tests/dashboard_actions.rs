@@ -26,10 +26,19 @@ async fn admin_pings_and_rolls_out_from_the_pages() {
     let r = admin.post(&d.router, "/devices/d1/ping", &[]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert!(r.body.contains("Pong from") && r.body.contains("ping-result"));
-    // The simulator does not reboot: the refusal comes back as an error fragment.
+    // A reboot: scheduled, and the device comes back with a new boot id,
+    // which its page shows.
     let r = admin.post(&d.router, "/devices/d1/reboot", &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("reboot-result"), "{}", r.body);
+    eventually(10, "d1's heartbeat from its new boot", || async {
+        admin.get(&d.router, "/devices/d1").await.body.contains("d1-boot-1")
+    })
+    .await;
+    // A device that does not answer: the failure comes back as an error fragment.
+    let r = admin.post(&d.router, "/devices/ghost/reboot", &[]).await;
     assert!(r.status.is_server_error() || r.status.is_client_error(), "{}", r.body);
-    assert!(r.body.contains("flash-error"));
+    assert!(r.body.contains("flash-error"), "{}", r.body);
     let r = admin.post(&d.router, "/devices/not%20a%20device/ping", &[]).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 

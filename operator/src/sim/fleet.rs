@@ -326,6 +326,33 @@ impl SimFleet {
                 booted_slot: self.with(id, |d| d.slot.clone()),
                 boot_id: self.with(id, |d| d.boot_id.clone()).unwrap_or_default(),
             }),
+            Command::Reboot => {
+                // As the agent decides (its machine's "operator reboot" arm):
+                // not in the middle of an upgrade. The reboot is at once: a
+                // new boot id, announced by the next heartbeat.
+                let rebooted = self.with(id, |d| match d.upgrade.phase {
+                    UpgradePhase::Idle
+                    | UpgradePhase::Committed
+                    | UpgradePhase::Refused { .. }
+                    | UpgradePhase::Failed { .. }
+                    | UpgradePhase::RolledBack { .. }
+                    | UpgradePhase::AwaitingCommit => {
+                        d.reboot();
+                        Ok((d.heartbeat(now), d.behavior != Behavior::Manual))
+                    }
+                    ref busy => Err(format!("not rebooting during upgrade phase {}", busy.name())),
+                });
+                match rebooted {
+                    Some(Ok((hb, beat))) => {
+                        if beat {
+                            let _ = self.put(&hb).await;
+                        }
+                        Ok(ReplyBody::RebootScheduled)
+                    }
+                    Some(Err(detail)) => Err(harmony_protocol::CommandError::Refused { detail }),
+                    None => Err(harmony_protocol::CommandError::Refused { detail: "unknown device".into() }),
+                }
+            }
             _ => Err(harmony_protocol::CommandError::Refused { detail: "not simulated".into() }),
         };
         CommandReply::from_result(result)
