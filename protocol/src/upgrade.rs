@@ -150,6 +150,21 @@ pub enum UpgradePhase {
 }
 
 impl UpgradePhase {
+    /// Whether an operator's reboot command may be obeyed in this phase:
+    /// not while an offer is being fetched, verified, installed or the
+    /// device is already on its way down.
+    pub fn allows_operator_reboot(&self) -> bool {
+        matches!(
+            self,
+            Self::Idle
+                | Self::Committed
+                | Self::Refused { .. }
+                | Self::Failed { .. }
+                | Self::RolledBack { .. }
+                | Self::AwaitingCommit
+        )
+    }
+
     /// Short stable name for logs, tables and metrics.
     pub fn name(&self) -> &'static str {
         match self {

@@ -458,10 +458,9 @@ fn transition(env: &Env, state: State, event: Event, now: UnixMillis) -> (State,
         }
 
         // ---- operator reboot ---------------------------------------------
-        (
-            P::Idle | P::Committed | P::Refused { .. } | P::Failed { .. } | P::RolledBack { .. } | P::AwaitingCommit,
-            Event::RebootRequested,
-        ) if !s.marking => (s, vec![Action::Reply(Ok(ReplyBody::RebootScheduled)), Action::Reboot]),
+        (phase, Event::RebootRequested) if phase.allows_operator_reboot() && !s.marking => {
+            (s, vec![Action::Reply(Ok(ReplyBody::RebootScheduled)), Action::Reboot])
+        }
         (_, Event::RebootRequested) => {
             let detail = format!("not rebooting during upgrade phase {}", s.phase.name());
             (s, vec![refused(detail)])

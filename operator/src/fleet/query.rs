@@ -121,7 +121,13 @@ type Hit<'a> = (&'a DeviceId, &'a DeviceEntry);
 /// (key, position) pairs instead of following 100,000 references on every
 /// comparison. For keys that compare without following a pointer.
 fn order_by<'a, K: Ord + Copy>(hits: &mut Vec<Hit<'a>>, key: impl Fn(&'a DeviceEntry) -> K) {
-    let mut order: Vec<(K, usize)> = hits.iter().enumerate().map(|(at, (_, e))| (key(e), at)).collect();
+    let keys: Vec<K> = hits.iter().map(|(_, e)| key(e)).collect();
+    reorder(hits, keys);
+}
+
+/// Puts `hits` in the order of `keys` (one per hit), ties in their order.
+fn reorder<K: Ord + Copy>(hits: &mut Vec<Hit<'_>>, keys: Vec<K>) {
+    let mut order: Vec<(K, usize)> = keys.into_iter().zip(0..).collect();
     order.sort_unstable();
     let old = std::mem::take(hits);
     hits.extend(order.into_iter().map(|(_, at)| old[at]));
@@ -137,11 +143,8 @@ fn order_by_rank<'a>(hits: &mut Vec<Hit<'a>>, key: impl Fn(&'a DeviceEntry) -> O
     runs.dedup();
     let mut distinct: Vec<Option<&str>> = runs.into_iter().collect::<HashSet<_>>().into_iter().collect();
     distinct.sort_unstable();
-    let mut order: Vec<(usize, usize)> =
-        keys.iter().enumerate().map(|(at, k)| (distinct.binary_search(k).unwrap_or_else(|slot| slot), at)).collect();
-    order.sort_unstable();
-    let old = std::mem::take(hits);
-    hits.extend(order.into_iter().map(|(_, at)| old[at]));
+    let ranks: Vec<usize> = keys.iter().map(|k| distinct.binary_search(k).unwrap_or_else(|slot| slot)).collect();
+    reorder(hits, ranks);
 }
 
 /// One page of the devices matching `q`. Only the page's rows are built;

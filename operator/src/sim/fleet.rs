@@ -327,20 +327,15 @@ impl SimFleet {
                 boot_id: self.with(id, |d| d.boot_id.clone()).unwrap_or_default(),
             }),
             Command::Reboot => {
-                // As the agent decides (its machine's "operator reboot" arm):
-                // not in the middle of an upgrade. The reboot is at once: a
+                // As the agent decides (`allows_operator_reboot`, its
+                // machine's rule): not in the middle of an upgrade. The reboot is at once: a
                 // new boot id, announced by the next heartbeat.
-                let rebooted = self.with(id, |d| match d.upgrade.phase {
-                    UpgradePhase::Idle
-                    | UpgradePhase::Committed
-                    | UpgradePhase::Refused { .. }
-                    | UpgradePhase::Failed { .. }
-                    | UpgradePhase::RolledBack { .. }
-                    | UpgradePhase::AwaitingCommit => {
-                        d.reboot();
-                        Ok((d.heartbeat(now), d.behavior != Behavior::Manual))
+                let rebooted = self.with(id, |d| {
+                    if !d.upgrade.phase.allows_operator_reboot() {
+                        return Err(format!("not rebooting during upgrade phase {}", d.upgrade.phase.name()));
                     }
-                    ref busy => Err(format!("not rebooting during upgrade phase {}", busy.name())),
+                    d.reboot();
+                    Ok((d.heartbeat(now), d.behavior != Behavior::Manual))
                 });
                 match rebooted {
                     Some(Ok((hb, beat))) => {
