@@ -120,14 +120,18 @@ impl Client {
 
     /// A POST as htmx sends it: the CSRF token in its header.
     pub async fn post(&self, router: &Router, uri: &str, fields: &[(&str, &str)]) -> Reply {
+        self.htmx_post(router, uri, "application/x-www-form-urlencoded", form_body(fields).into_bytes()).await
+    }
+
+    async fn htmx_post(&self, router: &Router, uri: &str, content_type: &str, body: Vec<u8>) -> Reply {
         let req = Request::builder()
             .method(Method::POST)
             .uri(uri)
             .header(header::COOKIE, &self.cookie)
             .header("hx-request", "true")
             .header(harmony_operator::dashboard::CSRF_HEADER, &self.csrf)
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from(form_body(fields)))
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body))
             .unwrap();
         send(router, req).await
     }
@@ -171,15 +175,6 @@ impl Client {
             body.extend_from_slice(b"\r\n");
         }
         body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(uri)
-            .header(header::COOKIE, &self.cookie)
-            .header("hx-request", "true")
-            .header(harmony_operator::dashboard::CSRF_HEADER, &self.csrf)
-            .header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}"))
-            .body(Body::from(body))
-            .unwrap();
-        send(router, req).await
+        self.htmx_post(router, uri, &format!("multipart/form-data; boundary={boundary}"), body).await
     }
 }
