@@ -7,6 +7,7 @@
 pub mod clock;
 pub mod command;
 pub mod device_id;
+pub mod enroll;
 pub mod heartbeat;
 pub mod names;
 pub mod permissions;
