@@ -68,3 +68,57 @@ pub enum SeedKind {
 pub fn issuer(cfg: &EnrollConfig) -> Result<nkeys::KeyPair> {
     seed_file(&cfg.issuer_seed_file, SeedKind::Account, false)
 }
+
+/// The running callout and enrollment service of one operator process;
+/// dropping it stops both.
+#[derive(Debug)]
+pub struct Gate {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts the gate: loads the directory (so the first connections are
+/// decided on the full record), then answers the callout and enrollment
+/// requests. Every operator process runs one, leader or not: admission
+/// must not wait for an election.
+pub async fn start(
+    cfg: &EnrollConfig,
+    buckets: &crate::bus::Buckets,
+    clock: std::sync::Arc<dyn crate::clock::Clock>,
+) -> Result<Gate> {
+    use std::sync::Arc;
+    let issuer = issuer(cfg)?;
+    let dir = Arc::new(directory::Directory::default());
+    let revision = directory::load(&buckets.state, &dir).await?;
+    let callout = Arc::new(callout::Callout::new(
+        issuer,
+        cfg.account.clone(),
+        cfg.grant_ttl_secs,
+        dir.clone(),
+        buckets.state.clone(),
+        clock.clone(),
+    ));
+    let service = Arc::new(service::EnrollService { dir: dir.clone(), state: buckets.state.clone(), clock });
+    let client = buckets.client.clone();
+    let per_sec = cfg.max_requests_per_sec;
+    let mut tasks = vec![tokio::spawn(directory::follow(buckets.state.clone(), dir, revision))];
+    let c = client.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = callout::serve(c, callout).await {
+            log::error!("auth callout stopped: {e}");
+        }
+    }));
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = service::serve(client, service, per_sec).await {
+            log::error!("enrollment service stopped: {e}");
+        }
+    }));
+    Ok(Gate { tasks })
+}
