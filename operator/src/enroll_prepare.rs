@@ -334,14 +334,7 @@ fn check_status(tool: &str, target: &Path, out: &Output) -> Result<(), PrepareEr
 
 fn has_enroll_file(mtools: &Mtools, target: &Path, spec: &str) -> Result<bool, PrepareError> {
     let out = mtools.run("mdir", &["-b", "-a", "-i", spec, "::/"], None)?;
-    // mdir fails on an empty root directory ("No files").
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if out.stdout.is_empty() && stderr.trim().is_empty() || stderr.contains("No files") {
-            return Ok(false);
-        }
-        check_status("mdir", target, &out)?;
-    }
+    check_status("mdir", target, &out)?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.trim_end().rsplit('/').next())
