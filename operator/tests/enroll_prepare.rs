@@ -56,7 +56,9 @@ fn image(dir: &Path, name: &str, size_mib: u64, sfdisk_script: &str) -> PathBuf 
 /// mkfs.vfat `fat` (12, 16 or 32) on `size_mib` at `offset_mib` of `img`.
 fn mkfs(img: &Path, fat: u32, offset_mib: u64, size_mib: u64) {
     run(Command::new(tool("mkfs.vfat", "dosfstools"))
-        .args(["-F", &fat.to_string(), "-s", "1", "-n", "BOOT", "--offset", &(offset_mib * MIB / 512).to_string()])
+        .args(["-F", &fat.to_string(), "-n", "BOOT", "--offset", &(offset_mib * MIB / 512).to_string()])
+        // FAT32 needs 65525 clusters: 512-byte ones on these small sizes.
+        .args(if fat == 32 { &["-s", "1"][..] } else { &[] })
         .arg(img)
         .arg((size_mib * 1024).to_string()));
 }
@@ -260,4 +262,40 @@ fn enroll_prepare_says_to_install_mtools_when_it_is_missing() {
     assert!(matches!(err, PrepareError::MtoolsMissing { .. }), "{err}");
     assert!(err.to_string().contains("apt-get install mtools"), "{err}");
     assert!(snapshot(&img) == before, "the image changed");
+}
+
+/// The layout of meta-harmony/files/wic/harmony-*.wks: two raw U-Boot
+/// environment copies at 1024K and 1088K outside any partition, an active
+/// FAT boot partition at 4 MiB, a gap, rootfs A and B and data (smaller
+/// here). The environment copies must survive byte for byte.
+#[test]
+fn enroll_prepare_on_the_layers_card_layout() {
+    require_mtools();
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(
+        dir.path(),
+        "harmony-image-qemuarm64.wic",
+        224,
+        "label: dos\nunit: sectors\n\
+         start=8192, size=131072, type=c, bootable\n\
+         start=270336, size=65536, type=83\n\
+         start=335872, size=65536, type=83\n\
+         start=401408, type=83\n",
+    );
+    mkfs(&img, 16, 4, 64);
+    let env = b"harmony boot env ";
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        for at in [1024 * 1024, 1088 * 1024] {
+            f.seek(SeekFrom::Start(at)).unwrap();
+            f.write_all(env).unwrap();
+        }
+    }
+    let rest = outside(&img, 4 * MIB, 68 * MIB);
+    let file = enroll_file("layer0layout");
+    let card = prepare(&img, &file, false).unwrap();
+    assert_eq!((card.partition, card.partition_type, card.offset, card.size), (1, 0x0c, 4 * MIB, 64 * MIB));
+    assert_eq!(mtype(&img, card.offset), toml::to_string(&file).unwrap());
+    assert!(outside(&img, 4 * MIB, 68 * MIB) == rest, "bytes outside the boot partition changed");
 }
