@@ -68,6 +68,8 @@ pub enum PrepareError {
     PermissionDenied(PathBuf),
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
+    #[error("{}: has {size}-byte sectors; only 512-byte sectors (SD cards, most readers) are supported", path.display())]
+    SectorSize { path: PathBuf, size: u64 },
     #[error("{}: no partition table: {detail}", path.display())]
     NoPartitionTable { path: PathBuf, detail: String },
     #[error(
@@ -241,6 +243,9 @@ pub fn prepare_with(
         return Err(PrepareError::NotImageOrDevice(target.into()));
     }
 
+    if block_device {
+        check_sector_size(target)?;
+    }
     let part = find_boot_partition(target)?;
     log::info!(
         "{}: boot partition {} (type 0x{:02x}) at offset {}, {} bytes",
@@ -299,6 +304,22 @@ pub fn prepare_with(
         bytes: text.len(),
         replaced: present,
     })
+}
+
+/// Refuses a block device whose logical sectors are not 512 bytes (a 4Kn
+/// USB drive): its MBR counts in 4096-byte sectors.
+fn check_sector_size(target: &Path) -> Result<(), PrepareError> {
+    let canon = std::fs::canonicalize(target).map_err(|e| io_error(target, e))?;
+    let Some(name) = canon.file_name().and_then(|n| n.to_str()) else { return Ok(()) };
+    let sysfs = format!("/sys/class/block/{name}/queue/logical_block_size");
+    match std::fs::read_to_string(&sysfs).map(|s| s.trim().parse::<u64>()) {
+        Ok(Ok(SECTOR)) => Ok(()),
+        Ok(Ok(size)) => Err(PrepareError::SectorSize { path: target.into(), size }),
+        other => {
+            log::debug!("{sysfs}: {other:?}; assuming {SECTOR}-byte sectors");
+            Ok(())
+        }
+    }
 }
 
 /// Whether `token` looks like an enrollment token. Never echoes it.
