@@ -48,8 +48,8 @@ pub const FAT_PARTITION_TYPES: [u8; 4] = [0x06, 0x0b, 0x0c, 0x0e];
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
     #[error(
-        "the enrollment token does not look like a token: it must start with `{TOKEN_PREFIX}` and contain no \
-         spaces (pass the whole value `harmony-operator enroll token create` printed)"
+        "the enrollment token does not look like a token: it must be `{TOKEN_PREFIX}<12 hex digits>_<43 \
+         characters>`, with no spaces (pass the whole value `harmony-operator enroll token create` printed)"
     )]
     BadToken,
     #[error("the enrollment file names no NATS URL: the device would not know where to enroll")]
@@ -322,15 +322,13 @@ fn check_sector_size(target: &Path) -> Result<(), PrepareError> {
     }
 }
 
-/// Whether `token` looks like an enrollment token. Never echoes it.
+/// Whether `token` looks like an enrollment token (the shape
+/// [`crate::enroll::token::parse`] accepts: `hfe1_<id>_<secret>`), so a
+/// truncated paste is caught here rather than on first boot. Never echoes it.
 pub fn check_token(token: &str) -> Result<(), PrepareError> {
-    let ok = token.len() > TOKEN_PREFIX.len()
-        && token.starts_with(TOKEN_PREFIX)
-        && token.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
-    if ok {
-        Ok(())
-    } else {
-        Err(PrepareError::BadToken)
+    match crate::enroll::token::parse(token) {
+        Some(_) => Ok(()),
+        None => Err(PrepareError::BadToken),
     }
 }
 
@@ -621,12 +619,21 @@ mod tests {
 
     #[test]
     fn tokens() {
-        assert!(check_token(&format!("{TOKEN_PREFIX}abc123")).is_ok());
-        for bad in ["", TOKEN_PREFIX, "abc", "hfe2_abc", &format!("{TOKEN_PREFIX}a b"), &format!(" {TOKEN_PREFIX}a")] {
+        let good = format!("{TOKEN_PREFIX}0123456789ab_{}", "s".repeat(43));
+        assert!(check_token(&good).is_ok());
+        for bad in [
+            "",
+            TOKEN_PREFIX,
+            "abc",
+            &good.replace(TOKEN_PREFIX, "hfe2_"),
+            &good[..good.len() - 1],
+            &format!(" {good}"),
+            &format!("{good} "),
+        ] {
             assert!(matches!(check_token(bad), Err(PrepareError::BadToken)), "{bad:?}");
         }
-        let msg = check_token("hfe2_verysecret").unwrap_err().to_string();
-        assert!(!msg.contains("verysecret"), "{msg}");
+        let msg = check_token(&good[..good.len() - 1]).unwrap_err().to_string();
+        assert!(!msg.contains(&good[..good.len() - 1]), "{msg}");
     }
 
     #[test]

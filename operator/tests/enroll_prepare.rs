@@ -89,9 +89,16 @@ fn outside(path: &Path, start: u64, end: u64) -> Vec<u8> {
     b
 }
 
-fn enroll_file(token_tail: &str) -> EnrollFile {
+/// A token of the shape `enroll token create` prints, its secret made of
+/// `tag` repeated.
+fn token(tag: &str) -> String {
+    let secret: String = tag.chars().cycle().take(43).collect();
+    format!("{TOKEN_PREFIX}0123456789ab_{secret}")
+}
+
+fn enroll_file(tag: &str) -> EnrollFile {
     EnrollFile {
-        token: format!("{TOKEN_PREFIX}{token_tail}"),
+        token: token(tag),
         nats_urls: vec!["tls://nats-a.example:4222".into(), "tls://nats-b.example:4222".into()],
         nats_ca_pem: Some("-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n".into()),
     }
@@ -239,8 +246,12 @@ fn enroll_prepare_refuses_bad_targets_and_bad_files() {
     let err = refused(dir.path(), &enroll_file("tok"), false);
     assert!(matches!(err, PrepareError::NotImageOrDevice(_)), "{err}");
 
-    for token in ["not-a-token-secret", "hfe1_", "", "hfe1_has space", "HFE1_upper"] {
-        let file = EnrollFile { token: token.into(), ..enroll_file("") };
+    let good = token("x");
+    let truncated = &good[..good.len() - 1];
+    let spaced = good.replacen('x', " ", 1);
+    let upper = good.to_uppercase();
+    for token in ["not-a-token-secret", "hfe1_", "", &spaced, &upper, truncated] {
+        let file = EnrollFile { token: token.into(), ..enroll_file("x") };
         let err = refused(&img, &file, true);
         assert!(matches!(err, PrepareError::BadToken), "{token:?}: {err}");
         assert!(err.to_string().contains(TOKEN_PREFIX), "{err}");
