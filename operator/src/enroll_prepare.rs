@@ -60,6 +60,8 @@ pub enum PrepareError {
     TargetMissing(PathBuf),
     #[error("{}: neither a disk image file nor a block device", .0.display())]
     NotImageOrDevice(PathBuf),
+    #[error("{}: mtools cannot address this path (not UTF-8, or contains `@@`): rename or symlink it", .0.display())]
+    UnusablePath(PathBuf),
     #[error(
         "{}: permission denied (a card reader's device usually needs root or the `disk` group: \
          run with sudo, or write the image file before flashing it)",
@@ -258,10 +260,10 @@ pub fn prepare_with(
 
     check_not_mounted(target, block_device)?;
 
-    let image = target.to_str().ok_or_else(|| PrepareError::NotImageOrDevice(target.into()))?;
+    let image = target.to_str().ok_or_else(|| PrepareError::UnusablePath(target.into()))?;
     if image.contains("@@") {
         // mtools would read it as the offset separator.
-        return Err(PrepareError::NotImageOrDevice(target.into()));
+        return Err(PrepareError::UnusablePath(target.into()));
     }
     let spec = format!("{image}@@{}", part.offset());
     let dest = format!("::/{ENROLL_FILE_NAME}");
