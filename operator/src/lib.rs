@@ -10,7 +10,6 @@ pub mod commands;
 pub mod config;
 pub mod coordinator;
 pub mod effects;
-pub mod enroll_prepare;
 pub mod error;
 pub mod fleet;
 pub mod keys;

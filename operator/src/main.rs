@@ -68,6 +68,31 @@ enum EnrollCmd {
     Token(TokenCmd),
     /// Print the nats-server accounts + auth_callout block (creates the issuer and system keys once).
     ServerConfig,
+    /// Write a token (and the NATS URLs, CA) onto the boot partition of an image or a card, without mounting.
+    Prepare(PrepareCli),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["image", "device"])))]
+struct PrepareCli {
+    /// A disk image (.wic, .img), before it is written to cards.
+    #[arg(long, value_name = "FILE")]
+    image: Option<PathBuf>,
+    /// A flashed card's block device (/dev/sdX, /dev/mmcblk0), not mounted.
+    #[arg(long, value_name = "DEV")]
+    device: Option<PathBuf>,
+    /// The enrollment token (`enroll token create`).
+    #[arg(long)]
+    token: String,
+    /// NATS server URL as devices reach it (repeatable).
+    #[arg(long = "nats-url", required = true)]
+    nats_urls: Vec<String>,
+    /// PEM of the CA that signed the servers' certificates (for tls:// URLs).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Replace an enrollment file already on the card.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -278,6 +303,13 @@ fn main() -> ExitCode {
     }
 }
 
+fn prepare_card(p: PrepareCli) -> Result<Output, Error> {
+    let target = p.image.or(p.device).ok_or_else(|| Error::Invalid("--image or --device".into()))?;
+    let a =
+        enroll_cli::PrepareArgs { target, token: p.token, nats_urls: p.nats_urls, ca: p.ca, overwrite: p.overwrite };
+    enroll_cli::prepare(&a)
+}
+
 async fn dispatch(cli: Cli) -> Result<(), Error> {
     let json = cli.json;
     commands::act_as(cli.act_as.clone());
@@ -295,8 +327,16 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
     if let Cmd::Dashboard(DashboardCmd::HashPassword) = &cli.cmd {
         return hash_password_from_stdin();
     }
+    // Preparing a card needs no operator config: a laptop with the image is enough.
+    let cmd = match cli.cmd {
+        Cmd::Enroll(EnrollCmd::Prepare(p)) => {
+            print(&prepare_card(p)?, json);
+            return Ok(());
+        }
+        other => other,
+    };
     let cfg = Config::load(&cli.config)?;
-    let out = match cli.cmd {
+    let out = match cmd {
         Cmd::Dashboard(DashboardCmd::HashPassword) => return hash_password_from_stdin(),
         Cmd::Serve { http } => {
             let shutdown = async {
@@ -354,6 +394,7 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
         Cmd::Devices(DevicesCmd::Reject { device }) => enroll_cli::judge(&cfg, &device, Verdict::Reject).await?,
         Cmd::Devices(DevicesCmd::Revoke { device }) => enroll_cli::judge(&cfg, &device, Verdict::Revoke).await?,
         Cmd::Enroll(EnrollCmd::ServerConfig) => enroll_cli::server_config(&cfg)?,
+        Cmd::Enroll(EnrollCmd::Prepare(p)) => prepare_card(p)?,
         Cmd::Enroll(EnrollCmd::Token(TokenCmd::List)) => enroll_cli::token_list(&cfg).await?,
         Cmd::Enroll(EnrollCmd::Token(TokenCmd::Revoke { id })) => enroll_cli::token_revoke(&cfg, &id).await?,
         Cmd::Enroll(EnrollCmd::Token(TokenCmd::Create { labels, max_uses, expires, require_approval })) => {

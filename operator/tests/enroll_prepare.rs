@@ -5,7 +5,7 @@
 //! fails these tests, it does not skip them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use harmony_operator::enroll_prepare::{prepare, prepare_with, Mtools, PrepareError};
+use harmony_operator::enroll::prepare::{prepare, prepare_with, Mtools, PrepareError};
 use harmony_protocol::enroll::{EnrollFile, ENROLL_FILE_NAME, TOKEN_PREFIX};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

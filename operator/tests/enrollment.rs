@@ -181,6 +181,9 @@ async fn a_token_enrolls_a_device_which_then_connects_with_its_own_key_only() {
     let dev = as_device(&fleet, &key, "pi-1").await.unwrap();
     assert!(can_heartbeat(&dev, "pi-1").await);
     assert!(!can_heartbeat(&dev, "pi-2").await, "another device's key");
+    // A device that missed its answer asks again over its device connection.
+    let again = ask(&dev, &key, serde_json::to_vec(&request(&key, &token, "pi-1")).unwrap()).await;
+    assert!(matches!(again, EnrollReply::Enrolled { .. }), "{again:?}");
     // It serves its command subject: the operator's request reaches it.
     let mut cmds = dev.subscribe(command_subject(&DeviceId::new("pi-1").unwrap())).await.unwrap();
     dev.flush().await.unwrap();
@@ -354,4 +357,100 @@ async fn a_flood_of_requests_is_answered_busy_and_the_service_survives() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(matches!(answered, Some(EnrollReply::Enrolled { .. })), "{answered:?}");
+}
+
+/// Identity survives a NATS node failure: the device reconnects to another
+/// node of the cluster, whose auth request reaches an operator's callout
+/// through the cluster, and is admitted with the same key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrolled_device_is_admitted_again_after_its_node_dies() {
+    harmony_operator::logger::init();
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    let op = seed_file(&p("operator.nk"), SeedKind::User, true).unwrap();
+    let signing_key = p("fleet.key");
+    harmony_operator::keys::generate(&signing_key).unwrap();
+    let mut cfg = Config::for_url("nats://127.0.0.1:1", &signing_key);
+    cfg.nats.nkey_seed_file = Some(p("operator.nk"));
+    cfg.enroll = Some(EnrollConfig {
+        issuer_seed_file: p("issuer.nk"),
+        system_seed_file: p("system.nk"),
+        ..EnrollConfig::default()
+    });
+    let block = cli::server_config(&cfg).unwrap().text;
+    let mut cluster = harmony_testkit::NatsCluster::start_with(3, &block);
+    cluster.wait_jetstream_ready_as(Duration::from_secs(30), Some(op.seed().unwrap()));
+    cfg.nats.url = cluster.url_list();
+    let limits = harmony_operator::bus::BucketLimits { replicas: 3, ..Default::default() };
+    harmony_operator::commands::init(&cfg, &limits).await.unwrap();
+    let serve_cfg = cfg.clone();
+    let _serve = tokio::spawn(async move {
+        harmony_operator::serve::run(serve_cfg, std::future::pending()).await.unwrap();
+    });
+
+    let a = TokenArgs { labels: vec![], max_uses: 1, expires: "1h".into(), require_approval: false };
+    let token = cli::token_create(&cfg, &a).await.unwrap().json["token"].as_str().unwrap().to_string();
+    let key = nkeys::KeyPair::new_user();
+    let first = cluster.urls()[0].clone();
+    // Enroll through the first node (the callout may be slow to subscribe at first).
+    let mut reply = None;
+    for _ in 0..50 {
+        let c = async_nats::ConnectOptions::new()
+            .nkey(key.seed().unwrap())
+            .token(token.clone())
+            .custom_inbox_prefix(enroll_inbox_prefix(&key.public_key()))
+            .connect(first.as_str())
+            .await;
+        if let Ok(c) = c {
+            reply = Some(ask(&c, &key, serde_json::to_vec(&request(&key, &token, "pi-c")).unwrap()).await);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(matches!(reply, Some(EnrollReply::Enrolled { .. })), "{reply:?}");
+
+    let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    let urls: Vec<async_nats::ServerAddr> = cluster.urls().iter().map(|u| u.parse().unwrap()).collect();
+    let dev = async_nats::ConnectOptions::new()
+        .nkey(key.seed().unwrap())
+        .custom_inbox_prefix(device_inbox_prefix(&DeviceId::new("pi-c").unwrap()))
+        .retain_servers_order()
+        .event_callback(move |e| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(e);
+            }
+        })
+        .connect(urls)
+        .await
+        .unwrap();
+    assert!(can_heartbeat(&dev, "pi-c").await);
+    assert_eq!(dev.server_info().port, cluster.nodes()[0].port, "the device is on the first node");
+
+    cluster.node(0).kill();
+    let back = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut lost = false;
+        while let Some(e) = events.recv().await {
+            match e {
+                async_nats::Event::Disconnected => lost = true,
+                async_nats::Event::Connected if lost => return true,
+                _ => {}
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(back, Ok(true), "the device did not get back in through another node");
+    assert_ne!(dev.server_info().port, cluster.nodes()[0].port);
+    // JetStream elects new stream leaders after the loss: until then a put
+    // fails at once ("no responders"), so ask again until a deadline.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut beat = false;
+    while !beat && tokio::time::Instant::now() < deadline {
+        beat = can_heartbeat(&dev, "pi-c").await;
+        if !beat {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    assert!(beat, "admitted again but cannot heartbeat");
 }

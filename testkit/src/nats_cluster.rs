@@ -132,6 +132,12 @@ impl NatsCluster {
     /// Starts `size` nodes routed to each other, JetStream on each, and
     /// waits until JetStream has a meta leader (so buckets can be created).
     pub fn start(size: usize) -> Self {
+        Self::start_with(size, "")
+    }
+
+    /// Like [`NatsCluster::start`], with `extra` appended to every node's
+    /// config (e.g. the accounts and auth-callout block of callout mode).
+    pub fn start_with(size: usize, extra: &str) -> Self {
         assert!(size >= 1, "a cluster needs at least one node");
         let root = tempfile::tempdir().expect("tempdir for the cluster");
         let mut nodes: Vec<NatsNode> = (0..size)
@@ -150,13 +156,18 @@ impl NatsCluster {
             .collect();
         let routes: Vec<u16> = nodes.iter().map(|n| n.route_port).collect();
         for node in &nodes {
-            std::fs::write(node.dir.join("server.conf"), node.config(&routes)).expect("write server.conf");
+            let text = format!("{}{extra}", node.config(&routes));
+            std::fs::write(node.dir.join("server.conf"), text).expect("write server.conf");
         }
         for node in &mut nodes {
             node.spawn();
         }
         let cluster = Self { nodes, _root: root };
-        cluster.wait_jetstream_ready(Duration::from_secs(30));
+        if extra.is_empty() {
+            cluster.wait_jetstream_ready(Duration::from_secs(30));
+        }
+        // With `extra` the nodes may require credentials: the caller waits
+        // with its own (`wait_jetstream_ready_as`).
         cluster
     }
 
@@ -186,6 +197,11 @@ impl NatsCluster {
     /// Waits until a JetStream account-info request is answered, which
     /// needs an elected meta leader.
     pub fn wait_jetstream_ready(&self, within: Duration) {
+        self.wait_jetstream_ready_as(within, None)
+    }
+
+    /// [`NatsCluster::wait_jetstream_ready`] as the nkey user whose seed is given.
+    pub fn wait_jetstream_ready_as(&self, within: Duration, nkey_seed: Option<String>) {
         // Its own thread and runtime: callers may be inside a runtime already.
         let url = self.urls()[0].clone();
         let ready = std::thread::spawn(move || {
@@ -193,7 +209,11 @@ impl NatsCluster {
             rt.block_on(async {
                 let deadline = Instant::now() + within;
                 while Instant::now() < deadline {
-                    if let Ok(client) = async_nats::connect(url.as_str()).await {
+                    let opts = match &nkey_seed {
+                        Some(seed) => async_nats::ConnectOptions::with_nkey(seed.clone()),
+                        None => async_nats::ConnectOptions::new(),
+                    };
+                    if let Ok(client) = opts.connect(url.as_str()).await {
                         if async_nats::jetstream::new(client).query_account().await.is_ok() {
                             return true;
                         }

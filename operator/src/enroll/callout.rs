@@ -88,9 +88,15 @@ impl Callout {
     pub fn grant(&self, admission: &Admission) -> Result<Grant, String> {
         let now = self.now_secs();
         match admission {
-            Admission::Device(id) => Ok(Grant {
-                name: id.to_string(),
-                permissions: device_permissions(id),
+            Admission::Device { device, nkey } => Ok(Grant {
+                name: device.to_string(),
+                permissions: {
+                    let mut p = device_permissions(device);
+                    let enroll = enroll_permissions(nkey);
+                    p.publish.extend(enroll.publish);
+                    p.subscribe.extend(enroll.subscribe);
+                    p
+                },
                 allow_responses: true,
                 expires_at: now + self.grant_ttl_secs,
             }),
@@ -119,7 +125,7 @@ impl Callout {
         let grant = self.grant(&admission);
         let host = &req.client_info.host;
         match &admission {
-            Admission::Device(id) => log::debug!("auth callout: {host} admitted as device {id}"),
+            Admission::Device { device, .. } => log::debug!("auth callout: {host} admitted as device {device}"),
             Admission::Enroll { nkey } => log::info!("auth callout: {host} admitted to enroll as {nkey}"),
             Admission::Deny(why) => {
                 let allowed = self.warn.lock().unwrap_or_else(PoisonError::into_inner).allow(host, Instant::now());

@@ -131,6 +131,40 @@ pub async fn token_revoke(cfg: &Config, id: &str) -> Result<Output> {
     Ok(Output::new(&t, text))
 }
 
+/// `enroll prepare`: what goes onto the card's boot partition.
+#[derive(Debug, Clone)]
+pub struct PrepareArgs {
+    pub target: std::path::PathBuf,
+    pub token: String,
+    pub nats_urls: Vec<String>,
+    pub ca: Option<std::path::PathBuf>,
+    pub overwrite: bool,
+}
+
+/// Writes the enrollment file onto an image's or a card's boot partition.
+/// Needs no NATS connection (a laptop with the image is enough).
+pub fn prepare(a: &PrepareArgs) -> Result<Output> {
+    let nats_ca_pem = match &a.ca {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?),
+        None => None,
+    };
+    if nats_ca_pem.as_deref().is_some_and(|pem| !pem.contains("-----BEGIN CERTIFICATE-----")) {
+        return Err(Error::Invalid("--ca is not a PEM certificate".into()));
+    }
+    let file =
+        harmony_protocol::enroll::EnrollFile { token: a.token.clone(), nats_urls: a.nats_urls.clone(), nats_ca_pem };
+    let card = super::prepare::prepare(&a.target, &file, a.overwrite).map_err(|e| Error::Invalid(e.to_string()))?;
+    let json = serde_json::json!({
+        "target": card.target,
+        "partition": card.partition,
+        "offset": card.offset,
+        "path": card.path_written,
+        "bytes": card.bytes,
+        "replaced": card.replaced,
+    });
+    Ok(Output { json, text: card.to_string() })
+}
+
 /// Prints the nats-server block for callout mode, creating the issuer and
 /// system-user seeds on first use.
 pub fn server_config(cfg: &Config) -> Result<Output> {

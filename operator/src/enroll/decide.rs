@@ -19,8 +19,12 @@ pub struct Presented<'a> {
 /// The callout's answer for one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
-    /// Device permissions, as that device.
-    Device(DeviceId),
+    /// Device permissions, as that device (and its own enrollment subject,
+    /// so a device that missed its "enrolled" answer can ask again).
+    Device {
+        device: DeviceId,
+        nkey: String,
+    },
     /// Enrollment permissions only, for this nkey.
     Enroll {
         nkey: String,
@@ -44,7 +48,10 @@ pub fn admit(
     }
     match record.map(|r| r.status) {
         Some(DeviceStatus::Active) => {
-            return record.map_or(Admission::Deny("unreachable".into()), |r| Admission::Device(r.device.clone()))
+            return record.map_or(Admission::Deny("unreachable".into()), |r| Admission::Device {
+                device: r.device.clone(),
+                nkey: nkey.to_string(),
+            })
         }
         // Waiting for approval: it may ask again, nothing more.
         Some(DeviceStatus::Pending) => return Admission::Enroll { nkey: nkey.to_string() },
@@ -211,7 +218,7 @@ mod tests {
         for token_given in [None, Some(tok.as_str())] {
             let p = with(token_given);
             let active = admit(&p, Some(&record(&k, DeviceStatus::Active)), None, NOW);
-            assert_eq!(active, Admission::Device(DeviceId::new("pi-1").unwrap()));
+            assert_eq!(active, Admission::Device { device: DeviceId::new("pi-1").unwrap(), nkey: k.clone() });
             assert_eq!(admit(&p, Some(&record(&k, DeviceStatus::Pending)), None, NOW), enroll);
             assert!(deny(admit(&p, Some(&record(&k, DeviceStatus::Rejected)), Some(&rec), NOW)));
             assert!(deny(admit(&p, Some(&record(&k, DeviceStatus::Revoked)), Some(&rec), NOW)));

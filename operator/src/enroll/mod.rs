@@ -12,6 +12,7 @@ pub mod cli;
 pub mod decide;
 pub mod directory;
 pub mod jwt;
+pub mod prepare;
 pub mod server_config;
 pub mod service;
 pub mod system;

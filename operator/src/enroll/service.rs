@@ -187,6 +187,7 @@ pub async fn serve(client: async_nats::Client, service: Arc<EnrollService>, per_
     let mut warn = WarnLimiter::new(Duration::from_secs(10));
     while let Some(msg) = sub.next().await {
         let Some(reply_to) = msg.reply.clone() else { continue };
+        log::debug!("enroll: request on {} ({} bytes)", msg.subject, msg.payload.len());
         let reply = if limit.allow(Instant::now()) {
             service.handle(msg.subject.as_str(), &msg.payload).await
         } else {

@@ -14,7 +14,7 @@
 //!
 //! ```text
 //! harmony-operator enroll prepare (--image FILE.wic | --device /dev/sdX) --token hfe1_... \
-//!     --nats-url tls://... [--nats-ca ca.pem] [--overwrite]
+//!     --nats-url tls://... [--ca ca.pem] [--overwrite]
 //! ```
 //!
 //! The CLI builds an [`EnrollFile`] (token, NATS URLs, CA PEM read from the
