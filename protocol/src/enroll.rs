@@ -110,11 +110,19 @@ pub struct EnrollRequest {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum EnrollReply {
     /// Recorded and granted: reconnect with the same nkey and no token.
-    Enrolled { device: DeviceId, labels: BTreeMap<String, String> },
+    Enrolled {
+        device: DeviceId,
+        labels: BTreeMap<String, String>,
+    },
     /// Recorded, waiting for `devices accept`; ask again later (with the
     /// same nkey no token use is spent again).
-    Pending { device: DeviceId },
-    Refused { reason: EnrollRefusal, detail: String },
+    Pending {
+        device: DeviceId,
+    },
+    Refused {
+        reason: EnrollRefusal,
+        detail: String,
+    },
 }
 
 /// Why an enrollment was refused. Nothing was recorded or granted.
