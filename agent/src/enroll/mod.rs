@@ -49,6 +49,8 @@ pub enum EnrollError {
     Identity(#[from] IdentityError),
     #[error("cannot reload the config after enrolling: {0}")]
     Reload(#[from] ConfigError),
+    #[error("the config has no drop_in_dir to record the enrollment in")]
+    NoDropInDir,
     #[error("enrolled, but the reloaded config has no NATS credentials (does a later drop-in override {0}?)")]
     NoCredentialsAfterReload(PathBuf),
 }
@@ -222,7 +224,7 @@ pub fn prepare(cfg: AgentConfig) -> Result<Prepared, EnrollError> {
             let file = store::read_staged(&paths.staged)?;
             let (key, created) = store::load_or_create_seed(&paths.seed)?;
             if new_identity != created {
-                log::warn!("{} appeared or vanished while starting", paths.seed.display());
+                log::warn!("{} changed while the agent was starting", paths.seed.display());
             }
             let ca = store::write_ca(&paths, &file)?;
             let request = EnrollRequest {
@@ -341,7 +343,7 @@ impl Enrollment {
     fn finish(self, device: &DeviceId) -> Result<AgentConfig, EnrollError> {
         let Some(drop_in) = &self.paths.drop_in else {
             // `plan_start` only enrolls with a drop-in dir.
-            return Err(EnrollError::NoCredentialsAfterReload(PathBuf::from("drop_in_dir")));
+            return Err(EnrollError::NoDropInDir);
         };
         let text = store::drop_in_text(device, &self.file.nats_urls, &self.paths.seed, self.ca.as_deref());
         store::write_drop_in(drop_in, &text)?;
