@@ -33,7 +33,7 @@ use store::{EnrollPaths, ImportFile};
 use tokio::sync::watch;
 
 /// Version of [`EnrollRequest`] this agent sends.
-pub const REQUEST_SCHEMA: u32 = 1;
+pub const REQUEST_SCHEMA: u32 = harmony_protocol::SCHEMA_VERSION;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
