@@ -24,7 +24,7 @@ pub struct Output {
 }
 
 impl Output {
-    fn new(value: &impl Serialize, text: String) -> Self {
+    pub(crate) fn new(value: &impl Serialize, text: String) -> Self {
         Self { json: serde_json::to_value(value).unwrap_or(serde_json::Value::Null), text }
     }
 }
@@ -250,7 +250,7 @@ pub async fn provision(cfg: &Config, a: &ProvisionArgs) -> Result<Output> {
     store::put_json(
         &b.state,
         &keys::device(&device),
-        &DeviceUser { device: device.clone(), nkey: prov.nkey.clone(), labels },
+        &DeviceUser::provisioned(device.clone(), prov.nkey.clone(), labels),
     )
     .await?;
     let users: Vec<DeviceUser> =

@@ -51,6 +51,10 @@ pub struct Config {
     pub rollout: RolloutDefaults,
     #[serde(default)]
     pub dashboard: DashboardConfig,
+    /// Zero-touch enrollment (issue #14): when present, `serve` answers the
+    /// NATS server's auth callout and devices' enrollment requests.
+    #[serde(default)]
+    pub enroll: Option<EnrollConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,6 +187,38 @@ pub enum DashboardRole {
     Admin,
 }
 
+/// The auth callout and the enrollment service (see docs/adr/0005).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrollConfig {
+    /// Seed of the account nkey (`SA...`) that signs the callout's answers;
+    /// its public key is the `issuer` in nats-server's `auth_callout` block.
+    pub issuer_seed_file: PathBuf,
+    /// Seed of the operator's user in the system account (`SYS`), used to
+    /// disconnect a revoked device at once.
+    pub system_seed_file: PathBuf,
+    /// The account devices and the operator share (JetStream is in it).
+    pub account: String,
+    /// Enrollment requests answered per second, all operators together
+    /// divided by how many run; more are answered `busy`.
+    pub max_requests_per_sec: u32,
+    /// Admitted devices are disconnected and admitted afresh after this
+    /// long, so a revocation holds even if the disconnect was missed.
+    pub grant_ttl_secs: u64,
+}
+
+impl Default for EnrollConfig {
+    fn default() -> Self {
+        Self {
+            issuer_seed_file: PathBuf::from("/etc/harmony-operator/callout-issuer.nk"),
+            system_seed_file: PathBuf::from("/etc/harmony-operator/system.nk"),
+            account: "HARMONY".into(),
+            max_requests_per_sec: 20,
+            grant_ttl_secs: 24 * 3600,
+        }
+    }
+}
+
 impl Config {
     pub fn for_url(url: &str, signing_key: &Path) -> Self {
         Self {
@@ -192,6 +228,7 @@ impl Config {
             coordinator: CoordinatorConfig::default(),
             rollout: RolloutDefaults::default(),
             dashboard: DashboardConfig::default(),
+            enroll: None,
         }
     }
 

@@ -25,6 +25,8 @@ pub mod store;
 pub mod writer;
 // Issue 13: the web dashboard.
 pub mod dashboard;
+// Issue 14: zero-touch enrollment.
+pub mod enroll;
 
 pub use config::Config;
 pub use error::{Error, Result};

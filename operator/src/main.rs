@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use harmony_operator::bus::BucketLimits;
 use harmony_operator::commands::{self, Output, ProvisionArgs, StartArgs, Target};
+use harmony_operator::enroll::cli::{self as enroll_cli, Verdict};
 use harmony_operator::model::HaltThreshold;
 use harmony_operator::{keys, Config, Error};
 use std::path::PathBuf;
@@ -56,6 +57,40 @@ enum Cmd {
     },
     #[command(subcommand)]
     Dashboard(DashboardCmd),
+    /// Zero-touch enrollment: tokens, the nats-server callout config, preparing cards.
+    #[command(subcommand)]
+    Enroll(EnrollCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum EnrollCmd {
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Print the nats-server accounts + auth_callout block (creates the issuer and system keys once).
+    ServerConfig,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCmd {
+    /// Create a token (shown once) that lets devices ask to enroll.
+    Create {
+        /// Labels every device enrolled with it gets, key=value (comma-separated or repeated).
+        #[arg(long = "labels", value_delimiter = ',')]
+        labels: Vec<String>,
+        /// How many devices may enroll with it.
+        #[arg(long, default_value_t = 1)]
+        max_uses: u32,
+        /// How long it is valid: 30m, 12h, 7d, 2w.
+        #[arg(long, default_value = "7d")]
+        expires: String,
+        /// Enrolled devices wait in `devices pending` until `devices accept`.
+        #[arg(long)]
+        require_approval: bool,
+    },
+    /// Every token, newest first (never the token itself).
+    List,
+    /// No device can enroll with it any more (enrolled devices stay).
+    Revoke { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,6 +156,14 @@ enum DevicesCmd {
     Show { device: String },
     /// Ask a device to reboot (the agent refuses during an install).
     Reboot { device: String },
+    /// Devices enrolled with a --require-approval token, waiting for a verdict.
+    Pending,
+    /// Let a pending device in.
+    Accept { device: String },
+    /// Refuse a pending device; its key is never admitted.
+    Reject { device: String },
+    /// Take a device's rights away and disconnect it now; its key is never admitted again.
+    Revoke { device: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -306,6 +349,17 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
         Cmd::Devices(DevicesCmd::Show { device }) => commands::devices_show(&cfg, &device).await?,
         Cmd::Ping { device } => commands::ping(&cfg, &device).await?,
         Cmd::Devices(DevicesCmd::Reboot { device }) => commands::devices_reboot(&cfg, &device).await?,
+        Cmd::Devices(DevicesCmd::Pending) => enroll_cli::pending(&cfg).await?,
+        Cmd::Devices(DevicesCmd::Accept { device }) => enroll_cli::judge(&cfg, &device, Verdict::Accept).await?,
+        Cmd::Devices(DevicesCmd::Reject { device }) => enroll_cli::judge(&cfg, &device, Verdict::Reject).await?,
+        Cmd::Devices(DevicesCmd::Revoke { device }) => enroll_cli::judge(&cfg, &device, Verdict::Revoke).await?,
+        Cmd::Enroll(EnrollCmd::ServerConfig) => enroll_cli::server_config(&cfg)?,
+        Cmd::Enroll(EnrollCmd::Token(TokenCmd::List)) => enroll_cli::token_list(&cfg).await?,
+        Cmd::Enroll(EnrollCmd::Token(TokenCmd::Revoke { id })) => enroll_cli::token_revoke(&cfg, &id).await?,
+        Cmd::Enroll(EnrollCmd::Token(TokenCmd::Create { labels, max_uses, expires, require_approval })) => {
+            let a = enroll_cli::TokenArgs { labels, max_uses, expires, require_approval };
+            enroll_cli::token_create(&cfg, &a).await?
+        }
         Cmd::Audit { offset, limit } => commands::audit(&cfg, offset, limit).await?,
         Cmd::Leader => harmony_operator::leader_status::show(&cfg).await?,
         Cmd::Rollout(RolloutCmd::Start(s)) => {

@@ -77,6 +77,11 @@ pub async fn run_with_clock(
     let key = crate::keys::load(&cfg.keys.signing_key)?;
     let client = connect(&cfg.nats).await?;
     let buckets = Buckets::open(client).await?;
+    // Zero-touch enrollment: this process also admits devices (issue #14).
+    let _gate = match &cfg.enroll {
+        Some(e) => Some(crate::enroll::start(e, &buckets, clock.clone()).await?),
+        None => None,
+    };
     let ttl_ms = cfg.coordinator.lease_ttl_secs.max(1) * 1000;
     let lease = Arc::new(Mutex::new(LeaseKeeper::new(buckets.state.clone(), cfg.operator_id(), ttl_ms)));
     let mut shutdown: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(shutdown);

@@ -73,7 +73,7 @@ async fn a_device_can_do_its_own_things_and_nothing_else() {
     let mut users = Vec::new();
     for d in [&pi1, &pi2] {
         let (p, _) = provision::provision_device(d, &settings, &key, &dir.path().join(d.as_str())).unwrap();
-        users.push(DeviceUser { device: d.clone(), nkey: p.nkey, labels: Default::default() });
+        users.push(DeviceUser::provisioned(d.clone(), p.nkey, Default::default()));
     }
     // agent.toml as the agent expects it
     let agent_toml = std::fs::read_to_string(dir.path().join("pi-1/data/harmony/agent.d/10-provisioned.toml")).unwrap();

@@ -42,7 +42,7 @@ fn query(f: impl FnOnce(&mut DeviceQuery)) -> DeviceQuery {
 
 async fn provision(env: &Env, id: &str, labels: &[(&str, &str)]) {
     let labels: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let user = DeviceUser { device: dev(id), nkey: format!("U{id}"), labels };
+    let user = DeviceUser::provisioned(dev(id), format!("U{id}"), labels);
     store::put_json(&env.buckets.state, &keys::device(&dev(id)), &user).await.unwrap();
 }
 

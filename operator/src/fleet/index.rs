@@ -147,8 +147,11 @@ impl Index {
         }
         if let Some(rest) = key.strip_prefix("device.") {
             let Ok(id) = DeviceId::new(rest) else { return changes };
-            let labels =
-                if put { self.decode::<DeviceUser>(entry).filter(|u| u.device == id).map(|u| u.labels) } else { None };
+            let labels = if put {
+                self.decode::<DeviceUser>(entry).filter(|u| u.device == id && u.is_active()).map(|u| u.labels)
+            } else {
+                None
+            };
             self.entry(&id).labels = labels;
             self.prune(&id);
             changes.push(Change::Device(id));
