@@ -132,8 +132,12 @@ pub enum Wait {
     /// Refused for good as far as this token goes; asked again slowly in
     /// case the operator accepts the device later.
     Refused { reason: EnrollRefusal, detail: String },
-    /// No answer: unreachable, not authorized, no service, timeout.
+    /// No answer: unreachable, no service, timeout, a garbled reply.
     NoAnswer { detail: String },
+    /// The server refused the connection (a token the callout does not
+    /// accept, or a callout that did not answer): backed off up to the
+    /// refusal delay, since it is usually as final as a refusal.
+    NotAuthorized { detail: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,9 +147,12 @@ pub enum Step {
 }
 
 /// What an attempt's outcome means. `failures` counts attempts in a row
-/// without an answer, this one included (≥ 1 for an `Err`).
-pub fn next_step(outcome: &Result<EnrollReply, AskError>, failures: u32, t: Timing) -> Step {
+/// without an answer, this one included (≥ 1 for an `Err`). `known` is the
+/// id the device is recorded under as far as it knows (the last `pending`
+/// answer's, else the one it asked for).
+pub fn next_step(outcome: &Result<EnrollReply, AskError>, failures: u32, t: Timing, known: &DeviceId) -> Step {
     match outcome {
+        Err(AskError::AdmittedAsDevice(_)) => Step::Enrolled { device: known.clone() },
         Ok(EnrollReply::Enrolled { device, .. }) => Step::Enrolled { device: device.clone() },
         Ok(EnrollReply::Pending { device }) => {
             Step::Retry { after: t.retry, wait: Wait::Pending { device: device.clone() } }
@@ -156,6 +163,10 @@ pub fn next_step(outcome: &Result<EnrollReply, AskError>, failures: u32, t: Timi
         Ok(EnrollReply::Refused { reason, detail }) => {
             Step::Retry { after: t.refused_retry, wait: Wait::Refused { reason: *reason, detail: detail.clone() } }
         }
+        Err(e @ AskError::NotAuthorized(_)) => Step::Retry {
+            after: backoff(failures, t.refused_retry),
+            wait: Wait::NotAuthorized { detail: e.to_string() },
+        },
         Err(e) => Step::Retry { after: backoff(failures, t.retry), wait: Wait::NoAnswer { detail: e.to_string() } },
     }
 }
@@ -287,6 +298,7 @@ impl Enrollment {
         log::info!("enrolling as {device} with nkey {public_key} at {}", self.file.nats_urls.join(", "));
         status.send_replace(format!("enrolling as {device}"));
         let mut failures = 0u32;
+        let mut known = device.clone();
         loop {
             liveness.beat();
             let attempt = Attempt {
@@ -303,7 +315,13 @@ impl Enrollment {
                 Ok(EnrollReply::Enrolled { labels, .. }) => Some(labels.clone()),
                 _ => None,
             };
-            match next_step(&outcome, failures, timing) {
+            if let Ok(EnrollReply::Pending { device }) = &outcome {
+                known = device.clone();
+            }
+            if let Err(e @ AskError::AdmittedAsDevice(_)) = &outcome {
+                log::warn!("{e}: taking that as enrolled as {known}");
+            }
+            match next_step(&outcome, failures, timing, &known) {
                 Step::Enrolled { device } => {
                     log::info!("enrolled as {device} (labels {labels:?}); switching to the device's own credentials");
                     return self.finish(&device);
@@ -330,6 +348,10 @@ impl Enrollment {
                         Wait::NoAnswer { detail } => {
                             log::warn!("{detail}; asking again in {after:?}");
                             format!("enrolling: no answer, retrying (device {device})")
+                        }
+                        Wait::NotAuthorized { detail } => {
+                            log::error!("{detail}; asking again in {after:?} (nkey {public_key})");
+                            format!("enrollment not authorized, retrying (device {device})")
                         }
                     };
                     status.send_replace(text);
@@ -434,6 +456,7 @@ mod tests {
     fn reply_table_covers_every_answer() {
         let t = Timing { retry: Duration::from_secs(30), refused_retry: Duration::from_secs(600) };
         let dev = DeviceId::new("dev-1").unwrap();
+        let next_step = |o: &Result<EnrollReply, AskError>, f, t| next_step(o, f, t, &dev);
         let refused = |reason| Ok(EnrollReply::Refused { reason, detail: "d".into() });
         assert_eq!(
             next_step(&Ok(EnrollReply::Enrolled { device: dev.clone(), labels: BTreeMap::new() }), 0, t),
@@ -463,6 +486,19 @@ mod tests {
                 Step::Retry { after: t.refused_retry, wait: Wait::Refused { reason, detail: "d".into() } },
                 "{reason:?} is final: slow retries only"
             );
+        }
+        assert_eq!(
+            next_step(&Err(AskError::AdmittedAsDevice("Permissions Violation".into())), 1, t),
+            Step::Enrolled { device: dev.clone() },
+            "accepted while pending: the callout admits the key as a device"
+        );
+        for (failures, secs) in [(1, 1), (2, 2), (5, 16), (10, 512), (11, 600), (100, 600)] {
+            match next_step(&Err(AskError::NotAuthorized("authorization violation".into())), failures, t) {
+                Step::Retry { after, wait: Wait::NotAuthorized { .. } } => {
+                    assert_eq!(after, Duration::from_secs(secs), "{failures}")
+                }
+                other => panic!("{other:?}"),
+            }
         }
         for (failures, secs) in [(1, 1), (2, 2), (3, 4), (5, 16), (6, 30), (100, 30)] {
             for e in [
