@@ -319,7 +319,9 @@ impl Supervisor {
             }
             let connected = *self.connected.borrow();
             if !ready && (connected || started.elapsed() >= self.startup_grace) {
-                if !connected {
+                if self.status_override.is_some() {
+                    log::info!("still enrolling after {:?}; reporting ready and carrying on", self.startup_grace);
+                } else if !connected {
                     log::warn!("no NATS connection after {:?}; reporting ready and retrying", self.startup_grace);
                 }
                 self.service_manager.ready();
