@@ -12,6 +12,8 @@ use tokio::sync::watch;
 pub enum BusError {
     #[error("cannot read NATS credentials {path}: {source}")]
     Credentials { path: PathBuf, source: std::io::Error },
+    #[error("cannot read the NATS CA file {path}: {source}")]
+    CaFile { path: PathBuf, source: std::io::Error },
     #[error("invalid NATS server URL {url:?}: {detail}")]
     BadUrl { url: String, detail: String },
     #[error("NATS connect failed: {0}")]
@@ -38,6 +40,9 @@ pub async fn connect(cfg: &NatsConfig, device: &DeviceId) -> Result<Bus, BusErro
     } else {
         async_nats::ConnectOptions::new()
     };
+    if let Some(ca) = &cfg.ca_file {
+        options = with_ca_file(options, ca)?;
+    }
     let (connected_tx, connected) = watch::channel(false);
     options = options
         .name(format!("harmony-agent {device}"))
@@ -69,14 +74,27 @@ pub async fn connect(cfg: &NatsConfig, device: &DeviceId) -> Result<Bus, BusErro
                 }
             }
         });
-    let mut addrs = Vec::with_capacity(cfg.urls.len());
-    for url in &cfg.urls {
-        let addr: async_nats::ServerAddr =
-            url.parse().map_err(|e: std::io::Error| BusError::BadUrl { url: url.clone(), detail: e.to_string() })?;
-        addrs.push(addr);
-    }
-    let client = options.connect(addrs).await?;
+    let client = options.connect(server_addrs(&cfg.urls)?).await?;
     Ok(Bus { client, connected })
+}
+
+/// Trust the CA in `path` (PEM) for `tls://` servers. Checked here so a
+/// missing file is a clear error naming it, not a TLS failure later.
+pub fn with_ca_file(
+    options: async_nats::ConnectOptions,
+    path: &std::path::Path,
+) -> Result<async_nats::ConnectOptions, BusError> {
+    std::fs::metadata(path).map_err(|source| BusError::CaFile { path: path.to_path_buf(), source })?;
+    Ok(options.add_root_certificates(path.to_path_buf()))
+}
+
+/// Parse every configured URL, naming the first bad one.
+pub fn server_addrs(urls: &[String]) -> Result<Vec<async_nats::ServerAddr>, BusError> {
+    urls.iter()
+        .map(|url| {
+            url.parse().map_err(|e: std::io::Error| BusError::BadUrl { url: url.clone(), detail: e.to_string() })
+        })
+        .collect()
 }
 
 /// Longest wait between reconnect attempts.

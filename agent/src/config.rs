@@ -42,6 +42,52 @@ pub struct AgentConfig {
     pub system: SystemPaths,
     #[serde(default)]
     pub upgrade: UpgradeConfig,
+    /// Zero-touch enrollment (issue 14): where the boot partition's
+    /// enrollment file is and how often to ask again.
+    #[serde(default)]
+    pub enroll: EnrollConfig,
+    /// The file this config was loaded from (not a config key): enrollment
+    /// reloads it, drop-ins included, once it has written its drop-in.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// `[enroll]`: used only by a device that has no credentials configured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollConfig {
+    /// The enrollment file written onto the boot (FAT) partition by
+    /// `harmony-operator enroll prepare`. Moved to the state dir on start.
+    #[serde(default = "default_enroll_import_from")]
+    pub import_from: PathBuf,
+    /// How long to wait before asking again after `pending`, a busy
+    /// operator or an unreachable server.
+    #[serde(default = "default_enroll_retry_secs")]
+    pub retry_secs: u64,
+    /// How long to wait before asking again after a final refusal (the
+    /// operator may still accept the device later): slow, never a loop.
+    #[serde(default = "default_enroll_refused_retry_secs")]
+    pub refused_retry_secs: u64,
+}
+
+impl Default for EnrollConfig {
+    fn default() -> Self {
+        Self {
+            import_from: default_enroll_import_from(),
+            retry_secs: default_enroll_retry_secs(),
+            refused_retry_secs: default_enroll_refused_retry_secs(),
+        }
+    }
+}
+
+fn default_enroll_import_from() -> PathBuf {
+    PathBuf::from("/boot/firmware").join(harmony_protocol::enroll::ENROLL_FILE_NAME)
+}
+fn default_enroll_retry_secs() -> u64 {
+    30
+}
+fn default_enroll_refused_retry_secs() -> u64 {
+    600
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -52,6 +98,9 @@ pub struct NatsConfig {
     pub credentials_file: Option<PathBuf>,
     /// Alternative to `credentials_file`: a file holding an nkey user seed.
     pub nkey_seed_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the servers' certificates (for
+    /// `tls://` URLs whose CA is not in the system trust store).
+    pub ca_file: Option<PathBuf>,
     #[serde(default = "default_request_timeout_secs")]
     pub request_timeout_secs: u64,
 }
@@ -128,7 +177,15 @@ impl AgentConfig {
                 merge(&mut table, read_table(&drop_in)?);
             }
         }
-        Self::from_table(table, path)
+        let mut cfg = Self::from_table(table, path)?;
+        cfg.source = Some(path.to_path_buf());
+        Ok(cfg)
+    }
+
+    /// Whether the device has NATS credentials configured (a provisioned
+    /// or already enrolled device).
+    pub fn has_credentials(&self) -> bool {
+        self.nats.credentials_file.is_some() || self.nats.nkey_seed_file.is_some()
     }
 
     /// Parse one file's text (no drop-ins).
@@ -149,6 +206,9 @@ impl AgentConfig {
         }
         if cfg.nats.credentials_file.is_some() && cfg.nats.nkey_seed_file.is_some() {
             return Err(invalid("set nats.credentials_file or nats.nkey_seed_file, not both"));
+        }
+        if cfg.enroll.retry_secs == 0 || cfg.enroll.refused_retry_secs == 0 {
+            return Err(invalid("enroll.retry_secs and enroll.refused_retry_secs must be at least 1"));
         }
         cfg.upgrade.validate().map_err(|d| invalid(&d))?;
         Ok(cfg)

@@ -7,6 +7,8 @@ use crate::bus::{self, BusError};
 use crate::clock::{Clock, SystemClock};
 use crate::commands::CommandServer;
 use crate::config::AgentConfig;
+use crate::enroll::client::NatsEnrollClient;
+use crate::enroll::{EnrollError, Prepared};
 use crate::heartbeat::HeartbeatLoop;
 use crate::identity::{self, IdentityError};
 use crate::liveness::Liveness;
@@ -17,6 +19,7 @@ use crate::shared::{DeviceFacts, StatusBoard};
 use crate::upgrade::{UpgradeHandle, UpgradeRequest};
 use harmony_protocol::{CommandError, Health, UpgradeStatus};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -45,6 +48,8 @@ pub enum AgentError {
     Identity(#[from] IdentityError),
     #[error(transparent)]
     Bus(#[from] BusError),
+    #[error("enrollment: {0}")]
+    Enroll(#[from] EnrollError),
     #[error("the {0} loop stopped unexpectedly")]
     LoopEnded(&'static str),
     #[error("RAUC is unreachable while an upgrade is {0}; exiting so systemd retries")]
@@ -53,6 +58,48 @@ pub enum AgentError {
 
 pub async fn run(cfg: AgentConfig, effects: Effects, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     let started = Instant::now();
+    let mut shutdown = std::pin::pin!(shutdown);
+    // Whether systemd has been told READY (by the enrollment phase's
+    // supervisor or the agent's).
+    let ready = Arc::new(AtomicBool::new(false));
+    // A device without credentials but with an enrollment token enrolls
+    // first; its supervisor keeps systemd informed (READY after the grace,
+    // watchdog pings, status) until the agent's own takes over below.
+    let (cfg, enroll_supervisor) = match crate::enroll::prepare(cfg)? {
+        Prepared::Run(cfg) => (*cfg, None),
+        Prepared::Enroll(enrollment) => {
+            let (status_tx, status_rx) = tokio::sync::watch::channel(String::new());
+            let (never_connected_tx, never_connected) = tokio::sync::watch::channel(false);
+            let liveness = Arc::new(Liveness::new("enrollment"));
+            let supervisor = Supervisor {
+                service_manager: effects.service_manager.clone(),
+                connected: never_connected,
+                startup_grace: Duration::from_secs(enrollment.cfg.startup_grace_secs),
+                // One attempt (connect + request) is bounded by about three
+                // request timeouts; between attempts the loop beats every
+                // second. The margin also covers the agent's start after
+                // enrolling, until its own supervisor runs.
+                max_silence: Duration::from_secs(enrollment.cfg.nats.request_timeout_secs * 3 + 30),
+                liveness: vec![liveness.clone()],
+                device: enrollment.request.device.to_string(),
+                status_override: Some(status_rx),
+                ready: ready.clone(),
+            };
+            let task = AbortOnDrop(tokio::spawn(async move {
+                let _keep_open = never_connected_tx;
+                supervisor.run().await
+            }));
+            let cfg = tokio::select! {
+                () = &mut shutdown => {
+                    log::info!("shutting down while enrolling");
+                    effects.service_manager.stopping();
+                    return Ok(());
+                }
+                r = enrollment.run(&NatsEnrollClient, &status_tx, &liveness) => r?,
+            };
+            (cfg, Some(task))
+        }
+    };
     let device_id = identity::device_id(&cfg)?;
     let boot_id = identity::boot_id(&cfg.system.boot_id)?;
     // Without RAUC the agent still heartbeats and serves commands; it just
@@ -153,14 +200,17 @@ pub async fn run(cfg: AgentConfig, effects: Effects, shutdown: impl Future<Outpu
         max_silence: cfg.heartbeat_interval() * 3 + Duration::from_secs(5),
         liveness: watched,
         device: device_id.to_string(),
+        status_override: None,
+        ready: ready.clone(),
     };
+    drop(enroll_supervisor);
     // Spawned loops outlive `run` unless stopped: abort them when `run`
     // returns or is itself dropped, so an in-process restart (the tests'
     // simulated reboot or crash) never leaves the old agent running.
     let (mut heartbeat, mut commands, mut upgrade) =
         (AbortOnDrop(heartbeat), AbortOnDrop(commands), AbortOnDrop(upgrade));
     let result = tokio::select! {
-        () = shutdown => { log::info!("shutting down"); Ok(()) }
+        () = &mut shutdown => { log::info!("shutting down"); Ok(()) }
         _ = &mut heartbeat.0 => Err(AgentError::LoopEnded("heartbeat")),
         r = &mut commands.0 => {
             if let Ok(Err(e)) = r { log::error!("command server: {e}"); }
@@ -243,6 +293,10 @@ struct Supervisor {
     max_silence: Duration,
     liveness: Vec<Arc<Liveness>>,
     device: String,
+    /// While enrolling: the status line to show instead of the connection's.
+    status_override: Option<tokio::sync::watch::Receiver<String>>,
+    /// Set once READY is sent; shared so it is sent once per start.
+    ready: Arc<AtomicBool>,
 }
 
 impl Supervisor {
@@ -255,7 +309,7 @@ impl Supervisor {
             .max(Duration::from_millis(100));
         let watchdog = self.service_manager.watchdog_timeout().is_some();
         let started = tokio::time::Instant::now();
-        let mut ready = false;
+        let mut ready = self.ready.load(Ordering::SeqCst);
         let mut last_status = String::new();
         let mut tick = tokio::time::interval(ping_every);
         loop {
@@ -265,10 +319,13 @@ impl Supervisor {
             }
             let connected = *self.connected.borrow();
             if !ready && (connected || started.elapsed() >= self.startup_grace) {
-                if !connected {
+                if self.status_override.is_some() {
+                    log::info!("still enrolling after {:?}; reporting ready and carrying on", self.startup_grace);
+                } else if !connected {
                     log::warn!("no NATS connection after {:?}; reporting ready and retrying", self.startup_grace);
                 }
                 self.service_manager.ready();
+                self.ready.store(true, Ordering::SeqCst);
                 ready = true;
             }
             // A silent loop is named in the status line too, so
@@ -277,6 +334,9 @@ impl Supervisor {
             let status = match (silent, connected) {
                 (Some(l), _) => {
                     format!("{} loop silent; watchdog ping withheld (device {})", l.name(), self.device)
+                }
+                (None, _) if self.status_override.is_some() => {
+                    self.status_override.as_ref().map(|s| s.borrow().clone()).unwrap_or_default()
                 }
                 (None, true) => format!("connected to NATS as {}", self.device),
                 (None, false) => format!("NATS unreachable, retrying (device {})", self.device),
