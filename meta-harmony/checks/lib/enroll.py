@@ -17,6 +17,8 @@ import tempfile
 import tomllib
 from pathlib import Path
 
+import bbharness
+
 ENROLL_RECIPE = "recipes-core/harmony-enroll/harmony-enroll_1.0.bb"
 SANITY = "classes-global/harmony_sanity.bbclass"
 AGENT_FILES = "recipes-harmony/harmony-agent/files"
@@ -113,6 +115,10 @@ def check_enroll_file(ctx, image_rel: str, bundle_rel: str, machines):
                     problems.append(f"{where} harmony-bundle: DEPENDS {'lacks' if on else 'has'} mtools-native")
                 if not on:
                     continue
+                # bb-parse covers the default; the same with the variable set.
+                for rel, dd in ((image_rel, image), (ENROLL_RECIPE, recipe), (bundle_rel, bundle)):
+                    problems += bbharness.check_functions(dd, f"{rel} {where}")
+                    problems += bbharness.check_expansions(dd, f"{rel} {where}")
                 if recipe.getVar("SRC_URI").split() != [f"file://{good}"]:
                     problems.append(f"{where} harmony-enroll: SRC_URI is {recipe.getVar('SRC_URI')!r}")
                 if f"${{DEPLOYDIR}}/{name}" not in (recipe.getVar("do_deploy", False) or ""):
