@@ -16,6 +16,18 @@ HARMONY_RAUC_SIGNING_KEY ?= "${HARMONY_DEVELOPMENT_KEYS_DIR}/development-1.key.p
 # files may be listed: the agent trusts all of them, which is how keys rotate.
 HARMONY_FLEET_PUBLIC_KEYS ?= "${HARMONY_DEVELOPMENT_KEYS_DIR}/fleet-development.pub"
 
+# Factory lines: the absolute path of a harmony-enroll.toml on the build host
+# (the format `harmony-operator enroll prepare` writes: token, NATS URLs,
+# CA). When set, harmony-image puts it on the boot partition of every image
+# it builds (recipes-core/harmony-enroll), so each card flashed from it
+# enrolls on first boot; harmony-bundle keeps it out of OTA bundles. Empty,
+# the default: nothing happens. THE FILE IS A SECRET: its token lets any
+# device ask to join the fleet (within the token's limits), and it ends up in
+# DEPLOY_DIR_IMAGE (harmony-enroll.toml and the boot partition of the .wic
+# and .wic.bz2) and in the image's work directory. Use a token with
+# --max-uses and --expires, or --require-approval (meta-harmony/README.md).
+HARMONY_ENROLL_FILE ?= ""
+
 # Where SRC_URI files are unpacked: UNPACKDIR since styhead, WORKDIR in
 # scarthgap (which has no UNPACKDIR). Our recipes use this to serve both.
 HARMONY_UNPACKDIR = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}"
@@ -36,6 +48,29 @@ def harmony_development_keys_in_use(d):
                 in_use.append(var)
                 break
     return in_use
+
+def harmony_enroll_file_problems(d):
+    """Why HARMONY_ENROLL_FILE cannot be baked in; empty when it is unset or fine."""
+    import os
+    import re
+    path = d.getVar('HARMONY_ENROLL_FILE') or ''
+    if not path:
+        return []
+    if not os.path.isabs(path):
+        return ["HARMONY_ENROLL_FILE %s is not an absolute path" % path]
+    if not os.path.isfile(path):
+        return ["HARMONY_ENROLL_FILE %s does not exist" % path]
+    with open(path, encoding='utf-8', errors='replace') as f:
+        text = f.read()
+    problems = []
+    if not re.search(r"""^\s*token\s*=\s*["']hfe1_[^"'\s]+["']""", text, re.M):
+        problems.append('HARMONY_ENROLL_FILE %s has no token = "hfe1_..." line: not an enrollment file '
+                        '(write it with `harmony-operator enroll prepare --image` or by its format, '
+                        'protocol/src/enroll.rs EnrollFile)' % path)
+    if not re.search(r'^\s*nats_urls\s*=', text, re.M):
+        problems.append("HARMONY_ENROLL_FILE %s names no nats_urls: the device would not know where to enroll"
+                        % path)
+    return problems
 
 def harmony_release_key_problems(d):
     """Why a release build must not go on: key variables unset, pointing at
@@ -74,6 +109,13 @@ python harmony_sanity_check() {
     if not re.fullmatch(r'[a-z0-9._-]+', version):
         bb.warn("DISTRO_VERSION '%s' is not of [a-z0-9._-]: devices would report a different "
                 "version (os-release VERSION_ID) than harmony-bundle carries." % version)
+    enroll_problems = harmony_enroll_file_problems(e.data)
+    if enroll_problems:
+        bb.fatal("HARMONY_ENROLL_FILE cannot be baked into the image:\n  %s" % "\n  ".join(enroll_problems))
+    if e.data.getVar('HARMONY_ENROLL_FILE'):
+        bb.warn("HARMONY_ENROLL_FILE is set: every image of this build carries its enrollment token on the "
+                "boot partition. It is a secret and ends up in DEPLOY_DIR_IMAGE (harmony-enroll.toml, the "
+                ".wic and .wic.bz2): keep those out of public artifact stores (meta-harmony/README.md).")
     if bb.utils.to_boolean(e.data.getVar('HARMONY_RELEASE')):
         problems = harmony_release_key_problems(e.data)
         if problems:

@@ -137,9 +137,10 @@ class Harness:
         self._tmp.cleanup()
 
     # -- configuration ---------------------------------------------------
-    def config(self, machine: str, distro: str = "harmony"):
+    def config(self, machine: str, distro: str = "harmony", local=None):
         """The global datastore: stub bitbake.conf, our layer.conf, machine
-        facts, our distro conf, then the INHERIT classes (as BitBake does)."""
+        facts, our distro conf, `local` (variables as local.conf would set
+        them), then the INHERIT classes (as BitBake does)."""
         import bb.data
         import bb.parse
         from bb.parse.parse_py import BBHandler
@@ -163,6 +164,8 @@ class Harness:
         d.setVar("DISTRO", distro)
         if distro != "nodistro":
             bb.parse.handle(str(self.layer / "conf" / "distro" / f"{distro}.conf"), d, True)
+        for key, val in (local or {}).items():
+            d.setVar(key, val)
         d.setVar("__bbclasstype", "global")
         for cls in (d.getVar("INHERIT") or "").split():
             BBHandler.inherit(cls, "configuration INHERIT", 0, d)
@@ -172,13 +175,15 @@ class Harness:
         return d
 
     # -- recipes ---------------------------------------------------------
-    def recipe(self, path: Path, machine: str, distro: str = "harmony"):
-        """Parse a .bb, or a .bbappend against an empty stand-in recipe."""
+    def recipe(self, path: Path, machine: str, distro: str = "harmony", local=None):
+        """Parse a .bb, or a .bbappend against an empty stand-in recipe. A
+        recipe that skips itself (bb.parse.SkipRecipe) comes back with the
+        reason in __SKIPPED."""
         import bb.data
         import bb.parse
 
         path = Path(path).resolve()
-        d = bb.data.createCopy(self.config(machine, distro))
+        d = bb.data.createCopy(self.config(machine, distro, local))
         d.setVar("BBPATH", f"{self.stub}:{self.layer}")
         if path.suffix == ".bbappend":
             base_name = path.name[: -len(".bbappend")].replace("%", "1.0")

@@ -23,6 +23,7 @@ import bbharness  # noqa: E402
 import bootenv  # noqa: E402
 import bootregion  # noqa: E402
 import bootstate  # noqa: E402
+import enroll  # noqa: E402
 import parity  # noqa: E402
 import product  # noqa: E402
 import wks  # noqa: E402
@@ -43,10 +44,10 @@ class Ctx:
         self._cache = {}
         self.machines = MACHINES
 
-    def recipe(self, rel: str, machine: str, distro: str = "harmony"):
-        key = (rel, machine, distro)
+    def recipe(self, rel: str, machine: str, distro: str = "harmony", local=None):
+        key = (rel, machine, distro, tuple(sorted((local or {}).items())))
         if key not in self._cache:
-            self._cache[key] = self.h.recipe(self.layer / rel, machine, distro)
+            self._cache[key] = self.h.recipe(self.layer / rel, machine, distro, local)
         return self._cache[key]
 
     def machine_file(self, rel_dir: str, machine: str, name: str) -> Path:
@@ -798,6 +799,13 @@ def check_agent_licences(ctx: Ctx):
     return product.check_agent_licences(ctx, agent_recipe)
 
 
+def check_enroll_file(ctx: Ctx):
+    """The enrollment file (issue 14): the agent imports it from the boot
+    partition and may delete it there; HARMONY_ENROLL_FILE bakes it in only
+    when set, never into sstate or a bundle."""
+    return enroll.check_enroll_file(ctx, IMAGE, BUNDLE, MACHINES)
+
+
 CHECKS = {
     "bb-parse": check_bb_parse,
     "bbappend-gating": check_bbappend_gating,
@@ -825,6 +833,7 @@ CHECKS = {
     "runqemu": check_runqemu,
     "limits": check_limits,
     "agent-licences": check_agent_licences,
+    "enroll-file": check_enroll_file,
 }
 
 

@@ -30,7 +30,8 @@ import checks  # noqa: E402
 
 LAYER = HERE.parents[1]
 REPO = LAYER.parent
-COPY_FROM_REPO = ["Cargo.toml", "Cargo.lock", "agent/Cargo.toml", "image/kas", "image/qemu/build.py"]
+COPY_FROM_REPO = ["Cargo.toml", "Cargo.lock", "agent/Cargo.toml", "image/kas", "image/qemu/build.py",
+                  "protocol/src/enroll.rs"]
 
 
 def make_copy(root: Path) -> Path:
@@ -192,8 +193,8 @@ CASES = [
     ("bundle's boot image from a .wic the image does not build", run_python_check("bundle-boot-slot"),
      lambda l: edit(l / BUNDLE, r'^HARMONY_BOOT_IMAGE_WIC_TYPE = "wic\.bz2"$', 'HARMONY_BOOT_IMAGE_WIC_TYPE = "wic.xz"')),
     ("bundle's boot image no longer cut before the manifest", run_python_check("bundle-boot-slot"),
-     lambda l: edit(l / BUNDLE, r"^addtask harmony_boot_image after do_unpack before do_configure$",
-                    "addtask harmony_boot_image after do_unpack")),
+     lambda l: edit(l / BUNDLE, r"^addtask harmony_boot_image after do_unpack do_prepare_recipe_sysroot before do_configure$",
+                    "addtask harmony_boot_image after do_unpack do_prepare_recipe_sysroot")),
     ("boot script writes uboot.env again", run_python_check("boot-state-raw"),
      lambda l: append(l / BOOT_CMD, "fatwrite ${devtype} ${devnum}:1 ${loadaddr} uboot.env 0x4000\n")),
     ("fw_env.config back on a file of the boot partition", run_python_check("boot-state-raw"),
@@ -264,6 +265,24 @@ CASES = [
      lambda l: edit(l.parent / "Cargo.toml", r'^license = "Apache-2.0"$', 'license = "MIT"')),
     ("crate without a licence entry", run_python_check("agent-licences"),
      lambda l: edit(l / "recipes-harmony/harmony-agent/harmony-agent-licenses.inc", r"^#   tokio \S+: .*\n", "")),
+    ("agent cannot delete the enrollment file (boot partition read-only to it)", run_python_check("enroll-file"),
+     lambda l: edit(l / "recipes-harmony/harmony-agent/files/harmony-agent.service", r"^ReadWritePaths=.*\n", "")),
+    ("agent looks for the enrollment file before the boot partition is mounted", run_python_check("enroll-file"),
+     lambda l: edit(l / "recipes-harmony/harmony-agent/files/harmony-agent.service",
+                    r"^(After=.*) boot-firmware\.mount", r"\1")),
+    ("agent imports the enrollment file from elsewhere", run_python_check("enroll-file"),
+     lambda l: edit(l / "recipes-harmony/harmony-agent/files/agent.toml", r'^import_from = .*$',
+                    'import_from = "/boot/harmony-enroll.toml"')),
+    ("enrollment file baked in without HARMONY_ENROLL_FILE", run_python_check("enroll-file"),
+     lambda l: edit(l / IMAGE, r"^IMAGE_BOOT_FILES:append = .*$", 'IMAGE_BOOT_FILES:append = " harmony-enroll.toml"')),
+    ("baked-in token put into sstate", run_python_check("enroll-file"),
+     lambda l: edit(l / "recipes-core/harmony-enroll/harmony-enroll_1.0.bb", r"^SSTATE_SKIP_CREATION.*\n", "")),
+    ("bundle carries the baked-in token", run_python_check("enroll-file"),
+     lambda l: edit(l / "recipes-core/bundles/harmony-bundle.bb", r"^    if d\.getVar\('HARMONY_ENROLL_FILE'\):\n(?:        .*\n)+", "")),
+    ("bundle's scrub only deletes (token left in free clusters)", run_python_check("enroll-file"),
+     lambda l: edit(l / "recipes-core/bundles/harmony-bundle.bb", r"data\[pos:pos \+ len\(piece\)\] = ", "_ = ")),
+    ("sanity class bakes in any file", run_python_check("enroll-file"),
+     lambda l: edit(l / "classes-global/harmony_sanity.bbclass", r"if not re\.search\(r\"\"\"\^", 'if False and re.search(r"""^')),
 ]
 
 

@@ -86,10 +86,86 @@ python do_harmony_boot_image() {
         with open(dst, 'wb') as out:
             copy(f, out, sectors * 512)
     bb.note("%s: partition 1 of %s (%d sectors at sector %d)" % (dst, src, sectors, start))
+
+    if d.getVar('HARMONY_ENROLL_FILE'):
+        name = d.getVar('HARMONY_ENROLL_FILE_NAME')
+        try:
+            zeroed = harmony_scrub_boot_file(dst, name, d.getVar('STAGING_BINDIR_NATIVE'))
+        except RuntimeError as e:
+            bb.fatal("%s: could not take the baked-in enrollment token out of the bundle's boot image: %s"
+                     % (dst, e))
+        bb.note("%s: %s deleted, %d sectors that held it zeroed" % (dst, name, zeroed))
 }
-addtask harmony_boot_image after do_unpack before do_configure
+# After do_prepare_recipe_sysroot as well: the scrub below runs mtools-native.
+addtask harmony_boot_image after do_unpack do_prepare_recipe_sysroot before do_configure
 do_harmony_boot_image[doc] = "Cuts the boot partition out of the .wic as the bundle's boot image"
 do_harmony_boot_image[depends] += "harmony-image:do_image_complete"
+
+# A factory build (HARMONY_ENROLL_FILE, classes-global/harmony_sanity.bbclass)
+# puts an enrollment token on the .wic's boot partition. The bundle must not
+# carry it: every device that installs the bundle would find the token on
+# its boot partition again, and whoever can download bundles would have it.
+# So the file is deleted from the cut-out boot image (mtools' mdel) and the
+# sectors that held it are zeroed (mdel only frees them). Without
+# HARMONY_ENROLL_FILE none of this runs and the boot image stays the .wic's
+# partition byte for byte. meta-harmony/checks: enroll-file.
+HARMONY_ENROLL_FILE_NAME = "harmony-enroll.toml"
+DEPENDS += "${@'mtools-native' if d.getVar('HARMONY_ENROLL_FILE') else ''}"
+
+def harmony_scrub_boot_file(image, name, mtools_bindir):
+    """Delete NAME from the root of the FAT file system in the file IMAGE and
+    zero every sector-aligned copy of its content; return how many sectors
+    were zeroed. Raises RuntimeError when that cannot be made sure of."""
+    import os
+    import re
+    import subprocess
+
+    env = dict(os.environ, MTOOLS_SKIP_CHECK="1")
+
+    def mtools(tool, *args):
+        return subprocess.run([os.path.join(mtools_bindir, tool), "-i", image] + list(args),
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def present():
+        return mtools("mdir", "-b", "::/" + name).returncode == 0
+
+    if not present():
+        return 0
+    got = mtools("mtype", "::/" + name)
+    if got.returncode != 0 or not got.stdout:
+        raise RuntimeError("mtype ::/%s failed: %s" % (name, got.stderr.decode(errors="replace").strip()))
+    content = got.stdout
+    gone = mtools("mdel", "::/" + name)
+    if gone.returncode != 0 or present():
+        raise RuntimeError("mdel ::/%s failed: %s" % (name, gone.stderr.decode(errors="replace").strip()))
+
+    # FAT clusters are whole sectors, so each 512-byte piece of the file
+    # starts on a sector boundary of the image, wherever its cluster is.
+    sector = 512
+    with open(image, "r+b") as f:
+        data = bytearray(f.read())
+        zeroed = 0
+        for k in range(0, len(content), sector):
+            piece = content[k:k + sector]
+            if not piece.strip(b"\0 \t\r\n"):
+                continue
+            found = False
+            pos = data.find(piece)
+            while pos != -1:
+                if pos % sector == 0:
+                    data[pos:pos + len(piece)] = bytes(len(piece))
+                    zeroed += 1
+                    found = True
+                pos = data.find(piece, pos + 1)
+            if not found:
+                raise RuntimeError("bytes %d-%d of %s are not on a sector boundary of the image"
+                                   % (k, k + len(piece), name))
+        for token in re.findall(rb"hfe1_[A-Za-z0-9_-]+", content):
+            if data.find(token) != -1:
+                raise RuntimeError("the token of %s is still in the image after zeroing" % name)
+        f.seek(0)
+        f.write(data)
+    return zeroed
 
 # Signing material; the defaults (public development keys) come from
 # classes-global/harmony_sanity.bbclass, which warns in release builds.

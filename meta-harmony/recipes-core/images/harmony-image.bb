@@ -60,6 +60,13 @@ IMAGE_ROOTFS_MAXSIZE:rpi = "1048576"
 # meta-raspberrypi already lists it and depends on u-boot:do_deploy for the Pi.
 IMAGE_BOOT_FILES:qemuarm64 = "boot.scr"
 do_image_wic[depends] += "u-boot:do_deploy"
+# Factory lines: with HARMONY_ENROLL_FILE set (harmony_sanity.bbclass), its
+# harmony-enroll.toml goes onto the boot partition, and every card flashed
+# from this image enrolls on first boot without `enroll prepare`. Empty (the
+# default): nothing is added and harmony-enroll is not built.
+# harmony-bundle takes the file out of its copy of the boot partition.
+IMAGE_BOOT_FILES:append = " ${@'harmony-enroll.toml' if d.getVar('HARMONY_ENROLL_FILE') else ''}"
+do_image_wic[depends] += "${@'harmony-enroll:do_deploy' if d.getVar('HARMONY_ENROLL_FILE') else ''}"
 # The initial boot state that the wks writes raw before the first partition
 # (harmony-boot-env.bin, ADR 0004 decision 3).
 do_image_wic[depends] += "harmony-boot-env:do_deploy"
