@@ -6,7 +6,6 @@
 use harmony_protocol::enroll::{enroll_inbox_prefix, enroll_subject, EnrollFile, EnrollReply, EnrollRequest};
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Why one attempt got no answer. All of these are retried with backoff.
@@ -26,15 +25,6 @@ pub enum AskError {
     Request(String),
     #[error("the enrollment service's reply is not an EnrollReply: {0}")]
     BadReply(String),
-    /// Connected, but the server denied this connection the enrollment
-    /// subject or inbox: the callout admitted the key as an *active
-    /// device* (the only admission without them), i.e. an operator
-    /// accepted it while it was pending, or it was enrolled and missed the
-    /// reply. The callout answers an active key with device permissions
-    /// even when it presents a token, so the enrollment service cannot be
-    /// asked again.
-    #[error("the server gave this key device permissions instead of enrollment ones: {0}")]
-    AdmittedAsDevice(String),
 }
 
 /// One enrollment attempt's inputs.
@@ -60,7 +50,6 @@ pub struct NatsEnrollClient;
 
 impl EnrollClient for NatsEnrollClient {
     async fn ask(&self, a: &Attempt<'_>) -> Result<EnrollReply, AskError> {
-        let violation: Arc<Mutex<Option<String>>> = Arc::default();
         let mut options = async_nats::ConnectOptions::with_nkey(a.seed.to_string())
             .token(a.file.token.clone())
             .name(format!("harmony-agent enrolling {}", a.public_key))
@@ -68,27 +57,10 @@ impl EnrollClient for NatsEnrollClient {
             .custom_inbox_prefix(enroll_inbox_prefix(a.public_key))
             .connection_timeout(a.timeout)
             .request_timeout(Some(a.timeout))
-            .max_reconnects(Some(0))
-            .event_callback({
-                let violation = violation.clone();
-                let marks = [enroll_subject(a.public_key), enroll_inbox_prefix(a.public_key)];
-                move |event| {
-                    let violation = violation.clone();
-                    let marks = marks.clone();
-                    async move {
-                        log::debug!("enrollment connection: {event}");
-                        if let async_nats::Event::ServerError(async_nats::ServerError::Other(text)) = &event {
-                            let denied = text.to_lowercase().contains("permissions violation")
-                                && marks.iter().any(|m| text.contains(m.as_str()));
-                            if denied {
-                                if let Ok(mut v) = violation.lock() {
-                                    *v = Some(text.clone());
-                                }
-                            }
-                        }
-                    }
-                }
-            });
+            // An active key's grant names its enrollment subject and inbox
+            // too, so a device accepted while pending (or that missed its
+            // answer) hears "enrolled" here like any other.
+            .max_reconnects(Some(0));
         if let Some(ca) = a.ca_file {
             options = crate::bus::with_ca_file(options, ca).map_err(|e| AskError::Connect(e.to_string()))?;
         }
@@ -104,10 +76,7 @@ impl EnrollClient for NatsEnrollClient {
         let reply = client.request(enroll_subject(a.public_key), payload.into()).await;
         // Best effort: the connection has done its one job.
         let _ = tokio::time::timeout(Duration::from_secs(1), client.drain()).await;
-        let reply = reply.map_err(|e| match violation.lock().ok().and_then(|mut v| v.take()) {
-            Some(text) => AskError::AdmittedAsDevice(text),
-            None => AskError::Request(e.to_string()),
-        })?;
+        let reply = reply.map_err(|e| AskError::Request(e.to_string()))?;
         serde_json::from_slice(&reply.payload).map_err(|e| AskError::BadReply(e.to_string()))
     }
 }

@@ -147,12 +147,9 @@ pub enum Step {
 }
 
 /// What an attempt's outcome means. `failures` counts attempts in a row
-/// without an answer, this one included (≥ 1 for an `Err`). `known` is the
-/// id the device is recorded under as far as it knows (the last `pending`
-/// answer's, else the one it asked for).
-pub fn next_step(outcome: &Result<EnrollReply, AskError>, failures: u32, t: Timing, known: &DeviceId) -> Step {
+/// without an answer, this one included (≥ 1 for an `Err`).
+pub fn next_step(outcome: &Result<EnrollReply, AskError>, failures: u32, t: Timing) -> Step {
     match outcome {
-        Err(AskError::AdmittedAsDevice(_)) => Step::Enrolled { device: known.clone() },
         Ok(EnrollReply::Enrolled { device, .. }) => Step::Enrolled { device: device.clone() },
         Ok(EnrollReply::Pending { device }) => {
             Step::Retry { after: t.retry, wait: Wait::Pending { device: device.clone() } }
@@ -298,7 +295,6 @@ impl Enrollment {
         log::info!("enrolling as {device} with nkey {public_key} at {}", self.file.nats_urls.join(", "));
         status.send_replace(format!("enrolling as {device}"));
         let mut failures = 0u32;
-        let mut known = device.clone();
         loop {
             liveness.beat();
             let attempt = Attempt {
@@ -315,13 +311,7 @@ impl Enrollment {
                 Ok(EnrollReply::Enrolled { labels, .. }) => Some(labels.clone()),
                 _ => None,
             };
-            if let Ok(EnrollReply::Pending { device }) = &outcome {
-                known = device.clone();
-            }
-            if let Err(e @ AskError::AdmittedAsDevice(_)) = &outcome {
-                log::warn!("{e}: taking that as enrolled as {known}");
-            }
-            match next_step(&outcome, failures, timing, &known) {
+            match next_step(&outcome, failures, timing) {
                 Step::Enrolled { device } => {
                     log::info!("enrolled as {device} (labels {labels:?}); switching to the device's own credentials");
                     return self.finish(&device);
@@ -456,7 +446,6 @@ mod tests {
     fn reply_table_covers_every_answer() {
         let t = Timing { retry: Duration::from_secs(30), refused_retry: Duration::from_secs(600) };
         let dev = DeviceId::new("dev-1").unwrap();
-        let next_step = |o: &Result<EnrollReply, AskError>, f, t| next_step(o, f, t, &dev);
         let refused = |reason| Ok(EnrollReply::Refused { reason, detail: "d".into() });
         assert_eq!(
             next_step(&Ok(EnrollReply::Enrolled { device: dev.clone(), labels: BTreeMap::new() }), 0, t),
@@ -487,11 +476,6 @@ mod tests {
                 "{reason:?} is final: slow retries only"
             );
         }
-        assert_eq!(
-            next_step(&Err(AskError::AdmittedAsDevice("Permissions Violation".into())), 1, t),
-            Step::Enrolled { device: dev.clone() },
-            "accepted while pending: the callout admits the key as a device"
-        );
         for (failures, secs) in [(1, 1), (2, 2), (5, 16), (10, 512), (11, 600), (100, 600)] {
             match next_step(&Err(AskError::NotAuthorized("authorization violation".into())), failures, t) {
                 Step::Retry { after, wait: Wait::NotAuthorized { .. } } => {
