@@ -374,19 +374,14 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_domain_api_judges_devices_and_manages_tokens_audited_without_the_token_text() {
     use harmony_operator::fleet::{
-        Actor, AuditAction, AuditQuery, AuditResult, DeviceQuery, FleetService, KvFleet, StartArgs, Target,
-        TokenSpec, Via,
+        Actor, AuditAction, AuditQuery, AuditResult, DeviceQuery, FleetService, KvFleet, StartArgs, Target, TokenSpec,
+        Via,
     };
     let fleet = Fleet::start().await;
     let opened = KvFleet::open(&fleet.cfg).await.unwrap();
     let kv = KvFleet::live(opened.buckets().clone(), fleet.cfg.fleet.clone()).await.unwrap().with_enroll(&fleet.cfg);
     let alice = Actor::new("alice", Via::Dashboard);
-    let spec = TokenSpec {
-        labels: vec!["site=lab".into()],
-        max_uses: 3,
-        expires: "1h".into(),
-        require_approval: true,
-    };
+    let spec = TokenSpec { labels: vec!["site=lab".into()], max_uses: 3, expires: "1h".into(), require_approval: true };
     let created = kv.create_token(&alice, &spec).await.unwrap();
     let token = created.token.clone();
     let secret = token.rsplit('_').next().unwrap().to_string();

@@ -49,15 +49,13 @@ impl Topics {
         if self.any() {
             out.push("overview");
         }
-        for (on, name) in
-            [
+        for (on, name) in [
             (self.devices, "devices"),
             (self.rollouts, "rollouts"),
             (self.bundles, "bundles"),
             (self.audit, "audit"),
             (self.tokens, "tokens"),
-        ]
-        {
+        ] {
             if on {
                 out.push(name);
             }

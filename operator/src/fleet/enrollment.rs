@@ -8,8 +8,8 @@
 //! or records it.
 
 use super::{CreatedToken, TokenSpec, Verdict};
-use crate::enroll::{system, token};
 use crate::enroll::token::TokenRecord;
+use crate::enroll::{system, token};
 use crate::error::{Error, Result};
 use crate::model::keys;
 use crate::provision::{check_label, DeviceUser};

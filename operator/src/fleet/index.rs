@@ -4,8 +4,8 @@
 //! watch updates); every entry is checked before it is believed.
 
 use super::{Change, Stage};
-use crate::model::{BundleRecord, Job, Rollout};
 use crate::enroll::token::{TokenRecord, TOKEN_KEY_PREFIX};
+use crate::model::{BundleRecord, Job, Rollout};
 use crate::provision::{DeviceStatus, DeviceUser, Enrollment};
 use crate::ratelimit::WarnLimiter;
 use crate::registry::{stored_heartbeat, Labels, StoredHeartbeat};

@@ -12,15 +12,15 @@ use super::{
     BundlePush, BundleView, Change, Control, CreatedToken, DeviceDetail, DevicePage, DeviceQuery, FleetService,
     Judgement, Overview, PingReport, RolloutDetail, RolloutSummary, Stage, StartArgs, Target, TokenSpec, Verdict,
 };
-use crate::config::EnrollConfig;
-use crate::enroll::token::TokenRecord;
-use crate::provision::{DeviceStatus, DeviceUser};
 use crate::bus::Buckets;
 use crate::clock::{Clock, SystemClock};
+use crate::config::EnrollConfig;
 use crate::config::{Config, FleetConfig};
 use crate::coordinator::{plan_waves, WavePlan};
+use crate::enroll::token::TokenRecord;
 use crate::error::{Error, Result};
 use crate::model::{keys, valid_name, BundleRecord, Job, Rollout, RolloutStatus};
+use crate::provision::{DeviceStatus, DeviceUser};
 use crate::serve::ControlRequest;
 use crate::store::{self, CorruptRecord, Quarantined};
 use futures::StreamExt;

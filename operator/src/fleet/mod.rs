@@ -22,8 +22,8 @@ pub use query::{health_name, selector_matches};
 pub use stage::Stage;
 pub use types::*;
 
-use crate::error::Result;
 use crate::enroll::token::TokenRecord;
+use crate::error::Result;
 use crate::model::{BundleRecord, Rollout};
 use crate::provision::DeviceUser;
 use harmony_protocol::DeviceId;

@@ -2,8 +2,8 @@
 
 use super::Stage;
 use crate::config::Config;
-use crate::error::{Error, Result};
 use crate::enroll::token::TokenRecord;
+use crate::error::{Error, Result};
 use crate::model::{BundleRecord, HaltThreshold, Job, Rollout, RolloutPolicy};
 use crate::provision::{DeviceStatus, Enrollment};
 use crate::registry::Labels;
