@@ -75,33 +75,34 @@ pub async fn provisioned(b: &Buckets) -> Result<Vec<DeviceUser>> {
     Ok(store::decode_all(&store::read_prefix(&b.state, "device.").await?).good)
 }
 
-/// Every device heard from (as before; provisioned devices never seen are
-/// left out here, the dashboard shows them as `unseen`).
+/// Every device heard from, and every device whose record is not active
+/// (pending, rejected, revoked: they are shown even if never heard from);
+/// provisioned active devices never seen are left out here, the dashboard
+/// shows them as `unseen`.
 pub async fn devices_list(cfg: &Config) -> Result<Output> {
     let fleet = KvFleet::open(cfg).await?;
-    let mut q = DeviceQuery {
-        presence: vec![Presence::Online, Presence::Stale, Presence::Offline],
-        limit: DeviceQuery::MAX_LIMIT,
-        ..Default::default()
-    };
+    let mut q = DeviceQuery { limit: DeviceQuery::MAX_LIMIT, ..Default::default() };
     let mut rows: Vec<DeviceSummary> = Vec::new();
     let at = loop {
         let page = fleet.devices(&q).await?;
         let done = page.devices.len() < page.limit;
-        rows.extend(page.devices);
+        rows.extend(page.devices.into_iter().filter(|d| {
+            d.presence != Presence::Unseen || d.status.is_some_and(|s| s != crate::provision::DeviceStatus::Active)
+        }));
         if done {
             break page.at;
         }
         q.offset += page.limit;
     };
     let text = table(
-        &["DEVICE", "PRESENCE", "VERSION", "SLOT", "HEALTH", "PHASE", "SEEN"],
+        &["DEVICE", "STATUS", "PRESENCE", "VERSION", "SLOT", "HEALTH", "PHASE", "SEEN"],
         &rows
             .iter()
             .map(|r| {
                 let phase = r.phase.clone().unwrap_or_default();
                 vec![
                     r.device_id.to_string(),
+                    r.status.map_or("unprovisioned", crate::provision::DeviceStatus::as_str).to_string(),
                     r.presence.name().to_string(),
                     r.os_version.clone().unwrap_or_default(),
                     r.booted_slot.clone().unwrap_or_default(),
@@ -127,7 +128,10 @@ pub async fn devices_show(cfg: &Config, id: &str) -> Result<Output> {
         Err(Error::NoSuchDevice(_)) => return Err(Error::NoSuchDevice(id.to_string())),
         other => other?,
     };
-    if d.heartbeat.is_none() {
+    // A device whose record is not active is shown even if never heard
+    // from: that is what an operator deciding about it needs to see.
+    let inactive = d.summary.status.is_some_and(|s| s != crate::provision::DeviceStatus::Active);
+    if d.heartbeat.is_none() && !inactive {
         return Err(match d.heartbeat_error {
             Some(detail) => Error::Corrupt { key: id.to_string(), detail },
             None => Error::NoSuchDevice(id.to_string()),
@@ -136,6 +140,7 @@ pub async fn devices_show(cfg: &Config, id: &str) -> Result<Output> {
     let value = serde_json::json!({
         "device": d.summary, "heartbeat": d.heartbeat, "job": d.job, "job_error": d.job_error,
         "quarantined_job": d.quarantined_job, "timeline": d.timeline,
+        "status": d.summary.status, "enrollment": d.enrollment, "held_labels": d.held_labels,
     });
     let text = serde_json::to_string_pretty(&value).unwrap_or_default();
     Ok(Output { json: value, text })

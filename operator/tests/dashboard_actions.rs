@@ -177,3 +177,136 @@ async fn a_failed_device_halts_the_rollout_and_the_page_says_why() {
     .await;
     d.op.stop().await;
 }
+
+/// A device record as the enrollment service writes it for a token that
+/// requires approval.
+fn pending_record(id: &str) -> harmony_operator::provision::DeviceUser {
+    use harmony_operator::provision::{DeviceStatus, DeviceUser, Enrollment};
+    DeviceUser {
+        device: dev(id),
+        nkey: nkeys::KeyPair::new_user().public_key(),
+        labels: [("site".to_string(), "lab".to_string())].into(),
+        status: DeviceStatus::Pending,
+        enrollment: Some(Enrollment {
+            at: common::now().0 / 1000,
+            token: "0123456789ab".into(),
+            agent_version: "0.1.0".into(),
+            os_version: Some("1.0.0".into()),
+        }),
+    }
+}
+
+#[tokio::test]
+async fn enrollment_admin_pending_devices_and_tokens_from_the_pages() {
+    use harmony_operator::model::keys;
+    use harmony_operator::provision::{DeviceStatus, DeviceUser};
+    let d = start().await;
+    let state = &d.env.buckets.state;
+    for id in ["pi-wait", "pi-two"] {
+        harmony_operator::store::put_json(state, &keys::device(&dev(id)), &pending_record(id)).await.unwrap();
+    }
+    let status_of = |id: &'static str| async move {
+        let r: DeviceUser = harmony_operator::store::get_json(state, &keys::device(&dev(id))).await.unwrap().unwrap();
+        r.status
+    };
+    let admin = login(&d.router, ADMIN.0, ADMIN.1).await;
+    let viewer = login(&d.router, VIEWER.0, VIEWER.1).await;
+
+    // Both are listed as pending, with their token id, labels and OS; only
+    // the admin gets buttons.
+    eventually(10, "both pending devices listed", || async {
+        admin.get(&d.router, "/pending").await.body.contains(r#"data-total="2""#)
+    })
+    .await;
+    let page = admin.get(&d.router, "/pending").await.body;
+    assert!(page.contains(r#"tr class="pending-row" data-device-id="pi-wait""#), "{page}");
+    assert!(page.contains("0123456789ab") && page.contains("site=lab") && page.contains("1.0.0"), "{page}");
+    assert!(page.contains(r#"hx-post="/devices/pi-wait/accept""#) && page.contains("reject-device"), "{page}");
+    let seen = viewer.get(&d.router, "/pending").await.body;
+    assert!(seen.contains("pi-wait") && !seen.contains("accept-device") && !seen.contains("reject-device"));
+    // The device list shows them with their status, and filters on it; no
+    // rollout selector matches a pending device (it has no labels).
+    let list = admin.get(&d.router, "/devices?status=pending").await.body;
+    assert!(list.contains(r#"data-total="2""#) && list.contains(r#"data-status="pending""#), "{list}");
+    let page = admin.get(&d.router, "/devices/pi-two").await.body;
+    assert!(page.contains(r#"id="device-status" data-status="pending""#), "{page}");
+    assert!(page.contains("revoke-button") && page.contains("accept-button"), "{page}");
+    assert!(!viewer.get(&d.router, "/devices/pi-two").await.body.contains("revoke-button"));
+    let r = admin
+        .post(&d.router, "/rollouts", &[("bundle", "2.0"), ("selector", "site=lab"), ("canary", "1"), ("waves", "100")])
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "a selector matched a pending device: {}", r.body);
+
+    // A viewer's verdict is refused and changes nothing.
+    for verdict in ["accept", "reject", "revoke"] {
+        let r = viewer.post(&d.router, &format!("/devices/pi-wait/{verdict}"), &[]).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{verdict}: {}", r.body);
+    }
+    assert_eq!(status_of("pi-wait").await, DeviceStatus::Pending);
+    // The admin accepts one.
+    let r = admin.post(&d.router, "/devices/pi-wait/accept", &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains(r#"data-verdict="accept" data-status="active""#), "{}", r.body);
+    assert_eq!(status_of("pi-wait").await, DeviceStatus::Active);
+    eventually(10, "pi-wait no longer pending", || async {
+        admin.get(&d.router, "/pending").await.body.contains(r#"data-total="1""#)
+    })
+    .await;
+    // Accepting twice is refused with the reason.
+    let r = admin.post(&d.router, "/devices/pi-wait/accept", &[]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.body.contains("cannot accept a device that is active"), "{}", r.body);
+    // Rejecting needs the system account ([enroll]), which this config has
+    // not: a clear error, and the record is untouched.
+    let r = admin.post(&d.router, "/devices/pi-two/reject", &[]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+    assert!(r.body.contains("flash-error") && r.body.contains("[enroll]"), "{}", r.body);
+    assert_eq!(status_of("pi-two").await, DeviceStatus::Pending);
+
+    // Tokens: a viewer can neither create nor revoke, nor sees the form.
+    let form = [("labels", "site=lab,room=2"), ("max_uses", "3"), ("expires", "1d"), ("require_approval", "1")];
+    assert_eq!(viewer.post(&d.router, "/tokens", &form).await.status, StatusCode::FORBIDDEN);
+    let seen = viewer.get(&d.router, "/tokens").await.body;
+    assert!(!seen.contains("token-form") && !seen.contains("revoke-token"), "{seen}");
+    // Bad input is refused.
+    let bad = [("labels", ""), ("max_uses", "0"), ("expires", "1d")];
+    assert_eq!(admin.post(&d.router, "/tokens", &bad).await.status, StatusCode::BAD_REQUEST);
+    let bad = [("labels", ""), ("max_uses", "1"), ("expires", "forever")];
+    assert_eq!(admin.post(&d.router, "/tokens", &bad).await.status, StatusCode::BAD_REQUEST);
+    // The admin creates one: its text is on the answer, once.
+    let r = admin.post(&d.router, "/tokens", &form).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("token-created") && r.body.contains("shown only this once"), "{}", r.body);
+    assert!(r.body.contains(r#"id="token-text""#), "{}", r.body);
+    let marker = r#"value=""#;
+    let start_at = r.body.find(marker).map(|i| i + marker.len()).unwrap_or_else(|| panic!("{}", r.body));
+    let token = &r.body[start_at..start_at + r.body[start_at..].find('"').unwrap()];
+    assert!(token.starts_with("hfe1_"), "{token}");
+    let id = token.split('_').nth(1).unwrap().to_string();
+    eventually(10, "the token listed", || async {
+        admin.get(&d.router, "/tokens").await.body.contains(&format!(r#"data-token-id="{id}" data-state="valid""#))
+    })
+    .await;
+    let list = admin.get(&d.router, "/tokens").await.body;
+    assert!(list.contains("room=2") && list.contains("0/3"), "{list}");
+    assert!(!list.contains(token), "the token's text is shown only once");
+    let r = viewer.post(&d.router, &format!("/tokens/{id}/revoke"), &[]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = admin.post(&d.router, &format!("/tokens/{id}/revoke"), &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("token-revoked"), "{}", r.body);
+    eventually(10, "the token revoked on the page", || async {
+        admin.get(&d.router, "/tokens").await.body.contains(&format!(r#"data-token-id="{id}" data-state="revoked""#))
+    })
+    .await;
+    assert_eq!(admin.post(&d.router, "/tokens/nonsense/revoke", &[]).await.status, StatusCode::BAD_REQUEST);
+
+    // Every action is in the audit log under the admin's name, the
+    // refused reject with its reason; the token's text nowhere.
+    let audit = admin.get(&d.router, "/audit").await.body;
+    for action in ["device accept", "device reject", "token create", "token revoke"] {
+        assert!(audit.contains(action), "{action} not in the audit page");
+    }
+    assert!(audit.contains(&id) && !audit.contains(token) && !audit.contains(token.rsplit('_').next().unwrap()));
+    d.op.stop().await;
+}

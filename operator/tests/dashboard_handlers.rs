@@ -70,7 +70,7 @@ async fn pages_need_a_login_and_carry_the_security_headers() {
 
     // Logged in, every page renders, with no inline script or style.
     let admin = login(&d.router, ADMIN.0, ADMIN.1).await;
-    for uri in ["/", "/devices", "/rollouts", "/bundles", "/audit"] {
+    for uri in ["/", "/devices", "/rollouts", "/bundles", "/audit", "/pending", "/tokens"] {
         let r = admin.get(&d.router, uri).await;
         assert_eq!(r.status, StatusCode::OK, "{uri}: {}", r.body);
         assert!(r.headers.contains_key(header::CONTENT_SECURITY_POLICY));
@@ -120,7 +120,18 @@ async fn state_changes_need_the_csrf_token_and_an_admin() {
     let r = admin.post_with_token(&d.router, "/rollouts/r1/pause", Some(&viewer.csrf)).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     // The right token as a form field is accepted (this one is the viewer's own).
-    for uri in ["/rollouts/r1/pause", "/rollouts/r1/abort", "/devices/d1/reboot", "/devices/d1/ping", "/rollouts"] {
+    for uri in [
+        "/rollouts/r1/pause",
+        "/rollouts/r1/abort",
+        "/devices/d1/reboot",
+        "/devices/d1/ping",
+        "/rollouts",
+        "/devices/d1/accept",
+        "/devices/d1/reject",
+        "/devices/d1/revoke",
+        "/tokens",
+        "/tokens/0123456789ab/revoke",
+    ] {
         let r = viewer.post(&d.router, uri, &[("bundle", "2.0")]).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "viewer POST {uri}: {}", r.body);
     }

@@ -454,3 +454,121 @@ async fn an_enrolled_device_is_admitted_again_after_its_node_dies() {
     }
     assert!(beat, "admitted again but cannot heartbeat");
 }
+
+/// Until `f` holds (checked every 100 ms for up to 10 s).
+async fn until<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_domain_api_judges_devices_and_manages_tokens_audited_without_the_token_text() {
+    use harmony_operator::fleet::{
+        Actor, AuditAction, AuditQuery, AuditResult, DeviceQuery, FleetService, KvFleet, StartArgs, Target, TokenSpec,
+        Via,
+    };
+    let fleet = Fleet::start().await;
+    let opened = KvFleet::open(&fleet.cfg).await.unwrap();
+    let kv = KvFleet::live(opened.buckets().clone(), fleet.cfg.fleet.clone()).await.unwrap().with_enroll(&fleet.cfg);
+    let alice = Actor::new("alice", Via::Dashboard);
+    let spec = TokenSpec { labels: vec!["site=lab".into()], max_uses: 3, expires: "1h".into(), require_approval: true };
+    let created = kv.create_token(&alice, &spec).await.unwrap();
+    let token = created.token.clone();
+    let secret = token.rsplit('_').next().unwrap().to_string();
+    assert!(!format!("{created:?}").contains(&secret), "Debug never shows the token");
+    let id = created.record.id.clone();
+    let (a, b) = (nkeys::KeyPair::new_user(), nkeys::KeyPair::new_user());
+    assert!(matches!(enroll(&fleet, &a, &token, "pi-a").await.unwrap(), EnrollReply::Pending { .. }));
+    assert!(matches!(enroll(&fleet, &b, &token, "pi-b").await.unwrap(), EnrollReply::Pending { .. }));
+    until("two pending devices", || async { kv.pending_devices().await.unwrap().len() == 2 }).await;
+    let pending = kv.pending_devices().await.unwrap();
+    assert_eq!(pending[0].labels.get("site").map(String::as_str), Some("lab"));
+    assert_eq!(pending[0].enrollment.as_ref().unwrap().token, id);
+    // The device list shows them, by status; no selector matches them.
+    let q = DeviceQuery { status: Some(DeviceStatus::Pending), ..Default::default() };
+    assert_eq!(kv.devices(&q).await.unwrap().total, 2);
+    let listed = kv.devices(&DeviceQuery { selector: Some("site=lab".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(listed.total, 0, "a pending device has no labels a rollout could match");
+    assert_eq!(kv.tokens().await.unwrap()[0].uses, 2);
+
+    let accepted = kv.judge_device(&alice, &DeviceId::new("pi-a").unwrap(), Verdict::Accept).await.unwrap();
+    assert_eq!(accepted.status, DeviceStatus::Active);
+    let rejected = kv.judge_device(&alice, &DeviceId::new("pi-b").unwrap(), Verdict::Reject).await.unwrap();
+    assert_eq!(rejected.status, DeviceStatus::Rejected);
+    assert!(kv.judge_device(&alice, &DeviceId::new("pi-b").unwrap(), Verdict::Accept).await.is_err(), "final");
+    let revoked = kv.judge_device(&alice, &DeviceId::new("pi-a").unwrap(), Verdict::Revoke).await.unwrap();
+    assert_eq!(revoked.status, DeviceStatus::Revoked);
+    kv.revoke_token(&alice, &id).await.unwrap();
+    until("the index sees the verdicts", || async {
+        let d = kv.device(&DeviceId::new("pi-a").unwrap()).await.unwrap();
+        d.summary.status == Some(DeviceStatus::Revoked) && !d.summary.provisioned
+    })
+    .await;
+    let pi_b = kv.device(&DeviceId::new("pi-b").unwrap()).await.unwrap();
+    assert_eq!(pi_b.summary.status, Some(DeviceStatus::Rejected));
+    assert_eq!(pi_b.enrollment.unwrap().token, id);
+    assert!(kv.pending_devices().await.unwrap().is_empty());
+    until("the token revoked", || async { kv.tokens().await.unwrap()[0].revoked_at.is_some() }).await;
+
+    // A rollout never targets a device that is not active, even by name.
+    let bundle = harmony_operator::model::BundleRecord {
+        id: "2.0".into(),
+        version: "2.0".into(),
+        compatible: "x".into(),
+        sha256: "ab".repeat(32),
+        size: 1,
+        pushed_at: UnixMillis(now_ms()),
+    };
+    let state = &kv.buckets().state;
+    harmony_operator::store::put_json(state, &harmony_operator::model::keys::bundle("2.0"), &bundle).await.unwrap();
+    let args = StartArgs::from_defaults(&fleet.cfg, "2.0", Target::Devices(vec!["pi-a".into()]));
+    let err = kv.start_rollout(&alice, &args).await.unwrap_err().to_string();
+    assert!(err.contains("not active") && err.contains("pi-a (revoked)"), "{err}");
+
+    // Each state change is in the audit log with its actor and result.
+    let page = kv.audit(&AuditQuery::default()).await.unwrap();
+    let mine: Vec<_> = page.entries.iter().filter(|e| e.actor == alice).collect();
+    let actions: Vec<AuditAction> = mine.iter().rev().map(|e| e.action).collect();
+    assert_eq!(
+        actions,
+        [
+            AuditAction::TokenCreate,
+            AuditAction::DeviceAccept,
+            AuditAction::DeviceReject,
+            AuditAction::DeviceAccept,
+            AuditAction::DeviceRevoke,
+            AuditAction::TokenRevoke,
+            AuditAction::RolloutStart,
+        ]
+    );
+    let failed: Vec<_> = mine.iter().filter(|e| matches!(e.result, AuditResult::Failed { .. })).collect();
+    assert_eq!(failed.len(), 2, "the refused accept and the refused rollout: {failed:?}");
+    assert!(mine.iter().any(|e| e.action == AuditAction::TokenCreate
+        && matches!(&e.result, AuditResult::Ok { detail } if detail.contains(&id))));
+    assert!(mine.iter().any(|e| e.action == AuditAction::DeviceRevoke && e.target == "pi-a"));
+    // The token's text (and its secret) is nowhere in the audit bucket, nor
+    // in the operator bucket.
+    let js = async_nats::jetstream::new(opened.buckets().client.clone());
+    for bucket in [harmony_operator::bus::AUDIT_BUCKET, harmony_protocol::names::OPERATOR_STATE_BUCKET] {
+        let store = js.get_key_value(bucket).await.unwrap();
+        let mut keys = store.keys().await.unwrap();
+        use futures::StreamExt;
+        let mut n = 0;
+        while let Some(k) = keys.next().await {
+            let Some(v) = store.get(k.unwrap()).await.unwrap() else { continue };
+            let text = String::from_utf8_lossy(&v);
+            assert!(!text.contains(&secret), "{bucket} holds the token's secret: {text}");
+            n += 1;
+        }
+        assert!(n > 0, "{bucket} read");
+    }
+}

@@ -13,13 +13,17 @@ pub enum Nav {
     Rollouts,
     Bundles,
     Audit,
+    Pending,
+    Tokens,
 }
 
-const NAV: [(Nav, &str, &str, &str); 5] = [
+const NAV: [(Nav, &str, &str, &str); 7] = [
     (Nav::Overview, "overview", "/", "Overview"),
     (Nav::Devices, "devices", "/devices", "Devices"),
+    (Nav::Pending, "pending", "/pending", "Pending"),
     (Nav::Rollouts, "rollouts", "/rollouts", "Rollouts"),
     (Nav::Bundles, "bundles", "/bundles", "Bundles"),
+    (Nav::Tokens, "tokens", "/tokens", "Tokens"),
     (Nav::Audit, "audit", "/audit", "Audit log"),
 ];
 

@@ -23,14 +23,15 @@ pub struct Topics {
     pub rollouts: bool,
     pub bundles: bool,
     pub audit: bool,
+    pub tokens: bool,
 }
 
 impl Topics {
     fn all() -> Self {
-        Self { devices: true, rollouts: true, bundles: true, audit: true }
+        Self { devices: true, rollouts: true, bundles: true, audit: true, tokens: true }
     }
     fn any(self) -> bool {
-        self.devices || self.rollouts || self.bundles || self.audit
+        self.devices || self.rollouts || self.bundles || self.audit || self.tokens
     }
     fn add(&mut self, change: &Change) {
         match change {
@@ -38,6 +39,7 @@ impl Topics {
             Change::Rollout(_) => self.rollouts = true,
             Change::Bundles => self.bundles = true,
             Change::Audit => self.audit = true,
+            Change::Tokens => self.tokens = true,
             Change::Resync => *self = Self::all(),
         }
     }
@@ -47,9 +49,13 @@ impl Topics {
         if self.any() {
             out.push("overview");
         }
-        for (on, name) in
-            [(self.devices, "devices"), (self.rollouts, "rollouts"), (self.bundles, "bundles"), (self.audit, "audit")]
-        {
+        for (on, name) in [
+            (self.devices, "devices"),
+            (self.rollouts, "rollouts"),
+            (self.bundles, "bundles"),
+            (self.audit, "audit"),
+            (self.tokens, "tokens"),
+        ] {
             if on {
                 out.push(name);
             }

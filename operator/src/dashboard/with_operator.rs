@@ -23,7 +23,7 @@ pub async fn run_with_dashboard(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let buckets = Buckets::open(connect(&cfg.nats).await?).await?;
-    let fleet = Arc::new(KvFleet::live(buckets, cfg.fleet.clone()).await?);
+    let fleet = Arc::new(KvFleet::live(buckets, cfg.fleet.clone()).await?.with_enroll(&cfg));
     let (stop, rx) = watch::channel(false);
     let operator = async {
         let r = crate::run(cfg.clone(), stopped(rx.clone())).await;

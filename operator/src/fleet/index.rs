@@ -4,8 +4,9 @@
 //! watch updates); every entry is checked before it is believed.
 
 use super::{Change, Stage};
+use crate::enroll::token::{TokenRecord, TOKEN_KEY_PREFIX};
 use crate::model::{BundleRecord, Job, Rollout};
-use crate::provision::DeviceUser;
+use crate::provision::{DeviceStatus, DeviceUser, Enrollment};
 use crate::ratelimit::WarnLimiter;
 use crate::registry::{stored_heartbeat, Labels, StoredHeartbeat};
 use crate::store::CorruptRecord;
@@ -20,15 +21,28 @@ pub struct DeviceEntry {
     pub heartbeat: Option<StoredHeartbeat>,
     /// Why the latest heartbeat under the device's key is not believed.
     pub heartbeat_error: Option<String>,
-    /// The operator's provisioning labels (`None`: not provisioned).
+    /// The operator's provisioning labels (`None`: not provisioned, or its
+    /// record is not active: only active devices have labels, so rollout
+    /// selectors never match a pending, rejected or revoked device).
     pub labels: Option<Labels>,
+    /// Its operator record's status (`None`: no record, only heard from).
+    pub status: Option<DeviceStatus>,
+    /// How it enrolled itself, when it did.
+    pub enrollment: Option<Box<Enrollment>>,
+    /// The whole record of a device that is not active (pending, rejected,
+    /// revoked): shown (its labels, key), never matched.
+    pub held: Option<Box<DeviceUser>>,
     /// The device's current (latest) rollout job.
     pub job: Option<Job>,
 }
 
 impl DeviceEntry {
     fn is_empty(&self) -> bool {
-        self.heartbeat.is_none() && self.heartbeat_error.is_none() && self.labels.is_none() && self.job.is_none()
+        self.heartbeat.is_none()
+            && self.heartbeat_error.is_none()
+            && self.labels.is_none()
+            && self.status.is_none()
+            && self.job.is_none()
     }
 }
 
@@ -37,6 +51,8 @@ pub struct Index {
     pub devices: BTreeMap<DeviceId, DeviceEntry>,
     pub rollouts: BTreeMap<String, Rollout>,
     pub bundles: BTreeMap<String, BundleRecord>,
+    /// Enrollment tokens (their records; never a token's text), by id.
+    pub tokens: BTreeMap<String, TokenRecord>,
     /// Operator records that do not decode, by key.
     pub corrupt: BTreeMap<String, CorruptRecord>,
 }
@@ -125,10 +141,14 @@ impl Index {
     pub fn load_state(&mut self, entries: &[kv::Entry]) {
         for e in self.devices.values_mut() {
             e.labels = None;
+            e.status = None;
+            e.enrollment = None;
+            e.held = None;
             e.job = None;
         }
         self.rollouts.clear();
         self.bundles.clear();
+        self.tokens.clear();
         self.corrupt.clear();
         for entry in entries {
             self.apply_state(entry);
@@ -137,7 +157,7 @@ impl Index {
     }
 
     /// One operator bucket entry (`device.*`, `job.*`, `rollout.*`,
-    /// `bundle.*`; other keys are not the index's business).
+    /// `bundle.*`, `enroll-token.*`; other keys are not the index's business).
     pub fn apply_state(&mut self, entry: &kv::Entry) -> Vec<Change> {
         let key = entry.key.as_str();
         let put = entry.operation == kv::Operation::Put;
@@ -147,12 +167,20 @@ impl Index {
         }
         if let Some(rest) = key.strip_prefix("device.") {
             let Ok(id) = DeviceId::new(rest) else { return changes };
-            let labels = if put {
-                self.decode::<DeviceUser>(entry).filter(|u| u.device == id && u.is_active()).map(|u| u.labels)
-            } else {
-                None
-            };
-            self.entry(&id).labels = labels;
+            let record = if put { self.decode::<DeviceUser>(entry).filter(|u| u.device == id) } else { None };
+            let e = self.entry(&id);
+            e.status = record.as_ref().map(|u| u.status);
+            e.enrollment = record.as_ref().and_then(|u| u.enrollment.clone()).map(Box::new);
+            match record {
+                Some(u) if u.is_active() => {
+                    e.labels = Some(u.labels);
+                    e.held = None;
+                }
+                held => {
+                    e.labels = None;
+                    e.held = held.map(Box::new);
+                }
+            }
             self.prune(&id);
             changes.push(Change::Device(id));
         } else if let Some(rest) = key.strip_prefix("job.") {
@@ -182,6 +210,12 @@ impl Index {
                 None => self.bundles.remove(id),
             };
             changes.push(Change::Bundles);
+        } else if let Some(id) = key.strip_prefix(TOKEN_KEY_PREFIX) {
+            match put.then(|| self.decode::<TokenRecord>(entry)).flatten().filter(|t| t.id == id) {
+                Some(t) => self.tokens.insert(id.to_string(), t),
+                None => self.tokens.remove(id),
+            };
+            changes.push(Change::Tokens);
         }
         changes
     }

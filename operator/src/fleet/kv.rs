@@ -8,16 +8,19 @@
 use super::live::{self, Shared, Source};
 use super::query::{self, selector_matches};
 use super::{
-    archive, audit, timeline, Actor, AuditAction, AuditEntry, AuditPage, AuditQuery, AuditResult, BundlePush,
-    BundleView, Change, Control, DeviceDetail, DevicePage, DeviceQuery, FleetService, Overview, PingReport,
-    RolloutDetail, RolloutSummary, Stage, StartArgs, Target,
+    archive, audit, enrollment, timeline, Actor, AuditAction, AuditEntry, AuditPage, AuditQuery, AuditResult,
+    BundlePush, BundleView, Change, Control, CreatedToken, DeviceDetail, DevicePage, DeviceQuery, FleetService,
+    Judgement, Overview, PingReport, RolloutDetail, RolloutSummary, Stage, StartArgs, Target, TokenSpec, Verdict,
 };
 use crate::bus::Buckets;
 use crate::clock::{Clock, SystemClock};
+use crate::config::EnrollConfig;
 use crate::config::{Config, FleetConfig};
 use crate::coordinator::{plan_waves, WavePlan};
+use crate::enroll::token::TokenRecord;
 use crate::error::{Error, Result};
 use crate::model::{keys, valid_name, BundleRecord, Job, Rollout, RolloutStatus};
+use crate::provision::{DeviceStatus, DeviceUser};
 use crate::serve::ControlRequest;
 use crate::store::{self, CorruptRecord, Quarantined};
 use futures::StreamExt;
@@ -48,6 +51,17 @@ struct Inner {
     /// Set once the index holds a full read of the buckets.
     loaded: OnceCell<()>,
     tasks: Vec<tokio::task::AbortHandle>,
+    /// The config's `[enroll]` and the NATS URL, for rejecting and revoking
+    /// devices (they disconnect it through the system account).
+    enroll: std::sync::OnceLock<EnrollAccess>,
+    /// The system-account connection, made on first use.
+    system: OnceCell<async_nats::Client>,
+}
+
+#[derive(Debug, Clone)]
+struct EnrollAccess {
+    url: String,
+    cfg: EnrollConfig,
 }
 
 impl Drop for Inner {
@@ -68,13 +82,23 @@ impl KvFleet {
     /// For one CLI command: connects (failing fast) and reads lazily.
     pub async fn open(cfg: &Config) -> Result<Self> {
         let buckets = Buckets::open(crate::bus::connect_once(&cfg.nats).await?).await?;
-        Ok(Self::snapshot(buckets, cfg.fleet.clone()))
+        Ok(Self::snapshot(buckets, cfg.fleet.clone()).with_enroll(cfg))
     }
 
     /// Reads the buckets once, on the first read that needs the index.
     pub fn snapshot(buckets: Buckets, fleet: FleetConfig) -> Self {
-        let inner =
-            Inner { buckets, fleet, shared: Arc::new(Shared::new()), loaded: OnceCell::new(), tasks: Vec::new() };
+        Self::new(buckets, fleet, Arc::new(Shared::new()), OnceCell::new(), Vec::new())
+    }
+
+    fn new(
+        buckets: Buckets,
+        fleet: FleetConfig,
+        shared: Arc<Shared>,
+        loaded: OnceCell<()>,
+        tasks: Vec<tokio::task::AbortHandle>,
+    ) -> Self {
+        let enroll = std::sync::OnceLock::new();
+        let inner = Inner { buckets, fleet, shared, loaded, tasks, enroll, system: OnceCell::new() };
         Self { inner: Arc::new(inner) }
     }
 
@@ -93,8 +117,52 @@ impl KvFleet {
             let revision = live::load(&store, &shared, source).await?;
             tasks.push(tokio::spawn(live::follow(store, shared.clone(), source, revision)).abort_handle());
         }
-        let loaded = OnceCell::new_with(Some(()));
-        Ok(Self { inner: Arc::new(Inner { buckets, fleet, shared, loaded, tasks }) })
+        Ok(Self::new(buckets, fleet, shared, OnceCell::new_with(Some(())), tasks))
+    }
+
+    /// Takes the config's `[enroll]` (if any) for rejecting and revoking
+    /// devices; without it those fail with a clear error. Set once: a later
+    /// call is ignored.
+    pub fn with_enroll(self, cfg: &Config) -> Self {
+        if let Some(e) = &cfg.enroll {
+            let _ = self.inner.enroll.set(EnrollAccess { url: cfg.nats.url.clone(), cfg: e.clone() });
+        }
+        self
+    }
+
+    /// The system-account connection and the devices' account.
+    async fn system(&self) -> Result<(&async_nats::Client, &str)> {
+        let access = self.inner.enroll.get().ok_or_else(|| {
+            Error::Invalid(
+                "rejecting or revoking a device disconnects it through the NATS system account: the operator \
+                 config needs an [enroll] section (see `harmony-operator enroll server-config`)"
+                    .into(),
+            )
+        })?;
+        let sys = self
+            .inner
+            .system
+            .get_or_try_init(|| crate::enroll::system::connect(&access.url, &access.cfg.system_seed_file))
+            .await?;
+        Ok((sys, access.cfg.account.as_str()))
+    }
+
+    fn now_secs(&self) -> u64 {
+        self.now().0 / 1000
+    }
+
+    async fn run_verdict(&self, id: &DeviceId, verdict: Verdict) -> Result<Judgement> {
+        // Connect first: revoking without a way to disconnect would leave
+        // the device online, so nothing is changed unless we can.
+        let sys = if verdict.disconnects() { Some(self.system().await?) } else { None };
+        let record = enrollment::judge(&self.inner.buckets.state, id, verdict).await?;
+        let mut disconnected = 0;
+        if let Some((sys, account)) = sys {
+            // The record is already refused by every callout; now end the
+            // live connections.
+            disconnected = enrollment::disconnect(sys, account, &record).await?;
+        }
+        Ok(Judgement { device: id.clone(), status: record.status, disconnected })
     }
 
     pub fn buckets(&self) -> &Buckets {
@@ -177,11 +245,26 @@ impl KvFleet {
                     .filter(|(_, e)| e.labels.as_ref().is_some_and(|l| selector_matches(l, sel)))
                     .map(|(id, _)| id.clone())
                     .collect(),
-                // Every device heartbeating under its own key.
-                Target::All => {
-                    index.devices.iter().filter(|(_, e)| e.heartbeat.is_some()).map(|(id, _)| id.clone()).collect()
-                }
+                // Every device heartbeating under its own key, unless its
+                // record is not active.
+                Target::All => index
+                    .devices
+                    .iter()
+                    .filter(|(_, e)| e.heartbeat.is_some())
+                    .filter(|(_, e)| e.status.is_none_or(|s| s == DeviceStatus::Active))
+                    .map(|(id, _)| id.clone())
+                    .collect(),
             };
+            let inactive: Vec<String> = devices
+                .iter()
+                .filter_map(|d| {
+                    let s = index.devices.get(d)?.status?;
+                    (s != DeviceStatus::Active).then(|| format!("{d} ({})", s.as_str()))
+                })
+                .collect();
+            if !inactive.is_empty() {
+                return Err(Error::Invalid(format!("devices not active: {}", inactive.join(", "))));
+            }
             let jobs: Vec<&Job> = devices.iter().filter_map(|d| index.devices.get(d)?.job.as_ref()).collect();
             let busy: Vec<String> = jobs
                 .iter()
@@ -251,7 +334,7 @@ impl FleetService for KvFleet {
     async fn device(&self, id: &DeviceId) -> Result<DeviceDetail> {
         self.ensure_loaded().await?;
         let job_key = keys::job(id);
-        let (summary, heartbeat, heartbeat_error, job, job_error, versions) = {
+        let (summary, heartbeat, heartbeat_error, job, job_error, versions, enrollment, held_labels) = {
             let index = self.inner.shared.read();
             let corrupt_job = index
                 .corrupt
@@ -265,7 +348,9 @@ impl FleetService for KvFleet {
             let summary = query::summary(id, &entry, self.now(), &self.inner.fleet);
             let versions: HashMap<String, String> =
                 index.rollouts.values().map(|r| (r.id.clone(), r.bundle.version.clone())).collect();
-            (summary, entry.heartbeat, entry.heartbeat_error, entry.job, corrupt_job, versions)
+            let enrollment = entry.enrollment.map(|e| *e);
+            let held_labels = entry.held.map(|u| u.labels);
+            (summary, entry.heartbeat, entry.heartbeat_error, entry.job, corrupt_job, versions, enrollment, held_labels)
         };
         let b = &self.inner.buckets;
         let quarantined_job: Option<Quarantined> =
@@ -290,6 +375,8 @@ impl FleetService for KvFleet {
             job_error,
             quarantined_job,
             timeline,
+            enrollment,
+            held_labels,
         })
     }
 
@@ -397,6 +484,62 @@ impl FleetService for KvFleet {
             }
         };
         self.audited(actor, AuditAction::DeviceReboot, id.as_str(), run, |_| "reboot scheduled".into()).await
+    }
+
+    async fn pending_devices(&self) -> Result<Vec<DeviceUser>> {
+        self.ensure_loaded().await?;
+        let index = self.inner.shared.read();
+        let mut out: Vec<DeviceUser> = index
+            .devices
+            .values()
+            .filter(|e| e.status == Some(DeviceStatus::Pending))
+            .filter_map(|e| e.held.as_deref().cloned())
+            .collect();
+        // Longest waiting first.
+        out.sort_by_key(|u| (u.enrollment.as_ref().map(|e| e.at), u.device.clone()));
+        Ok(out)
+    }
+
+    async fn judge_device(&self, actor: &Actor, id: &DeviceId, verdict: Verdict) -> Result<Judgement> {
+        let run = self.run_verdict(id, verdict);
+        self.audited(actor, verdict.into(), id.as_str(), run, |j: &Judgement| {
+            format!("{} is now {} ({} connection(s) closed)", j.device, j.status.as_str(), j.disconnected)
+        })
+        .await
+    }
+
+    async fn tokens(&self) -> Result<Vec<TokenRecord>> {
+        self.ensure_loaded().await?;
+        let mut out: Vec<TokenRecord> = self.inner.shared.read().tokens.values().cloned().collect();
+        out.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    async fn create_token(&self, actor: &Actor, spec: &TokenSpec) -> Result<CreatedToken> {
+        let run = enrollment::create_token(&self.inner.buckets.state, spec, &actor.name, self.now_secs());
+        // The audit entry names the token by its id; its text is only in
+        // what is returned to the creator.
+        self.audited(actor, AuditAction::TokenCreate, "(new token)", run, |c: &CreatedToken| {
+            let t = &c.record;
+            let labels: Vec<String> = t.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!(
+                "token {}: {} use(s), expires in {}{}{}",
+                t.id,
+                t.max_uses,
+                spec.expires,
+                if t.require_approval { ", approval required" } else { "" },
+                if labels.is_empty() { String::new() } else { format!(", labels {}", labels.join(",")) }
+            )
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, actor: &Actor, id: &str) -> Result<TokenRecord> {
+        let run = enrollment::revoke_token(&self.inner.buckets.state, id, self.now_secs());
+        self.audited(actor, AuditAction::TokenRevoke, id, run, |t: &TokenRecord| {
+            format!("revoked ({} device(s) enrolled with it keep their identity)", t.uses)
+        })
+        .await
     }
 
     async fn audit(&self, q: &AuditQuery) -> Result<AuditPage> {

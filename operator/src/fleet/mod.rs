@@ -8,6 +8,7 @@
 
 mod archive;
 mod audit;
+pub mod enrollment;
 mod index;
 mod kv;
 mod live;
@@ -21,8 +22,10 @@ pub use query::{health_name, selector_matches};
 pub use stage::Stage;
 pub use types::*;
 
+use crate::enroll::token::TokenRecord;
 use crate::error::Result;
 use crate::model::{BundleRecord, Rollout};
+use crate::provision::DeviceUser;
 use harmony_protocol::DeviceId;
 use std::future::Future;
 use tokio::sync::broadcast;
@@ -72,6 +75,31 @@ pub trait FleetService: Send + Sync + 'static {
 
     /// Asks a device to reboot (the agent refuses during an install).
     fn reboot(&self, actor: &Actor, id: &DeviceId) -> impl Future<Output = Result<()>> + Send;
+
+    /// Devices enrolled with an approval token, waiting for a verdict,
+    /// longest waiting first.
+    fn pending_devices(&self) -> impl Future<Output = Result<Vec<DeviceUser>>> + Send;
+
+    /// Accepts or rejects a pending device, or revokes a device. Reject and
+    /// revoke also disconnect it through the system account, and fail
+    /// (changing nothing) without the config's `[enroll]`.
+    fn judge_device(
+        &self,
+        actor: &Actor,
+        id: &DeviceId,
+        verdict: Verdict,
+    ) -> impl Future<Output = Result<Judgement>> + Send;
+
+    /// Every enrollment token's record (never a token's text), newest first.
+    fn tokens(&self) -> impl Future<Output = Result<Vec<TokenRecord>>> + Send;
+
+    /// Creates an enrollment token. Its text is in the answer only: shown
+    /// once to its creator, never stored, logged or audited.
+    fn create_token(&self, actor: &Actor, spec: &TokenSpec) -> impl Future<Output = Result<CreatedToken>> + Send;
+
+    /// Revokes a token: no device can enroll with it any more (devices
+    /// enrolled with it keep their identity).
+    fn revoke_token(&self, actor: &Actor, id: &str) -> impl Future<Output = Result<TokenRecord>> + Send;
 
     /// One page of the audit log, newest first.
     fn audit(&self, query: &AuditQuery) -> impl Future<Output = Result<AuditPage>> + Send;

@@ -43,6 +43,7 @@ pub fn summary(id: &DeviceId, e: &DeviceEntry, now: UnixMillis, cfg: &FleetConfi
         boot_mismatch: hb.and_then(|h| h.upgrade.boot_mismatch.as_ref().map(ToString::to_string)),
         labels: e.labels.clone().unwrap_or_default(),
         provisioned: e.labels.is_some(),
+        status: e.status,
         job: e.job.as_ref().map(|j| JobRef {
             rollout_id: j.rollout_id.clone(),
             wave: j.wave,
@@ -96,6 +97,11 @@ fn matches(
     }
     if let Some(h) = q.health {
         if hb().map(|x| x.health.status) != Some(h) {
+            return false;
+        }
+    }
+    if let Some(s) = q.status {
+        if e.status != Some(s) {
             return false;
         }
     }

@@ -2,8 +2,10 @@
 
 use super::Stage;
 use crate::config::Config;
+use crate::enroll::token::TokenRecord;
 use crate::error::{Error, Result};
 use crate::model::{BundleRecord, HaltThreshold, Job, Rollout, RolloutPolicy};
+use crate::provision::{DeviceStatus, Enrollment};
 use crate::registry::Labels;
 use crate::store::{CorruptRecord, Quarantined};
 use harmony_protocol::time::UnixMillis;
@@ -118,6 +120,9 @@ pub struct DeviceQuery {
     /// Exact agent upgrade phase name (`idle`, `awaiting_commit`, ...).
     pub phase: Option<String>,
     pub health: Option<HealthStatus>,
+    /// The operator record's status (`active`, `pending`, `rejected`,
+    /// `revoked`); devices without a record match none.
+    pub status: Option<DeviceStatus>,
     /// Case-insensitive substring of the device id.
     pub search: Option<String>,
     pub sort: DeviceSort,
@@ -167,8 +172,12 @@ pub struct DeviceSummary {
     pub boot_mismatch: Option<String>,
     /// The operator's provisioning labels.
     pub labels: Labels,
-    /// Provisioned with `init --device` (else only heard from).
+    /// Provisioned with `init --device` or enrolled, and active (else only
+    /// heard from, or its record is not active: see `status`).
     pub provisioned: bool,
+    /// Its operator record's status; `None`: no record (only heard from).
+    #[serde(default)]
+    pub status: Option<DeviceStatus>,
     pub job: Option<JobRef>,
 }
 
@@ -223,6 +232,11 @@ pub struct DeviceDetail {
     /// Every job transition across rollouts, oldest first (bounded by the
     /// job archive's limits).
     pub timeline: Vec<TimelineEntry>,
+    /// How it enrolled itself (token id, when), when it did.
+    pub enrollment: Option<Enrollment>,
+    /// The labels of its record when the record is not active (pending,
+    /// rejected, revoked): shown, never matched by a rollout selector.
+    pub held_labels: Option<Labels>,
 }
 
 /// Devices of a wave (or a rollout) per stage.
@@ -475,6 +489,11 @@ pub enum AuditAction {
     BundleRemove,
     DevicePing,
     DeviceReboot,
+    DeviceAccept,
+    DeviceReject,
+    DeviceRevoke,
+    TokenCreate,
+    TokenRevoke,
     /// Written by a newer operator: shown, not understood.
     #[serde(other)]
     Other,
@@ -533,6 +552,8 @@ pub enum Change {
     Rollout(String),
     Bundles,
     Audit,
+    /// An enrollment token was created, spent or revoked.
+    Tokens,
     /// The index was reloaded (a watch restarted): anything may have changed.
     Resync,
 }
@@ -540,4 +561,132 @@ pub enum Change {
 /// Parses a device id from user input.
 pub fn device_id(raw: &str) -> Result<DeviceId> {
     DeviceId::new(raw).map_err(|e| Error::Invalid(format!("{raw:?}: {e}")))
+}
+
+/// What an operator decides about an enrolled device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Let a pending device in.
+    Accept,
+    /// Refuse a pending device; its key is never admitted.
+    Reject,
+    /// Take an active (or pending) device out now; its key is never admitted again.
+    Revoke,
+}
+
+impl Verdict {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Accept => "accept",
+            Self::Reject => "reject",
+            Self::Revoke => "revoke",
+        }
+    }
+
+    /// The status it moves a record to from `now`, or why it cannot.
+    pub fn next_status(self, now: DeviceStatus) -> std::result::Result<DeviceStatus, String> {
+        use DeviceStatus::*;
+        match (self, now) {
+            (Self::Accept, Pending) => Ok(Active),
+            (Self::Reject, Pending) => Ok(Rejected),
+            (Self::Revoke, Active | Pending | Revoked) => Ok(Revoked),
+            (v, s) => Err(format!("cannot {} a device that is {}", v.name(), s.as_str())),
+        }
+    }
+
+    /// Whether carrying it out must also disconnect the device.
+    pub fn disconnects(self) -> bool {
+        !matches!(self, Self::Accept)
+    }
+}
+
+impl From<Verdict> for AuditAction {
+    fn from(v: Verdict) -> Self {
+        match v {
+            Verdict::Accept => Self::DeviceAccept,
+            Verdict::Reject => Self::DeviceReject,
+            Verdict::Revoke => Self::DeviceRevoke,
+        }
+    }
+}
+
+impl std::str::FromStr for Verdict {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "accept" => Ok(Self::Accept),
+            "reject" => Ok(Self::Reject),
+            "revoke" => Ok(Self::Revoke),
+            other => Err(Error::Invalid(format!("verdict {other:?}: accept, reject or revoke"))),
+        }
+    }
+}
+
+/// A device after a verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Judgement {
+    pub device: DeviceId,
+    pub status: DeviceStatus,
+    /// Live connections closed (its own and its enrolling one).
+    pub disconnected: usize,
+}
+
+/// An enrollment token to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenSpec {
+    /// `key=value` labels every device enrolled with it gets.
+    pub labels: Vec<String>,
+    pub max_uses: u32,
+    /// How long it is valid: `30m`, `12h`, `7d`, `2w`.
+    pub expires: String,
+    pub require_approval: bool,
+}
+
+/// A token just created: its text (shown once to its creator, never stored
+/// or logged) and its record.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct CreatedToken {
+    pub token: String,
+    pub record: TokenRecord,
+}
+
+impl std::fmt::Debug for CreatedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedToken").field("token", &"<redacted>").field("record", &self.record).finish()
+    }
+}
+
+/// Where a token stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenState {
+    Valid,
+    Revoked,
+    Expired,
+    UsedUp,
+}
+
+impl TokenState {
+    /// `now` in Unix seconds.
+    pub fn of(t: &TokenRecord, now: u64) -> Self {
+        if t.revoked_at.is_some() {
+            Self::Revoked
+        } else if now >= t.expires_at {
+            Self::Expired
+        } else if t.uses >= t.max_uses {
+            Self::UsedUp
+        } else {
+            Self::Valid
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Valid => "valid",
+            Self::Revoked => "revoked",
+            Self::Expired => "expired",
+            Self::UsedUp => "used up",
+        }
+    }
 }

@@ -30,6 +30,11 @@ fn action_name(a: AuditAction) -> &'static str {
         AuditAction::BundleRemove => "bundle remove",
         AuditAction::DevicePing => "device ping",
         AuditAction::DeviceReboot => "device reboot",
+        AuditAction::DeviceAccept => "device accept",
+        AuditAction::DeviceReject => "device reject",
+        AuditAction::DeviceRevoke => "device revoke",
+        AuditAction::TokenCreate => "token create",
+        AuditAction::TokenRevoke => "token revoke",
         AuditAction::Other => "other",
     }
 }

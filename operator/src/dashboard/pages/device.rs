@@ -1,7 +1,7 @@
 //! One device: its last heartbeat, labels, the timeline of every upgrade
 //! transition with its reason, and (admins) ping and reboot.
 
-use super::devices::health_name;
+use super::devices::{health_name, status_badge};
 use super::{actor, is_htmx, live_fragment, now, opt, wave_name};
 use crate::dashboard::error::DashResult;
 use crate::dashboard::guard::Caller;
@@ -9,10 +9,12 @@ use crate::dashboard::layout::{page as layout, Nav};
 use crate::dashboard::widgets::{badge, utc, when};
 use crate::dashboard::AppState;
 use crate::fleet::{device_id, DeviceDetail, FleetService};
+use crate::provision::DeviceStatus;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
+use harmony_protocol::time::UnixMillis;
 use harmony_protocol::ReplyBody;
 use maud::{html, Markup};
 
@@ -47,6 +49,31 @@ fn heartbeat(d: &DeviceDetail) -> Markup {
                     }
                     @if let Some(m) = &s.boot_mismatch { dt { "Boot mismatch" } dd { (m) } }
                     dt { "Sequence" } dd { (hb.seq) }
+                }
+            }
+        }
+    }
+}
+
+fn enrollment(d: &DeviceDetail) -> Markup {
+    let status = d.summary.status;
+    html! {
+        div.panel #device-enrollment {
+            h2 { "Enrollment" }
+            dl.facts {
+                dt { "Status" } dd #device-status data-status=(status.map_or("unprovisioned", DeviceStatus::as_str)) { (status_badge(status)) }
+                @if let Some(e) = &d.enrollment {
+                    dt { "Token" } dd { code { (e.token) } }
+                    dt { "Enrolled" } dd { (when(UnixMillis(e.at.saturating_mul(1000)), now())) }
+                    dt { "Agent at enrollment" } dd { code { (e.agent_version) } }
+                    @if let Some(v) = &e.os_version { dt { "OS at enrollment" } dd { code { (v) } } }
+                }
+            }
+            @if let Some(held) = &d.held_labels {
+                h3 { "Labels of its record (not used while it is not active)" }
+                ul.labels data-source="held" {
+                    @for (k, v) in held { li.label { (k) "=" (v) } }
+                    @if held.is_empty() { li.muted { "none" } }
                 }
             }
         }
@@ -107,18 +134,28 @@ fn region(d: &DeviceDetail) -> Markup {
     html! {
         div #device-detail data-device-id=(id) hx-get={ "/devices/" (id) } hx-trigger="sse:devices" hx-swap="outerHTML" hx-disinherit="*" {
             div.grid { (heartbeat(d)) (labels(d)) }
+            (enrollment(d))
             (timeline(d))
         }
     }
 }
 
-fn actions(id: &str, caller: &Caller) -> Markup {
+fn actions(id: &str, status: Option<DeviceStatus>, caller: &Caller) -> Markup {
     html! {
         @if caller.is_admin() {
             div.row {
                 button #ping-button hx-post={ "/devices/" (id) "/ping" } hx-target="#device-action-result" { "Ping" }
                 button #reboot-button.danger hx-post={ "/devices/" (id) "/reboot" } hx-target="#device-action-result"
                     hx-confirm="Reboot this device now?" { "Reboot" }
+                @if status == Some(DeviceStatus::Pending) {
+                    button #accept-button hx-post={ "/devices/" (id) "/accept" } hx-target="#device-action-result" { "Accept" }
+                    button #reject-button.danger hx-post={ "/devices/" (id) "/reject" } hx-target="#device-action-result"
+                        hx-confirm="Reject this device? Its key is never admitted again." { "Reject" }
+                }
+                @if matches!(status, Some(DeviceStatus::Active | DeviceStatus::Pending)) {
+                    button #revoke-button.danger hx-post={ "/devices/" (id) "/revoke" } hx-target="#device-action-result"
+                        hx-confirm="Revoke this device? It is disconnected now and its key is never admitted again." { "Revoke" }
+                }
                 span.spinner {}
             }
         }
@@ -146,7 +183,7 @@ pub async fn page<S: FleetService>(
         div.row {
             h1 { "Device " code { (id) } }
             div.spacer {}
-            (actions(id.as_str(), &caller))
+            (actions(id.as_str(), detail.summary.status, &caller))
         }
         (region(&detail))
     };

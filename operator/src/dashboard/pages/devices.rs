@@ -8,6 +8,7 @@ use crate::dashboard::layout::{page as layout, Nav};
 use crate::dashboard::widgets::{badge, when};
 use crate::dashboard::AppState;
 use crate::fleet::{DevicePage, DeviceQuery, DeviceSort, FleetService, Presence};
+use crate::provision::DeviceStatus;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
@@ -26,12 +27,14 @@ pub struct Filter {
     pub version: String,
     pub phase: String,
     pub health: String,
+    pub status: String,
     pub sort: String,
     pub desc: String,
     pub offset: usize,
 }
 
 const PRESENCES: [&str; 4] = ["online", "stale", "offline", "unseen"];
+const STATUSES: [&str; 4] = ["active", "pending", "rejected", "revoked"];
 const HEALTHS: [&str; 3] = ["healthy", "unhealthy", "unknown"];
 const PHASES: [&str; 12] = [
     "idle",
@@ -71,6 +74,14 @@ impl Filter {
             "unknown" => Some(HealthStatus::Unknown),
             other => return Err(DashError::BadRequest(format!("health {other:?}"))),
         };
+        let status = match self.status.as_str() {
+            "" => None,
+            "active" => Some(DeviceStatus::Active),
+            "pending" => Some(DeviceStatus::Pending),
+            "rejected" => Some(DeviceStatus::Rejected),
+            "revoked" => Some(DeviceStatus::Revoked),
+            other => return Err(DashError::BadRequest(format!("status {other:?}"))),
+        };
         let sort = match self.sort.as_str() {
             "" | "id" => DeviceSort::Id,
             "last_seen" => DeviceSort::LastSeen,
@@ -84,6 +95,7 @@ impl Filter {
             os_version: some(&self.version),
             phase: some(&self.phase),
             health,
+            status,
             search: some(&self.q),
             sort,
             descending: !self.desc.is_empty(),
@@ -126,6 +138,7 @@ fn filter_form(f: &Filter) -> Markup {
             label { "OS version" input name="version" value=(f.version) placeholder="exact"; }
             (select("phase", "Phase", &f.phase, &any(&PHASES)))
             (select("health", "Health", &f.health, &any(&HEALTHS)))
+            (select("status", "Status", &f.status, &any(&STATUSES)))
             (select("sort", "Sort by", &f.sort, &SORTS))
             label { "Order" select name="desc" { option value="" selected[f.desc.is_empty()] { "ascending" } option value="1" selected[!f.desc.is_empty()] { "descending" } } }
             button type="submit" { "Apply" }
@@ -144,11 +157,12 @@ fn region(f: &Filter, p: &DevicePage) -> Markup {
             }
             div.table-wrap {
                 table #devices-table {
-                    thead { tr { th { "Device" } th { "Presence" } th { "Last seen" } th { "OS version" } th { "Slot" } th { "Health" } th { "Phase" } th { "Rollout" } th { "Labels" } } }
+                    thead { tr { th { "Device" } th { "Status" } th { "Presence" } th { "Last seen" } th { "OS version" } th { "Slot" } th { "Health" } th { "Phase" } th { "Rollout" } th { "Labels" } } }
                     tbody {
                         @for d in &p.devices {
                             tr.device-row data-device-id=(d.device_id) {
                                 td { a href={ "/devices/" (d.device_id) } { code { (d.device_id) } } }
+                                td.status { (status_badge(d.status)) }
                                 td { (badge(d.presence.name())) }
                                 td { @if let Some(at) = d.last_seen { (when(at, p.at)) } @else { span.muted { "never" } } }
                                 td { code { (opt(&d.os_version)) } }
@@ -163,7 +177,7 @@ fn region(f: &Filter, p: &DevicePage) -> Markup {
                                 td { ul.labels { @for (k, v) in &d.labels { li.label { (k) "=" (v) } } } }
                             }
                         }
-                        @if p.devices.is_empty() { tr { td.muted colspan="9" { "No device matches." } } }
+                        @if p.devices.is_empty() { tr { td.muted colspan="10" { "No device matches." } } }
                     }
                 }
             }
@@ -179,6 +193,12 @@ fn region(f: &Filter, p: &DevicePage) -> Markup {
             }
         }
     }
+}
+
+/// A device's enrollment status; `unprovisioned` when the operator has no
+/// record of it (only heard from).
+pub fn status_badge(s: Option<DeviceStatus>) -> Markup {
+    badge(s.map_or("unprovisioned", DeviceStatus::as_str))
 }
 
 pub fn health_name(h: HealthStatus) -> &'static str {

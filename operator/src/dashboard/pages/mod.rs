@@ -4,6 +4,7 @@ pub mod audit;
 pub mod bundles;
 pub mod device;
 pub mod devices;
+pub mod enrollment;
 pub mod login;
 pub mod overview;
 pub mod rollout;
