@@ -71,6 +71,12 @@ struct Args {
     /// The operator binary (default: next to this one).
     #[arg(long)]
     operator: Option<PathBuf>,
+    /// Keep the work directory (server and operator logs) instead of removing it.
+    #[arg(long)]
+    keep: bool,
+    /// Give up waiting for a storm to settle after this long.
+    #[arg(long, default_value_t = 300)]
+    storm_limit_secs: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -416,7 +422,14 @@ impl Holders {
 
 /// Kill -9 the server, wait until the holders noticed, start it again, and
 /// wait until all `n` are connected again. Prints and returns the figures.
-fn storm(label: &str, server: &mut Server, holders: &Holders, n: usize, operator: Option<u32>) -> Res<String> {
+fn storm(
+    label: &str,
+    server: &mut Server,
+    holders: &Holders,
+    n: usize,
+    operator: Option<u32>,
+    limit: Duration,
+) -> Res<String> {
     let op0 = operator.and_then(cpu_secs);
     let killed = Instant::now();
     server.kill();
@@ -428,9 +441,18 @@ fn storm(label: &str, server: &mut Server, holders: &Holders, n: usize, operator
     let spawned = Instant::now();
     let listen = server.spawn()?;
     let (mut t50, mut t99) = (None, None);
-    let deadline = spawned + Duration::from_secs(300);
+    let deadline = spawned + limit;
+    // The connected count once a second, and the most seen at once.
+    let (mut series, mut next_sample, mut most) = (Vec::new(), Duration::ZERO, (0, Duration::ZERO));
     loop {
         let c = holders.connected();
+        if spawned.elapsed() >= next_sample {
+            series.push(c);
+            next_sample += Duration::from_secs(1);
+        }
+        if c > most.0 {
+            most = (c, spawned.elapsed());
+        }
         if t50.is_none() && c * 2 >= n {
             t50 = Some(spawned.elapsed());
         }
@@ -451,13 +473,19 @@ fn storm(label: &str, server: &mut Server, holders: &Holders, n: usize, operator
     let nats_cpu = cpu_secs(server.pid()).unwrap_or_default();
     let rss = rss_kib(server.pid()).unwrap_or_default();
     let fmt = |d: Option<Duration>| d.map(|d| format!("{:.2} s", d.as_secs_f64())).unwrap_or("-".into());
+    println!(
+        "storm {label}: connected, once a second from the restart: {}",
+        series.iter().map(usize::to_string).collect::<Vec<_>>().join(" ")
+    );
     let line = format!(
-        "STORM {label}: {c}/{n} connected again {:.2} s after the restart (listening after {:.2} s; 50 % at {}, 99 % at {}); \
-         holders noticed the kill in {:.2} s; nats-server CPU since restart {nats_cpu:.2} s, RSS {}; operator CPU over the storm {op}",
+        "STORM {label}: {c}/{n} connected {:.2} s after the restart (listening after {:.2} s; 50 % at {}, 99 % at {}; \
+         most at once {} at {:.2} s); holders noticed the kill in {:.2} s; nats-server CPU since restart {nats_cpu:.2} s, RSS {}; operator CPU over the storm {op}",
         all.as_secs_f64(),
         listen.as_secs_f64(),
         fmt(t50),
         fmt(t99),
+        most.0,
+        most.1.as_secs_f64(),
         noticed.as_secs_f64(),
         mib(rss),
     );
@@ -650,7 +678,7 @@ async fn callout_mode(args: &Args, dir: &Path, op_bin: &Path, report: &mut Vec<S
     println!("{line}");
     report.push(line);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    report.push(storm("callout", &mut server, &holders, m, Some(op_pid))?);
+    report.push(storm("callout", &mut server, &holders, m, Some(op_pid), Duration::from_secs(args.storm_limit_secs))?);
     drop(holders);
     drop(op);
     Ok(())
@@ -747,7 +775,7 @@ fn include_mode(args: &Args, dir: &Path, report: &mut Vec<String>) -> Res<()> {
     );
     println!("{line}");
     report.push(line);
-    report.push(storm("include", &mut server, &holders, m, None)?);
+    report.push(storm("include", &mut server, &holders, m, None, Duration::from_secs(args.storm_limit_secs))?);
     Ok(())
 }
 
@@ -772,6 +800,10 @@ async fn bench(args: &Args) -> Res<()> {
     for line in &report {
         println!("{line}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    if args.keep {
+        println!("work directory kept: {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(())
 }
