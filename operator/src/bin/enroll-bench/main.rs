@@ -265,10 +265,8 @@ fn reconnect_delay(device: &str, attempts: usize) -> Duration {
 
 async fn hold(url: &str, keys: &Path) -> Res<()> {
     let text = std::fs::read_to_string(keys)?;
-    let lines: Vec<(String, String)> = text
-        .lines()
-        .filter_map(|l| l.split_once(' ').map(|(s, d)| (s.to_string(), d.to_string())))
-        .collect();
+    let lines: Vec<(String, String)> =
+        text.lines().filter_map(|l| l.split_once(' ').map(|(s, d)| (s.to_string(), d.to_string()))).collect();
     let connected = Arc::new(AtomicUsize::new(0));
     let printer = {
         let connected = connected.clone();
@@ -307,15 +305,11 @@ async fn hold(url: &str, keys: &Path) -> Res<()> {
                             let (c, u) = (c.clone(), u.clone());
                             async move {
                                 match event {
-                                    async_nats::Event::Connected => {
-                                        if !u.swap(true, Ordering::SeqCst) {
-                                            c.fetch_add(1, Ordering::SeqCst);
-                                        }
+                                    async_nats::Event::Connected if !u.swap(true, Ordering::SeqCst) => {
+                                        c.fetch_add(1, Ordering::SeqCst);
                                     }
-                                    async_nats::Event::Disconnected => {
-                                        if u.swap(false, Ordering::SeqCst) {
-                                            c.fetch_sub(1, Ordering::SeqCst);
-                                        }
+                                    async_nats::Event::Disconnected if u.swap(false, Ordering::SeqCst) => {
+                                        c.fetch_sub(1, Ordering::SeqCst);
                                     }
                                     _ => {}
                                 }
@@ -609,7 +603,8 @@ async fn callout_mode(args: &Args, dir: &Path, op_bin: &Path, report: &mut Vec<S
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let args_t = TokenArgs { labels: vec![], max_uses: u32::try_from(n)?, expires: "1d".into(), require_approval: false };
+    let args_t =
+        TokenArgs { labels: vec![], max_uses: u32::try_from(n)?, expires: "1d".into(), require_approval: false };
     let token = cli::token_create(&cfg, &args_t).await?.json["token"].as_str().ok_or("no token in output")?.to_string();
 
     println!(
@@ -684,8 +679,13 @@ async fn callout_mode(args: &Args, dir: &Path, op_bin: &Path, report: &mut Vec<S
     Ok(())
 }
 
+/// (seed, device id) of each identity a holder connects as.
+type Identities = Vec<(String, String)>;
+/// Identities and the device records an include lists.
+type Users = (Identities, Vec<DeviceUser>);
+
 /// `n` random device users: (seed, id) and their records.
-fn random_users(n: usize) -> Res<(Vec<(String, String)>, Vec<DeviceUser>)> {
+fn random_users(n: usize) -> Res<Users> {
     let mut ids = Vec::with_capacity(n);
     let mut users = Vec::with_capacity(n);
     for i in 0..n {
@@ -710,7 +710,7 @@ fn include_mode(args: &Args, dir: &Path, report: &mut Vec<String>) -> Res<()> {
     });
     let callout_conf = dir.join("accounts-only.conf");
     std::fs::write(&callout_conf, cli::server_config(&cfg)?.text)?;
-    let mut sizes: Vec<(String, PathBuf, Option<(Vec<(String, String)>, Vec<DeviceUser>)>)> =
+    let mut sizes: Vec<(String, PathBuf, Option<Users>)> =
         vec![("callout (accounts block only)".into(), callout_conf, None)];
     for &n in &args.include_sizes {
         let t = Instant::now();
@@ -794,9 +794,18 @@ async fn bench(args: &Args) -> Res<()> {
     if !args.skip_include {
         tokio::task::block_in_place(|| include_mode(args, &dir, &mut report))?;
     }
-    println!("== summary ({} cores, load average {}) ==", std::thread::available_parallelism().map_or(0, |n| n.get()), {
-        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
-    });
+    println!(
+        "== summary ({} cores, load average {}) ==",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        {
+            std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+    );
     for line in &report {
         println!("{line}");
     }
