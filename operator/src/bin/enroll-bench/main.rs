@@ -36,7 +36,7 @@ use std::io::{BufRead, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -263,11 +263,27 @@ fn reconnect_delay(device: &str, attempts: usize) -> Duration {
     base + Duration::from_millis(jitter_ms)
 }
 
+/// A holder's connection: 0 down, 1 connected by the client's account (the
+/// server may still be deciding: async-nats reports a connection once it
+/// reads anything but an error after CONNECT, and a server waiting for the
+/// callout sends PINGs), 2 proven by a PING/PONG round trip, which the
+/// server answers only after admitting the client.
+struct Held {
+    client: async_nats::Client,
+    state: Arc<AtomicU8>,
+    checking: Arc<AtomicBool>,
+}
+
+const DOWN: u8 = 0;
+const CLAIMED: u8 = 1;
+const PROVEN: u8 = 2;
+
 async fn hold(url: &str, keys: &Path) -> Res<()> {
     let text = std::fs::read_to_string(keys)?;
     let lines: Vec<(String, String)> =
         text.lines().filter_map(|l| l.split_once(' ').map(|(s, d)| (s.to_string(), d.to_string()))).collect();
     let connected = Arc::new(AtomicUsize::new(0));
+    let held: Arc<std::sync::Mutex<Vec<Arc<Held>>>> = Arc::default();
     let printer = {
         let connected = connected.clone();
         tokio::spawn(async move {
@@ -284,16 +300,42 @@ async fn hold(url: &str, keys: &Path) -> Res<()> {
             }
         })
     };
+    // Proves claimed connections with a round trip.
+    let checker = {
+        let (held, connected) = (held.clone(), connected.clone());
+        tokio::spawn(async move {
+            loop {
+                let snapshot: Vec<Arc<Held>> = held.lock().map(|h| h.iter().cloned().collect()).unwrap_or_default();
+                for h in snapshot {
+                    if h.state.load(Ordering::SeqCst) != CLAIMED || h.checking.swap(true, Ordering::SeqCst) {
+                        continue;
+                    }
+                    let connected = connected.clone();
+                    tokio::spawn(async move {
+                        let ok = tokio::time::timeout(Duration::from_secs(12), h.client.flush()).await;
+                        if matches!(ok, Ok(Ok(())))
+                            && h.state.compare_exchange(CLAIMED, PROVEN, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+                        {
+                            connected.fetch_add(1, Ordering::SeqCst);
+                        }
+                        h.checking.store(false, Ordering::SeqCst);
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
     let failed = Arc::new(AtomicUsize::new(0));
-    let clients: Vec<async_nats::Client> = futures::stream::iter(lines)
+    let ok: usize = futures::stream::iter(lines)
         .map(|(seed, device)| {
             let connected = connected.clone();
             let failed = failed.clone();
+            let held = held.clone();
             let url = url.to_string();
             async move {
-                let up = Arc::new(AtomicBool::new(false));
+                let state = Arc::new(AtomicU8::new(DOWN));
                 for _ in 0..20 {
-                    let (c, u) = (connected.clone(), up.clone());
+                    let (c, st) = (connected.clone(), state.clone());
                     let id = device.clone();
                     let opts = async_nats::ConnectOptions::with_nkey(seed.clone())
                         .custom_inbox_prefix(device_inbox_prefix(&DeviceId::new(device.as_str()).ok()?))
@@ -302,14 +344,16 @@ async fn hold(url: &str, keys: &Path) -> Res<()> {
                         .connection_timeout(Duration::from_secs(15))
                         .read_buffer_capacity(4096)
                         .event_callback(move |event| {
-                            let (c, u) = (c.clone(), u.clone());
+                            let (c, st) = (c.clone(), st.clone());
                             async move {
                                 match event {
-                                    async_nats::Event::Connected if !u.swap(true, Ordering::SeqCst) => {
-                                        c.fetch_add(1, Ordering::SeqCst);
+                                    async_nats::Event::Connected => {
+                                        let _ = st.compare_exchange(DOWN, CLAIMED, Ordering::SeqCst, Ordering::SeqCst);
                                     }
-                                    async_nats::Event::Disconnected if u.swap(false, Ordering::SeqCst) => {
-                                        c.fetch_sub(1, Ordering::SeqCst);
+                                    async_nats::Event::Disconnected => {
+                                        if st.swap(DOWN, Ordering::SeqCst) == PROVEN {
+                                            c.fetch_sub(1, Ordering::SeqCst);
+                                        }
                                     }
                                     _ => {}
                                 }
@@ -317,10 +361,12 @@ async fn hold(url: &str, keys: &Path) -> Res<()> {
                         });
                     match opts.connect(url.as_str()).await {
                         Ok(client) => {
-                            if !up.swap(true, Ordering::SeqCst) {
-                                connected.fetch_add(1, Ordering::SeqCst);
+                            let _ = state.compare_exchange(DOWN, CLAIMED, Ordering::SeqCst, Ordering::SeqCst);
+                            let h = Arc::new(Held { client, state, checking: Arc::new(AtomicBool::new(false)) });
+                            if let Ok(mut all) = held.lock() {
+                                all.push(h);
                             }
-                            return Some(client);
+                            return Some(());
                         }
                         Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
                     }
@@ -331,11 +377,11 @@ async fn hold(url: &str, keys: &Path) -> Res<()> {
         })
         .buffer_unordered(50)
         .filter_map(|c| async move { c })
-        .collect()
+        .count()
         .await;
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "READY {} {}", clients.len(), failed.load(Ordering::SeqCst))?;
+        writeln!(out, "READY {ok} {}", failed.load(Ordering::SeqCst))?;
         out.flush()?;
     }
     // Hold them until the parent closes our stdin.
@@ -345,7 +391,7 @@ async fn hold(url: &str, keys: &Path) -> Res<()> {
     })
     .await?;
     printer.abort();
-    drop(clients);
+    checker.abort();
     Ok(())
 }
 
@@ -411,6 +457,18 @@ impl Holders {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(())
+    }
+
+    /// Waits until `n` connections are proven; returns how long it took.
+    fn wait_connected(&self, n: usize, timeout: Duration) -> Res<Duration> {
+        let started = Instant::now();
+        while self.connected() < n {
+            if started.elapsed() > timeout {
+                return Err(format!("only {} of {n} connected after {timeout:?}", self.connected()).into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(started.elapsed())
     }
 }
 
@@ -663,8 +721,11 @@ async fn callout_mode(args: &Args, dir: &Path, op_bin: &Path, report: &mut Vec<S
 
     println!("== callout mode: reconnect storm, {} enrolled identities ==", identities.len());
     let holders = Holders::start(&server.url(), &identities, args.holders, dir)?;
+    let t = Instant::now();
     holders.wait_ready(Duration::from_secs(600))?;
     let m = identities.len() - holders.failed.load(Ordering::SeqCst);
+    holders.wait_connected(m, Duration::from_secs(600))?;
+    println!("all {m} connected (proven by a round trip) {:.1} s after the holders started", t.elapsed().as_secs_f64());
     let line = format!(
         "HOLD callout: {m} devices connected; nats-server RSS {}, operator RSS {}",
         mib(rss_kib(server.pid()).unwrap_or_default()),
@@ -763,8 +824,11 @@ fn include_mode(args: &Args, dir: &Path, report: &mut Vec<String>) -> Res<()> {
     println!("== include mode: reconnect storm, {n} identities ==");
     let (mut server, _) = Server::start(&dir.join("srv-storm"), &conf)?;
     let holders = Holders::start(&server.url(), &ids[..n], args.holders, dir)?;
+    let t = Instant::now();
     holders.wait_ready(Duration::from_secs(600))?;
     let m = n - holders.failed.load(Ordering::SeqCst);
+    holders.wait_connected(m, Duration::from_secs(600))?;
+    println!("all {m} connected (proven by a round trip) {:.1} s after the holders started", t.elapsed().as_secs_f64());
     std::thread::sleep(Duration::from_secs(2));
     std::fs::write(&conf, render_auth_conf(&op.public_key(), &users[..n + 1]))?;
     let reload = server.reload()?;
