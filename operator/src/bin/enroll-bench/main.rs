@@ -350,10 +350,9 @@ async fn hold(url: &str, keys: &Path) -> Res<()> {
                                     async_nats::Event::Connected => {
                                         let _ = st.compare_exchange(DOWN, CLAIMED, Ordering::SeqCst, Ordering::SeqCst);
                                     }
-                                    async_nats::Event::Disconnected => {
-                                        if st.swap(DOWN, Ordering::SeqCst) == PROVEN {
-                                            c.fetch_sub(1, Ordering::SeqCst);
-                                        }
+                                    // The swap runs in the guard: only a proven connection was counted.
+                                    async_nats::Event::Disconnected if st.swap(DOWN, Ordering::SeqCst) == PROVEN => {
+                                        c.fetch_sub(1, Ordering::SeqCst);
                                     }
                                     _ => {}
                                 }
