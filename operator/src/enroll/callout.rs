@@ -24,6 +24,10 @@ const QUEUE: &str = "harmony-callout";
 /// pending approval, to ask again a few times).
 const ENROLL_GRANT_SECS: u64 = 600;
 
+/// nats-server's authorization timeout in callout mode (`timeout` in the
+/// block `enroll server-config` prints): older requests are not answered.
+pub const STALE_AFTER_SECS: u64 = super::server_config::AUTH_TIMEOUT_SECS;
+
 /// How long an unknown key waits for this process to see records written
 /// by another operator process a moment ago.
 const CATCH_UP: Duration = Duration::from_secs(2);
@@ -37,6 +41,8 @@ pub struct Callout {
     pub state: kv::Store,
     pub clock: Arc<dyn Clock>,
     warn: Mutex<WarnLimiter>,
+    /// Per server id, the newest `iat` of its requests.
+    newest_request: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl Callout {
@@ -56,6 +62,7 @@ impl Callout {
             state,
             clock,
             warn: Mutex::new(WarnLimiter::new(Duration::from_secs(10))),
+            newest_request: Mutex::default(),
         }
     }
 
@@ -114,13 +121,30 @@ impl Callout {
     /// request itself is unreadable (the server then times out and refuses).
     pub async fn answer(&self, payload: &[u8]) -> Option<String> {
         let text = std::str::from_utf8(payload).ok()?;
-        let (req, _server) = match jwt::decode_request(text) {
+        let verified = match jwt::decode_request(text) {
             Ok(r) => r,
             Err(e) => {
                 log::warn!("auth callout: unreadable authorization request: {e}");
                 return None;
             }
         };
+        let req = verified.request;
+        // Load shedding: the server gave up on a request this old (its
+        // authorization timeout), so answering it would only spend CPU a
+        // reconnect storm needs for requests someone still waits for. Age
+        // is measured against the newest request of the same server, so no
+        // two clocks are compared.
+        let age = {
+            let mut newest = self.newest_request.lock().unwrap_or_else(PoisonError::into_inner);
+            request_age(&mut newest, &req.server_id.id, verified.issued_at)
+        };
+        if age > STALE_AFTER_SECS {
+            let allowed = self.warn.lock().unwrap_or_else(PoisonError::into_inner).allow("stale", Instant::now());
+            if let Some(held) = allowed {
+                log::warn!("auth callout: dropped a request {age} s old (behind; {held} more dropped since last said)");
+            }
+            return None;
+        }
         let admission = self.decide(&req).await;
         let grant = self.grant(&admission);
         let host = &req.client_info.host;
@@ -147,6 +171,14 @@ impl Callout {
     }
 }
 
+/// How far a request (issued at `iat` by `server`) is behind the newest one
+/// seen from that server, in seconds; remembers the newest.
+fn request_age(newest: &mut std::collections::HashMap<String, u64>, server: &str, iat: u64) -> u64 {
+    let n = newest.entry(server.to_string()).or_insert(0);
+    *n = (*n).max(iat);
+    n.saturating_sub(iat)
+}
+
 /// Answers authorization requests until `client` closes.
 pub async fn serve(client: async_nats::Client, callout: Arc<Callout>) -> crate::Result<()> {
     let mut sub = client.queue_subscribe(AUTH_SUBJECT, QUEUE.into()).await.map_err(crate::Error::nats)?;
@@ -166,4 +198,21 @@ pub async fn serve(client: async_nats::Client, callout: Arc<Callout>) -> crate::
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_is_as_old_as_its_servers_newest_says() {
+        let mut newest = std::collections::HashMap::new();
+        assert_eq!(request_age(&mut newest, "n1", 1_000), 0);
+        assert_eq!(request_age(&mut newest, "n1", 1_020), 0);
+        // Queued behind 20 s of newer requests: the server gave up on it.
+        assert!(request_age(&mut newest, "n1", 1_000) > STALE_AFTER_SECS);
+        assert_eq!(request_age(&mut newest, "n1", 1_015), 5);
+        // Another server's clock is never compared with n1's.
+        assert_eq!(request_age(&mut newest, "n2", 500), 0);
+    }
 }

@@ -79,7 +79,18 @@ pub struct ConnectOpts {
 #[derive(Debug, Deserialize)]
 struct RequestClaims {
     iss: String,
+    /// When the server asked (Unix seconds).
+    #[serde(default)]
+    iat: u64,
     nats: AuthorizationRequest,
+}
+
+/// A verified request: what was asked, by which server key, and when.
+#[derive(Debug, Clone)]
+pub struct VerifiedRequest {
+    pub request: AuthorizationRequest,
+    pub issuer: String,
+    pub issued_at: u64,
 }
 
 fn b64(part: &str, what: &'static str) -> Result<Vec<u8>, JwtError> {
@@ -87,8 +98,8 @@ fn b64(part: &str, what: &'static str) -> Result<Vec<u8>, JwtError> {
 }
 
 /// Decodes the server's request and checks it is signed by its `iss`
-/// (the server's own key). Returns the request and the issuer.
-pub fn decode_request(jwt: &str) -> Result<(AuthorizationRequest, String), JwtError> {
+/// (the server's own key).
+pub fn decode_request(jwt: &str) -> Result<VerifiedRequest, JwtError> {
     let mut parts = jwt.trim().split('.');
     let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(JwtError::Shape);
@@ -104,7 +115,7 @@ pub fn decode_request(jwt: &str) -> Result<(AuthorizationRequest, String), JwtEr
     let key = nkeys::KeyPair::from_public_key(&claims.iss).map_err(|_| JwtError::Issuer(claims.iss.clone()))?;
     let sig = b64(s, "signature")?;
     key.verify(format!("{h}.{c}").as_bytes(), &sig).map_err(|_| JwtError::Signature)?;
-    Ok((claims.nats, claims.iss))
+    Ok(VerifiedRequest { request: claims.nats, issuer: claims.iss, issued_at: claims.iat })
 }
 
 /// Whether `sig` (base64url, as a client sends it) is `nkey`'s signature
@@ -253,7 +264,7 @@ mod tests {
 
     fn claims(server: &nkeys::KeyPair) -> serde_json::Value {
         serde_json::json!({
-            "iss": server.public_key(), "sub": "x", "aud": "nats-authorization-request",
+            "iss": server.public_key(), "sub": "x", "aud": "nats-authorization-request", "iat": 1_700_000_000u64,
             "nats": {
                 "server_id": {"id": "NSERVER", "name": "n1"},
                 "user_nkey": "UUSER",
@@ -268,8 +279,9 @@ mod tests {
     fn request_decodes_and_a_tampered_one_does_not() {
         let server = nkeys::KeyPair::new_server();
         let jwt = request_jwt(&server, claims(&server));
-        let (req, iss) = decode_request(&jwt).unwrap();
-        assert_eq!(iss, server.public_key());
+        let v = decode_request(&jwt).unwrap();
+        assert_eq!((v.issuer.as_str(), v.issued_at), (server.public_key().as_str(), 1_700_000_000));
+        let req = v.request;
         assert_eq!((req.user_nkey.as_str(), req.client_info.id), ("UUSER", 7));
         assert_eq!(req.connect_opts.auth_token.as_deref(), Some("t"));
 
@@ -301,7 +313,7 @@ mod tests {
     fn response_carries_a_user_jwt_signed_by_the_issuer() {
         let server = nkeys::KeyPair::new_server();
         let issuer = nkeys::KeyPair::new_account();
-        let (req, _) = decode_request(&request_jwt(&server, claims(&server))).unwrap();
+        let req = decode_request(&request_jwt(&server, claims(&server))).unwrap().request;
         let grant = Grant {
             name: "pi-1".into(),
             permissions: Permissions { publish: vec!["a".into()], subscribe: vec!["b.>".into()] },

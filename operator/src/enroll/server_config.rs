@@ -4,6 +4,10 @@
 //! the `auth_callout` block naming the issuer whose answers the server
 //! trusts. Every other client (every device) is decided by the callout.
 
+/// The server's `authorization { timeout }`: how long a client waits for
+/// the callout's answer (a reconnect storm queues requests).
+pub const AUTH_TIMEOUT_SECS: u64 = 10;
+
 /// The public keys the block names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CalloutKeys {
@@ -32,7 +36,7 @@ pub fn render(account: &str, keys: &CalloutKeys) -> String {
          system_account: SYS\n\
          authorization {{\n\
          \x20 # A device may take a moment to be decided during a reconnect storm.\n\
-         \x20 timeout: 10\n\
+         \x20 timeout: {AUTH_TIMEOUT_SECS}\n\
          \x20 auth_callout {{\n\
          \x20   issuer: \"{issuer}\"\n\
          \x20   account: {account}\n\
