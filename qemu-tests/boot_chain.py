@@ -51,13 +51,11 @@ line printed is "N passed, N failed".
 """
 
 import re
-import struct
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import suite
+from disk import host_run, mbr_entry, put_boot_file, put_ext4_file
 from guest import check, slot_state
 
 
@@ -391,11 +389,6 @@ def guest_entry0(g):
     return start, sectors
 
 
-def mbr_entry(path, n):
-    """(start, sectors) of MBR entry n in the raw disk file: what reached the disk."""
-    with open(path, "rb") as f:
-        return struct.unpack_from("<II", f.read(512), 446 + 16 * n + 8)
-
 
 def kernel_boot_start(g):
     """Where the running kernel's /dev/vda1 starts (the partition table it read at boot)."""
@@ -630,35 +623,7 @@ AP_HOSTAPD = (f"interface=wlan1\ndriver=nl80211\nssid={WIFI_SSID}\nhw_mode=g\nch
               f"wpa=2\nwpa_key_mgmt=WPA-PSK\nrsn_pairwise=CCMP\nwpa_passphrase={WIFI_PSK}\n")
 
 
-def put_boot_file(disk, name, text):
-    """A file on the boot partition (vfat, MBR entry 0) of a raw disk, as
-    whoever prepares the card would put it there."""
-    start, _ = mbr_entry(disk, 0)
-    src = disk.parent / f"{disk.stem}.{name}"
-    src.write_bytes(text.encode())
-    host_run(["mcopy", "-o", "-i", f"{disk}@@{start * 512}", str(src), f"::{name}"])
 
-
-def put_rootfs_file(disk, entry, path, text):
-    """A test fixture file in the ext4 rootfs of MBR entry `entry` (debugfs on
-    the raw disk at the partition's offset)."""
-    start, _ = mbr_entry(disk, entry)
-    src = disk.parent / f"{disk.stem}.{Path(path).name}"
-    src.write_text(text)
-    src.chmod(0o644)
-    dev = f"{disk}?offset={start * 512}"
-    host_run(["debugfs", "-w", "-R", f"mkdir {Path(path).parent}", dev], ok=False)
-    host_run(["debugfs", "-w", "-R", f"write {src} {path}", dev])
-    out = host_run(["debugfs", "-R", f"cat {path}", dev])
-    check(out == text, f"debugfs did not write {path}: {out!r}")
-
-
-def host_run(cmd, ok=True):
-    """A host command (mtools, debugfs) on the raw disk; its stdout."""
-    p = subprocess.run(cmd, capture_output=True, text=True)
-    if ok and p.returncode != 0:
-        raise suite.Fail(f"{cmd[0]} failed: {p.stderr.strip()}")
-    return p.stdout
 
 
 def start_ap(g):
@@ -705,8 +670,8 @@ def wifi_associated(ctx, g, what):
 def s11(ctx):
     g = ctx.guest("s11", raw=True)
     put_boot_file(g.overlay, "harmony-wifi.conf", WIFI_CONF)
-    put_rootfs_file(g.overlay, 1, "/etc/modules-load.d/harmony-test-hwsim.conf", HWSIM_LOAD)
-    put_rootfs_file(g.overlay, 1, "/etc/modprobe.d/harmony-test-hwsim.conf", HWSIM_OPTS)
+    put_ext4_file(g.overlay, 1, "/etc/modules-load.d/harmony-test-hwsim.conf", HWSIM_LOAD)
+    put_ext4_file(g.overlay, 1, "/etc/modprobe.d/harmony-test-hwsim.conf", HWSIM_OPTS)
     t, _ = g.boot(expect_slot="A")
     ctx.metric("boot 1: QEMU start -> root shell (s)", round(t, 1))
     g.wait_running()

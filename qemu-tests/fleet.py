@@ -2,9 +2,12 @@
 loopback (the guest reaches it as 10.0.2.2 through QEMU's user network) and
 the real `harmony-operator`, used only through its CLI, as an operator would.
 
+The server runs in callout mode: only the operator's users are in its
+config, and the operator's auth callout admits the device, which enrolls
+itself with a token written onto its card (`enroll prepare`).
+
 Everything lives in one directory per scenario: the NATS store, the
-operator's config, its copy of the fleet key, the provisioned device files
-and the logs."""
+operator's config and keys, its copy of the fleet key, and the logs."""
 
 import json
 import os
@@ -31,7 +34,7 @@ def free_port():
 
 
 class Fleet:
-    def __init__(self, art: Path, manifest: dict, device="qemu-1", heartbeat_interval_secs=2,
+    def __init__(self, art: Path, manifest: dict, heartbeat_interval_secs=2,
                  commit_deadline_secs=180):
         for tool in (NATS_SERVER, OPERATOR):
             if not tool.is_file():
@@ -40,7 +43,8 @@ class Fleet:
         self.dir.mkdir(parents=True)
         self.logs = art
         self.manifest = manifest
-        self.device = device
+        # Known once the device has enrolled (it derives its id itself).
+        self.device = None
         self.port = free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         self.nats = None
@@ -53,40 +57,34 @@ class Fleet:
         self.key.chmod(0o600)
         shutil.copy2(Path(manifest["fleet_key"]).with_suffix(".pub"), self.dir / "fleet.key.pub")
         self.config = self.dir / "operator.toml"
-        self._write_config(nkey=False)
-        self._start_nats(auth=False)
+        self.heartbeat_interval_secs = heartbeat_interval_secs
+        self.commit_deadline_secs = commit_deadline_secs
+        # Callout mode, as a fleet that enrolls its devices runs: the
+        # operator's users are in the server's config, every device is
+        # admitted by the operator's auth callout (docs/flashing-and-enrolling.md).
+        self._write_config()
+        _, out = self.op("enroll", "server-config")
+        (self.dir / "harmony-callout.conf").write_text(out["config"])
+        self._start_nats()
         self.op("init")
-        self.device_files = self.dir / "device"
-        self.op("init", "--device", device, "--label", "site=qemu",
-                "--device-nats-url", f"nats://{HOST_FROM_GUEST}:{self.port}",
-                "--out", self.device_files, "--auth-conf", self.dir / "harmony-auth.conf",
-                "--operator-nkey", self.dir / "operator.nk",
-                "--heartbeat-interval-secs", heartbeat_interval_secs,
-                "--commit-deadline-secs", commit_deadline_secs)
-        # From here on every client authenticates with its nkey; the device
-        # only on its own subjects.
-        self._stop_nats()
-        self._write_config(nkey=True)
-        self._start_nats(auth=True)
+        self.token = None
 
     # -- processes -----------------------------------------------------------
-    def _write_config(self, nkey: bool):
-        lines = ["[nats]", f'url = "{self.url}"']
-        if nkey:
-            lines.append(f'nkey_seed_file = "{self.dir / "operator.nk"}"')
+    def _write_config(self):
+        lines = ["[nats]", f'url = "{self.url}"', f'nkey_seed_file = "{self.dir / "operator.nk"}"']
         lines += ["[keys]", f'signing_key = "{self.key}"',
                   # the guest's clock comes from QEMU's RTC: same as ours
                   "[fleet]", "stale_after_secs = 30", "offline_after_secs = 120",
                   "[coordinator]", 'operator_id = "qemu-test-operator"', "lease_ttl_secs = 6",
-                  "commit_retry_secs = 5"]
+                  "commit_retry_secs = 5",
+                  "[enroll]", f'issuer_seed_file = "{self.dir / "callout-issuer.nk"}"',
+                  f'system_seed_file = "{self.dir / "system.nk"}"']
         self.config.write_text("\n".join(lines) + "\n")
 
-    def _start_nats(self, auth: bool):
+    def _start_nats(self):
         conf = self.dir / "nats.conf"
-        text = f'listen: 127.0.0.1:{self.port}\njetstream {{ store_dir: "{self.dir / "js"}" }}\n'
-        if auth:
-            text += 'include "harmony-auth.conf"\n'
-        conf.write_text(text)
+        conf.write_text(f'listen: 127.0.0.1:{self.port}\njetstream {{ store_dir: "{self.dir / "js"}" }}\n'
+                        'include "harmony-callout.conf"\n')
         log = open(self.logs / "nats-server.log", "a")
         self.nats = subprocess.Popen([str(NATS_SERVER), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 15
@@ -154,14 +152,28 @@ class Fleet:
     def rollout(self, *args):
         return self.op("rollout", *args)[1]
 
-    # -- device files ----------------------------------------------------------
-    def provisioned_files(self):
-        """{path on the device: bytes} of what provisioning wrote for the data partition."""
-        root = self.device_files
-        files = {}
-        for f in sorted((root / "data").rglob("*")):
-            if f.is_file():
-                files["/" + str(f.relative_to(root))] = (f.read_bytes(), f.stat().st_mode & 0o777)
-        if not files:
-            raise Fail(f"provisioning wrote nothing under {root}/data")
-        return files
+    # -- enrollment ------------------------------------------------------------
+    def prepare_card(self, disk):
+        """What a person does to a freshly written card: one token, written
+        with `enroll prepare` onto the boot partition of the raw disk."""
+        _, out = self.op("enroll", "token", "create", "--labels", "site=qemu", "--max-uses", "1",
+                         "--expires", "3h")
+        self.token = out["record"]["id"]
+        self.op("enroll", "prepare", "--image", disk, "--token", out["token"],
+                "--nats-url", f"nats://{HOST_FROM_GUEST}:{self.port}")
+
+    def enrolled_device(self):
+        """The id the device enrolled under with this fleet's token, or None yet."""
+        _, tokens = self.op("enroll", "token", "list")
+        for t in tokens:
+            if t["id"] == self.token and t["devices"]:
+                return t["devices"][0]
+        return None
+
+    def agent_timing_drop_in(self):
+        """The test's agent timing (heartbeat interval, commit deadline), a
+        drop-in for the data partition: the image's defaults (10 s, 300 s)
+        would make every scenario minutes longer."""
+        return (f"# qemu-tests: timing only; identity comes from enrollment\n"
+                f"heartbeat_interval_secs = {self.heartbeat_interval_secs}\n"
+                f"[upgrade]\ncommit_deadline_secs = {self.commit_deadline_secs}\n")

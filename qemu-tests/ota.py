@@ -6,10 +6,13 @@
 The real thing, end to end: a host nats-server with JetStream and the real
 `harmony-operator serve`, driven through its CLI (bundle push, rollout start);
 in the guest (image/qemu/build, built with the cross-compiled agent) the real
-harmony-agent under systemd, RAUC and U-Boot. The device is provisioned with
-`harmony-operator init --device` (its credential and agent drop-in are copied
-to /data/harmony, as on a real data partition); heartbeat interval (2 s) and
-commit deadline come from that agent config, not from code.
+harmony-agent under systemd, RAUC and U-Boot. Every scenario's device joins
+by zero-touch enrollment (issue #14): before its first boot the raw disk gets
+only a token, written by `harmony-operator enroll prepare --image` onto the
+boot partition; the agent makes its own key, enrolls through the operator's
+auth callout and is then upgraded. The one other file put on the disk is the
+test's timing drop-in on /data (heartbeat interval 2 s, commit deadline),
+written with debugfs; identity and credentials come from enrollment alone.
 
   1 happy path: rollout of v2 -> download from the object store, install,
     reboot; commit only after the v2 heartbeat of the new boot; device
@@ -49,7 +52,6 @@ qemu-tests/artifacts/<timestamp>-ota/scenario-N/. The last line printed is
 "N passed, N failed".
 """
 
-import base64
 import re
 import shlex
 import subprocess
@@ -58,13 +60,16 @@ import time
 from pathlib import Path
 
 import suite
+from disk import put_ext4_file
 from fleet import REPO, Fleet
 from guest import Fail, check, slot_state
 
 REGISTRY = suite.Registry()
 scenario = REGISTRY.scenario
 CI = [1, 2, 4]
-DEVICE = "qemu-1"
+# The data partition's MBR entry (vda4) and where the agent's drop-ins live on it.
+DATA_ENTRY = 3
+AGENT_DROP_IN_ON_DATA = "/harmony/agent.d/05-qemu-test-timing.toml"
 COMMIT_DEADLINE_SECS = 120
 OVERWRITE_TOOL = REPO / "target" / "debug" / "overwrite-bundle-object"
 
@@ -77,27 +82,42 @@ class Ota:
         if not ctx.manifest.get("agent"):
             raise Fail("the image has no agent: run scripts/cross-build-agent, then image/qemu/build")
         self.ctx = ctx
-        self.fleet = Fleet(ctx.art, ctx.manifest, DEVICE, commit_deadline_secs=commit_deadline_secs)
+        self.fleet = Fleet(ctx.art, ctx.manifest, commit_deadline_secs=commit_deadline_secs)
         ctx.closers.append(self.fleet.close)
         self.fleet.start_serve()
-        self.g = ctx.guest("device")
+        # Raw, like a written card: `enroll prepare` finds the boot partition in it.
+        self.g = ctx.guest("device", raw=True)
         self.seen = []          # (phase, since ms, boot id, heartbeat) in order of arrival
         self.first_hb_of_boot = {}   # boot id -> first heartbeat seen
         self.clock_offsets = {}      # boot id -> guest clock - host clock (ms)
         self.last = None
 
     # -- device --------------------------------------------------------------
-    def boot_and_provision(self):
-        """First boot of a fresh device: copy the provisioned files to the
-        data partition, restart the agent, wait for its v1 heartbeat."""
+    @property
+    def device(self):
+        return self.fleet.device
+
+    def boot_and_enroll(self):
+        """First boot of a fresh card that carries only an enrollment token:
+        no console step. Waits for the enrollment and the first v1 heartbeat."""
         g = self.g
+        self.fleet.prepare_card(g.overlay)
+        put_ext4_file(g.overlay, DATA_ENTRY, AGENT_DROP_IN_ON_DATA, self.fleet.agent_timing_drop_in())
+        t0 = time.monotonic()
         g.boot(expect_slot="A")
         g.wait_running()
         self.measure_clock()
-        for path, (data, mode) in self.fleet.provisioned_files().items():
-            b64 = base64.b64encode(data).decode()
-            g.sh(f"mkdir -p {Path(path).parent} && printf %s {b64} | base64 -d > {path} && chmod {mode:o} {path}")
-        g.sh("systemctl restart harmony-agent")
+        deadline = time.monotonic() + 180
+        while (device := self.fleet.enrolled_device()) is None:
+            if time.monotonic() > deadline:
+                self.save_agent_journal()
+                raise Fail("the device did not enroll within 180 s of its first boot (agent journal saved)")
+            time.sleep(1)
+        self.fleet.device = device
+        self.ctx.metric("first boot to enrolled (s)", round(time.monotonic() - t0, 1))
+        _, out = g.sh("ls /boot/firmware/harmony-enroll.toml 2>&1; stat -c '%a %n' /data/harmony/device.nk; true")
+        check("No such file" in out, f"the token stayed on the boot partition: {out}")
+        check("600 /data/harmony/device.nk" in out, f"the device key is not 0600 on /data: {out}")
         boot_id = self.boot_id()
         hb = self.watch(lambda s: s["heartbeat"]["boot_id"] == boot_id, 180, "the first heartbeat")["heartbeat"]
         check(hb["os_version"] == self.ctx.versions["v1"], f"first heartbeat reports {hb['os_version']}")
@@ -202,7 +222,7 @@ class Ota:
 
     def start_rollout(self, bundle, rid, *extra):
         bid = self.fleet.push(bundle)
-        self.fleet.rollout("start", "--bundle", bid, "--devices", DEVICE, "--id", rid, "--canary", "1",
+        self.fleet.rollout("start", "--bundle", bid, "--devices", self.device, "--id", rid, "--canary", "1",
                            "--halt-after", "1", "--device-timeout-secs", "3600", "--reboot-timeout-secs", "1200",
                            *extra)
         return bid
@@ -313,7 +333,7 @@ def report_timings(ctx, o, new_boot_id, t_rollout_ms, t_done_ms, end="committed"
 def s1(ctx):
     o = Ota(ctx)
     g = o.g
-    hb0 = o.boot_and_provision()
+    hb0 = o.boot_and_enroll()
     old_boot = hb0["boot_id"]
     t_start, since = o.install_and_reboot("v2", "s1")
     t = o.await_reboot(since, expect_slot="B")
@@ -370,7 +390,7 @@ def rollout_state(rs):
 def s2(ctx):
     o = Ota(ctx)
     g = o.g
-    o.boot_and_provision()
+    o.boot_and_enroll()
     t_start, since = o.install_and_reboot("broken", "s2")
     t0 = time.monotonic()
     if o.await_reboot(since, expect_slot="A", timeout=1200) is not None:
@@ -387,7 +407,7 @@ def s2(ctx):
 def s3(ctx):
     o = Ota(ctx)
     g = o.g
-    o.boot_and_provision()
+    o.boot_and_enroll()
     t_start, since = o.install_and_reboot("v3", "s3")
     o.await_reboot(since, expect_slot="B")
     check(g.os_version() == ctx.versions["v3"], "the new slot is not v3")
@@ -407,7 +427,7 @@ def s3(ctx):
 def s4(ctx):
     o = Ota(ctx)
     g = o.g
-    o.boot_and_provision()
+    o.boot_and_enroll()
     env0, st0, h0 = g.env(), o.rauc(), o.slot_image_hash()
     b0 = slot_state(st0, "B")[1].get("boot_status")
 
@@ -447,14 +467,14 @@ def s4(ctx):
     r = subprocess.run([str(OVERWRITE_TOOL), o.fleet.url, str(o.fleet.dir / "operator.nk"), "v2", str(tampered)],
                        capture_output=True, text=True)
     check(r.returncode == 0, f"overwrite-bundle-object: {r.stderr}")
-    o.fleet.rollout("start", "--bundle", "v2", "--devices", DEVICE, "--id", "s4-tampered", "--halt-after", "1")
+    o.fleet.rollout("start", "--bundle", "v2", "--devices", o.device, "--id", "s4-tampered", "--halt-after", "1")
     expect("s4-tampered", "failed", "verify_failed")
     # Unknown key: the operator rotates its key but the device only trusts the old one.
     o.fleet.kill_serve()
     o.fleet.op("keys", "rotate")
     (o.fleet.dir / "fleet.key.old").unlink()   # and the old key is gone for good
     o.fleet.start_serve()
-    o.fleet.rollout("start", "--bundle", "v2", "--devices", DEVICE, "--id", "s4-unknown-key", "--halt-after", "1")
+    o.fleet.rollout("start", "--bundle", "v2", "--devices", o.device, "--id", "s4-unknown-key", "--halt-after", "1")
     expect("s4-unknown-key", "refused", "unknown_key")
 
 
@@ -462,7 +482,7 @@ def s4(ctx):
 def s5(ctx):
     o = Ota(ctx)
     g = o.g
-    o.boot_and_provision()
+    o.boot_and_enroll()
     t_start = int(time.time() * 1000)
     o.start_rollout("v2", "s5")
     since = g.mark()
@@ -501,7 +521,7 @@ def s5(ctx):
 def s6(ctx):
     o = Ota(ctx)
     g = o.g
-    o.boot_and_provision()
+    o.boot_and_enroll()
     # Slow the download down (agent config drop-in) so it can be cut midway.
     g.sh("printf '[upgrade]\\ndownload_max_bytes_per_sec = 1000000\\n' > /data/harmony/agent.d/50-test-throttle.toml")
     g.sh("systemctl restart harmony-agent")
@@ -587,8 +607,8 @@ def s7(ctx):
     g = o.g
     parts = {p["num"]: p for p in ctx.manifest["partitions"]}
     # A card larger than the image: the data partition is the last one.
-    subprocess.run(["qemu-img", "resize", "-q", str(g.overlay), f"+{GROW_MIB}M"], check=True)
-    o.boot_and_provision()
+    subprocess.run(["qemu-img", "resize", "-q", "-f", "raw", str(g.overlay), f"+{GROW_MIB}M"], check=True)
+    o.boot_and_enroll()
     mounted_by_layer_units(g)
     _, out = g.sh("test -e /data/.harmony-grown && echo GROWN; "
                   "journalctl -b -u harmony-grow-data --no-pager -o cat | tail -n 5; true")
@@ -608,7 +628,7 @@ def s7(ctx):
     # reaches the boot state (fw_env.config): the operator commits, RAUC marks
     # B good.
     _, after = g.sh("sha256sum /data/harmony/agent.d/* | sort")
-    check(after == before, "the provisioned drop-ins on /data differ in the new slot")
+    check(after == before, "the enrolled and timing drop-ins on /data differ in the new slot")
     s = o.watch(lambda s: job_state(s) == "committed" and s["heartbeat"]["upgrade"]["phase"] == "committed",
                 COMMIT_DEADLINE_SECS + 120, "the commit of the new slot")
     check(s["heartbeat"]["booted_slot"] == "B", f"committed on {s['heartbeat']['booted_slot']}")
@@ -670,7 +690,7 @@ def s8(ctx):
     o = Ota(ctx, commit_deadline_secs=CLOCK_DEADLINE_SECS)
     g = o.g
     g.qemu_args = ["-rtc", f"base={RTC_BASE}"]
-    o.boot_and_provision()
+    o.boot_and_enroll()
     behind = time.time() - guest_epoch(g)
     ctx.metric("guest clock behind the host at first boot (days)", round(behind / 86400))
     # systemd lifts a clock older than its own build time to that time, so
@@ -738,7 +758,7 @@ def s9(ctx):
     repeat `committed`."""
     o = Ota(ctx)
     g = o.g
-    o.boot_and_provision()
+    o.boot_and_enroll()
     _, since = o.install_and_reboot("v2", "s9")
     o.await_reboot(since, expect_slot="B")
     o.watch(lambda s: job_state(s) == "committed" and s["heartbeat"]["upgrade"]["phase"] == "committed",

@@ -624,7 +624,7 @@ def test_console(root: Path):
 
 def fault_misdirected_nats(root: Path, wrong: str):
     """Test fault (variant v3): its image-level config sorts a drop-in after
-    the device's provisioning one that points the agent at a server nobody
+    the device's enrollment one that points the agent at a server nobody
     runs, as a bad release would."""
     text = (root / "etc/harmony/agent.toml").read_text()
     text = text.replace('drop_in_dir = "/data/harmony/agent.d"', 'drop_in_dir = "/etc/harmony/agent.d"')
@@ -632,7 +632,10 @@ def fault_misdirected_nats(root: Path, wrong: str):
         raise SystemExit("build: agent.toml no longer names drop_in_dir = \"/data/harmony/agent.d\"")
     write(root / "etc/harmony/agent.toml", text)
     (root / "etc/harmony/agent.d").mkdir(parents=True, exist_ok=True)
-    (root / "etc/harmony/agent.d/10-provisioned.toml").symlink_to("/data/harmony/agent.d/10-provisioned.toml")
+    # The device's own drop-ins, as qemu-tests/ota lays them out: the test's
+    # timing and what enrollment wrote (identity, key, server).
+    for name in ("05-qemu-test-timing.toml", "20-enrolled.toml"):
+        (root / "etc/harmony/agent.d" / name).symlink_to(f"/data/harmony/agent.d/{name}")
     write(root / "etc/harmony/agent.d/90-release.toml", f'[nats]\nurls = ["{wrong}"]\n')
 
 
