@@ -46,19 +46,15 @@ pub fn admit(
     if !is_user_nkey(nkey) {
         return Admission::Deny("not a user nkey".into());
     }
-    match record.map(|r| r.status) {
-        Some(DeviceStatus::Active) => {
-            return record.map_or(Admission::Deny("unreachable".into()), |r| Admission::Device {
-                device: r.device.clone(),
-                nkey: nkey.to_string(),
-            })
-        }
-        // Waiting for approval: it may ask again, nothing more.
-        Some(DeviceStatus::Pending) => return Admission::Enroll { nkey: nkey.to_string() },
-        Some(s @ (DeviceStatus::Rejected | DeviceStatus::Revoked)) => {
-            return Admission::Deny(format!("device key is {}", s.as_str()))
-        }
-        None => {}
+    if let Some(r) = record {
+        return match r.status {
+            DeviceStatus::Active => Admission::Device { device: r.device.clone(), nkey: nkey.to_string() },
+            // Waiting for approval: it may ask again, nothing more.
+            DeviceStatus::Pending => Admission::Enroll { nkey: nkey.to_string() },
+            s @ (DeviceStatus::Rejected | DeviceStatus::Revoked) => {
+                Admission::Deny(format!("device key is {}", s.as_str()))
+            }
+        };
     }
     let Some(presented_token) = presented.token else {
         return Admission::Deny("unknown nkey and no enrollment token".into());

@@ -113,13 +113,8 @@ pub async fn load(store: &kv::Store, dir: &Directory) -> Result<u64> {
     for e in &entries {
         dir.apply(e);
     }
-    let newest = entries.iter().map(|e| e.revision).max().unwrap_or(0);
-    dir.revision.send_if_modified(|r| {
-        let newer = newest > *r;
-        *r = (*r).max(newest);
-        newer
-    });
-    Ok(newest)
+    // `apply` has moved the revision up to the newest entry already.
+    Ok(entries.iter().map(|e| e.revision).max().unwrap_or(0))
 }
 
 /// Keeps `dir` current for as long as the task runs; a watch that ends is

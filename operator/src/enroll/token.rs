@@ -96,6 +96,41 @@ pub fn generate(
     Ok((format!("{TOKEN_PREFIX}{id}_{secret}"), record))
 }
 
+/// Where a token stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenState {
+    Valid,
+    Revoked,
+    Expired,
+    UsedUp,
+}
+
+impl TokenState {
+    /// `now` in Unix seconds. The one ordering of a token's limits: the
+    /// CLI, the dashboard and [`check`] all go by it.
+    pub fn of(t: &TokenRecord, now: u64) -> Self {
+        if t.revoked_at.is_some() {
+            Self::Revoked
+        } else if now >= t.expires_at {
+            Self::Expired
+        } else if t.uses >= t.max_uses {
+            Self::UsedUp
+        } else {
+            Self::Valid
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Valid => "valid",
+            Self::Revoked => "revoked",
+            Self::Expired => "expired",
+            Self::UsedUp => "used up",
+        }
+    }
+}
+
 /// Whether `secret` opens `record` at `now`, and if not why. Checked by
 /// the callout (may this connection ask?) and again by the enrollment
 /// service (may it be recorded?), which also spends a use.
@@ -103,17 +138,17 @@ pub fn check(record: &TokenRecord, secret: &str, now: u64) -> Result<(), (Enroll
     if secret_digest(secret) != record.secret_sha256 {
         return Err((EnrollRefusal::TokenInvalid, format!("token {} secret does not match", record.id)));
     }
-    if record.revoked_at.is_some() {
-        return Err((EnrollRefusal::TokenRevoked, format!("token {} was revoked", record.id)));
-    }
-    if now >= record.expires_at {
-        return Err((EnrollRefusal::TokenExpired, format!("token {} expired at {}", record.id, record.expires_at)));
-    }
-    if record.uses >= record.max_uses {
-        return Err((
-            EnrollRefusal::TokenUsedUp,
-            format!("token {} used {} of {} times", record.id, record.uses, record.max_uses),
-        ));
+    let id = &record.id;
+    match TokenState::of(record, now) {
+        TokenState::Valid => {}
+        TokenState::Revoked => return Err((EnrollRefusal::TokenRevoked, format!("token {id} was revoked"))),
+        TokenState::Expired => {
+            return Err((EnrollRefusal::TokenExpired, format!("token {id} expired at {}", record.expires_at)))
+        }
+        TokenState::UsedUp => {
+            let detail = format!("token {id} used {} of {} times", record.uses, record.max_uses);
+            return Err((EnrollRefusal::TokenUsedUp, detail));
+        }
     }
     Ok(())
 }

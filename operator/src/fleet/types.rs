@@ -657,36 +657,4 @@ impl std::fmt::Debug for CreatedToken {
     }
 }
 
-/// Where a token stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TokenState {
-    Valid,
-    Revoked,
-    Expired,
-    UsedUp,
-}
-
-impl TokenState {
-    /// `now` in Unix seconds.
-    pub fn of(t: &TokenRecord, now: u64) -> Self {
-        if t.revoked_at.is_some() {
-            Self::Revoked
-        } else if now >= t.expires_at {
-            Self::Expired
-        } else if t.uses >= t.max_uses {
-            Self::UsedUp
-        } else {
-            Self::Valid
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Valid => "valid",
-            Self::Revoked => "revoked",
-            Self::Expired => "expired",
-            Self::UsedUp => "used up",
-        }
-    }
-}
+pub use crate::enroll::token::TokenState;
