@@ -8,6 +8,7 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod durable;
 pub mod enroll;
 pub mod fleet_keys;
 pub mod heartbeat;

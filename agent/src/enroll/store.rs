@@ -10,8 +10,6 @@ use super::EnrollError;
 use crate::config::AgentConfig;
 use harmony_protocol::enroll::{EnrollFile, TOKEN_PREFIX};
 use harmony_protocol::DeviceId;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The device's seed, in the state dir (on the data partition).
@@ -47,43 +45,12 @@ impl EnrollPaths {
     }
 }
 
-/// Replace `path` with `bytes`, mode 0600 from the first byte on, so that a
-/// crash at any point leaves the old or the new content.
+/// Replace `path` with `bytes`, mode 0600 from the first byte on.
 pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    // Hidden and not `*.toml`: a drop-in being written is never merged.
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let written = (|| {
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    std::fs::File::open(dir)?.sync_all()
+    crate::durable::write_atomically(path, bytes, 0o600)
 }
 
-/// Remove `path` (absent is fine) and make the removal durable.
-pub fn remove_durably(path: &Path) -> std::io::Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // FAT directories may refuse an fsync; the unlink itself succeeded.
-        if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
-            log::debug!("fsync of {} after removing {}: {e}", dir.display(), path.display());
-        }
-    }
-    Ok(())
-}
+pub use crate::durable::remove_durably;
 
 /// The device's nkey: loaded if the seed file exists, generated (and
 /// written) only if it does not. An unreadable, empty or invalid seed is an

@@ -3,7 +3,6 @@
 //! the new record, never a torn one.
 
 use super::machine::State;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -61,22 +60,7 @@ impl RecordStore for FileRecordStore {
 /// Replace `path` with `bytes` so that a crash at any point leaves the old
 /// or the new content.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
-    let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        // A full disk must not also leave a temp file behind.
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    // The rename is durable only once the directory entry is.
-    std::fs::File::open(dir)?.sync_all()
+    crate::durable::write_atomically(path, bytes, 0o644)
 }
 
 /// For tests: keeps the record in memory.
@@ -114,7 +98,7 @@ mod tests {
         s.last_accepted_seq = 10;
         store.save(&s).unwrap();
         assert_eq!(store.load().unwrap().unwrap().last_accepted_seq, 10);
-        assert!(!store.path().with_extension("tmp").exists(), "no temp file left behind");
+        assert!(!crate::durable::temp_path(store.path()).exists(), "no temp file left behind");
     }
 
     #[test]
