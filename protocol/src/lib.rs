@@ -14,6 +14,7 @@ pub mod permissions;
 pub mod signing;
 pub mod time;
 pub mod upgrade;
+pub mod workload;
 
 pub use command::{Command, CommandError, CommandReply, ReplyBody, Unsupported};
 pub use device_id::{DeviceId, DeviceIdError};

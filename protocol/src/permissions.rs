@@ -6,6 +6,7 @@
 use crate::names::{
     command_subject, device_inbox_prefix, kv_put_subject, BUNDLE_OBJECT_BUCKET, HEARTBEAT_BUCKET, OFFER_BUCKET,
 };
+use crate::workload::{MANIFEST_BUCKET, OBJECT_BUCKET, WORKLOAD_STATUS_BUCKET};
 use crate::DeviceId;
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +34,8 @@ pub fn device_permissions(device: &DeviceId) -> Permissions {
     let kv = |b: &str| format!("KV_{b}");
     let obj = format!("OBJ_{BUNDLE_OBJECT_BUCKET}");
     let offers = kv(OFFER_BUCKET);
+    let manifests = kv(MANIFEST_BUCKET);
+    let objects = format!("OBJ_{OBJECT_BUCKET}");
     let publish = vec![
         // heartbeat: put its own key (a plain JetStream publish). No
         // STREAM.INFO on the heartbeat stream: its `subjects_filter` would
@@ -44,6 +47,19 @@ pub fn device_permissions(device: &DeviceId) -> Permissions {
         format!("$JS.API.DIRECT.GET.{offers}.$KV.{OFFER_BUCKET}.{id}"),
         format!("$JS.API.CONSUMER.CREATE.{offers}.*.$KV.{OFFER_BUCKET}.{id}"),
         format!("$JS.FC.{offers}.>"),
+        // workloads: read and watch its own manifest (as offers), write its
+        // own status key.
+        format!("$JS.API.DIRECT.GET.{manifests}.$KV.{MANIFEST_BUCKET}.{id}"),
+        format!("$JS.API.CONSUMER.CREATE.{manifests}.*.$KV.{MANIFEST_BUCKET}.{id}"),
+        format!("$JS.FC.{manifests}.>"),
+        kv_put_subject(WORKLOAD_STATUS_BUCKET, id),
+        // workload objects (file contents, image archives): addressed by
+        // their hash, readable by every device like bundles.
+        format!("$JS.API.STREAM.INFO.{objects}"),
+        format!("$JS.API.DIRECT.GET.{objects}.>"),
+        format!("$JS.API.CONSUMER.CREATE.{objects}"),
+        format!("$JS.API.CONSUMER.CREATE.{objects}.>"),
+        format!("$JS.FC.{objects}.>"),
         // bundles: every device may download every bundle
         format!("$JS.API.STREAM.INFO.{obj}"),
         format!("$JS.API.DIRECT.GET.{obj}.>"),
