@@ -46,6 +46,9 @@ pub struct AgentConfig {
     /// enrollment file is and how often to ask again.
     #[serde(default)]
     pub enroll: EnrollConfig,
+    /// Workloads (issue 15): typed desired state from the operator.
+    #[serde(default)]
+    pub workloads: crate::workload::WorkloadConfig,
     /// The file this config was loaded from (not a config key): enrollment
     /// reloads it, drop-ins included, once it has written its drop-in.
     #[serde(skip)]
@@ -211,6 +214,7 @@ impl AgentConfig {
             return Err(invalid("enroll.retry_secs and enroll.refused_retry_secs must be at least 1"));
         }
         cfg.upgrade.validate().map_err(|d| invalid(&d))?;
+        cfg.workloads.validate().map_err(|d| invalid(&d))?;
         Ok(cfg)
     }
 

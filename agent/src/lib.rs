@@ -13,6 +13,7 @@ pub mod enroll;
 pub mod fleet_keys;
 pub mod heartbeat;
 pub mod identity;
+pub mod kv_watch;
 pub mod liveness;
 pub mod logging;
 pub mod rauc;
@@ -22,6 +23,7 @@ pub mod self_test;
 pub mod service_manager;
 pub mod shared;
 pub mod upgrade;
+pub mod workload;
 
 pub use config::AgentConfig;
 pub use runner::{run, AgentError, Effects};

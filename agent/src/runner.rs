@@ -30,6 +30,9 @@ pub struct Effects {
     pub service_manager: Arc<dyn ServiceManager>,
     pub clock: Arc<dyn Clock>,
     pub reboot: Arc<dyn Reboot>,
+    /// How the workload reconcilers are made (real: podman, systemd's
+    /// D-Bus API, the filesystem; tests put fakes here).
+    pub workloads: Arc<dyn crate::workload::effects::WorkloadEffects>,
 }
 
 impl Effects {
@@ -38,6 +41,7 @@ impl Effects {
             service_manager: Arc::new(SdNotify),
             clock: Arc::new(SystemClock),
             reboot: Arc::new(LogindReboot::default()),
+            workloads: Arc::new(crate::workload::effects::RealWorkloads::default()),
         }
     }
 }
@@ -162,14 +166,35 @@ pub async fn run(cfg: AgentConfig, effects: Effects, shutdown: impl Future<Outpu
         }
         .run(),
     );
-    // UPGRADE SERVICE HOOK: the RAUC upgrade service (issue 3) is spawned here.
+    let keys = crate::fleet_keys::load(&cfg.fleet_keys_dir).unwrap_or_else(|e| {
+        log::error!("{e}; every upgrade offer and workload manifest will be refused");
+        harmony_protocol::TrustedKeys::new()
+    });
+    let (workloads, gate) = if cfg.workloads.enabled {
+        let (gate_tx, gate_rx) = tokio::sync::watch::channel(crate::workload::Gate::Waiting);
+        let gate = crate::workload::service::GateHandle {
+            rx: gate_rx,
+            wait_until: tokio::time::Instant::now() + Duration::from_secs(cfg.workloads.gate_timeout_secs),
+        };
+        let (reconcilers, objects) = effects.workloads.build(&cfg, &bus.client);
+        let ctx = crate::workload::service::WorkloadContext {
+            config: cfg.workloads.clone(),
+            state_dir: cfg.state_dir.clone(),
+            keys: keys.clone(),
+            device_id: device_id.clone(),
+            boot_id: facts.boot_id.clone(),
+            client: bus.client.clone(),
+            clock: effects.clock.clone(),
+            reconcilers,
+            gate: gate_tx,
+        };
+        (tokio::spawn(crate::workload::service::run(ctx, objects, futures::future::pending())), gate)
+    } else {
+        (tokio::spawn(futures::future::pending::<()>()), crate::workload::service::GateHandle::open())
+    };
     let mut watched = vec![heartbeat_liveness];
     let upgrade = match rauc {
         Some((client, _, _)) => {
-            let keys = crate::fleet_keys::load(&cfg.fleet_keys_dir).unwrap_or_else(|e| {
-                log::error!("{e}; every upgrade offer will be refused");
-                harmony_protocol::TrustedKeys::new()
-            });
             let ctx = crate::upgrade::service::UpgradeContext {
                 config: cfg.upgrade.clone(),
                 state_dir: cfg.state_dir.clone(),
@@ -182,6 +207,7 @@ pub async fn run(cfg: AgentConfig, effects: Effects, shutdown: impl Future<Outpu
                 clock: effects.clock.clone(),
                 records: Arc::new(crate::upgrade::record::FileRecordStore::in_dir(&cfg.state_dir)),
                 liveness: Arc::new(Liveness::new("upgrade service")),
+                workloads: gate,
             };
             // On a trial slot this loop owns the commit deadline: a wedged
             // one must get the agent restarted, not keep the watchdog fed.
@@ -207,8 +233,8 @@ pub async fn run(cfg: AgentConfig, effects: Effects, shutdown: impl Future<Outpu
     // Spawned loops outlive `run` unless stopped: abort them when `run`
     // returns or is itself dropped, so an in-process restart (the tests'
     // simulated reboot or crash) never leaves the old agent running.
-    let (mut heartbeat, mut commands, mut upgrade) =
-        (AbortOnDrop(heartbeat), AbortOnDrop(commands), AbortOnDrop(upgrade));
+    let (mut heartbeat, mut commands, mut upgrade, mut workloads) =
+        (AbortOnDrop(heartbeat), AbortOnDrop(commands), AbortOnDrop(upgrade), AbortOnDrop(workloads));
     let result = tokio::select! {
         () = &mut shutdown => { log::info!("shutting down"); Ok(()) }
         _ = &mut heartbeat.0 => Err(AgentError::LoopEnded("heartbeat")),
@@ -217,12 +243,13 @@ pub async fn run(cfg: AgentConfig, effects: Effects, shutdown: impl Future<Outpu
             Err(AgentError::LoopEnded("command server"))
         }
         _ = &mut upgrade.0 => Err(AgentError::LoopEnded("upgrade")),
+        _ = &mut workloads.0 => Err(AgentError::LoopEnded("workloads")),
         () = supervisor.run() => Err(AgentError::LoopEnded("supervisor")),
     };
     effects.service_manager.stopping();
     // Deliver any reply or heartbeat still buffered before the process exits.
     let _ = tokio::time::timeout(Duration::from_secs(2), bus.client.flush()).await;
-    drop((heartbeat, commands, upgrade));
+    drop((heartbeat, commands, upgrade, workloads));
     result
 }
 

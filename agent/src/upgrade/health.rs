@@ -1,8 +1,11 @@
 //! Health checks of a freshly booted slot: configured systemd units must be
-//! active, and every executable in the checks directory must exit 0 within
-//! the timeout. Returns the names of what failed (empty = healthy).
+//! active, every executable in the checks directory must exit 0 within the
+//! timeout, and the workload manifest must have converged (unless it opts
+//! out: `gate_upgrades = false`). Returns the names of what failed (empty =
+//! healthy).
 
 use crate::shared::StatusBoard;
+use crate::workload::service::GateHandle;
 use harmony_protocol::heartbeat::{Health, HealthStatus};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,9 +22,17 @@ pub fn status(failed: &[String]) -> Health {
 /// Runs the checks now and then every `interval`, publishing each result,
 /// so every heartbeat (not only the one after an upgrade) says whether the
 /// device is healthy.
-pub async fn monitor(units: Vec<String>, dir: PathBuf, timeout: Duration, interval: Duration, board: Arc<StatusBoard>) {
+pub async fn monitor(
+    units: Vec<String>,
+    dir: PathBuf,
+    timeout: Duration,
+    interval: Duration,
+    board: Arc<StatusBoard>,
+    workloads: GateHandle,
+) {
     loop {
-        let failed = run(&units, &dir, timeout).await;
+        let mut failed = run(&units, &dir, timeout).await;
+        failed.extend(workloads.failures(false).await);
         publish(&board, &failed);
         tokio::time::sleep(interval).await;
     }

@@ -11,9 +11,8 @@ use super::{health, UpgradeConfig, UpgradeRequest};
 use crate::clock::{BootMillis, Clock};
 use crate::reboot::Reboot;
 use crate::shared::{DeviceFacts, StatusBoard};
-use futures::StreamExt;
 use harmony_protocol::command::ReplyBody;
-use harmony_protocol::names::{device_key, BUNDLE_OBJECT_BUCKET, OFFER_BUCKET};
+use harmony_protocol::names::{BUNDLE_OBJECT_BUCKET, OFFER_BUCKET};
 use harmony_protocol::signing::SigningError;
 use harmony_protocol::time::UnixMillis;
 use harmony_protocol::{CommandError, RefusalReason, SignedEnvelope, TrustedKeys, UpgradeOffer, UpgradePhase};
@@ -40,6 +39,8 @@ pub struct UpgradeContext {
     /// Beaten by the service loop (see `LIVENESS_TICK`); the supervisor
     /// withholds the watchdog ping when it goes silent.
     pub liveness: Arc<crate::liveness::Liveness>,
+    /// The workloads' part of the health checks.
+    pub workloads: crate::workload::service::GateHandle,
 }
 
 /// The service loop proves it still turns at least this often. Long work
@@ -136,6 +137,7 @@ pub async fn run(
         Duration::from_secs(ctx.config.health_check_timeout_secs),
         Duration::from_secs(ctx.config.health_check_interval_secs),
         ctx.board.clone(),
+        ctx.workloads.clone(),
     ));
     let clock_seen = (ctx.clock.now(), ctx.clock.boottime());
     let mut clock_check = tokio::time::interval(Duration::from_millis(ctx.config.clock_check_interval_ms.max(1)));
@@ -373,9 +375,14 @@ impl Service {
                 let units = self.ctx.config.health_units.clone();
                 let dir = self.ctx.config.health_checks_dir.clone();
                 let timeout = Duration::from_secs(self.ctx.config.health_check_timeout_secs);
-                self.send_later(
-                    async move { Event::HealthChecked { failed: health::run(&units, &dir, timeout).await } },
-                );
+                let workloads = self.ctx.workloads.clone();
+                self.send_later(async move {
+                    let mut failed = health::run(&units, &dir, timeout).await;
+                    // The new OS counts as healthy only once the workloads
+                    // have converged on it (waited for, up to the gate timeout).
+                    failed.extend(workloads.failures(true).await);
+                    Event::HealthChecked { failed }
+                });
             }
             Action::ArmDeadline(at) => {
                 let wait = at.saturating_since(self.ctx.clock.boottime());
@@ -546,70 +553,25 @@ pub fn decode_offer(keys: &TrustedKeys, bytes: &[u8]) -> Result<UpgradeOffer, Re
     })
 }
 
-/// Watch this device's key in the offers bucket (current value first, then
-/// every update) and forward each as an event. Retries while the bucket is
-/// missing or NATS is away.
-///
-/// Not `kv::Store::watch`: that creates an unnamed consumer with the filter
-/// in the payload, which device credentials cannot be limited by. A named
-/// consumer puts the filter in the API subject, where the device's
-/// permissions pin it to its own key (see operator/src/provision.rs).
+/// Watch this device's key in the offers bucket and forward each value,
+/// checked, as an offer event.
 async fn watch_offers(
     client: async_nats::Client,
     keys: TrustedKeys,
     device: harmony_protocol::DeviceId,
     tx: mpsc::Sender<Msg>,
 ) {
-    use async_nats::jetstream::consumer::{push::OrderedConfig, DeliverPolicy};
-    let js = async_nats::jetstream::new(client.clone());
-    let filter = format!("$KV.{OFFER_BUCKET}.{}", device_key(&device));
-    let mut attempt = 0u64;
-    loop {
-        attempt += 1;
-        let started =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-        let name = format!("offers_{}_{started}_{attempt}", device_key(&device));
-        let consumer = async {
-            // No stream info: devices may not read it (it would list every
-            // device's offer key); creating the consumer needs only the name.
-            let stream = js.get_stream_no_info(format!("KV_{OFFER_BUCKET}")).await.map_err(|e| e.to_string())?;
-            stream
-                .create_consumer(OrderedConfig {
-                    name: Some(name),
-                    deliver_subject: client.new_inbox(),
-                    filter_subject: filter.clone(),
-                    deliver_policy: DeliverPolicy::LastPerSubject,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| e.to_string())?
-                .messages()
-                .await
-                .map_err(|e| e.to_string())
-        };
-        match consumer.await {
-            Err(e) => log::warn!("cannot watch offers in {OFFER_BUCKET}: {e}"),
-            Ok(mut messages) => {
-                while let Some(msg) = messages.next().await {
-                    match msg {
-                        Ok(msg) => {
-                            // Deletes and purges carry a KV-Operation header and no offer.
-                            if msg.headers.as_ref().is_some_and(|h| h.get("KV-Operation").is_some()) {
-                                continue;
-                            }
-                            let offer = decode_offer(&keys, &msg.payload);
-                            if tx.send(Msg::Event(Event::Offer(offer))).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            log::warn!("offer watch: {e}");
-                            break;
-                        }
-                    }
-                }
+    let (raw_tx, mut raw) = mpsc::channel(4);
+    let watch = crate::kv_watch::watch_own_key(client, OFFER_BUCKET, device, raw_tx);
+    let forward = async {
+        while let Some(bytes) = raw.recv().await {
+            if tx.send(Msg::Event(Event::Offer(decode_offer(&keys, &bytes)))).await.is_err() {
+                return;
             }
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    tokio::select! {
+        () = watch => {}
+        () = forward => {}
     }
 }
