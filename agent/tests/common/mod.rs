@@ -84,8 +84,13 @@ pub struct RunningAgent {
 
 impl RunningAgent {
     pub fn start(cfg: AgentConfig) -> Self {
+        Self::start_with(cfg, Effects::real())
+    }
+
+    /// With the given effects, except the service manager (recorded).
+    pub fn start_with(cfg: AgentConfig, effects: Effects) -> Self {
         let service_manager = Arc::new(RecordingServiceManager::with_watchdog(Duration::from_millis(400)));
-        let effects = Effects { service_manager: service_manager.clone(), ..Effects::real() };
+        let effects = Effects { service_manager: service_manager.clone(), ..effects };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(harmony_agent::run(cfg, effects, async move {
             let _ = stopped.await;
