@@ -176,4 +176,6 @@ class Fleet:
         would make every scenario minutes longer."""
         return (f"# qemu-tests: timing only; identity comes from enrollment\n"
                 f"heartbeat_interval_secs = {self.heartbeat_interval_secs}\n"
-                f"[upgrade]\ncommit_deadline_secs = {self.commit_deadline_secs}\n")
+                f"[upgrade]\ncommit_deadline_secs = {self.commit_deadline_secs}\n"
+                # Workload drift and retries in seconds, not minutes (issue 15).
+                f"[workloads]\ndrift_interval_secs = 5\nretry_initial_secs = 2\nretry_max_secs = 10\n")

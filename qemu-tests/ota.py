@@ -46,6 +46,18 @@ written with debugfs; identity and credentials come from enrollment alone.
     not_on_committed_slot, never committed; the operator notes it in the
     (still committed) job's history
 
+ 10 workloads (issue 15): a File and a SystemdUnit applied with `workloads
+    apply` converge (unit from /run/systemd/system, enabled, active, reading
+    the file); a person stops the unit and edits the file: the drift pass
+    puts both back; a resource dropped from the manifest is deleted; after
+    an OS upgrade to v2 (committed) both run again on B, reported converged
+    by the new boot
+
+ 11 workload gate (issue 15): a unit that runs only on v1 converges; the
+    upgrade to v2 reboots into B, where the unit fails: the agent's health
+    check names the workload, B is never committed, the agent falls back:
+    RolledBack{health_check_failed}; the unit runs again on A
+
 --ci runs 1, 2 and 4, --all (the default) every scenario. Console logs, operator
 logs and CLI transcripts of each scenario go to
 qemu-tests/artifacts/<timestamp>-ota/scenario-N/. The last line printed is
@@ -63,6 +75,7 @@ import suite
 from disk import put_ext4_file
 from fleet import REPO, Fleet
 from guest import Fail, check, slot_state
+import workloads as wl
 
 REGISTRY = suite.Registry()
 scenario = REGISTRY.scenario
@@ -790,6 +803,90 @@ def s9(ctx):
     st = o.rauc()
     check(st.get("booted") == "A" and slot_state(st, "B")[1].get("boot_status") == "bad",
           f"rauc: booted={st.get('booted')} B={slot_state(st, 'B')[1]}")
+
+
+@scenario(10, "workloads: File + SystemdUnit converge, drift corrected, deletion, both run again after an OS upgrade")
+def s10(ctx):
+    o = Ota(ctx)
+    g = o.g
+    o.boot_and_enroll()
+    w = wl.Workloads(o)
+    greeting = "hello from the fleet\n"
+    base = [wl.file_resource("greeting", wl.GREETING, greeting),
+            wl.unit_resource("hello", wl.HELLO_UNIT, wl.hello_unit())]
+    extra = wl.file_resource("extra", "/data/workloads/extra.conf", "to be deleted\n", mode="0600")
+    t0 = time.monotonic()
+    w.apply(*base, extra)
+    st = wl.actual(w.wait_converged(1))
+    ctx.metric("apply -> converged (s)", round(time.monotonic() - t0, 1))
+    ctx.note(f"resources: { {k: v.get('state') for k, v in st['resources'].items()} }")
+    w.unit_running_from_run()
+    check(wl.guest_text(g, wl.GREETING).startswith(greeting), "managed file content")
+    w.guest_until(f"grep -qx 'hello from the fleet' /run/hello.out", 30, "the unit to copy the managed file")
+    _, mode = g.sh("stat -c %a /data/workloads/extra.conf")
+    check("600" in mode, f"extra.conf mode {mode}")
+
+    # A person on the device stops the unit and edits the managed file.
+    g.sh(f"systemctl stop {wl.HELLO_UNIT}; echo defaced > {wl.GREETING}")
+    t = w.guest_until(f"systemctl is-active --quiet {wl.HELLO_UNIT} && grep -qx 'hello from the fleet' {wl.GREETING}",
+                      120, "the drift pass to restart the unit and restore the file")
+    ctx.metric("drift (unit stopped, file edited) -> corrected (s)", round(t, 1))
+    _, journal = g.sh("journalctl -b -u harmony-agent --no-pager | grep -E 'workload (greeting|hello)' | tail -n 4")
+    ctx.note(f"agent: {journal.strip()[-400:]}")
+
+    # Dropped from the manifest: deleted.
+    w.apply(*base)
+    st = wl.actual(w.wait_converged(2))
+    check("extra" not in st["resources"], f"extra still reported: {st['resources'].keys()}")
+    rc, _ = g.sh("test -e /data/workloads/extra.conf", ok=False)
+    check(rc != 0, "extra.conf was not deleted")
+
+    # The OS underneath is upgraded; the workloads come back on the new slot.
+    old_boot = o.boot_id()
+    _, since = o.install_and_reboot("v2", "s10")
+    o.await_reboot(since, expect_slot="B")
+    new_boot = o.boot_id()
+    check(new_boot != old_boot, "boot id did not change")
+    o.watch(lambda s: job_state(s) == "committed" and s["heartbeat"]["upgrade"]["phase"] == "committed",
+            COMMIT_DEADLINE_SECS + 180, "the commit of v2 (health includes the workload gate)")
+    st = wl.actual(w.wait_converged(2, boot_id=new_boot))
+    check(g.os_version() == ctx.versions["v2"], "not running v2")
+    w.unit_running_from_run()
+    w.guest_until("grep -qx 'hello from the fleet' /run/hello.out", 30, "the unit to run on the new slot")
+    ctx.note(f"after the upgrade: boot {new_boot[:8]}, resources "
+             f"{ {k: v.get('state') for k, v in st['resources'].items()} }")
+
+
+@scenario(11, "workload gate: an OS on which a workload fails is not committed and falls back")
+def s11(ctx):
+    o = Ota(ctx)
+    g = o.g
+    o.boot_and_enroll()
+    w = wl.Workloads(o)
+    v1 = ctx.versions["v1"]
+    # Runs only where os-release says v1: on v2 it exits 1 at once, as a
+    # workload does when the OS under it lost what it needs.
+    unit = ("[Unit]\nDescription=Harmony workload test: needs the v1 OS\n[Service]\n"
+            # $$: systemd would expand $VERSION_ID itself (to nothing).
+            f"ExecStart=/bin/sh -c '. /etc/os-release; [ \"$$VERSION_ID\" = {v1} ] && exec sleep infinity; "
+            f"echo \"workload needs OS {v1}, found $$VERSION_ID\" >&2; exit 1'\n"
+            "[Install]\nWantedBy=multi-user.target\n")
+    w.apply(wl.unit_resource("needs-v1", "harmony-needs-v1.service", unit))
+    w.wait_converged(1)
+    w.unit_running_from_run("harmony-needs-v1.service")
+    _, since = o.install_and_reboot("v2", "s11")
+    o.await_reboot(since, expect_slot="B")
+    check(g.os_version() == ctx.versions["v2"], "the new slot is not v2")
+    t0 = time.monotonic()
+    since = g.mark()
+    o.await_reboot(since, expect_slot="A", timeout=COMMIT_DEADLINE_SECS + 600)
+    ctx.metric("v2 up -> workload gate fails -> reboot -> shell on A (s)", round(time.monotonic() - t0, 1))
+    s = o.expect_rolled_back("health_check_failed")
+    failed = s["heartbeat"]["upgrade"]["reason"].get("failed", [])
+    check(any("needs-v1" in f for f in failed), f"the rollback does not name the workload: {failed}")
+    check(transition_at(s["job"], "commit_sent") is None, "the operator sent a commit for v2")
+    w.wait_converged(1, boot_id=o.boot_id())
+    w.unit_running_from_run("harmony-needs-v1.service")
 
 
 if __name__ == "__main__":
