@@ -57,6 +57,10 @@ written with debugfs; identity and credentials come from enrollment alone.
     upgrade to v2 reboots into B, where the unit fails: the agent's health
     check names the workload, B is never committed, the agent falls back:
     RolledBack{health_check_failed}; the unit runs again on A
+ 13 benchmark, not in --ci or --all's pass/fail sense: a 50-resource
+    manifest (25 files, 25 units) applied to the device: apply -> converged
+    time, agent CPU for it and for one idle drift pass, agent RSS idle with
+    the workloads applied (`scripts/bench workloads` runs it)
 
 --ci runs 1, 2 and 4, --all (the default) every scenario. Console logs, operator
 logs and CLI transcripts of each scenario go to
@@ -887,6 +891,48 @@ def s11(ctx):
     check(transition_at(s["job"], "commit_sent") is None, "the operator sent a commit for v2")
     w.wait_converged(1, boot_id=o.boot_id())
     w.unit_running_from_run("harmony-needs-v1.service")
+
+
+def agent_cpu_rss(g):
+    """(CPU seconds used so far, RSS KiB) of the guest's agent."""
+    _, out = g.sh("p=$(systemctl show -p MainPID --value harmony-agent); "
+                  "echo STAT $(cut -d' ' -f14,15 /proc/$p/stat) $(getconf CLK_TCK) RSS $(grep VmRSS /proc/$p/status)")
+    m = re.search(r"STAT (\d+) (\d+) (\d+) RSS VmRSS:\s+(\d+)", out)
+    if not m:
+        raise Fail(f"cannot read the agent's CPU/RSS: {out}")
+    utime, stime, tck, rss = map(int, m.groups())
+    return (utime + stime) / tck, rss
+
+
+@scenario(13, "benchmark: 50-resource manifest (25 files, 25 units): reconcile time, agent CPU and RSS")
+def s13(ctx):
+    o = Ota(ctx)
+    g = o.g
+    o.boot_and_enroll()
+    w = wl.Workloads(o)
+    g.sh("sleep 20")  # let the first boot settle before measuring
+    cpu0, rss0 = agent_cpu_rss(g)
+    resources = []
+    for i in range(25):
+        resources.append(wl.file_resource(f"conf-{i:02d}", f"/data/workloads/bench/conf-{i:02d}.txt",
+                                          f"setting {i}\n" * 40))
+        resources.append(wl.unit_resource(f"svc-{i:02d}", f"harmony-bench-{i:02d}.service",
+                                          "[Service]\nExecStart=/bin/sleep infinity\n"
+                                          "[Install]\nWantedBy=multi-user.target\n"))
+    t0 = time.monotonic()
+    w.apply(*resources)
+    w.wait_converged(1, timeout=900)
+    took = time.monotonic() - t0
+    cpu1, rss1 = agent_cpu_rss(g)
+    ctx.metric("50 resources: apply -> converged (s, includes the CLI and a 1 s status poll)", round(took, 1))
+    ctx.metric("50 resources: agent CPU for the first pass (s)", round(cpu1 - cpu0, 2))
+    # One idle drift pass (interval 5 s in this suite): CPU over 60 s with nothing to fix.
+    g.sh("sleep 60", timeout=120)
+    cpu2, rss2 = agent_cpu_rss(g)
+    ctx.metric("50 resources idle: agent CPU per minute (s; 12 drift passes at 5 s)", round(cpu2 - cpu1, 2))
+    ctx.metric("agent RSS before / after applying / idle after 60 s (KiB)", f"{rss0} / {rss1} / {rss2}")
+    _, n = g.sh("systemctl list-units 'harmony-bench-*' --state=active --no-legend | wc -l")
+    check(n.strip().splitlines()[-1] == "25", f"active bench units: {n}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@
 //!   trial slot's commit deadline, which is why it must not be wedged while
 //!   the watchdog is fed.
 //!
-//! Not watched: the command server and the offer watch (a stuck one shows
+//! Not watched: the workload service (one pass may rightly take minutes, an
+//! image pull say; each of its actions is bounded by `action_timeout_secs`,
+//! and a stuck one shows as a resource that stays `reconciling`), the
+//! command server and the offer watch (a stuck one shows
 //! as unanswered commands / no new offers, which the operator times out),
 //! the health monitor, and the helper tasks doing long work (download,
 //! install, health checks, Mark): they run beside the upgrade loop, so a
