@@ -32,6 +32,12 @@ pub enum Error {
     Corrupt { key: String, detail: String },
     #[error("command failed on the device: {0}")]
     Device(String),
+    #[error("workload manifest {path}: {detail}")]
+    Manifest { path: PathBuf, detail: String },
+    /// Some devices of a multi-device command failed (each was reported);
+    /// the others went ahead.
+    #[error("{failed} of {total} device(s) failed")]
+    PartlyFailed { failed: usize, total: usize },
 }
 
 impl Error {
