@@ -8,6 +8,7 @@ use harmony_operator::bus::{create_buckets, BucketLimits};
 use harmony_operator::provision::{self, device_inbox_prefix, AgentSettings, DeviceUser};
 use harmony_protocol::command::{Command, CommandReply, ReplyBody};
 use harmony_protocol::names::{command_subject, BUNDLE_OBJECT_BUCKET, HEARTBEAT_BUCKET, OFFER_BUCKET};
+use harmony_protocol::workload::{MANIFEST_BUCKET, OBJECT_BUCKET, WORKLOAD_STATUS_BUCKET};
 use harmony_protocol::DeviceId;
 use harmony_testkit::NatsServer;
 use std::time::Duration;
@@ -22,20 +23,21 @@ async fn device_client(url: &str, seed_file: &std::path::Path, id: &DeviceId) ->
         .unwrap()
 }
 
-/// How an agent watches its offer under these permissions.
-async fn watch_own_offer(
+/// How an agent watches its offer (or its manifest) under these permissions.
+async fn watch_own_key(
     js: &jetstream::Context,
     client: &async_nats::Client,
+    bucket: &str,
     id: &DeviceId,
 ) -> Result<jetstream::consumer::push::Ordered, String> {
-    let stream = js.get_stream_no_info(format!("KV_{OFFER_BUCKET}")).await.map_err(|e| e.to_string())?;
+    let stream = js.get_stream_no_info(format!("KV_{bucket}")).await.map_err(|e| e.to_string())?;
     let mut nonce = [0u8; 6];
     getrandom::getrandom(&mut nonce).map_err(|e| e.to_string())?;
     let consumer = stream
         .create_consumer(jetstream::consumer::push::OrderedConfig {
-            name: Some(format!("offer-watch-{id}-{}", hex::encode(nonce))),
+            name: Some(format!("watch-{id}-{}", hex::encode(nonce))),
             deliver_subject: client.new_inbox(),
-            filter_subject: format!("$KV.{OFFER_BUCKET}.{id}"),
+            filter_subject: format!("$KV.{bucket}.{id}"),
             deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
             ..Default::default()
         })
@@ -142,13 +144,13 @@ async fn a_device_can_do_its_own_things_and_nothing_else() {
         "read another device's offer"
     );
     // The agent's offer watch: a named ordered consumer filtered on its key.
-    let mut watch = watch_own_offer(&js_ok, &dev, &pi1).await.unwrap();
+    let mut watch = watch_own_key(&js_ok, &dev, OFFER_BUCKET, &pi1).await.unwrap();
     let first = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(&first.payload[..], b"offer-1");
     offers.put("pi-1", "offer-1b".into()).await.unwrap();
     let next = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(&next.payload[..], b"offer-1b");
-    assert!(watch_own_offer(&js, &dev, &pi2).await.is_err(), "watched another device's offer");
+    assert!(watch_own_key(&js, &dev, OFFER_BUCKET, &pi2).await.is_err(), "watched another device's offer");
     // The unnamed form (filter only in the payload, as `kv::Store::watch`
     // creates it) is refused: it could name any key.
     for key in ["pi-1", "pi-2"] {
@@ -172,6 +174,60 @@ async fn a_device_can_do_its_own_things_and_nothing_else() {
     assert_eq!(bytes, b"bundle bytes");
     let dev_objects_denied = js.get_object_store(BUNDLE_OBJECT_BUCKET).await.unwrap();
     assert!(dev_objects_denied.put("evil", &mut &b"x"[..]).await.is_err());
+
+    // Workloads (issue #15): its own manifest read and watched like its
+    // offer, its own status written like its heartbeat; workload objects
+    // downloaded like bundles. Nothing of another device's.
+    let manifests = ojs.get_key_value(MANIFEST_BUCKET).await.unwrap();
+    manifests.put("pi-1", "manifest-1".into()).await.unwrap();
+    manifests.put("pi-2", "manifest-2".into()).await.unwrap();
+    assert_lists_no_keys(&dev, MANIFEST_BUCKET, "pi-2").await;
+    assert!(js.get_key_value(MANIFEST_BUCKET).await.is_err(), "opened the manifest bucket (stream info)");
+    let manifest_stream = js_ok.get_stream_no_info(format!("KV_{MANIFEST_BUCKET}")).await.unwrap();
+    let manifest_stream_denied = js.get_stream_no_info(format!("KV_{MANIFEST_BUCKET}")).await.unwrap();
+    let own = manifest_stream.direct_get_last_for_subject(format!("$KV.{MANIFEST_BUCKET}.pi-1")).await.unwrap();
+    assert_eq!(&own.payload[..], b"manifest-1");
+    assert!(
+        manifest_stream_denied.direct_get_last_for_subject(format!("$KV.{MANIFEST_BUCKET}.pi-2")).await.is_err(),
+        "read another device's manifest"
+    );
+    let mut watch = watch_own_key(&js_ok, &dev, MANIFEST_BUCKET, &pi1).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(&first.payload[..], b"manifest-1");
+    manifests.put("pi-1", "manifest-1b".into()).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(&next.payload[..], b"manifest-1b");
+    assert!(watch_own_key(&js, &dev, MANIFEST_BUCKET, &pi2).await.is_err(), "watched another device's manifest");
+    let unnamed = manifest_stream_denied
+        .create_consumer(jetstream::consumer::push::OrderedConfig {
+            deliver_subject: dev.new_inbox(),
+            filter_subject: format!("$KV.{MANIFEST_BUCKET}.pi-2"),
+            ..Default::default()
+        })
+        .await;
+    assert!(unnamed.is_err(), "an unnamed consumer on another device's manifest was allowed");
+    let publish = |subject: String, js: &jetstream::Context| {
+        let js = js.clone();
+        async move { js.publish(subject, "{}".into()).await?.await.map(drop) }
+    };
+    assert!(publish(format!("$KV.{MANIFEST_BUCKET}.pi-1"), &js).await.is_err(), "a device wrote its own manifest");
+    let statuses = ojs.get_key_value(WORKLOAD_STATUS_BUCKET).await.unwrap();
+    publish(format!("$KV.{WORKLOAD_STATUS_BUCKET}.pi-1"), &js_ok).await.unwrap();
+    assert_eq!(statuses.get("pi-1").await.unwrap().as_deref(), Some(&b"{}"[..]));
+    assert!(
+        publish(format!("$KV.{WORKLOAD_STATUS_BUCKET}.pi-2"), &js).await.is_err(),
+        "wrote another device's workload status"
+    );
+    assert!(statuses.get("pi-2").await.unwrap().is_none());
+    statuses.put("pi-2", "{}".into()).await.unwrap();
+    assert_lists_no_keys(&dev, WORKLOAD_STATUS_BUCKET, "pi-2").await;
+    let workload_objects = ojs.get_object_store(OBJECT_BUCKET).await.unwrap();
+    workload_objects.put("ab12", &mut &b"file content"[..]).await.unwrap();
+    let mut obj = js_ok.get_object_store(OBJECT_BUCKET).await.unwrap().get("ab12").await.unwrap();
+    let mut bytes = Vec::new();
+    obj.read_to_end(&mut bytes).await.unwrap();
+    assert_eq!(bytes, b"file content");
+    assert!(js.get_object_store(OBJECT_BUCKET).await.unwrap().put("evil", &mut &b"x"[..]).await.is_err());
 
     // Commands: it serves its own subject and the operator gets the reply.
     let mut sub = dev.subscribe(command_subject(&pi1)).await.unwrap();

@@ -2,7 +2,7 @@
 //! ([`KvFleet`]), which selects, signs, writes and audits.
 
 use super::desired::{ApplyReport, Outcome};
-use super::view::DeviceWorkloads;
+use super::view::{retry_text, DeviceWorkloads};
 use crate::commands::{actor, table, Output};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -69,13 +69,13 @@ fn opt<T: ToString>(v: Option<T>) -> String {
 }
 
 fn converged(w: &DeviceWorkloads) -> &'static str {
-    use super::view::Sync;
-    match w.sync {
-        Sync::Converged => "yes",
-        Sync::Converging => "no",
-        Sync::Behind => "behind",
-        Sync::Unreported => "unreported",
-        Sync::NoManifest => "no manifest",
+    use super::view::Convergence;
+    match w.convergence {
+        Convergence::Converged => "yes",
+        Convergence::Converging => "no",
+        Convergence::Behind => "behind",
+        Convergence::Unreported => "unreported",
+        Convergence::NoManifest => "no manifest",
     }
 }
 
@@ -150,11 +150,7 @@ pub fn device_text(w: &DeviceWorkloads, now: UnixMillis) -> String {
                 Some(ResourceState::Reconciling { since }) => (ago(*since), String::new()),
                 Some(ResourceState::Ready { since, details }) => (ago(*since), details.clone()),
                 Some(ResourceState::Failed { since, error, attempts, retry_after }) => {
-                    let retry = match retry_after.0.checked_sub(now.0) {
-                        Some(wait) if wait > 0 => format!("retry in {}s", wait.div_ceil(1000)),
-                        _ => "retry due".into(),
-                    };
-                    (ago(*since), format!("{error} (attempt {attempts}, {retry})"))
+                    (ago(*since), format!("{error} (attempt {attempts}, {})", retry_text(*retry_after, now)))
                 }
             };
             vec![

@@ -105,7 +105,9 @@ pub async fn write(t: Target<'_>, device: &DeviceId, spec: &WorkloadSpec, now: U
                 log::info!("workloads: {device} manifest generation {generation} written");
                 return Ok(Outcome::Written { generation });
             }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                log::debug!("workloads: {device} manifest changed while writing generation {generation}; reading again");
+            }
             Err(e) => return Err(Error::Nats(format!("write manifest of {device}: {e}"))),
         }
     }

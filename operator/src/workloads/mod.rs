@@ -16,7 +16,7 @@ pub mod objects;
 pub mod view;
 
 pub use desired::{ApplyReport, DeviceOutcome, Outcome};
-pub use view::{DeviceWorkloads, Sync};
+pub use view::{Convergence, DeviceWorkloads};
 
 use harmony_protocol::time::UnixMillis;
 use harmony_protocol::workload::{AgentManifest, ManifestRefusal, Resource};

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 /// Where a device stands with its manifest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Sync {
+pub enum Convergence {
     /// The desired generation is applied and every resource is ready.
     Converged,
     /// The desired generation is being applied.
@@ -30,7 +30,7 @@ pub enum Sync {
     NoManifest,
 }
 
-impl Sync {
+impl Convergence {
     pub fn name(self) -> &'static str {
         match self {
             Self::Converged => "converged",
@@ -79,7 +79,7 @@ pub struct DeviceWorkloads {
     pub status: Option<AgentStatus>,
     /// Why the stored status is not believed (undecodable, another device's).
     pub status_error: Option<String>,
-    pub sync: Sync,
+    pub convergence: Convergence,
     /// Whether the status is from the boot the device last sent a heartbeat
     /// from (`None`: no status or no heartbeat). After an OS upgrade, a
     /// status of the earlier boot says nothing about the new OS.
@@ -104,20 +104,20 @@ impl DeviceWorkloads {
             Some(Ok(s)) => (Some(s), None),
             Some(Err(e)) => (None, Some(e)),
         };
-        let sync = match (&desired, &status) {
-            (None, _) if desired_error.is_none() && status.is_some() => Sync::NoManifest,
-            (_, None) => Sync::Unreported,
+        let convergence = match (&desired, &status) {
+            (None, _) if desired_error.is_none() && status.is_some() => Convergence::NoManifest,
+            (_, None) => Convergence::Unreported,
             (d, Some(s)) => {
                 let wanted = d.as_ref().map_or(0, |d| d.generation);
                 match s.observed_generation {
-                    Some(seen) if seen >= wanted && s.conditions.converged => Sync::Converged,
-                    Some(seen) if seen >= wanted => Sync::Converging,
-                    _ => Sync::Behind,
+                    Some(seen) if seen >= wanted && s.conditions.converged => Convergence::Converged,
+                    Some(seen) if seen >= wanted => Convergence::Converging,
+                    _ => Convergence::Behind,
                 }
             }
         };
         let current_boot = status.as_ref().zip(heartbeat_boot).map(|(s, boot)| s.boot_id == boot);
-        Self { device_id: device.clone(), desired, desired_error, status, status_error, sync, current_boot }
+        Self { device_id: device.clone(), desired, desired_error, status, status_error, convergence, current_boot }
     }
 
     /// Resources per state name (`ready`, `failed`, ...), as reported.
@@ -160,6 +160,14 @@ impl DeviceWorkloads {
             Some(g) => format!("generation {g}: {}", r.reason),
             None => r.reason.to_string(),
         })
+    }
+}
+
+/// When a failed resource is tried again: `retry in 12 s`, `retry due`.
+pub fn retry_text(retry_after: UnixMillis, now: UnixMillis) -> String {
+    match retry_after.0.checked_sub(now.0) {
+        Some(wait) if wait > 0 => format!("retry in {} s", wait.div_ceil(1000)),
+        _ => "retry due".into(),
     }
 }
 
@@ -258,13 +266,13 @@ mod tests {
     }
 
     #[test]
-    fn sync_table() {
-        assert_eq!(build(Some(2), None).sync, Sync::Unreported);
-        assert_eq!(build(Some(2), Some(&status(Some(2), true))).sync, Sync::Converged);
-        assert_eq!(build(Some(2), Some(&status(Some(2), false))).sync, Sync::Converging);
-        assert_eq!(build(Some(3), Some(&status(Some(2), true))).sync, Sync::Behind);
-        assert_eq!(build(Some(3), Some(&status(None, false))).sync, Sync::Behind);
-        assert_eq!(build(None, Some(&status(Some(2), true))).sync, Sync::NoManifest);
+    fn convergence_table() {
+        assert_eq!(build(Some(2), None).convergence, Convergence::Unreported);
+        assert_eq!(build(Some(2), Some(&status(Some(2), true))).convergence, Convergence::Converged);
+        assert_eq!(build(Some(2), Some(&status(Some(2), false))).convergence, Convergence::Converging);
+        assert_eq!(build(Some(3), Some(&status(Some(2), true))).convergence, Convergence::Behind);
+        assert_eq!(build(Some(3), Some(&status(None, false))).convergence, Convergence::Behind);
+        assert_eq!(build(None, Some(&status(Some(2), true))).convergence, Convergence::NoManifest);
     }
 
     #[test]
@@ -293,6 +301,6 @@ mod tests {
         assert!(w.status.is_none() && w.status_error.unwrap().contains("pi-2"));
         let w = DeviceWorkloads::build(&dev(), Some(b"garbage"), Some(b"{"), None);
         assert!(w.desired_error.is_some() && w.status_error.is_some());
-        assert_eq!(w.sync, Sync::Unreported);
+        assert_eq!(w.convergence, Convergence::Unreported);
     }
 }
