@@ -172,8 +172,11 @@ async fn an_invalid_manifest_or_an_empty_selection_writes_nothing() {
     let fleet = KvFleet::open(&env.cfg).await.unwrap();
     // A manifest a device would refuse is refused before signing or uploading.
     let bad = env.dir.path().join("bad.toml");
-    std::fs::write(&bad, "[[resource]]\nid = \"u\"\nkind = \"systemd_unit\"\nname = \"../evil.service\"\ncontent = \"\"\n")
-        .unwrap();
+    std::fs::write(
+        &bad,
+        "[[resource]]\nid = \"u\"\nkind = \"systemd_unit\"\nname = \"../evil.service\"\ncontent = \"\"\n",
+    )
+    .unwrap();
     let err = file::load(&bad).unwrap_err().to_string();
     assert!(err.contains("evil.service") && err.contains("line 1"), "{err}");
     let mut invalid = spec(&env, "x");
@@ -297,7 +300,12 @@ async fn status_shows_desired_beside_what_devices_report() {
     let convergence: Vec<(&str, Convergence)> = views.iter().map(|w| (w.device_id.as_str(), w.convergence)).collect();
     assert_eq!(
         convergence,
-        [("pi-1", Convergence::Converging), ("pi-2", Convergence::Behind), ("pi-3", Convergence::Behind), ("pi-5", Convergence::Unreported)]
+        [
+            ("pi-1", Convergence::Converging),
+            ("pi-2", Convergence::Behind),
+            ("pi-3", Convergence::Behind),
+            ("pi-5", Convergence::Unreported)
+        ]
     );
     assert_eq!(views[0].current_boot, Some(true), "pi-1's status is of its heartbeat's boot");
     assert!(views[3].status_error.as_deref().unwrap().contains("names device pi-1"));

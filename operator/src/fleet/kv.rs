@@ -8,9 +8,10 @@
 use super::live::{self, Shared, Source};
 use super::query::{self, selector_matches};
 use super::{
-    archive, audit, enrollment, timeline, workloads, Actor, AuditAction, AuditEntry, AuditPage, AuditQuery, AuditResult,
-    BundlePush, BundleView, Change, Control, CreatedToken, DeviceDetail, DevicePage, DeviceQuery, FleetService,
-    Judgement, Overview, PingReport, RolloutDetail, RolloutSummary, Stage, StartArgs, Target, TokenSpec, Verdict,
+    archive, audit, enrollment, timeline, workloads, Actor, AuditAction, AuditEntry, AuditPage, AuditQuery,
+    AuditResult, BundlePush, BundleView, Change, Control, CreatedToken, DeviceDetail, DevicePage, DeviceQuery,
+    FleetService, Judgement, Overview, PingReport, RolloutDetail, RolloutSummary, Stage, StartArgs, Target, TokenSpec,
+    Verdict,
 };
 use crate::bus::Buckets;
 use crate::clock::{Clock, SystemClock};
@@ -23,13 +24,13 @@ use crate::model::{keys, valid_name, BundleRecord, Job, Rollout, RolloutStatus};
 use crate::provision::{DeviceStatus, DeviceUser};
 use crate::serve::ControlRequest;
 use crate::store::{self, CorruptRecord, Quarantined};
+use crate::workloads::desired::{self, DeviceOutcome, Outcome};
+use crate::workloads::{view, ApplyReport, DeviceWorkloads, WorkloadSpec};
+use async_nats::jetstream::kv;
 use futures::StreamExt;
 use harmony_protocol::command::Command;
 use harmony_protocol::time::UnixMillis;
 use harmony_protocol::{DeviceId, ReplyBody};
-use crate::workloads::desired::{self, DeviceOutcome, Outcome};
-use crate::workloads::{view, ApplyReport, DeviceWorkloads, WorkloadSpec};
-use async_nats::jetstream::kv;
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;

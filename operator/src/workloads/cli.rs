@@ -115,7 +115,12 @@ fn fleet_table(all: &[DeviceWorkloads]) -> String {
                 boot(w),
                 converged(w).to_string(),
                 w.counts_text(),
-                cell(&w.refused().or_else(|| w.status_error.clone()).or_else(|| w.desired_error.clone()).unwrap_or_default()),
+                cell(
+                    &w.refused()
+                        .or_else(|| w.status_error.clone())
+                        .or_else(|| w.desired_error.clone())
+                        .unwrap_or_default(),
+                ),
             ]
         })
         .collect::<Vec<_>>();
@@ -132,9 +137,11 @@ pub fn device_text(w: &DeviceWorkloads, now: UnixMillis) -> String {
         boot(w),
         converged(w),
     );
-    for (what, problem) in
-        [("refused", w.refused()), ("status not believed", w.status_error.clone()), ("manifest", w.desired_error.clone())]
-    {
+    for (what, problem) in [
+        ("refused", w.refused()),
+        ("status not believed", w.status_error.clone()),
+        ("manifest", w.desired_error.clone()),
+    ] {
         if let Some(p) = problem {
             out.push_str(&format!("{what}: {}\n", cell(&p)));
         }

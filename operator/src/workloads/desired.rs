@@ -78,10 +78,7 @@ pub async fn write(t: Target<'_>, device: &DeviceId, spec: &WorkloadSpec, now: U
         if let Some(current) = live.and_then(|e| verified(&trusted, &e.value)) {
             // Only one signed by the current key counts: after a key
             // rotation, applying again re-signs.
-            if current.device_id == *device
-                && current.generation >= observed.unwrap_or(0)
-                && spec.same_as(&current)
-            {
+            if current.device_id == *device && current.generation >= observed.unwrap_or(0) && spec.same_as(&current) {
                 return Ok(Outcome::Unchanged { generation: Some(current.generation) });
             }
         }
@@ -106,7 +103,9 @@ pub async fn write(t: Target<'_>, device: &DeviceId, spec: &WorkloadSpec, now: U
                 return Ok(Outcome::Written { generation });
             }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
-                log::debug!("workloads: {device} manifest changed while writing generation {generation}; reading again");
+                log::debug!(
+                    "workloads: {device} manifest changed while writing generation {generation}; reading again"
+                );
             }
             Err(e) => return Err(Error::Nats(format!("write manifest of {device}: {e}"))),
         }

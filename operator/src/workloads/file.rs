@@ -333,7 +333,9 @@ restart = "on-failure"
         std::fs::write(dir.path().join("big.txt"), &big).unwrap();
         std::fs::write(dir.path().join("binary"), [0xff, 0xfe, 0]).unwrap();
         let file = |id: &str, name: &str| {
-            format!("[[resource]]\nid = \"{id}\"\nkind = \"file\"\npath = \"/data/w/{id}\"\ncontent_file = \"{name}\"\n")
+            format!(
+                "[[resource]]\nid = \"{id}\"\nkind = \"file\"\npath = \"/data/w/{id}\"\ncontent_file = \"{name}\"\n"
+            )
         };
         let text = [file("a", "small.txt"), file("b", "big.txt"), file("c", "binary"), file("d", "big.txt")].concat();
         let spec = parse_in(dir.path(), &text).unwrap();

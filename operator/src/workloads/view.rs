@@ -223,7 +223,12 @@ pub async fn read_all(b: &Buckets, boot_of: impl Fn(&DeviceId) -> Option<String>
         .iter()
         .map(|(id, (m, s))| {
             let boot = boot_of(id);
-            DeviceWorkloads::build(id, m.as_ref().map(|e| &e.value[..]), s.as_ref().map(|e| &e.value[..]), boot.as_deref())
+            DeviceWorkloads::build(
+                id,
+                m.as_ref().map(|e| &e.value[..]),
+                s.as_ref().map(|e| &e.value[..]),
+                boot.as_deref(),
+            )
         })
         .collect())
 }
@@ -285,11 +290,17 @@ mod tests {
         });
         let w = build(Some(2), Some(&s));
         let rows = w.rows();
-        let rows: Vec<(&str, Option<&str>, Option<&str>)> =
-            rows.iter().map(|r| (r.id.as_str(), r.kind.as_deref(), r.state.as_ref().map(ResourceState::name))).collect();
+        let rows: Vec<(&str, Option<&str>, Option<&str>)> = rows
+            .iter()
+            .map(|r| (r.id.as_str(), r.kind.as_deref(), r.state.as_ref().map(ResourceState::name)))
+            .collect();
         assert_eq!(
             rows,
-            vec![("motd", Some("file"), Some("ready")), ("web", Some("systemd_unit"), None), ("old", None, Some("pending"))]
+            vec![
+                ("motd", Some("file"), Some("ready")),
+                ("web", Some("systemd_unit"), None),
+                ("old", None, Some("pending"))
+            ]
         );
         assert_eq!(w.counts_text(), "1 pending, 1 ready");
         assert_eq!(w.refused().unwrap(), "generation 2: resource vm: kind \"vm\" is unknown to this agent");

@@ -185,9 +185,9 @@ fn workloads(d: &DeviceDetail) -> Markup {
 fn resource_since(state: Option<&ResourceState>) -> Option<UnixMillis> {
     match state? {
         ResourceState::Pending => None,
-        ResourceState::Reconciling { since } | ResourceState::Ready { since, .. } | ResourceState::Failed { since, .. } => {
-            Some(*since)
-        }
+        ResourceState::Reconciling { since }
+        | ResourceState::Ready { since, .. }
+        | ResourceState::Failed { since, .. } => Some(*since),
     }
 }
 
