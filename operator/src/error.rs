@@ -26,6 +26,8 @@ pub enum Error {
     NoSuchRollout(String),
     #[error("device {0} not found")]
     NoSuchDevice(String),
+    #[error("device {device} is {status}, not active")]
+    NotActive { device: String, status: &'static str },
     #[error("invalid argument: {0}")]
     Invalid(String),
     #[error("data in KV key {key} is corrupt: {detail}")]

@@ -107,7 +107,7 @@ async fn apply_writes_signed_manifests_to_active_devices_by_name_selector_and_al
     assert_eq!(got[0], ("pi-1".into(), written(1)));
     assert!(failed_with(&got[1].1, "pending"), "{got:?}");
     assert!(failed_with(&got[2].1, "revoked"), "{got:?}");
-    assert!(failed_with(&got[3].1, "no such device"), "{got:?}");
+    assert!(failed_with(&got[3].1, "device nosuch not found"), "{got:?}");
     assert_eq!(report.failed(), 3);
     for id in ["pi-4", "pi-5", "nosuch", "pi-2"] {
         assert!(manifest_of(&env, id).await.is_none(), "{id} got a manifest");

@@ -288,7 +288,7 @@ impl KvFleet {
                 async move {
                     let result = match device {
                         Ok(id) => desired::write(t, &id, spec, now).await,
-                        Err(why) => Err(Error::Invalid(format!("{name}: {why}"))),
+                        Err(e) => Err(e),
                     };
                     self.record(log, actor, action, &name, &result, |o| workloads::describe(spec, o)).await;
                     let outcome = result.unwrap_or_else(|e| Outcome::Failed { error: e.to_string() });

@@ -11,7 +11,7 @@ use crate::workloads::{Outcome, WorkloadSpec};
 use harmony_protocol::DeviceId;
 
 /// One selected device as named, and whether it may get a manifest.
-pub type Selected = (String, std::result::Result<DeviceId, String>);
+pub type Selected = (String, Result<DeviceId>);
 
 pub fn select(index: &Index, target: &Target) -> Result<Vec<Selected>> {
     let active = |id: &DeviceId| index.devices.get(id).and_then(|e| e.status) == Some(DeviceStatus::Active);
@@ -23,13 +23,13 @@ pub fn select(index: &Index, target: &Target) -> Result<Vec<Selected>> {
                 .map(|n| n.trim())
                 .filter(|n| !n.is_empty() && seen.insert(n.to_string()))
                 .map(|name| {
-                    let device = DeviceId::new(name).map_err(|e| format!("not a device id: {e}")).and_then(|id| {
-                        match index.devices.get(&id).and_then(|e| e.status) {
+                    let device =
+                        super::device_id(name).and_then(|id| match index.devices.get(&id).and_then(|e| e.status) {
                             Some(DeviceStatus::Active) => Ok(id),
-                            Some(s) => Err(format!("device is {}, not active", s.as_str())),
-                            None => Err("no such device (it has no operator record)".to_string()),
-                        }
-                    });
+                            Some(s) => Err(Error::NotActive { device: id.to_string(), status: s.as_str() }),
+                            // Heard from, perhaps, but no record: not a device of this fleet's.
+                            None => Err(Error::NoSuchDevice(id.to_string())),
+                        });
                     (name.to_string(), device)
                 })
                 .collect()

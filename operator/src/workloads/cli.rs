@@ -146,7 +146,7 @@ pub fn device_text(w: &DeviceWorkloads, now: UnixMillis) -> String {
             out.push_str(&format!("{what}: {}\n", cell(&p)));
         }
     }
-    let ago = |t: UnixMillis| format!("{}s ago", now.saturating_since(t) / 1000);
+    let ago = |t: UnixMillis| format!("{} s ago", now.saturating_since(t) / 1000);
     let rows = w
         .rows()
         .iter()
