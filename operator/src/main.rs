@@ -91,11 +91,14 @@ enum WorkloadsCmd {
 /// Which devices: named, by the operator's labels, or all.
 #[derive(Debug, clap::Args)]
 struct TargetArgs {
+    /// Device ids, comma-separated (or repeated).
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["selector", "all"], required_unless_present_any = ["selector", "all"])]
     devices: Vec<String>,
     /// label=value[,label=value]: all must match.
     #[arg(long, conflicts_with = "all")]
     selector: Option<String>,
+    /// Every device: for a rollout every device heard from whose record is
+    /// not inactive, for workloads every active device.
     #[arg(long)]
     all: bool,
 }
