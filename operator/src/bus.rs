@@ -4,6 +4,7 @@ use crate::config::NatsConfig;
 use crate::error::{Error, Result};
 use async_nats::jetstream::{self, kv, object_store};
 use harmony_protocol::names::{BUNDLE_OBJECT_BUCKET, HEARTBEAT_BUCKET, OFFER_BUCKET, OPERATOR_STATE_BUCKET};
+use harmony_protocol::workload::{MANIFEST_BUCKET, OBJECT_BUCKET, WORKLOAD_STATUS_BUCKET};
 use std::time::Duration;
 
 /// The servers of `nats.url`: one URL, or several separated by commas (the
@@ -95,12 +96,45 @@ impl Buckets {
     }
 
     pub async fn bundles(&self) -> Result<object_store::ObjectStore> {
+        self.object_store(BUNDLE_OBJECT_BUCKET).await
+    }
+
+    /// Workload content by SHA-256 (issue #15).
+    pub async fn workload_objects(&self) -> Result<object_store::ObjectStore> {
+        self.object_store(OBJECT_BUCKET).await
+    }
+
+    async fn object_store(&self, name: &str) -> Result<object_store::ObjectStore> {
         self.js
-            .get_object_store(BUNDLE_OBJECT_BUCKET)
+            .get_object_store(name)
             .await
-            .map_err(|e| Error::Nats(format!("object store {BUNDLE_OBJECT_BUCKET}: {e} (run `harmony-operator init`)")))
+            .map_err(|e| Error::Nats(format!("object store {name}: {e} (run `harmony-operator init`)")))
+    }
+
+    /// Signed workload manifests, key = device id. Opened on use rather
+    /// than in [`Buckets::open`]: a fleet upgraded from before workloads
+    /// keeps running until `init` is run again.
+    pub async fn manifests(&self) -> Result<kv::Store> {
+        self.kv(MANIFEST_BUCKET).await
+    }
+
+    /// What devices report of their workloads, key = device id.
+    pub async fn workload_statuses(&self) -> Result<kv::Store> {
+        self.kv(WORKLOAD_STATUS_BUCKET).await
+    }
+
+    async fn kv(&self, name: &str) -> Result<kv::Store> {
+        self.js
+            .get_key_value(name)
+            .await
+            .map_err(|e| Error::Nats(format!("bucket {name}: {e} (run `harmony-operator init`)")))
     }
 }
+
+/// Largest value of the manifest bucket: above the devices' limit on the
+/// signed payload (`MAX_MANIFEST_BYTES`) with room for the envelope's
+/// escaping, and within nats-server's default 1 MiB message.
+pub const MANIFEST_MAX_VALUE_BYTES: usize = 1024 * 1024;
 
 /// Limits for the buckets `init` creates.
 #[derive(Debug, Clone)]
@@ -169,6 +203,23 @@ pub async fn create_buckets(js: &jetstream::Context, limits: &BucketLimits) -> R
             num_replicas: limits.replicas,
             ..Default::default()
         },
+        kv::Config {
+            bucket: MANIFEST_BUCKET.into(),
+            description: "signed workload manifests, key = device id".into(),
+            // A few earlier generations, to see what a device was given.
+            history: 5,
+            max_value_size: MANIFEST_MAX_VALUE_BYTES as i32,
+            num_replicas: limits.replicas,
+            ..Default::default()
+        },
+        kv::Config {
+            bucket: WORKLOAD_STATUS_BUCKET.into(),
+            description: "workload status written by each device, key = device id".into(),
+            history: 1,
+            max_value_size: 256 * 1024,
+            num_replicas: limits.replicas,
+            ..Default::default()
+        },
     ];
     for cfg in kvs {
         let name = cfg.bucket.clone();
@@ -178,27 +229,40 @@ pub async fn create_buckets(js: &jetstream::Context, limits: &BucketLimits) -> R
         .await?;
     create_log_bucket(js, JOB_ARCHIVE_BUCKET, "finished jobs, key = <device>.<rollout>", JOB_ARCHIVE_MAX, limits)
         .await?;
-    if js.get_object_store(BUNDLE_OBJECT_BUCKET).await.is_err() {
+    create_object_store(js, BUNDLE_OBJECT_BUCKET, "RAUC bundles", limits.max_bundle_bytes.unwrap_or(-1), limits)
+        .await?;
+    create_object_store(js, OBJECT_BUCKET, "workload contents and image archives, name = sha256", -1, limits).await?;
+    Ok(())
+}
+
+/// Creates an object store, or sets an existing one's copy count (it keeps
+/// its objects and its other settings).
+async fn create_object_store(
+    js: &jetstream::Context,
+    name: &str,
+    description: &str,
+    max_bytes: i64,
+    limits: &BucketLimits,
+) -> Result<()> {
+    if js.get_object_store(name).await.is_err() {
         js.create_object_store(object_store::Config {
-            bucket: BUNDLE_OBJECT_BUCKET.into(),
-            description: Some("RAUC bundles".into()),
-            max_bytes: limits.max_bundle_bytes.unwrap_or(-1),
+            bucket: name.into(),
+            description: Some(description.into()),
+            max_bytes,
             num_replicas: limits.replicas,
             ..Default::default()
         })
         .await
-        .map_err(|e| refused(BUNDLE_OBJECT_BUCKET, limits.replicas, e))?;
-    } else {
-        // An existing store keeps its bundles; only its copy count changes.
-        let stream_name = format!("OBJ_{BUNDLE_OBJECT_BUCKET}");
-        let mut stream =
-            js.get_stream(&stream_name).await.map_err(|e| refused(BUNDLE_OBJECT_BUCKET, limits.replicas, e))?;
-        let info = stream.info().await.map_err(|e| refused(BUNDLE_OBJECT_BUCKET, limits.replicas, e))?;
-        if info.config.num_replicas != limits.replicas {
-            let mut config = info.config.clone();
-            config.num_replicas = limits.replicas;
-            js.update_stream(config).await.map_err(|e| refused(BUNDLE_OBJECT_BUCKET, limits.replicas, e))?;
-        }
+        .map_err(|e| refused(name, limits.replicas, e))?;
+        return Ok(());
+    }
+    let stream_name = format!("OBJ_{name}");
+    let mut stream = js.get_stream(&stream_name).await.map_err(|e| refused(name, limits.replicas, e))?;
+    let info = stream.info().await.map_err(|e| refused(name, limits.replicas, e))?;
+    if info.config.num_replicas != limits.replicas {
+        let mut config = info.config.clone();
+        config.num_replicas = limits.replicas;
+        js.update_stream(config).await.map_err(|e| refused(name, limits.replicas, e))?;
     }
     Ok(())
 }

@@ -141,6 +141,7 @@ pub async fn devices_show(cfg: &Config, id: &str) -> Result<Output> {
         "device": d.summary, "heartbeat": d.heartbeat, "job": d.job, "job_error": d.job_error,
         "quarantined_job": d.quarantined_job, "timeline": d.timeline,
         "status": d.summary.status, "enrollment": d.enrollment, "held_labels": d.held_labels,
+        "workloads": d.workloads, "workloads_error": d.workloads_error,
     });
     let text = serde_json::to_string_pretty(&value).unwrap_or_default();
     Ok(Output { json: value, text })

@@ -26,12 +26,20 @@ pub enum Error {
     NoSuchRollout(String),
     #[error("device {0} not found")]
     NoSuchDevice(String),
+    #[error("device {device} is {status}, not active")]
+    NotActive { device: String, status: &'static str },
     #[error("invalid argument: {0}")]
     Invalid(String),
     #[error("data in KV key {key} is corrupt: {detail}")]
     Corrupt { key: String, detail: String },
     #[error("command failed on the device: {0}")]
     Device(String),
+    #[error("workload manifest {path}: {detail}")]
+    Manifest { path: PathBuf, detail: String },
+    /// Some devices of a multi-device command failed (each was reported);
+    /// the others went ahead.
+    #[error("{failed} of {total} device(s) failed")]
+    PartlyFailed { failed: usize, total: usize },
 }
 
 impl Error {

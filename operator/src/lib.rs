@@ -27,6 +27,8 @@ pub mod writer;
 pub mod dashboard;
 // Issue 14: zero-touch enrollment.
 pub mod enroll;
+// Issue 15: workloads on the device.
+pub mod workloads;
 
 pub use config::Config;
 pub use error::{Error, Result};

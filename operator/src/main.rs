@@ -5,6 +5,7 @@ use harmony_operator::bus::BucketLimits;
 use harmony_operator::commands::{self, Output, ProvisionArgs, StartArgs, Target};
 use harmony_operator::enroll::cli::{self as enroll_cli, Verdict};
 use harmony_operator::model::HaltThreshold;
+use harmony_operator::workloads::cli::{self as workloads_cli, Applied};
 use harmony_operator::{keys, Config, Error};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,6 +61,58 @@ enum Cmd {
     /// Zero-touch enrollment: tokens, the nats-server callout config, preparing cards.
     #[command(subcommand)]
     Enroll(EnrollCmd),
+    /// Files, systemd units and containers on devices: signed manifests per device.
+    #[command(subcommand)]
+    Workloads(WorkloadsCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum WorkloadsCmd {
+    /// Give the selected active devices this manifest as their next generation.
+    Apply {
+        /// The manifest (TOML); relative file names in it are relative to it.
+        #[arg(long = "file", short = 'f', value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Give the selected devices an empty manifest: they delete what they manage.
+    Rm {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Desired and observed generation per device; with --device, every resource.
+    Status {
+        #[arg(long)]
+        device: Option<String>,
+    },
+}
+
+/// Which devices: named, by the operator's labels, or all.
+#[derive(Debug, clap::Args)]
+struct TargetArgs {
+    /// Device ids, comma-separated (or repeated).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["selector", "all"], required_unless_present_any = ["selector", "all"])]
+    devices: Vec<String>,
+    /// label=value[,label=value]: all must match.
+    #[arg(long, conflicts_with = "all")]
+    selector: Option<String>,
+    /// Every device: for a rollout every device heard from whose record is
+    /// not inactive, for workloads every active device.
+    #[arg(long)]
+    all: bool,
+}
+
+impl TargetArgs {
+    fn target(self) -> Target {
+        if self.all {
+            Target::All
+        } else if let Some(sel) = self.selector {
+            Target::Selector(sel)
+        } else {
+            Target::Devices(self.devices)
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,13 +267,8 @@ enum RolloutCmd {
 struct StartCli {
     #[arg(long)]
     bundle: String,
-    #[arg(long, value_delimiter = ',', conflicts_with_all = ["selector", "all"], required_unless_present_any = ["selector", "all"])]
-    devices: Vec<String>,
-    /// label=value
-    #[arg(long, conflicts_with = "all")]
-    selector: Option<String>,
-    #[arg(long)]
-    all: bool,
+    #[command(flatten)]
+    target: TargetArgs,
     #[arg(long)]
     id: Option<String>,
     /// Devices in the canary wave.
@@ -301,6 +349,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints a multi-device command's outcome, then fails if any device did.
+fn finish(applied: &Applied, json: bool) -> Result<(), Error> {
+    print(&applied.output, json);
+    applied.error().map_or(Ok(()), Err)
 }
 
 fn prepare_card(p: PrepareCli) -> Result<Output, Error> {
@@ -401,17 +455,17 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
             let a = enroll_cli::TokenArgs { labels, max_uses, expires, require_approval };
             enroll_cli::token_create(&cfg, &a).await?
         }
+        Cmd::Workloads(WorkloadsCmd::Apply { file, target }) => {
+            return finish(&workloads_cli::apply(&cfg, &file, &target.target()).await?, json);
+        }
+        Cmd::Workloads(WorkloadsCmd::Rm { target }) => {
+            return finish(&workloads_cli::remove(&cfg, &target.target()).await?, json);
+        }
+        Cmd::Workloads(WorkloadsCmd::Status { device }) => workloads_cli::status(&cfg, device.as_deref()).await?,
         Cmd::Audit { offset, limit } => commands::audit(&cfg, offset, limit).await?,
         Cmd::Leader => harmony_operator::leader_status::show(&cfg).await?,
         Cmd::Rollout(RolloutCmd::Start(s)) => {
-            let target = if s.all {
-                Target::All
-            } else if let Some(sel) = s.selector {
-                Target::Selector(sel)
-            } else {
-                Target::Devices(s.devices)
-            };
-            let mut a = StartArgs::from_defaults(&cfg, &s.bundle, target);
+            let mut a = StartArgs::from_defaults(&cfg, &s.bundle, s.target.target());
             a.id = s.id;
             a.canary = s.canary.unwrap_or(a.canary);
             a.waves = s.waves.unwrap_or(a.waves);

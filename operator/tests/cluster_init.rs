@@ -6,6 +6,7 @@
 
 use harmony_operator::Config;
 use harmony_protocol::names::{BUNDLE_OBJECT_BUCKET, HEARTBEAT_BUCKET, OFFER_BUCKET, OPERATOR_STATE_BUCKET};
+use harmony_protocol::workload::{MANIFEST_BUCKET, OBJECT_BUCKET, WORKLOAD_STATUS_BUCKET};
 use harmony_testkit::{NatsCluster, NatsServer};
 use std::path::Path;
 use std::process::Output;
@@ -27,12 +28,15 @@ fn init(dir: &Path, url: &str, replicas: &str) -> Output {
         .unwrap()
 }
 
-fn streams() -> [String; 4] {
+fn streams() -> [String; 7] {
     [
         format!("KV_{HEARTBEAT_BUCKET}"),
         format!("KV_{OFFER_BUCKET}"),
         format!("KV_{OPERATOR_STATE_BUCKET}"),
         format!("OBJ_{BUNDLE_OBJECT_BUCKET}"),
+        format!("KV_{MANIFEST_BUCKET}"),
+        format!("KV_{WORKLOAD_STATUS_BUCKET}"),
+        format!("OBJ_{OBJECT_BUCKET}"),
     ]
 }
 

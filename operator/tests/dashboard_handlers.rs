@@ -221,6 +221,14 @@ async fn device_reported_strings_render_as_text() {
         s
     });
     d.env.fleet.beat(&dev("evil")).await.unwrap();
+    // Its workload status (issue #15) is the device's text too.
+    let status = serde_json::json!({
+        "schema": 1, "device_id": "evil", "observed_generation": 1, "boot_id": evil, "updated_at": 1,
+        "conditions": {"converged": false},
+        "resources": {evil: {"state": "failed", "since": 1, "error": evil, "attempts": 1, "retry_after": 2}},
+    });
+    let statuses = d.env.buckets.workload_statuses().await.unwrap();
+    statuses.put("evil", serde_json::to_vec(&status).unwrap().into()).await.unwrap();
     let admin = login(&d.router, ADMIN.0, ADMIN.1).await;
     eventually(20, "the device page", || async {
         admin.get(&d.router, "/devices/evil").await.status == StatusCode::OK
@@ -234,6 +242,8 @@ async fn device_reported_strings_render_as_text() {
         if uri == "/devices/evil" {
             assert!(page.body.contains(escaped), "{uri}: {}", page.body);
             assert!(page.body.contains("&lt;img src=x onerror=alert(2)&gt;"));
+            assert!(page.body.contains(r#"id="workload-resources""#), "no workloads section: {}", page.body);
+            assert!(page.body.contains(r#"data-resource-id="&lt;script&gt;alert(1)&lt;/script&gt;""#));
         }
     }
     // The filter echoes what was typed, escaped too.

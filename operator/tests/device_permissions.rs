@@ -8,6 +8,7 @@ use harmony_operator::bus::{create_buckets, BucketLimits};
 use harmony_operator::provision::{self, device_inbox_prefix, AgentSettings, DeviceUser};
 use harmony_protocol::command::{Command, CommandReply, ReplyBody};
 use harmony_protocol::names::{command_subject, BUNDLE_OBJECT_BUCKET, HEARTBEAT_BUCKET, OFFER_BUCKET};
+use harmony_protocol::workload::{MANIFEST_BUCKET, OBJECT_BUCKET, WORKLOAD_STATUS_BUCKET};
 use harmony_protocol::DeviceId;
 use harmony_testkit::NatsServer;
 use std::time::Duration;
@@ -22,20 +23,21 @@ async fn device_client(url: &str, seed_file: &std::path::Path, id: &DeviceId) ->
         .unwrap()
 }
 
-/// How an agent watches its offer under these permissions.
-async fn watch_own_offer(
+/// How an agent watches its offer (or its manifest) under these permissions.
+async fn watch_own_key(
     js: &jetstream::Context,
     client: &async_nats::Client,
+    bucket: &str,
     id: &DeviceId,
 ) -> Result<jetstream::consumer::push::Ordered, String> {
-    let stream = js.get_stream_no_info(format!("KV_{OFFER_BUCKET}")).await.map_err(|e| e.to_string())?;
+    let stream = js.get_stream_no_info(format!("KV_{bucket}")).await.map_err(|e| e.to_string())?;
     let mut nonce = [0u8; 6];
     getrandom::getrandom(&mut nonce).map_err(|e| e.to_string())?;
     let consumer = stream
         .create_consumer(jetstream::consumer::push::OrderedConfig {
-            name: Some(format!("offer-watch-{id}-{}", hex::encode(nonce))),
+            name: Some(format!("watch-{id}-{}", hex::encode(nonce))),
             deliver_subject: client.new_inbox(),
-            filter_subject: format!("$KV.{OFFER_BUCKET}.{id}"),
+            filter_subject: format!("$KV.{bucket}.{id}"),
             deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
             ..Default::default()
         })
@@ -56,6 +58,90 @@ async fn assert_lists_no_keys(dev: &async_nats::Client, bucket: &str, other: &st
         let text = String::from_utf8_lossy(&reply.payload);
         assert!(!text.contains(other), "a device listed the keys of {bucket}: {text}");
     }
+}
+
+/// A bucket the operator writes one key per device in (offers, workload
+/// manifests): the device reads and watches its own key, and nothing else;
+/// it writes none. `js` answers denials quickly, `js_ok` waits long for
+/// what must work on a slow host.
+async fn assert_reads_only_its_own_key(
+    store: &jetstream::kv::Store,
+    dev: &async_nats::Client,
+    [js, js_ok]: [&jetstream::Context; 2],
+    [own, other]: [&DeviceId; 2],
+) {
+    let bucket = store.name.as_str();
+    store.put(own.as_str(), format!("{bucket}-1").into()).await.unwrap();
+    store.put(other.as_str(), format!("{bucket}-2").into()).await.unwrap();
+    assert_lists_no_keys(dev, bucket, other.as_str()).await;
+    assert!(js.get_key_value(bucket).await.is_err(), "opened {bucket} (stream info)");
+    let stream = js_ok.get_stream_no_info(format!("KV_{bucket}")).await.unwrap();
+    let stream_denied = js.get_stream_no_info(format!("KV_{bucket}")).await.unwrap();
+    let got = stream.direct_get_last_for_subject(format!("$KV.{bucket}.{own}")).await.unwrap();
+    assert_eq!(got.payload, format!("{bucket}-1"));
+    assert!(
+        stream_denied.direct_get_last_for_subject(format!("$KV.{bucket}.{other}")).await.is_err(),
+        "read another device's key in {bucket}"
+    );
+    // The agent's watch: a named ordered consumer filtered on its key.
+    let mut watch = watch_own_key(js_ok, dev, bucket, own).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.payload, format!("{bucket}-1"));
+    store.put(own.as_str(), format!("{bucket}-1b").into()).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(next.payload, format!("{bucket}-1b"));
+    assert!(watch_own_key(js, dev, bucket, other).await.is_err(), "watched another device's key in {bucket}");
+    // The unnamed form (filter only in the payload, as `kv::Store::watch`
+    // creates it) is refused: it could name any key.
+    for key in [own, other] {
+        let unnamed = stream_denied
+            .create_consumer(jetstream::consumer::push::OrderedConfig {
+                deliver_subject: dev.new_inbox(),
+                filter_subject: format!("$KV.{bucket}.{key}"),
+                ..Default::default()
+            })
+            .await;
+        assert!(unnamed.is_err(), "an unnamed consumer on {key} in {bucket} was allowed");
+    }
+    let forged = async { js.publish(format!("$KV.{bucket}.{own}"), "forged".into()).await?.await.map(drop) };
+    assert!(forged.await.is_err(), "a device wrote {bucket}");
+}
+
+/// A bucket each device writes its own key in (heartbeats, workload
+/// statuses): it writes its own key and no other, and cannot list or open
+/// the bucket.
+async fn assert_writes_only_its_own_key(
+    store: &jetstream::kv::Store,
+    dev: &async_nats::Client,
+    [js, js_ok]: [&jetstream::Context; 2],
+    [own, other]: [&DeviceId; 2],
+) {
+    let bucket = store.name.as_str();
+    store.put(other.as_str(), "{}".into()).await.unwrap();
+    // A JetStream publish to its key, as the agent writes it.
+    let put = |key: &DeviceId, js: &jetstream::Context, value: &'static str| {
+        let (js, subject) = (js.clone(), format!("$KV.{bucket}.{key}"));
+        async move { js.publish(subject, value.into()).await?.await.map(drop) }
+    };
+    put(own, js_ok, "{}").await.unwrap();
+    assert_eq!(store.get(own.as_str()).await.unwrap().as_deref(), Some(&b"{}"[..]));
+    assert!(put(other, js, "forged").await.is_err(), "wrote another device's key in {bucket}");
+    assert_eq!(store.get(other.as_str()).await.unwrap().as_deref(), Some(&b"{}"[..]));
+    assert_lists_no_keys(dev, bucket, other.as_str()).await;
+    assert!(js.get_key_value(bucket).await.is_err(), "opened {bucket} (stream info)");
+}
+
+/// An object store every device may download from (bundles, workload
+/// objects) and none may upload to.
+async fn assert_downloads_only(ojs: &jetstream::Context, bucket: &str, [js, js_ok]: [&jetstream::Context; 2]) {
+    let content = format!("{bucket} bytes");
+    ojs.get_object_store(bucket).await.unwrap().put("obj", &mut content.as_bytes()).await.unwrap();
+    let mut obj = js_ok.get_object_store(bucket).await.unwrap().get("obj").await.unwrap();
+    let mut bytes = Vec::new();
+    obj.read_to_end(&mut bytes).await.unwrap();
+    assert_eq!(bytes, content.as_bytes());
+    let denied = js.get_object_store(bucket).await.unwrap();
+    assert!(denied.put("evil", &mut &b"x"[..]).await.is_err(), "a device uploaded to {bucket}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,11 +180,6 @@ async fn a_device_can_do_its_own_things_and_nothing_else() {
     let op = async_nats::ConnectOptions::with_nkey(op_seed_text.trim().to_string()).connect(nats.url()).await.unwrap();
     let ojs = jetstream::new(op.clone());
     create_buckets(&ojs, &BucketLimits::default()).await.unwrap();
-    let offers = ojs.get_key_value(OFFER_BUCKET).await.unwrap();
-    offers.put("pi-1", "offer-1".into()).await.unwrap();
-    offers.put("pi-2", "offer-2".into()).await.unwrap();
-    let objects = ojs.get_object_store(BUNDLE_OBJECT_BUCKET).await.unwrap();
-    objects.put("3.0.0", &mut &b"bundle bytes"[..]).await.unwrap();
 
     // An unknown user is not let in at all.
     assert!(async_nats::ConnectOptions::with_nkey(nkeys::KeyPair::new_user().seed().unwrap())
@@ -113,65 +194,29 @@ async fn a_device_can_do_its_own_things_and_nothing_else() {
     let js_ok = jetstream::ContextBuilder::new().timeout(Duration::from_secs(15)).build(dev.clone());
 
     // Its own heartbeat: yes (a JetStream publish to its key, as the agent
-    // writes it). Another device's: no.
+    // writes it). Another device's: no. Reading heartbeats is the
+    // operator's business: no bucket handle, no stream info, so no
+    // `subjects_filter` listing every device id (issue #17).
     let op_hbs = ojs.get_key_value(HEARTBEAT_BUCKET).await.unwrap();
-    op_hbs.put("pi-2", "{}".into()).await.unwrap();
-    let put = |key: &'static str, js: &jetstream::Context| {
-        let js = js.clone();
-        async move { js.publish(format!("$KV.{HEARTBEAT_BUCKET}.{key}"), "{}".into()).await?.await.map(drop) }
-    };
-    put("pi-1", &js_ok).await.unwrap();
-    assert_eq!(op_hbs.get("pi-1").await.unwrap().as_deref(), Some(&b"{}"[..]));
-    assert!(put("pi-2", &js).await.is_err(), "wrote another device's heartbeat");
-    // Reading heartbeats is the operator's business: no bucket handle, no
-    // stream info, so no `subjects_filter` listing every device id (issue #17).
-    assert_lists_no_keys(&dev, HEARTBEAT_BUCKET, "pi-2").await;
-    assert!(js.get_key_value(HEARTBEAT_BUCKET).await.is_err());
+    assert_writes_only_its_own_key(&op_hbs, &dev, [&js, &js_ok], [&pi1, &pi2]).await;
 
     // Its own offer: read and watch. Another device's: neither. No stream
     // info and so no bucket handle: `subjects_filter` on the offers stream
     // would list every device ever offered an upgrade (issue #17).
-    assert_lists_no_keys(&dev, OFFER_BUCKET, "pi-2").await;
-    assert!(js.get_key_value(OFFER_BUCKET).await.is_err(), "opened the offers bucket (stream info)");
-    let offer_stream = js_ok.get_stream_no_info(format!("KV_{OFFER_BUCKET}")).await.unwrap();
-    let offer_stream_denied = js.get_stream_no_info(format!("KV_{OFFER_BUCKET}")).await.unwrap();
-    let own = offer_stream.direct_get_last_for_subject(format!("$KV.{OFFER_BUCKET}.pi-1")).await.unwrap();
-    assert_eq!(&own.payload[..], b"offer-1");
-    assert!(
-        offer_stream_denied.direct_get_last_for_subject(format!("$KV.{OFFER_BUCKET}.pi-2")).await.is_err(),
-        "read another device's offer"
-    );
-    // The agent's offer watch: a named ordered consumer filtered on its key.
-    let mut watch = watch_own_offer(&js_ok, &dev, &pi1).await.unwrap();
-    let first = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap().unwrap();
-    assert_eq!(&first.payload[..], b"offer-1");
-    offers.put("pi-1", "offer-1b".into()).await.unwrap();
-    let next = tokio::time::timeout(Duration::from_secs(5), watch.next()).await.unwrap().unwrap().unwrap();
-    assert_eq!(&next.payload[..], b"offer-1b");
-    assert!(watch_own_offer(&js, &dev, &pi2).await.is_err(), "watched another device's offer");
-    // The unnamed form (filter only in the payload, as `kv::Store::watch`
-    // creates it) is refused: it could name any key.
-    for key in ["pi-1", "pi-2"] {
-        let unnamed = offer_stream_denied
-            .create_consumer(jetstream::consumer::push::OrderedConfig {
-                deliver_subject: dev.new_inbox(),
-                filter_subject: format!("$KV.{OFFER_BUCKET}.{key}"),
-                ..Default::default()
-            })
-            .await;
-        assert!(unnamed.is_err(), "an unnamed consumer on {key} was allowed");
-    }
-    let forged = async { js.publish(format!("$KV.{OFFER_BUCKET}.pi-1"), "forged".into()).await?.await.map(drop) };
-    assert!(forged.await.is_err(), "a device cannot write offers");
+    let offers = ojs.get_key_value(OFFER_BUCKET).await.unwrap();
+    assert_reads_only_its_own_key(&offers, &dev, [&js, &js_ok], [&pi1, &pi2]).await;
 
     // Bundles: download yes, upload no.
-    let dev_objects = js_ok.get_object_store(BUNDLE_OBJECT_BUCKET).await.unwrap();
-    let mut obj = dev_objects.get("3.0.0").await.unwrap();
-    let mut bytes = Vec::new();
-    obj.read_to_end(&mut bytes).await.unwrap();
-    assert_eq!(bytes, b"bundle bytes");
-    let dev_objects_denied = js.get_object_store(BUNDLE_OBJECT_BUCKET).await.unwrap();
-    assert!(dev_objects_denied.put("evil", &mut &b"x"[..]).await.is_err());
+    assert_downloads_only(&ojs, BUNDLE_OBJECT_BUCKET, [&js, &js_ok]).await;
+
+    // Workloads (issue #15): its own manifest read and watched like its
+    // offer, its own status written like its heartbeat; workload objects
+    // downloaded like bundles. Nothing of another device's.
+    let manifests = ojs.get_key_value(MANIFEST_BUCKET).await.unwrap();
+    assert_reads_only_its_own_key(&manifests, &dev, [&js, &js_ok], [&pi1, &pi2]).await;
+    let statuses = ojs.get_key_value(WORKLOAD_STATUS_BUCKET).await.unwrap();
+    assert_writes_only_its_own_key(&statuses, &dev, [&js, &js_ok], [&pi1, &pi2]).await;
+    assert_downloads_only(&ojs, OBJECT_BUCKET, [&js, &js_ok]).await;
 
     // Commands: it serves its own subject and the operator gets the reply.
     let mut sub = dev.subscribe(command_subject(&pi1)).await.unwrap();

@@ -8,9 +8,10 @@
 use super::live::{self, Shared, Source};
 use super::query::{self, selector_matches};
 use super::{
-    archive, audit, enrollment, timeline, Actor, AuditAction, AuditEntry, AuditPage, AuditQuery, AuditResult,
-    BundlePush, BundleView, Change, Control, CreatedToken, DeviceDetail, DevicePage, DeviceQuery, FleetService,
-    Judgement, Overview, PingReport, RolloutDetail, RolloutSummary, Stage, StartArgs, Target, TokenSpec, Verdict,
+    archive, audit, enrollment, timeline, workloads, Actor, AuditAction, AuditEntry, AuditPage, AuditQuery,
+    AuditResult, BundlePush, BundleView, Change, Control, CreatedToken, DeviceDetail, DevicePage, DeviceQuery,
+    FleetService, Judgement, Overview, PingReport, RolloutDetail, RolloutSummary, Stage, StartArgs, Target, TokenSpec,
+    Verdict,
 };
 use crate::bus::Buckets;
 use crate::clock::{Clock, SystemClock};
@@ -23,15 +24,22 @@ use crate::model::{keys, valid_name, BundleRecord, Job, Rollout, RolloutStatus};
 use crate::provision::{DeviceStatus, DeviceUser};
 use crate::serve::ControlRequest;
 use crate::store::{self, CorruptRecord, Quarantined};
+use crate::workloads::desired::{self, DeviceOutcome, Outcome};
+use crate::workloads::{view, ApplyReport, DeviceWorkloads, WorkloadSpec};
+use async_nats::jetstream::kv;
 use futures::StreamExt;
 use harmony_protocol::command::Command;
 use harmony_protocol::time::UnixMillis;
 use harmony_protocol::{DeviceId, ReplyBody};
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, OnceCell};
+
+/// Devices whose manifests are written at once.
+const WRITE_CONCURRENCY: usize = 16;
 
 /// How long a ping or reboot request waits for the device.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,6 +64,8 @@ struct Inner {
     enroll: std::sync::OnceLock<EnrollAccess>,
     /// The system-account connection, made on first use.
     system: OnceCell<async_nats::Client>,
+    /// The fleet signing key's file, for signing workload manifests.
+    signing_key: std::sync::OnceLock<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -82,7 +92,7 @@ impl KvFleet {
     /// For one CLI command: connects (failing fast) and reads lazily.
     pub async fn open(cfg: &Config) -> Result<Self> {
         let buckets = Buckets::open(crate::bus::connect_once(&cfg.nats).await?).await?;
-        Ok(Self::snapshot(buckets, cfg.fleet.clone()).with_enroll(cfg))
+        Ok(Self::snapshot(buckets, cfg.fleet.clone()).with_enroll(cfg).with_signing_key(&cfg.keys.signing_key))
     }
 
     /// Reads the buckets once, on the first read that needs the index.
@@ -98,7 +108,8 @@ impl KvFleet {
         tasks: Vec<tokio::task::AbortHandle>,
     ) -> Self {
         let enroll = std::sync::OnceLock::new();
-        let inner = Inner { buckets, fleet, shared, loaded, tasks, enroll, system: OnceCell::new() };
+        let signing_key = std::sync::OnceLock::new();
+        let inner = Inner { buckets, fleet, shared, loaded, tasks, enroll, system: OnceCell::new(), signing_key };
         Self { inner: Arc::new(inner) }
     }
 
@@ -127,6 +138,13 @@ impl KvFleet {
         if let Some(e) = &cfg.enroll {
             let _ = self.inner.enroll.set(EnrollAccess { url: cfg.nats.url.clone(), cfg: e.clone() });
         }
+        self
+    }
+
+    /// Takes the fleet signing key's file for signing workload manifests
+    /// (read when signing; without it, applying fails). Set once.
+    pub fn with_signing_key(self, path: &std::path::Path) -> Self {
+        let _ = self.inner.signing_key.set(path.to_path_buf());
         self
     }
 
@@ -212,21 +230,106 @@ impl KvFleet {
     ) -> Result<T> {
         let log = audit::open(&self.inner.buckets.js).await?;
         let result = run.await;
+        self.record(&log, actor, action, target, &result, describe).await;
+        result
+    }
+
+    /// Writes one audit entry; a failure to write it is logged.
+    async fn record<T>(
+        &self,
+        log: &kv::Store,
+        actor: &Actor,
+        action: AuditAction,
+        target: &str,
+        result: &Result<T>,
+        describe: impl FnOnce(&T) -> String,
+    ) {
         let entry = AuditEntry {
             seq: 0,
             at: self.now(),
             actor: actor.clone(),
             action,
             target: target.to_string(),
-            result: match &result {
+            result: match result {
                 Ok(v) => AuditResult::Ok { detail: describe(v) },
                 Err(e) => AuditResult::Failed { error: e.to_string() },
             },
         };
-        if let Err(e) = audit::append(&log, &entry).await {
+        if let Err(e) = audit::append(log, &entry).await {
             log::error!("audit log: could not record {action:?} of {target} by {}: {e}", actor.name);
         }
-        result
+    }
+
+    /// Writes `spec` to every selected device, auditing each device's
+    /// outcome (or, when nothing could be selected or prepared, the whole
+    /// request's failure). One device failing does not stop the others.
+    async fn write_workloads(
+        &self,
+        actor: &Actor,
+        action: AuditAction,
+        target: &Target,
+        spec: &WorkloadSpec,
+    ) -> Result<ApplyReport> {
+        let log = audit::open(&self.inner.buckets.js).await?;
+        let prepared = self.prepare_workloads(target, spec).await;
+        let (chosen, manifests, statuses, key) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                let failed: Result<ApplyReport> = Err(e);
+                self.record(&log, actor, action, &workloads::target_name(target), &failed, |_| String::new()).await;
+                return failed;
+            }
+        };
+        let now = self.now();
+        let t = desired::Target { manifests: &manifests, statuses: &statuses, key: &key };
+        let devices = futures::stream::iter(chosen)
+            .map(|(name, device)| {
+                let log = &log;
+                async move {
+                    let result = match device {
+                        Ok(id) => desired::write(t, &id, spec, now).await,
+                        Err(e) => Err(e),
+                    };
+                    self.record(log, actor, action, &name, &result, |o| workloads::describe(spec, o)).await;
+                    let outcome = result.unwrap_or_else(|e| Outcome::Failed { error: e.to_string() });
+                    DeviceOutcome { device: name, outcome }
+                }
+            })
+            .buffered(WRITE_CONCURRENCY)
+            .collect()
+            .await;
+        Ok(ApplyReport { devices })
+    }
+
+    /// Everything a workload write needs before the first device: a spec
+    /// every device would take, the selection, the signing key, the
+    /// buckets, and the spec's objects stored.
+    async fn prepare_workloads(
+        &self,
+        target: &Target,
+        spec: &WorkloadSpec,
+    ) -> Result<(Vec<workloads::Selected>, kv::Store, kv::Store, ed25519_dalek::SigningKey)> {
+        spec.check().map_err(|e| Error::Invalid(format!("manifest refused: {e}")))?;
+        let path = self.inner.signing_key.get().ok_or_else(|| {
+            Error::Invalid("signing workload manifests needs the fleet key (config keys.signing_key)".into())
+        })?;
+        let key = crate::keys::load(path)?;
+        self.ensure_loaded().await?;
+        let chosen = workloads::select(&self.inner.shared.read(), target)?;
+        let b = &self.inner.buckets;
+        let (manifests, statuses) = (b.manifests().await?, b.workload_statuses().await?);
+        if !spec.objects.is_empty() && chosen.iter().any(|(_, d)| d.is_ok()) {
+            let store = b.workload_objects().await?;
+            for object in &spec.objects {
+                crate::workloads::objects::ensure(&store, object).await?;
+            }
+        }
+        Ok((chosen, manifests, statuses, key))
+    }
+
+    /// The boot id of a device's last believable heartbeat.
+    fn boot_of(&self, id: &DeviceId) -> Option<String> {
+        self.inner.shared.read().devices.get(id)?.heartbeat.as_ref().map(|h| h.boot_id.clone())
     }
 
     async fn create_rollout(&self, a: &StartArgs) -> Result<Rollout> {
@@ -366,6 +469,12 @@ impl FleetService for KvFleet {
             }
         };
         let timeline = timeline::of_jobs(&archived, job.as_ref(), |r| versions.get(r).cloned());
+        let boot = heartbeat.as_ref().map(|h| h.boot_id.as_str());
+        // The page shows without its workloads rather than not at all.
+        let (workloads, workloads_error) = match view::read_device(b, id, boot).await {
+            Ok(w) => (w, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
         Ok(DeviceDetail {
             summary,
             heartbeat_revision: heartbeat.as_ref().map(|h| h.revision),
@@ -377,6 +486,8 @@ impl FleetService for KvFleet {
             timeline,
             enrollment,
             held_labels,
+            workloads,
+            workloads_error,
         })
     }
 
@@ -540,6 +651,23 @@ impl FleetService for KvFleet {
             format!("revoked ({} device(s) enrolled with it keep their identity)", t.uses)
         })
         .await
+    }
+
+    async fn apply_workloads(&self, actor: &Actor, target: &Target, spec: &WorkloadSpec) -> Result<ApplyReport> {
+        self.write_workloads(actor, AuditAction::WorkloadApply, target, spec).await
+    }
+
+    async fn remove_workloads(&self, actor: &Actor, target: &Target) -> Result<ApplyReport> {
+        self.write_workloads(actor, AuditAction::WorkloadRemove, target, &WorkloadSpec::empty()).await
+    }
+
+    async fn workloads(&self, device: Option<&DeviceId>) -> Result<Vec<DeviceWorkloads>> {
+        self.ensure_loaded().await?;
+        let b = &self.inner.buckets;
+        match device {
+            Some(id) => Ok(view::read_device(b, id, self.boot_of(id).as_deref()).await?.into_iter().collect()),
+            None => view::read_all(b, |id| self.boot_of(id)).await,
+        }
     }
 
     async fn audit(&self, q: &AuditQuery) -> Result<AuditPage> {

@@ -16,6 +16,7 @@ mod query;
 mod stage;
 mod timeline;
 mod types;
+mod workloads;
 
 pub use kv::KvFleet;
 pub use query::{health_name, selector_matches};
@@ -26,6 +27,7 @@ use crate::enroll::token::TokenRecord;
 use crate::error::Result;
 use crate::model::{BundleRecord, Rollout};
 use crate::provision::DeviceUser;
+use crate::workloads::{ApplyReport, DeviceWorkloads, WorkloadSpec};
 use harmony_protocol::DeviceId;
 use std::future::Future;
 use tokio::sync::broadcast;
@@ -100,6 +102,28 @@ pub trait FleetService: Send + Sync + 'static {
     /// Revokes a token: no device can enroll with it any more (devices
     /// enrolled with it keep their identity).
     fn revoke_token(&self, actor: &Actor, id: &str) -> impl Future<Output = Result<TokenRecord>> + Send;
+
+    /// Signs `spec` for every selected device whose record is active and
+    /// writes it as that device's next manifest generation; a device whose
+    /// manifest already asks for exactly this is left alone. Each device's
+    /// outcome is in the report (one failing does not stop the others) and
+    /// in the audit log. Fails as a whole, writing nothing, when the spec
+    /// would be refused by devices, nothing is selected, or its objects
+    /// cannot be stored.
+    fn apply_workloads(
+        &self,
+        actor: &Actor,
+        target: &Target,
+        spec: &WorkloadSpec,
+    ) -> impl Future<Output = Result<ApplyReport>> + Send;
+
+    /// Gives every selected device a manifest without resources at its next
+    /// generation, so it deletes what it manages. Audited like apply.
+    fn remove_workloads(&self, actor: &Actor, target: &Target) -> impl Future<Output = Result<ApplyReport>> + Send;
+
+    /// Desired and reported workloads of one device (none if it has neither
+    /// a manifest nor a status), or of every device that has either, by id.
+    fn workloads(&self, device: Option<&DeviceId>) -> impl Future<Output = Result<Vec<DeviceWorkloads>>> + Send;
 
     /// One page of the audit log, newest first.
     fn audit(&self, query: &AuditQuery) -> impl Future<Output = Result<AuditPage>> + Send;

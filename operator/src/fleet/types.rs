@@ -237,6 +237,10 @@ pub struct DeviceDetail {
     /// The labels of its record when the record is not active (pending,
     /// rejected, revoked): shown, never matched by a rollout selector.
     pub held_labels: Option<Labels>,
+    /// Its desired and reported workloads, if it has either.
+    pub workloads: Option<crate::workloads::DeviceWorkloads>,
+    /// Why its workloads could not be read.
+    pub workloads_error: Option<String>,
 }
 
 /// Devices of a wave (or a rollout) per stage.
@@ -494,6 +498,8 @@ pub enum AuditAction {
     DeviceRevoke,
     TokenCreate,
     TokenRevoke,
+    WorkloadApply,
+    WorkloadRemove,
     /// Written by a newer operator: shown, not understood.
     #[serde(other)]
     Other,

@@ -35,6 +35,8 @@ fn action_name(a: AuditAction) -> &'static str {
         AuditAction::DeviceRevoke => "device revoke",
         AuditAction::TokenCreate => "token create",
         AuditAction::TokenRevoke => "token revoke",
+        AuditAction::WorkloadApply => "workloads apply",
+        AuditAction::WorkloadRemove => "workloads rm",
         AuditAction::Other => "other",
     }
 }

@@ -1,5 +1,6 @@
-//! One device: its last heartbeat, labels, the timeline of every upgrade
-//! transition with its reason, and (admins) ping and reboot.
+//! One device: its last heartbeat, labels, its workloads (read-only), the
+//! timeline of every upgrade transition with its reason, and (admins) ping
+//! and reboot.
 
 use super::devices::{health_name, status_badge};
 use super::{actor, is_htmx, live_fragment, now, opt, wave_name};
@@ -10,11 +11,13 @@ use crate::dashboard::widgets::{badge, utc, when};
 use crate::dashboard::AppState;
 use crate::fleet::{device_id, DeviceDetail, FleetService};
 use crate::provision::DeviceStatus;
+use crate::workloads::view::retry_text;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use harmony_protocol::time::UnixMillis;
+use harmony_protocol::workload::ResourceState;
 use harmony_protocol::ReplyBody;
 use maud::{html, Markup};
 
@@ -129,12 +132,84 @@ fn timeline(d: &DeviceDetail) -> Markup {
     }
 }
 
+/// What the operator asked for beside what the device reports; every
+/// string of the status is the device's and is escaped like the rest.
+fn workloads(d: &DeviceDetail) -> Markup {
+    let now = now();
+    let generation = |g: Option<u64>| g.map_or_else(|| "—".to_string(), |g| g.to_string());
+    html! {
+        div.panel #device-workloads {
+            h2 { "Workloads" }
+            @if let Some(e) = &d.workloads_error { div.flash.flash-error { "Workloads unreadable: " (e) } }
+            @match &d.workloads {
+                None => p.muted { "No workloads." },
+                Some(w) => {
+                    dl.facts {
+                        dt { "Desired generation" } dd #workloads-desired { (generation(w.desired.as_ref().map(|x| x.generation))) }
+                        dt { "Observed generation" } dd #workloads-observed { (generation(w.status.as_ref().and_then(|s| s.observed_generation))) }
+                        dt { "State" } dd #workloads-convergence data-convergence=(w.convergence.name()) { (badge(w.convergence.name())) }
+                        @if let Some(s) = &w.status {
+                            dt { "Boot" } dd { code { (s.boot_id) } @if w.current_boot == Some(false) { " (an earlier boot)" } }
+                            dt { "Reported" } dd { (when(s.updated_at, now)) }
+                        }
+                        @if let Some(x) = &w.desired { dt { "Gates OS upgrades" } dd { (if x.gate_upgrades { "yes" } else { "no" }) } }
+                    }
+                    @if let Some(r) = w.refused() { div.flash.flash-error #workloads-refused { "Refused: " (r) } }
+                    @for e in w.status_error.iter().chain(&w.desired_error) { div.flash.flash-error { (e) } }
+                    @let rows = w.rows();
+                    @if !rows.is_empty() {
+                        div.table-wrap {
+                            table #workload-resources {
+                                thead { tr { th { "Resource" } th { "Kind" } th { "State" } th { "Since" } th { "Detail" } } }
+                                tbody {
+                                    @for r in &rows {
+                                        @let state = r.state.as_ref().map_or("unreported", ResourceState::name);
+                                        tr.resource-row data-resource-id=(r.id) data-state=(state) {
+                                            td { code { (r.id) } }
+                                            td { (r.kind.as_deref().unwrap_or("—")) }
+                                            td { (badge(state)) }
+                                            td { @if let Some(since) = resource_since(r.state.as_ref()) { (when(since, now)) } }
+                                            td { (resource_detail(r.state.as_ref(), now)) }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn resource_since(state: Option<&ResourceState>) -> Option<UnixMillis> {
+    match state? {
+        ResourceState::Pending => None,
+        ResourceState::Reconciling { since }
+        | ResourceState::Ready { since, .. }
+        | ResourceState::Failed { since, .. } => Some(*since),
+    }
+}
+
+fn resource_detail(state: Option<&ResourceState>, now: UnixMillis) -> Markup {
+    html! {
+        @match state {
+            Some(ResourceState::Ready { details, .. }) => (details),
+            Some(ResourceState::Failed { error, attempts, retry_after, .. }) => {
+                (error) " (attempt " (attempts) ", " (retry_text(*retry_after, now)) ")"
+            }
+            _ => "",
+        }
+    }
+}
+
 fn region(d: &DeviceDetail) -> Markup {
     let id = d.summary.device_id.as_str();
     html! {
         div #device-detail data-device-id=(id) hx-get={ "/devices/" (id) } hx-trigger="sse:devices" hx-swap="outerHTML" hx-disinherit="*" {
             div.grid { (heartbeat(d)) (labels(d)) }
             (enrollment(d))
+            (workloads(d))
             (timeline(d))
         }
     }
