@@ -13,7 +13,12 @@ use harmony_protocol::DeviceId;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-pub async fn watch_own_key(client: async_nats::Client, bucket: &'static str, device: DeviceId, tx: mpsc::Sender<bytes::Bytes>) {
+pub async fn watch_own_key(
+    client: async_nats::Client,
+    bucket: &'static str,
+    device: DeviceId,
+    tx: mpsc::Sender<bytes::Bytes>,
+) {
     use async_nats::jetstream::consumer::{push::OrderedConfig, DeliverPolicy};
     let js = async_nats::jetstream::new(client.clone());
     let filter = format!("$KV.{bucket}.{}", device_key(&device));

@@ -122,7 +122,11 @@ impl Fixture {
         std::fs::write(device.path("fleet-keys/fleet.pub"), hex::encode(key.verifying_key().as_bytes())).unwrap();
         let client = common::client(&nats).await;
         let js = async_nats::jetstream::new(client);
-        let kv = |bucket: &str| async_nats::jetstream::kv::Config { bucket: bucket.into(), history: 5, ..Default::default() };
+        let kv = |bucket: &str| async_nats::jetstream::kv::Config {
+            bucket: bucket.into(),
+            history: 5,
+            ..Default::default()
+        };
         let manifests = js.create_key_value(kv(MANIFEST_BUCKET)).await.unwrap();
         let status = js.create_key_value(kv(WORKLOAD_STATUS_BUCKET)).await.unwrap();
         Self { nats, device, key, manifests, status, units: Units::default() }
@@ -142,10 +146,7 @@ impl Fixture {
     }
 
     fn start(&self, nats_url: &str) -> RunningAgent {
-        let effects = Effects {
-            workloads: Arc::new(TestWorkloads { units: self.units.clone() }),
-            ..Effects::real()
-        };
+        let effects = Effects { workloads: Arc::new(TestWorkloads { units: self.units.clone() }), ..Effects::real() };
         RunningAgent::start_with(self.config(nats_url), effects)
     }
 
@@ -210,7 +211,8 @@ async fn converges_corrects_drift_and_deletes_what_leaves_the_manifest() {
     let agent = f.start(&f.nats.url());
     f.put(&f.manifest(1, vec![("motd", f.file("etc/motd", "hello\n")), ("web", unit("web.service", "/bin/web"))]))
         .await;
-    let s = f.wait_status("generation 1 converged", |s| s.observed_generation == Some(1) && s.conditions.converged).await;
+    let s =
+        f.wait_status("generation 1 converged", |s| s.observed_generation == Some(1) && s.conditions.converged).await;
     assert_eq!(s.boot_id, "boot-1");
     assert!(matches!(s.resources["motd"], ResourceState::Ready { .. }));
     let motd = f.root().join("etc/motd");
@@ -221,16 +223,18 @@ async fn converges_corrects_drift_and_deletes_what_leaves_the_manifest() {
     // A person edits the file and stops the unit; the drift pass puts both back.
     std::fs::write(&motd, "defaced\n").unwrap();
     f.units.lock().unwrap().get_mut("web.service").unwrap().1 = false;
-    f.wait_status("the file repaired", |s| {
-        matches!(s.resources["motd"], ResourceState::Ready { since, .. } if since > first_ready)
-    })
+    f.wait_status(
+        "the file repaired",
+        |s| matches!(s.resources["motd"], ResourceState::Ready { since, .. } if since > first_ready),
+    )
     .await;
     assert_eq!(std::fs::read_to_string(&motd).unwrap(), "hello\n");
     assert!(f.units.lock().unwrap()["web.service"].1, "unit started again");
 
     // Removed from the manifest: deleted from the device.
     f.put(&f.manifest(2, vec![("web", unit("web.service", "/bin/web"))])).await;
-    let s = f.wait_status("generation 2 converged", |s| s.observed_generation == Some(2) && s.conditions.converged).await;
+    let s =
+        f.wait_status("generation 2 converged", |s| s.observed_generation == Some(2) && s.conditions.converged).await;
     assert!(!s.resources.contains_key("motd"));
     assert!(!motd.exists());
     f.put(&f.manifest(3, vec![])).await;
@@ -309,9 +313,7 @@ async fn refused_manifests_change_nothing_and_say_why() {
     ];
     for (bytes, what, is_reason) in cases {
         f.put_raw(bytes).await;
-        let s = f
-            .wait_status(what, |s| s.conditions.refused.as_ref().is_some_and(|r| is_reason(&r.reason)))
-            .await;
+        let s = f.wait_status(what, |s| s.conditions.refused.as_ref().is_some_and(|r| is_reason(&r.reason))).await;
         assert_eq!(s.observed_generation, Some(5), "{what}: still applying generation 5");
         assert!(matches!(s.resources["motd"], ResourceState::Ready { .. }), "{what}");
         assert_eq!(std::fs::read_to_string(&motd).unwrap(), "v5\n", "{what}: nothing changed");
@@ -326,9 +328,10 @@ async fn a_failing_resource_is_retried_and_the_rest_still_applies() {
     let agent = f.start(&f.nats.url());
     f.put(&f.manifest(1, vec![("bad", unit("bad.service", "/bin/false")), ("motd", f.file("motd", "ok\n"))])).await;
     let s = f
-        .wait_status("a retried failure", |s| {
-            matches!(s.resources["bad"], ResourceState::Failed { attempts, .. } if attempts >= 2)
-        })
+        .wait_status(
+            "a retried failure",
+            |s| matches!(s.resources["bad"], ResourceState::Failed { attempts, .. } if attempts >= 2),
+        )
         .await;
     assert!(!s.conditions.converged);
     assert!(matches!(s.resources["motd"], ResourceState::Ready { .. }), "{s:#?}");
@@ -365,8 +368,10 @@ async fn after_a_restart_without_nats_the_saved_manifest_is_applied_again() {
     std::fs::remove_file(&motd).unwrap();
     // NATS back, without the manifest, so only the saved copy could apply.
     f.nats.restart();
-    f.manifests = async_nats::jetstream::new(common::client(&f.nats).await).get_key_value(MANIFEST_BUCKET).await.unwrap();
-    f.status = async_nats::jetstream::new(common::client(&f.nats).await).get_key_value(WORKLOAD_STATUS_BUCKET).await.unwrap();
+    f.manifests =
+        async_nats::jetstream::new(common::client(&f.nats).await).get_key_value(MANIFEST_BUCKET).await.unwrap();
+    f.status =
+        async_nats::jetstream::new(common::client(&f.nats).await).get_key_value(WORKLOAD_STATUS_BUCKET).await.unwrap();
     f.manifests.purge(DEVICE).await.unwrap();
     f.status.purge(DEVICE).await.unwrap();
     let agent = f.start(&url);

@@ -507,8 +507,7 @@ mod tests {
     use serde_json::json;
 
     fn manifest(resources: serde_json::Value) -> String {
-        json!({"schema": 1, "device_id": "pi-1", "generation": 3, "issued_at": 0, "resources": resources})
-            .to_string()
+        json!({"schema": 1, "device_id": "pi-1", "generation": 3, "issued_at": 0, "resources": resources}).to_string()
     }
 
     fn file(id: &str, path: &str) -> serde_json::Value {
@@ -562,7 +561,10 @@ mod tests {
             ),
             (
                 json!([file("a", "relative/path")]),
-                ManifestRefusal::Invalid { id: "a".into(), problem: SpecProblem::BadPath { path: "relative/path".into() } },
+                ManifestRefusal::Invalid {
+                    id: "a".into(),
+                    problem: SpecProblem::BadPath { path: "relative/path".into() },
+                },
             ),
             (
                 json!([{"id": "u", "kind": "systemd_unit", "name": "../evil.service", "content": ""}]),
@@ -573,7 +575,10 @@ mod tests {
             ),
             (
                 json!([{"id": "u", "kind": "systemd_unit", "name": "a/b.service", "content": ""}]),
-                ManifestRefusal::Invalid { id: "u".into(), problem: SpecProblem::BadUnitName { name: "a/b.service".into() } },
+                ManifestRefusal::Invalid {
+                    id: "u".into(),
+                    problem: SpecProblem::BadUnitName { name: "a/b.service".into() },
+                },
             ),
             (
                 json!([{"id": "u", "kind": "systemd_unit", "name": "getty@.service", "content": ""}]),
@@ -600,19 +605,27 @@ mod tests {
             (
                 json!([{"id": "c", "kind": "container", "image": "app", "digest": digest,
                         "mounts": [{"source": "/data/../etc", "target": "/x"}]}]),
-                ManifestRefusal::Invalid { id: "c".into(), problem: SpecProblem::BadPath { path: "/data/../etc".into() } },
+                ManifestRefusal::Invalid {
+                    id: "c".into(),
+                    problem: SpecProblem::BadPath { path: "/data/../etc".into() },
+                },
             ),
-            (json!([file("a", "/data/workloads/x"), file("a", "/data/workloads/y")]), ManifestRefusal::DuplicateId {
-                id: "a".into(),
-            }),
+            (
+                json!([file("a", "/data/workloads/x"), file("a", "/data/workloads/y")]),
+                ManifestRefusal::DuplicateId { id: "a".into() },
+            ),
             (
                 json!([file("a", "/data/workloads/x"), file("b", "/data/workloads/x")]),
-                ManifestRefusal::Conflict { first: "a".into(), second: "b".into(), what: "file /data/workloads/x".into() },
+                ManifestRefusal::Conflict {
+                    first: "a".into(),
+                    second: "b".into(),
+                    what: "file /data/workloads/x".into(),
+                },
             ),
-            (json!([file("Bad Id", "/data/workloads/x")]), ManifestRefusal::Invalid {
-                id: "Bad Id".into(),
-                problem: SpecProblem::BadId,
-            }),
+            (
+                json!([file("Bad Id", "/data/workloads/x")]),
+                ManifestRefusal::Invalid { id: "Bad Id".into(), problem: SpecProblem::BadId },
+            ),
         ];
         for (resources, want) in cases {
             assert_eq!(AgentManifest::parse(&manifest(resources.clone())).unwrap_err(), want, "{resources}");
@@ -624,7 +637,8 @@ mod tests {
         let newer = json!({"schema": 99, "device_id": "pi-1", "generation": 1, "issued_at": 0, "resources": []});
         assert_eq!(AgentManifest::parse(&newer.to_string()).unwrap_err(), ManifestRefusal::NewerSchema { schema: 99 });
         assert!(matches!(AgentManifest::parse("{nope").unwrap_err(), ManifestRefusal::Malformed { .. }));
-        let extra = manifest(json!([{"id": "a", "kind": "file", "path": "/data/x", "content": {"inline": ""}, "rm": "-rf"}]));
+        let extra =
+            manifest(json!([{"id": "a", "kind": "file", "path": "/data/x", "content": {"inline": ""}, "rm": "-rf"}]));
         assert!(matches!(AgentManifest::parse(&extra).unwrap_err(), ManifestRefusal::Malformed { .. }));
     }
 

@@ -85,7 +85,9 @@ impl ContainerReconciler {
         }
         match self.local_image(&spec.image).await {
             Some(got) if got == want => Ok(()),
-            Some(got) => Err(format!("digest mismatch: {} is image {got}, the manifest says {}", spec.image, spec.digest)),
+            Some(got) => {
+                Err(format!("digest mismatch: {} is image {got}, the manifest says {}", spec.image, spec.digest))
+            }
             None => match self.local_image(want).await {
                 Some(_) => Ok(()),
                 None => Err(format!("image {} ({}) is not present after loading it", spec.image, spec.digest)),

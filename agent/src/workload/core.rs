@@ -66,8 +66,15 @@ pub enum Event {
     ManifestReceived(Result<AgentManifest, ManifestRefusal>),
     /// Drift interval or a retry time reached.
     PassDue,
-    Ensured { id: String, spec: ResourceSpec, result: Result<Ensured, String> },
-    Removed { id: String, result: Result<(), String> },
+    Ensured {
+        id: String,
+        spec: ResourceSpec,
+        result: Result<Ensured, String>,
+    },
+    Removed {
+        id: String,
+        result: Result<(), String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,8 +91,14 @@ pub enum Action {
     SaveApplied,
     /// Persist `owned`.
     SaveOwned,
-    Remove { id: String, spec: ResourceSpec },
-    Ensure { id: String, spec: ResourceSpec },
+    Remove {
+        id: String,
+        spec: ResourceSpec,
+    },
+    Ensure {
+        id: String,
+        spec: ResourceSpec,
+    },
 }
 
 /// The upgrade health gate's view of the workloads.
@@ -101,11 +114,8 @@ pub enum Gate {
 
 impl State {
     pub fn restored(applied: Option<AgentManifest>, owned: BTreeMap<String, ResourceSpec>) -> Self {
-        let resources = applied
-            .iter()
-            .flat_map(|m| &m.resources)
-            .map(|r| (r.id.clone(), ResourceState::Pending))
-            .collect();
+        let resources =
+            applied.iter().flat_map(|m| &m.resources).map(|r| (r.id.clone(), ResourceState::Pending)).collect();
         Self { applied, owned, resources, ..Self::default() }
     }
 
@@ -301,7 +311,9 @@ pub fn step(env: &Env, mut s: State, event: Event, now: UnixMillis) -> (State, V
                 let previous = s.resources.get(&id).cloned();
                 let next = match result {
                     Ok(Ensured { repaired, details }) => match previous {
-                        Some(ResourceState::Ready { since, .. }) if !repaired => ResourceState::Ready { since, details },
+                        Some(ResourceState::Ready { since, .. }) if !repaired => {
+                            ResourceState::Ready { since, details }
+                        }
                         _ => ResourceState::Ready { since: now, details },
                     },
                     Err(error) => {

@@ -27,7 +27,12 @@ fn file(path: &str, text: &str) -> ResourceSpec {
 }
 
 fn unit(name: &str) -> ResourceSpec {
-    ResourceSpec::SystemdUnit(UnitSpec { name: name.into(), content: "[Service]\n".into(), enabled: true, active: true })
+    ResourceSpec::SystemdUnit(UnitSpec {
+        name: name.into(),
+        content: "[Service]\n".into(),
+        enabled: true,
+        active: true,
+    })
 }
 
 fn manifest(generation: u64, resources: &[(&str, ResourceSpec)]) -> AgentManifest {
@@ -137,7 +142,8 @@ fn drift_pass_keeps_ready_since_unless_repaired() {
     let (s, actions) = step(&e, s, Event::PassDue, later);
     assert_eq!(actions, vec![Action::Ensure { id: "conf".into(), spec: spec.clone() }], "no save: nothing new owned");
     assert!(matches!(s.resources["conf"], ResourceState::Ready { since: T0, .. }), "a check does not flap the state");
-    let (s2, _) = step(&e, s.clone(), Event::Ensured { id: "conf".into(), spec: spec.clone(), result: ok(false) }, later);
+    let (s2, _) =
+        step(&e, s.clone(), Event::Ensured { id: "conf".into(), spec: spec.clone(), result: ok(false) }, later);
     assert!(matches!(s2.resources["conf"], ResourceState::Ready { since: T0, .. }));
     let (s3, _) = step(&e, s, Event::Ensured { id: "conf".into(), spec, result: ok(true) }, later);
     assert!(matches!(s3.resources["conf"], ResourceState::Ready { since, .. } if since == later), "drift corrected");
@@ -154,7 +160,12 @@ fn removed_resources_are_deleted_first_and_forgotten_once_gone() {
     assert_eq!(actions[1], Action::Remove { id: "web".into(), spec: web });
     assert_eq!(ensures(&actions), vec!["conf"]);
     assert!(matches!(s.resources["conf"], ResourceState::Ready { .. }), "unchanged resources keep their state");
-    let (s, _) = step(&e, s, Event::Ensured { id: "conf".into(), spec: file("/data/workloads/a.conf", "x"), result: ok(false) }, T0);
+    let (s, _) = step(
+        &e,
+        s,
+        Event::Ensured { id: "conf".into(), spec: file("/data/workloads/a.conf", "x"), result: ok(false) },
+        T0,
+    );
     assert!(!s.converged(), "web is still owned");
     let (s, actions) = step(&e, s, Event::Removed { id: "web".into(), result: Ok(()) }, T0);
     assert_eq!(actions, vec![Action::SaveOwned]);
@@ -170,7 +181,9 @@ fn a_failed_removal_is_reported_and_retried() {
     let (s, _) = step(&e, s, Event::Removed { id: "web".into(), result: Err("stop timed out".into()) }, T0);
     assert!(!s.converged());
     let st = s.status(&e.device_id, "b", T0);
-    assert!(matches!(&st.resources["web"], ResourceState::Failed { error, .. } if error == "not removed: stop timed out"));
+    assert!(
+        matches!(&st.resources["web"], ResourceState::Failed { error, .. } if error == "not removed: stop timed out")
+    );
     let (_, actions) = step(&e, s, Event::PassDue, T0);
     assert_eq!(removes(&actions), vec!["web"]);
 }
@@ -226,15 +239,24 @@ fn refusals_change_nothing_but_the_refused_condition() {
         (Ok(manifest(4, &[])), ManifestRefusal::StaleGeneration { applied: 5, got: 4 }),
         (
             Ok(outside),
-            ManifestRefusal::Invalid { id: "x".into(), problem: SpecProblem::OutsideRoots { path: "/etc/shadow".into() } },
+            ManifestRefusal::Invalid {
+                id: "x".into(),
+                problem: SpecProblem::OutsideRoots { path: "/etc/shadow".into() },
+            },
         ),
         (
             Ok(at_root),
-            ManifestRefusal::Invalid { id: "x".into(), problem: SpecProblem::OutsideRoots { path: "/data/workloads".into() } },
+            ManifestRefusal::Invalid {
+                id: "x".into(),
+                problem: SpecProblem::OutsideRoots { path: "/data/workloads".into() },
+            },
         ),
         (
             Ok(bad_mount),
-            ManifestRefusal::Invalid { id: "app".into(), problem: SpecProblem::MountNotAllowed { source_path: "/etc".into() } },
+            ManifestRefusal::Invalid {
+                id: "app".into(),
+                problem: SpecProblem::MountNotAllowed { source_path: "/etc".into() },
+            },
         ),
         (
             Ok(prefix_trick),

@@ -95,7 +95,10 @@ impl FileReconciler {
         };
         if !meta.file_type().is_file() {
             // Never replaced: something else owns that name.
-            return Err(format!("{} exists and is not a regular file (a symlink, device, FIFO or directory)", spec.path));
+            return Err(format!(
+                "{} exists and is not a regular file (a symlink, device, FIFO or directory)",
+                spec.path
+            ));
         }
         let (want_hash, want_size) = Self::desired_hash(spec);
         let (uid, gid) = self.ids(spec)?;

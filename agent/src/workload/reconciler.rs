@@ -53,7 +53,12 @@ async fn ensure_with<S>(r: &dyn Reconciler<Spec = S>, id: &str, spec: &S) -> Res
 }
 
 impl Reconcilers {
-    pub async fn ensure(&self, id: &str, spec: &ResourceSpec, timeout: Duration) -> Result<super::core::Ensured, String> {
+    pub async fn ensure(
+        &self,
+        id: &str,
+        spec: &ResourceSpec,
+        timeout: Duration,
+    ) -> Result<super::core::Ensured, String> {
         let work = async {
             match spec {
                 ResourceSpec::File(s) => ensure_with(self.file.as_ref(), id, s).await,

@@ -161,7 +161,11 @@ impl Service {
         match action {
             Action::SaveApplied => {
                 if let Some(m) = &self.state.applied {
-                    log::info!("workload manifest generation {} applied ({} resources)", m.generation, m.resources.len());
+                    log::info!(
+                        "workload manifest generation {} applied ({} resources)",
+                        m.generation,
+                        m.resources.len()
+                    );
                 }
                 if let Some(envelope) = &self.received {
                     // Unsaved, the manifest still applies now; after a restart the
@@ -231,7 +235,8 @@ impl Service {
         });
         let status = self.state.status(&self.ctx.device_id, &self.ctx.boot_id, self.ctx.clock.now());
         self.status.send_if_modified(|current| {
-            let same = current.as_ref().is_some_and(|c| AgentStatus { updated_at: status.updated_at, ..c.clone() } == status);
+            let same =
+                current.as_ref().is_some_and(|c| AgentStatus { updated_at: status.updated_at, ..c.clone() } == status);
             if !same {
                 *current = Some(status);
             }
@@ -250,7 +255,11 @@ async fn publish_status(client: async_nats::Client, device: DeviceId, mut rx: wa
         if let Some(status) = status {
             let payload = serde_json::to_vec(&status).unwrap_or_default();
             let put = async {
-                js.publish(subject.clone(), payload.into()).await.map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())
+                js.publish(subject.clone(), payload.into())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())
             };
             match tokio::time::timeout(Duration::from_secs(5), put).await {
                 Ok(Ok(_)) => {}

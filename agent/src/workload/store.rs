@@ -40,7 +40,10 @@ impl WorkloadStore {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(e) => {
-                log::error!("{}: {e}; no workloads until the operator's manifest arrives", self.manifest_path().display());
+                log::error!(
+                    "{}: {e}; no workloads until the operator's manifest arrives",
+                    self.manifest_path().display()
+                );
                 return None;
             }
         };

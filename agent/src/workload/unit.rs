@@ -66,10 +66,7 @@ impl UnitReconciler {
         let fragment = unit.fragment_path().await.map_err(|e| e.to_string())?;
         let ours = self.file(spec);
         if !fragment.is_empty() && PathBuf::from(&fragment) != ours {
-            return Err(format!(
-                "unit {} is defined by the OS ({fragment}); a workload may not replace it",
-                spec.name
-            ));
+            return Err(format!("unit {} is defined by the OS ({fragment}); a workload may not replace it", spec.name));
         }
         Ok(())
     }
