@@ -110,8 +110,3 @@ def actual(s):
         if isinstance(s.get(key), dict):
             return s[key]
     return s if "observed_generation" in s else None
-
-
-def guest_text(g, path):
-    _, out = g.sh(f"cat {shlex.quote(path)} 2>&1; echo")
-    return out
