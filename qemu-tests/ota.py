@@ -62,7 +62,7 @@ written with debugfs; identity and credentials come from enrollment alone.
     time, agent CPU for it and for one idle drift pass, agent RSS idle with
     the workloads applied (`scripts/bench workloads` runs it)
 
---ci runs 1, 2 and 4, --all (the default) every scenario. Console logs, operator
+--ci runs 1, 2, 4, 10 and 11, --all (the default) every scenario. Console logs, operator
 logs and CLI transcripts of each scenario go to
 qemu-tests/artifacts/<timestamp>-ota/scenario-N/. The last line printed is
 "N passed, N failed".
@@ -83,7 +83,7 @@ import workloads as wl
 
 REGISTRY = suite.Registry()
 scenario = REGISTRY.scenario
-CI = [1, 2, 4]
+CI = [1, 2, 4, 10, 11]
 # The data partition's MBR entry (vda4) and where the agent's drop-ins live on it.
 DATA_ENTRY = 3
 AGENT_DROP_IN_ON_DATA = "/harmony/agent.d/05-qemu-test-timing.toml"
