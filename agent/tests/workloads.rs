@@ -28,6 +28,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Which refusal a case expects.
+type IsReason = Box<dyn Fn(&ManifestRefusal) -> bool>;
+
 /// Units as the fake systemd holds them: name → (content, active).
 type Units = Arc<Mutex<BTreeMap<String, (String, bool)>>>;
 
@@ -281,7 +284,7 @@ async fn refused_manifests_change_nothing_and_say_why() {
         });
         m
     };
-    let cases: Vec<(Vec<u8>, &str, Box<dyn Fn(&ManifestRefusal) -> bool>)> = vec![
+    let cases: Vec<(Vec<u8>, &str, IsReason)> = vec![
         (b"not json".to_vec(), "malformed", Box::new(|r| matches!(r, ManifestRefusal::Malformed { .. }))),
         (forged.encode(), "unknown key", Box::new(|r| matches!(r, ManifestRefusal::UnknownKey { .. }))),
         (tampered.encode(), "bad signature", Box::new(|r| *r == ManifestRefusal::BadSignature)),

@@ -65,7 +65,7 @@ impl UnitReconciler {
     async fn check_not_the_os(&self, unit: &UnitProxy<'static>, spec: &UnitSpec) -> Result<(), String> {
         let fragment = unit.fragment_path().await.map_err(|e| e.to_string())?;
         let ours = self.file(spec);
-        if !fragment.is_empty() && PathBuf::from(&fragment) != ours {
+        if !fragment.is_empty() && std::path::Path::new(&fragment) != ours {
             return Err(format!("unit {} is defined by the OS ({fragment}); a workload may not replace it", spec.name));
         }
         Ok(())
@@ -166,7 +166,7 @@ impl UnitReconciler {
         let unit = self.unit(&m, &spec.name).await?;
         let fragment = unit.fragment_path().await.unwrap_or_default();
         let path = self.file(spec);
-        if !fragment.is_empty() && PathBuf::from(&fragment) != path {
+        if !fragment.is_empty() && std::path::Path::new(&fragment) != path {
             // The OS defines this name (now): never stop what is not ours.
             log::warn!("unit {} is now defined by the OS ({fragment}); only our file is removed", spec.name);
         } else {
