@@ -49,7 +49,8 @@ written with debugfs; identity and credentials come from enrollment alone.
  10 workloads (issue 15): a File and a SystemdUnit applied with `workloads
     apply` converge (unit from /run/systemd/system, enabled, active, reading
     the file); a person stops the unit and edits the file: the drift pass
-    puts both back; a resource dropped from the manifest is deleted; after
+    puts both back; a resource dropped from the manifest is deleted; a unit
+    named like one of the OS's (rauc.service) is refused, not shadowed; after
     an OS upgrade to v2 (committed) both run again on B, reported converged
     by the new boot
 
@@ -846,6 +847,21 @@ def s10(ctx):
     rc, _ = g.sh("test -e /data/workloads/extra.conf", ok=False)
     check(rc != 0, "extra.conf was not deleted")
 
+    # A unit the OS defines is refused, not shadowed; the OS's unit runs on.
+    _, before = g.sh("systemctl show -p FragmentPath -p MainPID rauc.service")
+    w.apply(*base, wl.unit_resource("clash", "rauc.service", "[Service]\nExecStart=/bin/false\n"))
+    st = wl.actual(w.wait(lambda s: (wl.actual(s) or {}).get("observed_generation") == 3
+                          and (wl.actual(s) or {}).get("resources", {}).get("clash", {}).get("state") == "failed",
+                          120, "the clashing unit to be refused"))
+    check("defined by the OS" in st["resources"]["clash"].get("error", ""), f"clash: {st['resources']['clash']}")
+    _, after = g.sh("systemctl show -p FragmentPath -p MainPID rauc.service")
+    check(before.strip().splitlines()[-2:] == after.strip().splitlines()[-2:] and "/run/" not in after,
+          f"rauc.service changed: {before!r} -> {after!r}")
+    rc, _ = g.sh("test -e /run/systemd/system/rauc.service", ok=False)
+    check(rc != 0, "a unit file shadowing rauc.service was written")
+    w.apply(*base)
+    w.wait_converged(4)
+
     # The OS underneath is upgraded; the workloads come back on the new slot.
     old_boot = o.boot_id()
     _, since = o.install_and_reboot("v2", "s10")
@@ -854,7 +870,7 @@ def s10(ctx):
     check(new_boot != old_boot, "boot id did not change")
     o.watch(lambda s: job_state(s) == "committed" and s["heartbeat"]["upgrade"]["phase"] == "committed",
             COMMIT_DEADLINE_SECS + 180, "the commit of v2 (health includes the workload gate)")
-    st = wl.actual(w.wait_converged(2, boot_id=new_boot))
+    st = wl.actual(w.wait_converged(4, boot_id=new_boot))
     check(g.os_version() == ctx.versions["v2"], "not running v2")
     w.unit_running_from_run()
     w.guest_until("grep -qx 'hello from the fleet' /run/hello.out", 30, "the unit to run on the new slot")
