@@ -58,6 +58,17 @@ written with debugfs; identity and credentials come from enrollment alone.
     upgrade to v2 reboots into B, where the unit fails: the agent's health
     check names the workload, B is never committed, the agent falls back:
     RolledBack{health_check_failed}; the unit runs again on A
+ 12 container (issue 15), not in --ci; needs the podman image
+    (image/qemu/build --with-podman; --image build/qemu-podman): a File and a
+    Container whose image is loaded from an archive in the object store
+    (qemu-tests/container_image.py, no registry) converge; podman runs
+    harmony-web from the manifest's image id, its httpd serves the file from
+    the /data/workloads/app mount over podman's default network; `podman
+    kill` and `podman rm -f` by a person are put right by the drift pass; the
+    container and its conmon survive an agent restart; a manifest whose digest
+    is not the archive's image fails "digest mismatch" and leaves the running
+    container alone; the good manifest again converges without recreating it;
+    `workloads rm` removes it
  13 benchmark, not in --ci or --all's pass/fail sense: a 50-resource
     manifest (25 files, 25 units) applied to the device: apply -> converged
     time, agent CPU for it and for one idle drift pass, agent RSS idle with
@@ -76,6 +87,7 @@ import sys
 import time
 from pathlib import Path
 
+import container_image
 import suite
 from disk import put_ext4_file
 from fleet import REPO, Fleet
@@ -908,6 +920,132 @@ def s11(ctx):
     check(transition_at(s["job"], "commit_sent") is None, "the operator sent a commit for v2")
     w.wait_converged(1, boot_id=o.boot_id())
     w.unit_running_from_run("harmony-needs-v1.service")
+
+
+def container_state(g, name):
+    """(running, image id, container id, conmon pid) of a container, or None."""
+    rc, out = g.sh(f"podman container inspect --format 'STATE {{{{.State.Running}}}} {{{{.Image}}}} {{{{.Id}}}} "
+                   f"{{{{.State.ConmonPid}}}}' {shlex.quote(name)} 2>&1", ok=False)
+    m = re.search(r"^STATE (true|false) (\S+) (\S+) (\d+)$", out, re.M)
+    if rc != 0 or not m:
+        return None
+    return m.group(1) == "true", m.group(2), m.group(3), int(m.group(4))
+
+
+@scenario(12, "container: image loaded from the object store, run by podman; kill/rm corrected; digest mismatch refused")
+def s12(ctx):
+    """Issue 15's Container kind on the real device: podman 4.3 from Debian
+    in the guest, the image from an archive the operator uploaded (no
+    registry). Not in CI: the podman image is a separate build."""
+    if not ctx.manifest.get("podman"):
+        raise Fail("the image has no podman: image/qemu/build --with-podman, then --image build/qemu-podman")
+    o = Ota(ctx)
+    g = o.g
+    o.boot_and_enroll()
+    w = wl.Workloads(o)
+    archive = ctx.art / "busybox.tar"
+    image_id, archive_sha, size = container_image.build(archive)
+    ctx.note(f"image {container_image.IMAGE_NAME} id {image_id[:12]}, archive {size} bytes")
+    page_text = "hello from a container\n"
+    page = wl.file_resource("page", "/data/workloads/app/index.html", page_text)
+
+    def web(digest):
+        return wl.container_resource("web", container_image.IMAGE_NAME, f"sha256:{digest}", archive,
+                                     ["/bin/httpd", "-f", "-v", "-p", "8080", "-h", "/srv"],
+                                     mounts=[("/data/workloads/app", "/srv", True)],
+                                     env={"HARMONY_TEST": "container-env"}, restart="always")
+
+    # 1. The file, then the container that serves it (manifest order).
+    t0 = time.monotonic()
+    w.apply(page, web(image_id))
+    st = wl.actual(w.wait_converged(1, timeout=600))
+    ctx.metric("apply -> converged, first container (archive upload, download, podman load, run) (s)",
+               round(time.monotonic() - t0, 1))
+    ready = st["resources"]["web"]
+    check(ready.get("state") == "ready", f"web: {ready}")
+    ctx.note(f"web: {ready}")
+    _, out = g.sh("podman image inspect --format '{{.Id}}' " + shlex.quote(container_image.IMAGE_NAME))
+    check(image_id in out, f"podman has {container_image.IMAGE_NAME} as {out!r}, the archive is {image_id}")
+    _, ps = g.sh("podman ps --no-trunc --format '{{.Names}} {{.ImageID}} {{.Status}}'")
+    ctx.note(f"podman ps: {ps.strip()}")
+    check(re.search(rf"^harmony-web {image_id} Up", ps, re.M), f"podman ps does not show harmony-web on {image_id}")
+    running, img, cid, _ = container_state(g, "harmony-web")
+    check(running and img == image_id, f"harmony-web: running {running}, image {img}")
+    _, env = g.sh("podman container inspect --format '{{range .Config.Env}}{{println .}}{{end}}' harmony-web")
+    check("HARMONY_TEST=container-env" in env, f"the manifest's env is not in the container: {env}")
+    _, out = g.sh("ip=$(podman container inspect --format '{{.NetworkSettings.IPAddress}}' harmony-web); "
+                  "echo IP=$ip; busybox wget -q -O - http://$ip:8080/index.html")
+    check(page_text.strip() in out, f"the container's httpd did not serve the managed file: {out}")
+    ctx.note(f"served over podman's default network: {out.strip().splitlines()[0]}")
+
+    # 2. A person kills the container: the drift pass starts it again.
+    since_kill = time.monotonic()
+    g.sh("podman kill harmony-web >/dev/null")
+    w.guest_until("podman container inspect --format '{{.State.Running}}' harmony-web | grep -qx true", 180,
+                      "the drift pass to start the killed container")
+    ctx.metric("podman kill -> running again (s)", round(time.monotonic() - since_kill, 1))
+    # 3. ...and removes it: the drift pass creates it anew.
+    since_rm = time.monotonic()
+    g.sh("podman rm --force --time 0 harmony-web >/dev/null")
+    w.guest_until("podman container inspect --format '{{.State.Running}}' harmony-web | grep -qx true", 240,
+                      "the drift pass to create the removed container")
+    ctx.metric("podman rm -f -> a new container running (s)", round(time.monotonic() - since_rm, 1))
+    running, img, cid2, conmon = container_state(g, "harmony-web")
+    check(running and img == image_id and cid2 != cid, f"after rm: running {running}, image {img}, id {cid2[:12]}")
+    _, journal = g.sh("journalctl -b -u harmony-agent --no-pager -o cat | grep -E '^workload web' | tail -n 4")
+    ctx.note(f"agent: {journal.strip()[-500:]}")
+
+    # 4. The agent restarts: the container and its monitor (conmon) stay.
+    g.sh("systemctl restart harmony-agent")
+    w.guest_until("systemctl is-active --quiet harmony-agent", 120, "the agent to be active again")
+    g.sh("sleep 10")
+    running, _, cid3, conmon3 = container_state(g, "harmony-web")
+    check(running and cid3 == cid2, f"after an agent restart: running {running}, id {cid3[:12]} (was {cid2[:12]})")
+    rc, _ = g.sh(f"kill -0 {conmon}", ok=False)
+    check(rc == 0 and conmon3 == conmon, f"conmon {conmon} of harmony-web did not survive the agent restart")
+
+    # Idle: the agent's resident memory with one container and one file.
+    g.sh("sleep 20")
+    _, rss = g.sh("ps -o rss= -C harmony-agent")
+    ctx.metric("agent RSS, workloads idle (one file, one container) (KiB)", int(rss.split()[-1]))
+
+    # 5. A digest that is not the archive's image (here: the archive's own
+    # sha256, a likely mistake). The agent loads the archive, finds another
+    # image id and fails the resource before touching the container.
+    w.apply(page, web(archive_sha))
+    s = w.wait(lambda s: (st := wl.actual(s)) is not None and st.get("observed_generation") == 2
+               and st["resources"].get("web", {}).get("state") == "failed", 300, "web to fail on the digest")
+    failed = wl.actual(s)["resources"]["web"]
+    ctx.note(f"web with a wrong digest: {failed}")
+    check("digest mismatch" in failed.get("error", ""), f"web failed for another reason: {failed}")
+    check(not wl.actual(s)["conditions"].get("converged"), "reported converged with a failed container")
+    g.sh("sleep 12")  # a retry or two (backoff 2 s .. 10 s in this suite)
+    running, img, cid4, _ = container_state(g, "harmony-web")
+    check(running and img == image_id and cid4 == cid2,
+          f"the running container was touched: running {running}, image {img}, id {cid4[:12]}")
+    # 6. The good manifest again: converged, the same container (its spec
+    # label matches again), nothing recreated.
+    w.apply(page, web(image_id))
+    w.wait_converged(3, timeout=300)
+    running, img, cid5, _ = container_state(g, "harmony-web")
+    check(running and cid5 == cid2, f"good manifest again: running {running}, id {cid5[:12]} (was {cid2[:12]})")
+    # 7. `workloads rm`: the container is removed, the image stays on /data.
+    o.fleet.op("workloads", "rm", "--devices", o.device)
+    w.guest_until("! podman container exists harmony-web", 240, "the agent to remove harmony-web")
+    rc, _ = g.sh("podman image exists " + shlex.quote(container_image.IMAGE_NAME), ok=False)
+    ctx.note(f"after workloads rm: harmony-web gone, image {'kept' if rc == 0 else 'removed'}")
+
+    # podman load of the same archive into an empty store on /data, timed
+    # alone (the apply above includes the upload, download and run).
+    _, path = g.sh(f"find /data/harmony -type f -name {archive_sha} | head -n 1")
+    path = path.strip().splitlines()[-1] if path.strip() else ""
+    check(path, "the archive is not in the agent's object cache")
+    _, out = g.sh(f"s=$(date +%s%N); podman --root /data/load-measure --runroot /run/load-measure load --quiet "
+                  f"--input {shlex.quote(path)} >/dev/null; e=$(date +%s%N); echo LOAD_MS=$(( (e - s) / 1000000 )); "
+                  "podman --root /data/load-measure --runroot /run/load-measure system reset --force >/dev/null 2>&1; "
+                  "rm -rf /data/load-measure /run/load-measure")
+    ctx.metric(f"podman load of the {size}-byte archive into an empty store (s)",
+               int(re.search(r"LOAD_MS=(\d+)", out).group(1)) / 1000)
 
 
 def agent_cpu_rss(g):

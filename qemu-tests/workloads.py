@@ -3,7 +3,7 @@ manifests applied through the real operator CLI, reconciled by the agent
 with real systemd (D-Bus) and the real filesystem of the QEMU guest.
 
 The helpers here take an `Ota` (qemu-tests/ota.py) and are used by its
-scenarios 10 and 11."""
+scenarios 10 to 13."""
 
 import shlex
 import time
@@ -28,6 +28,19 @@ def file_resource(rid, path, content, mode="0644"):
 def unit_resource(rid, name, content, enabled=True, active=True):
     return (f"[[resource]]\nid = {toml_str(rid)}\nkind = \"systemd_unit\"\nname = {toml_str(name)}\n"
             f"content = {toml_str(content)}\nenabled = {str(enabled).lower()}\nactive = {str(active).lower()}\n")
+
+
+def container_resource(rid, image, digest, archive_file, command, mounts=(), env=None, restart="always"):
+    """A `kind = "container"` table: `archive_file` (a host path) is uploaded
+    to the object store by `workloads apply`; mounts are (source, target,
+    read_only)."""
+    mounts_toml = ", ".join(f"{{ source = {toml_str(src)}, target = {toml_str(dst)}, read_only = {str(ro).lower()} }}"
+                            for src, dst, ro in mounts)
+    env_toml = ", ".join(f"{k} = {toml_str(v)}" for k, v in (env or {}).items())
+    return (f"[[resource]]\nid = {toml_str(rid)}\nkind = \"container\"\nimage = {toml_str(image)}\n"
+            f"digest = {toml_str(digest)}\narchive_file = {toml_str(str(archive_file))}\n"
+            f"command = [{', '.join(toml_str(c) for c in command)}]\nenv = {{ {env_toml} }}\n"
+            f"mounts = [{mounts_toml}]\nrestart = {toml_str(restart)}\n")
 
 
 def hello_unit():

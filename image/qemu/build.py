@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the Harmony Fleet QEMU aarch64 A/B test image from Debian arm64 packages.
 
-    image/qemu/build [--out DIR] [--no-agent] [--force]
+    image/qemu/build [--out DIR] [--no-agent] [--with-podman] [--force]
 
 Output (default build/qemu/):
     disk.img            A/B disk (layout read from meta-harmony/files/wic/harmony-qemuarm64.wks):
@@ -40,6 +40,13 @@ meta-harmony/recipes-harmony/harmony-agent/files/{harmony-agent.service,agent.to
 --no-agent leaves the agent out. The data partition carries the bundles the
 boot-chain tests install by hand (v2, broken, untrusted); the OTA tests push
 theirs to the operator from the host.
+
+--with-podman (default output build/qemu-podman/; never the CI image): every
+variant also gets Debian's podman 4.3 and what it needs to run containers as
+root (PODMAN_PACKAGES, PODMAN_MODULES), and the layer's container storage
+configuration (LAYER_FILES marked "podman": graphroot on /data). The OTA
+suite's Container scenario (qemu-tests/ota --only 12 --image build/qemu-podman)
+runs on it; manifest.json says "podman": true.
 """
 
 import argparse
@@ -70,7 +77,8 @@ FILES_OVERRIDES = [MACHINE, ""]
 # Everything in the rootfs that shapes boot, mounts, RAUC or the agent comes
 # from the layer, installed where its recipe's do_install puts it, and units
 # are enabled as its SYSTEMD_SERVICE/[Install] say: (recipe, file:// name,
-# destination in the rootfs, mode, "agent" if only with the agent). The
+# destination in the rootfs, mode, "agent" if only with the agent,
+# "podman" if only with --with-podman). The
 # builder authors none of these itself; meta-harmony/checks
 # (builder-uses-layer) compares this table with the recipes and fails on a
 # rootfs file of that kind written by the builder.
@@ -78,6 +86,8 @@ PARTITIONS_BB = "recipes-core/harmony-partitions/harmony-partitions_1.0.bb"
 NETWORK_BB = "recipes-core/harmony-network/harmony-network_1.0.bb"
 AGENT_BB = "recipes-harmony/harmony-agent/harmony-agent_0.1.0.bb"
 CONFIRM_BB = "recipes-bsp/u-boot/harmony-boot-confirm_1.0.bb"
+CONTAINER_HOST_CONFIG_BBAPPEND = ("dynamic-layers/virtualization-layer/recipes-containers/container-host-config/"
+                                  "container-host-config_%.bbappend")
 LAYER_FILES = [
     (PARTITIONS_BB, "boot-firmware.mount", "usr/lib/systemd/system/boot-firmware.mount", 0o644, None),
     (PARTITIONS_BB, "data.mount", "usr/lib/systemd/system/data.mount", 0o644, None),
@@ -96,6 +106,9 @@ LAYER_FILES = [
     (AGENT_BB, "harmony-agent.service", "usr/lib/systemd/system/harmony-agent.service", 0o644, "agent"),
     (AGENT_BB, "harmony-watchdog.conf", "usr/lib/systemd/system.conf.d/10-harmony-watchdog.conf", 0o644, "agent"),
     (AGENT_BB, "agent.toml", "etc/harmony/agent.toml", 0o644, "agent"),
+    # where container images and containers live (meta-virtualization's
+    # container-host-config installs it; the layer's bbappend supplies ours)
+    (CONTAINER_HOST_CONFIG_BBAPPEND, "storage.conf", "etc/containers/storage.conf", 0o644, "podman"),
 ]
 
 # Units a recipe enables by a symlink of its own do_install (not by
@@ -120,9 +133,14 @@ def layer_file(recipe: str, name: str) -> Path:
     raise SystemExit(f"build: file://{name} of {recipe} not found (for {MACHINE})")
 
 
-def layer_inputs(agent):
+def wanted(only, agent, podman) -> bool:
+    """Whether a LAYER_FILES entry belongs in this image."""
+    return only is None or (only == "agent" and agent is not None) or (only == "podman" and podman)
+
+
+def layer_inputs(agent, podman=False):
     """The layer files this image is made of (for the stage stamps)."""
-    return [layer_file(d, n) for d, n, _, _, only in LAYER_FILES if only is None or agent]
+    return [layer_file(d, n) for d, n, _, _, only in LAYER_FILES if wanted(only, agent, podman)]
 UBOOT_BIN = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
 
 SUITE = "bookworm"
@@ -140,6 +158,22 @@ PACKAGES = [
     # mac80211_hwsim radio and `iw dev wlan0 link`; no product file uses them
     "hostapd", "iw",
 ]
+# --with-podman only (never in the CI image): podman 4.3 as root. Its Depends
+# bring conmon, crun (the first of crun | runc) and
+# golang-github-containers-common (policy.json, containers.conf); mmdebstrap
+# installs no Recommends. Networking: netavark, which podman uses for its
+# default bridge network when it finds /usr/lib/podman/netavark on a fresh
+# storage, and the iptables it calls (nft backend, as Debian's alternatives
+# choose). No aardvark-dns: the default network has DNS off. No catatonit:
+# nothing here runs `podman run --init`. No CNI plugins (44 MB).
+PODMAN_PACKAGES = ["podman", "netavark", "iptables"]
+# What podman's default network and storage load (on demand, by alias):
+# overlayfs for the image layers, a bridge and veth pairs, and the nf_tables
+# rules netavark writes through iptables-nft (NAT, conntrack, the xt matches
+# it uses through nft_compat).
+PODMAN_MODULES = ["overlay", "bridge", "veth", "nf_tables", "nft_compat", "nft_chain_nat", "nft_nat", "nft_masq",
+                  "nft_ct", "x_tables", "xt_MASQUERADE", "xt_addrtype", "xt_comment", "xt_conntrack", "xt_mark",
+                  "xt_multiport", "xt_tcpudp", "nf_nat", "nf_conntrack"]
 KERNEL_META = "linux-image-arm64"
 # Kernel modules the guest needs (plus their dependencies). The first group
 # goes into the initramfs as well, in this order.
@@ -307,9 +341,9 @@ def cache_dir() -> Path:
     return d
 
 
-def stage_base(out: Path, force: bool) -> Path:
+def stage_base(out: Path, force: bool, packages=PACKAGES) -> Path:
     root = out / "base" / "root"
-    st = Stage(out, "base", sha(SUITE, MIRROR, PACKAGES, "v2"), force)
+    st = Stage(out, "base", sha(SUITE, MIRROR, packages, "v2"), force)
     if st.fresh() and root.is_dir():
         return root
     if root.parent.exists():
@@ -318,7 +352,7 @@ def stage_base(out: Path, force: bool) -> Path:
     cache = cache_dir()
     log(f"base: mmdebstrap (extract) {SUITE} arm64, download cache {cache}")
     run(["mmdebstrap", "--variant=extract", "--architectures=arm64", "--quiet",
-         "--include=" + ",".join(PACKAGES),
+         "--include=" + ",".join(packages),
          "--skip=download/empty",
          f"--setup-hook=mkdir -p \"$1/var/cache/apt/archives\"; "
          f"find {cache} -maxdepth 1 -name '*.deb' -exec cp -t \"$1/var/cache/apt/archives/\" {{}} +",
@@ -330,14 +364,14 @@ def stage_base(out: Path, force: bool) -> Path:
     return root
 
 
-def stage_kernel(out: Path, force: bool):
+def stage_kernel(out: Path, force: bool, modules=ROOTFS_MODULES):
     kdir = out / "kernel"
     # The newest kernel package the (host's) arm64 package lists know.
     dep = out_of(["apt-cache", "depends", f"{KERNEL_META}:arm64"])
     pkg = next(l.split(":", 1)[1].strip() for l in dep.splitlines() if l.strip().startswith("Depends:"))
     pkg = pkg.split(":")[0]
     version = out_of(["apt-cache", "policy", f"{pkg}:arm64"]).split("Candidate:")[1].split()[0]
-    st = Stage(out, "kernel", sha(pkg, version, INITRD_MODULES, ROOTFS_MODULES, "v3"), force)
+    st = Stage(out, "kernel", sha(pkg, version, INITRD_MODULES, modules, "v3"), force)
     if st.fresh() and (kdir / "Image").is_file():
         return kdir
     cache = cache_dir()
@@ -390,7 +424,7 @@ def stage_kernel(out: Path, force: bool):
 
     mods = kdir / "modules"
     mdir = mods / "lib/modules" / kver
-    for m in closure(ROOTFS_MODULES):
+    for m in closure(modules):
         dst = mdir / m
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(x / "lib/modules" / kver / m, dst)
@@ -547,11 +581,11 @@ def enable(root: Path, unit: str, target: str, name=None):
         link.symlink_to(unit)
 
 
-def install_layer_files(root: Path, with_agent: bool):
+def install_layer_files(root: Path, agent, podman=False):
     """LAYER_FILES into the rootfs, units enabled as `systemctl enable` would
     (by their [Install] WantedBy=), like systemd.bbclass does for the recipes."""
     for recipe, name, dest, mode, only in LAYER_FILES:
-        if only == "agent" and not with_agent:
+        if not wanted(only, agent, podman):
             continue
         dst = root / dest
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -571,6 +605,17 @@ def install_layer_files(root: Path, with_agent: bool):
         if not found:
             raise SystemExit(f"build: {recipe} enables {name} as {unit}, which no package of the image installs")
         enable(root, found[0], target, name)
+
+
+def alternatives_iptables(root: Path):
+    """What iptables' maintainer script (not run by the extract variant)
+    would have done: /usr/sbin/iptables and friends point at the nft backend,
+    Debian's default. netavark runs `iptables`."""
+    for tool in ("iptables", "ip6tables"):
+        for suffix in ("", "-save", "-restore"):
+            link = root / "usr/sbin" / f"{tool}{suffix}"
+            if not link.exists():
+                link.symlink_to(f"{tool}-nft{suffix}")
 
 
 def preset_networkd(root: Path):
@@ -647,7 +692,7 @@ def fault_no_init(root: Path):
 
 
 def stage_rootfs(out: Path, name: str, base: Path, kdir: Path, initrd: Path, keys: Path,
-                 parts, agent, key: str, force: bool) -> Path:
+                 parts, agent, key: str, force: bool, podman=False) -> Path:
     img = out / f"rootfs-{name}.ext4"
     st = Stage(out, f"rootfs-{name}", key, force)
     if st.fresh() and img.is_file():
@@ -698,7 +743,9 @@ def stage_rootfs(out: Path, name: str, base: Path, kdir: Path, initrd: Path, key
     (root / "usr/lib/os-release").unlink(missing_ok=True)
 
     # mounts, RAUC, U-Boot environment tools, network, (agent): the layer's files
-    install_layer_files(root, agent is not None)
+    install_layer_files(root, agent, podman)
+    if podman:
+        alternatives_iptables(root)
     preset_networkd(root)
     substitute_build_products(root, keys, agent)
 
@@ -809,8 +856,10 @@ def stage_boot_images(out: Path, parts, force: bool):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=REPO / "build" / "qemu")
+    ap.add_argument("--out", type=Path, help="default build/qemu (build/qemu-podman with --with-podman)")
     ap.add_argument("--no-agent", action="store_true")
+    ap.add_argument("--with-podman", action="store_true",
+                    help="add podman and the layer's container storage config (not the CI image)")
     ap.add_argument("--force", action="store_true", help="rebuild every stage")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -820,17 +869,19 @@ def main():
         if shutil.which(tool) is None:
             raise SystemExit(f"build: {tool} is missing (run scripts/setup)")
     t0 = time.time()
-    out = args.out.resolve()
+    podman = args.with_podman
+    out = (args.out or REPO / "build" / ("qemu-podman" if podman else "qemu")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     parts, env_offsets = read_wks(WKS)
-    base = stage_base(out, args.force)
-    kdir = stage_kernel(out, args.force)
+    base = stage_base(out, args.force, PACKAGES + PODMAN_PACKAGES if podman else PACKAGES)
+    kdir = stage_kernel(out, args.force, ROOTFS_MODULES + PODMAN_MODULES if podman else ROOTFS_MODULES)
     initrd = stage_initrd(out, base, kdir, args.force)
     keys = stage_keys(out)
     agent = agent_binary(args.no_agent)
     common = sha(Path(__file__), Path(wks.__file__), out / "stamps/base", out / "stamps/kernel", initrd,
-                 keys / "ca.cert.pem", keys / "fleet.pub", WKS, agent or "no-agent", *layer_inputs(agent))
-    imgs = {n: stage_rootfs(out, n, base, kdir, initrd, keys, parts, agent, sha(common, n), args.force)
+                 keys / "ca.cert.pem", keys / "fleet.pub", WKS, agent or "no-agent", *layer_inputs(agent, podman),
+                 *(["podman"] if podman else []))
+    imgs = {n: stage_rootfs(out, n, base, kdir, initrd, keys, parts, agent, sha(common, n), args.force, podman)
             for n in VARIANTS}
     boot_imgs = stage_boot_images(out, parts, args.force)
 
@@ -922,6 +973,7 @@ def main():
             "fleet_key": str(keys / "fleet.key"),
             "rootfs_images": {n: str(i) for n, i in imgs.items()},
             "agent": str(agent) if agent else None,
+            "podman": podman,
             "kernel": (kdir / "version").read_text(),
         }
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -187,7 +187,13 @@ def _machine_files_overrides(source: str):
 
 # Installed by a recipe of another layer from our file (meta-rauc's
 # rauc-conf.bb installs system.conf as ${sysconfdir}/rauc/system.conf).
-UPSTREAM_INSTALLS = {("recipes-core/rauc/rauc-conf.bbappend", "system.conf"): ("/etc/rauc/system.conf", 0o644)}
+# meta-virtualization's container-host-config installs storage.conf as
+# ${sysconfdir}/containers/storage.conf, 0644.
+UPSTREAM_INSTALLS = {
+    ("recipes-core/rauc/rauc-conf.bbappend", "system.conf"): ("/etc/rauc/system.conf", 0o644),
+    ("dynamic-layers/virtualization-layer/recipes-containers/container-host-config/container-host-config_%.bbappend",
+     "storage.conf"): ("/etc/containers/storage.conf", 0o644),
+}
 # Recipes whose every installed file the QEMU image must carry.
 MIRRORED_RECIPES = ["recipes-core/harmony-partitions/harmony-partitions_1.0.bb",
                     "recipes-harmony/harmony-agent/harmony-agent_0.1.0.bb",
