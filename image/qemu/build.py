@@ -106,6 +106,7 @@ LAYER_FILES = [
     (AGENT_BB, "harmony-agent.service", "usr/lib/systemd/system/harmony-agent.service", 0o644, "agent"),
     (AGENT_BB, "harmony-watchdog.conf", "usr/lib/systemd/system.conf.d/10-harmony-watchdog.conf", 0o644, "agent"),
     (AGENT_BB, "agent.toml", "etc/harmony/agent.toml", 0o644, "agent"),
+    (AGENT_BB, "harmony-podman", "usr/libexec/harmony-agent/podman", 0o755, "agent"),
     # where container images and containers live (meta-virtualization's
     # container-host-config installs it; the layer's bbappend supplies ours)
     (CONTAINER_HOST_CONFIG_BBAPPEND, "storage.conf", "etc/containers/storage.conf", 0o644, "podman"),

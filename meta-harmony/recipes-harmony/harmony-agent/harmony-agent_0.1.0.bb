@@ -37,6 +37,7 @@ SRC_URI += "\
     file://harmony-agent.service \
     file://agent.toml \
     file://harmony-watchdog.conf \
+    file://harmony-podman \
     ${@' '.join('file://%s' % k for k in d.getVar('HARMONY_FLEET_PUBLIC_KEYS').split())} \
 "
 
@@ -66,6 +67,10 @@ do_install:append() {
 
     install -d ${D}${sysconfdir}/harmony
     install -m 0644 ${HARMONY_UNPACKDIR}/agent.toml ${D}${sysconfdir}/harmony/agent.toml
+
+    # Container workloads: podman run outside the agent's sandbox (agent.toml).
+    install -d ${D}${libexecdir}/harmony-agent
+    install -m 0755 ${HARMONY_UNPACKDIR}/harmony-podman ${D}${libexecdir}/harmony-agent/podman
 
     # Absolute file:// paths unpack below UNPACKDIR under their full path.
     install -d ${D}${sysconfdir}/harmony/fleet-keys
