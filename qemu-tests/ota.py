@@ -68,7 +68,9 @@ written with debugfs; identity and credentials come from enrollment alone.
     container and its conmon survive an agent restart; a manifest whose digest
     is not the archive's image fails "digest mismatch" and leaves the running
     container alone; the good manifest again converges without recreating it;
-    `workloads rm` removes it
+    after an OS upgrade to v2 (committed only once the container runs) B runs
+    the same container without loading the image again; `workloads rm`
+    removes the container and keeps the image
  13 benchmark, not in --ci or --all's pass/fail sense: a 50-resource
     manifest (25 files, 25 units) applied to the device: apply -> converged
     time, agent CPU for it and for one idle drift pass, agent RSS idle with
@@ -1050,7 +1052,35 @@ def s12(ctx):
     w.wait_converged(3, timeout=300)
     running, img, cid5, _ = container_state(g, "harmony-web")
     check(running and cid5 == cid2, f"good manifest again: running {running}, id {cid5[:12]} (was {cid2[:12]})")
-    # 7. `workloads rm`: the container is removed, the image stays on /data.
+    # 7. The OS is upgraded to v2. Image and container are on /data: the new
+    # slot runs the same container without loading the image again, and v2
+    # is committed only once it runs (the workload gate).
+    rc, loads = g.sh("journalctl -b --no-pager -o cat | grep -c 'harmony-agent: podman load'", ok=False)
+    check(int(loads.split()[-1]) >= 1, f"no transient 'podman load' unit in A's journal: {loads}")
+    _, df = g.sh("df -k /data | tail -n 1")
+    ctx.note(f"/data before the upgrade: {df.strip()}")
+    _, since = o.install_and_reboot("v2", "s12")
+    o.await_reboot(since, expect_slot="B")
+    new_boot = o.boot_id()
+    o.watch(lambda s: job_state(s) == "committed" and s["heartbeat"]["upgrade"]["phase"] == "committed",
+            COMMIT_DEADLINE_SECS + 180, "the commit of v2 (the workload gate includes the container)")
+    w.wait_converged(3, boot_id=new_boot)
+    check(g.os_version() == ctx.versions["v2"], "not running v2")
+    running, img, cid6, _ = container_state(g, "harmony-web")
+    check(running and img == image_id and cid6 == cid2,
+          f"on B: running {running}, image {img}, id {cid6[:12]} (was {cid2[:12]} on A)")
+    rc, loads = g.sh("journalctl -b --no-pager -o cat | grep -c 'harmony-agent: podman load'", ok=False)
+    check(loads.split()[-1] == "0", f"B loaded the image again: {loads}")
+    marks = reconcile_marks(g, "web")
+    done = [t for t, msg in marks if msg.startswith("reconciled")]
+    if done:
+        ctx.metric("on B: the same container running again (s after the kernel started)", round(done[0], 1))
+    ctx.note(f"on B: {[m for _, m in marks][:3]}")
+    _, out = g.sh("ip=$(podman container inspect --format '{{.NetworkSettings.IPAddress}}' harmony-web); "
+                  "busybox wget -q -O - http://$ip:8080/index.html")
+    check(page_text.strip() in out, f"on B the container's httpd did not serve the file: {out}")
+
+    # 8. `workloads rm`: the container is removed, the image stays on /data.
     # (The archive is copied out of the object cache first: the agent drops
     # objects the manifest no longer names.)
     _, path = g.sh(f"find /data/harmony -type f -name {archive_sha} | head -n 1")
@@ -1061,7 +1091,7 @@ def s12(ctx):
     w.guest_until("! podman container exists harmony-web", 240, "the agent to remove harmony-web")
     rc, _ = g.sh("podman image exists " + shlex.quote(container_image.IMAGE_NAME), ok=False)
     check(rc == 0, "workloads rm removed the image too")
-    # 8. podman load of the archive, timed alone (the first apply above
+    # 9. podman load of the archive, timed alone (the first apply above
     # includes the upload, the download, the load and the run): the image
     # removed, then loaded again into the same store on /data.
     _, out = g.sh(f"podman rmi {shlex.quote(container_image.IMAGE_NAME)} >/dev/null; s=$(date +%s%N); "
