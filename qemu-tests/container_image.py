@@ -47,11 +47,11 @@ def busybox_deb() -> Path:
     """Debian's arm64 busybox-static .deb: from the cache, else downloaded into it."""
     found = sorted(cache_dir().glob("busybox-static_*_arm64.deb"))
     if not found:
-        subprocess.run(["apt-get", "download", "-q", "busybox-static:arm64"], cwd=cache_dir(), check=True,
-                       stdout=subprocess.DEVNULL)
+        r = subprocess.run(["apt-get", "download", "-q", "busybox-static:arm64"], cwd=cache_dir(),
+                           capture_output=True, text=True)
         found = sorted(cache_dir().glob("busybox-static_*_arm64.deb"))
-    if not found:
-        raise SystemExit("container_image: no busybox-static arm64 .deb (apt-get download failed?)")
+        if r.returncode != 0 or not found:
+            raise SystemExit(f"container_image: apt-get download busybox-static:arm64 failed: {r.stderr.strip()}")
     return found[-1]
 
 
