@@ -35,7 +35,7 @@ stamp of its inputs and is skipped when they did not change.
 Agent hook: if an aarch64 harmony-agent binary exists (HARMONY_AGENT_BIN, or
 target/aarch64-unknown-linux-gnu/release/harmony-agent), it is installed as
 /usr/bin/harmony-agent in every rootfs variant together with
-meta-harmony/recipes-harmony/harmony-agent/files/{harmony-agent.service,agent.toml}
+meta-harmony/recipes-harmony/harmony-agent/files/{harmony-agent.service,agent.toml,harmony-podman}
 (unit enabled), and keys/fleet.pub as /etc/harmony/fleet-keys/fleet.pub.
 --no-agent leaves the agent out. The data partition carries the bundles the
 boot-chain tests install by hand (v2, broken, untrusted); the OTA tests push
