@@ -38,7 +38,7 @@ fn offer(seq: u64, target: &str) -> UpgradeOffer {
         rollout_id: Some("r1".into()),
         target_version: target.into(),
         compatible: "board".into(),
-        bundle: BundleSource { object: Some("b.raucb".into()), url: None, sha256: SHA.into(), size: 100 },
+        bundle: BundleSource { object: Some("b.raucb".into()), url: None, sha256: SHA.into(), size: 100, authorization: None },
         not_before: UnixMillis(0),
         expires_at: UnixMillis(2_000_000),
         allow_downgrade: false,
