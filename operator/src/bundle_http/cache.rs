@@ -4,7 +4,9 @@
 //! Files are named by the bundle's SHA-256 and appear only by an atomic
 //! rename after their content hashed to the bundle's recorded SHA-256 and
 //! size: a file in the cache is a verified bundle. The first requests for a
-//! bundle fetch it once; the others wait for that fetch.
+//! bundle fetch it once; the others wait for that fetch. A bundle removed
+//! while this process runs is still served to tokens issued for it (the
+//! same bytes they were issued for) until they expire.
 
 use crate::bus::Buckets;
 use crate::model::BundleRecord;
@@ -41,7 +43,8 @@ impl CacheError {
 pub struct Cache {
     dir: PathBuf,
     buckets: Buckets,
-    /// One cell per SHA-256: whoever comes first fetches, the rest wait.
+    /// One cell per bundle name and SHA-256: whoever comes first checks
+    /// the record and fetches, the rest wait for that.
     fetches: Mutex<HashMap<String, Arc<OnceCell<PathBuf>>>>,
 }
 
@@ -59,22 +62,25 @@ impl Cache {
         }
         let cell = {
             let mut fetches = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
-            fetches.entry(sha256.to_string()).or_default().clone()
+            fetches.entry(format!("{id}/{sha256}")).or_default().clone()
         };
         cell.get_or_try_init(|| self.fetch(id, sha256)).await.cloned()
     }
 
     async fn fetch(&self, id: &str, sha256: &str) -> Result<PathBuf, CacheError> {
-        let path = self.dir.join(format!("{sha256}.raucb"));
-        if tokio::fs::try_exists(&path).await.map_err(|e| CacheError::io(&path, e))? {
-            return Ok(path); // verified by an earlier run before it was renamed there
-        }
+        // Asked once per name and content in this process, even when the
+        // file is there: a token names a bundle, and only a bundle that
+        // exists under that name with that content is served.
         let record: BundleRecord = crate::bundle::get(&self.buckets, id).await.map_err(|e| match e {
             crate::Error::NoSuchBundle(_) => CacheError::NotFound(id.into()),
             other => CacheError::Store(other.to_string()),
         })?;
         if record.sha256 != sha256 {
             return Err(CacheError::Changed { bundle: id.into(), offered: sha256.into(), now: record.sha256 });
+        }
+        let path = self.dir.join(format!("{sha256}.raucb"));
+        if tokio::fs::try_exists(&path).await.map_err(|e| CacheError::io(&path, e))? {
+            return Ok(path); // verified before it was renamed there
         }
         tokio::fs::create_dir_all(&self.dir).await.map_err(|e| CacheError::io(&self.dir, e))?;
         let part = self.dir.join(format!("{sha256}.part-{}", std::process::id()));
