@@ -9,7 +9,6 @@
 
 use crate::backoff::Backoff;
 use crate::bundle_http::offer::HttpSource;
-use crate::signer::OfferSigner;
 use crate::bus::{connect, Buckets};
 use crate::clock::Clock;
 use crate::config::Config;
@@ -21,6 +20,7 @@ use crate::lease::LeaseKeeper;
 use crate::model::{JobState, Rollout};
 use crate::ratelimit::WarnLimiter;
 use crate::registry::StoredHeartbeat;
+use crate::signer::OfferSigner;
 use crate::store;
 use crate::writer::{Revisions, WriteFailure, Writer};
 use async_nats::jetstream::kv;

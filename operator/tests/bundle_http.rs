@@ -117,11 +117,11 @@ async fn ranges_head_and_416_of_a_pushed_bundle() {
 
     let s = size;
     let cases: Vec<(String, u64, u64)> = vec![
-        ("bytes=0-99".into(), 0, 99),                          // start
-        ("bytes=1000-1999".into(), 1000, 1999),                // middle
-        (format!("bytes={}-{}", s - 100, s - 1), s - 100, s - 1), // end
-        ("bytes=-100".into(), s - 100, s - 1),                 // suffix
-        (format!("bytes={}-", s - 50), s - 50, s - 1),         // open-ended
+        ("bytes=0-99".into(), 0, 99),                              // start
+        ("bytes=1000-1999".into(), 1000, 1999),                    // middle
+        (format!("bytes={}-{}", s - 100, s - 1), s - 100, s - 1),  // end
+        ("bytes=-100".into(), s - 100, s - 1),                     // suffix
+        (format!("bytes={}-", s - 50), s - 50, s - 1),             // open-ended
         (format!("bytes={}-{}", s - 10, s + 1000), s - 10, s - 1), // past the end: clipped
     ];
     for (range, a, b) in &cases {
@@ -138,7 +138,10 @@ async fn ranges_head_and_416_of_a_pushed_bundle() {
     assert_eq!((head.status, head.body.len()), (200, 0));
     assert_eq!(head.header("content-length"), Some(size.to_string().as_str()));
     let head = request(addr, "HEAD", "/v1/bundles/3.0.0", &[("Authorization", &auth), ("Range", "bytes=10-19")]).await;
-    assert_eq!((head.status, head.header("content-range"), head.header("content-length")), (206, Some(format!("bytes 10-19/{s}").as_str()), Some("10")));
+    assert_eq!(
+        (head.status, head.header("content-range"), head.header("content-length")),
+        (206, Some(format!("bytes 10-19/{s}").as_str()), Some("10"))
+    );
 
     // Unsatisfiable: 416 with the size; multi-range: the whole bundle (200).
     for range in [format!("bytes={s}-"), format!("bytes={}-{}", s + 5, s + 9), "bytes=-0".into()] {
@@ -296,8 +299,12 @@ async fn serve_puts_the_url_and_a_token_into_offers() {
     assert_eq!(offer.bundle.object.as_deref(), Some("2.0"), "agents without HTTP still get the object");
     let auth = offer.bundle.authorization.clone().expect("authorization in the offer");
     let token_key = harmony_operator::keys::load(&http.token_key).unwrap();
-    let claims = token::verify(&token_key.verifying_key(), token::from_header(Some(&auth)).unwrap(), "2.0", now()).unwrap();
-    assert_eq!((claims.device.as_str(), claims.rollout.as_deref(), claims.max_concurrent), ("pi-1", Some("r1"), Some(3)));
+    let claims =
+        token::verify(&token_key.verifying_key(), token::from_header(Some(&auth)).unwrap(), "2.0", now()).unwrap();
+    assert_eq!(
+        (claims.device.as_str(), claims.rollout.as_deref(), claims.max_concurrent),
+        ("pi-1", Some("r1"), Some(3))
+    );
     assert_eq!((claims.sha256.as_str(), claims.expires_at), (rec.sha256.as_str(), offer.expires_at));
     // The device's URL and header read the bundle from the serving operator.
     let addr: SocketAddr = listen.parse().unwrap();

@@ -16,7 +16,9 @@ use std::collections::HashMap;
 pub enum Verdict {
     Admitted,
     /// Every slot of the rollout is held: try again after this many seconds.
-    Busy { retry_after_secs: u64 },
+    Busy {
+        retry_after_secs: u64,
+    },
 }
 
 /// When no slot will free itself at a known time (all holders are

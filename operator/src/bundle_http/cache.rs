@@ -113,7 +113,12 @@ impl Cache {
         }
         let actual = hex::encode(hasher.finalize());
         if actual != record.sha256 || size != record.size {
-            return Err(CacheError::Corrupt { bundle: record.id.clone(), expected: record.sha256.clone(), actual, size });
+            return Err(CacheError::Corrupt {
+                bundle: record.id.clone(),
+                expected: record.sha256.clone(),
+                actual,
+                size,
+            });
         }
         // Durable before the rename makes it visible as verified.
         file.sync_all().await.map_err(|e| CacheError::io(part, e))

@@ -108,11 +108,7 @@ async fn serve(server: &Arc<Server>, id: &str, method: &Method, headers: &Header
         return Ok(builder.body(Body::empty()).unwrap_or_default());
     }
     let slot = admit(server, &claims)?;
-    log::info!(
-        "bundle {id}: {what} to {} (rollout {})",
-        claims.device,
-        claims.rollout.as_deref().unwrap_or("-")
-    );
+    log::info!("bundle {id}: {what} to {} (rollout {})", claims.device, claims.rollout.as_deref().unwrap_or("-"));
     file.seek(SeekFrom::Start(offset)).await.map_err(Refusal::Io)?;
     Ok(builder.body(Body::from_stream(body(file, length, slot))).unwrap_or_default())
 }

@@ -84,10 +84,8 @@ pub async fn start(
     buckets: &Buckets,
     clock: Arc<dyn Clock>,
 ) -> Result<Handle> {
-    let addr: SocketAddr = cfg
-        .listen
-        .parse()
-        .map_err(|e| Error::Invalid(format!("bundle_http.listen {:?}: {e}", cfg.listen)))?;
+    let addr: SocketAddr =
+        cfg.listen.parse().map_err(|e| Error::Invalid(format!("bundle_http.listen {:?}: {e}", cfg.listen)))?;
     let (open_tx, open) = watch::channel(0);
     let server = Arc::new(Server {
         token_key,
@@ -96,9 +94,7 @@ pub async fn start(
         open: open_tx,
         clock,
     });
-    let router = axum::Router::new()
-        .route("/v1/bundles/{id}", axum::routing::get(handler::bundle))
-        .with_state(server);
+    let router = axum::Router::new().route("/v1/bundles/{id}", axum::routing::get(handler::bundle)).with_state(server);
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|e| Error::io(format!("bundle_http {addr}"), e))?;
     let addr = listener.local_addr().map_err(|e| Error::io(format!("bundle_http {addr}"), e))?;

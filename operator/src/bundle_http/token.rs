@@ -139,6 +139,9 @@ mod tests {
         parts.join(".")
     }
 
+    /// (case, token, bundle asked for, now, expected outcome)
+    type Row = (&'static str, String, &'static str, u64, Result<(), TokenError>);
+
     #[test]
     fn verify_table() {
         let good = issue(&key(1), &claims());
@@ -151,7 +154,7 @@ mod tests {
             format!("v1.{}.{}", URL_SAFE_NO_PAD.encode(&json), URL_SAFE_NO_PAD.encode(sig.to_bytes()))
         };
         let pk = key(1).verifying_key();
-        let rows: Vec<(&str, String, &str, u64, Result<(), TokenError>)> = vec![
+        let rows: Vec<Row> = vec![
             ("valid", good.clone(), "2.0", 999, Ok(())),
             ("expired at the instant", good.clone(), "2.0", 1_000, Err(TokenError::Expired { expired_at: 1_000 })),
             ("expired long ago", good.clone(), "2.0", 9_999, Err(TokenError::Expired { expired_at: 1_000 })),
@@ -167,13 +170,7 @@ mod tests {
             ("claims tampered", tamper_claims(&good), "2.0", 0, Err(TokenError::BadSignature)),
             ("empty", String::new(), "2.0", 0, Err(TokenError::Malformed("not three dot-separated parts"))),
             ("two parts", "v1.abc".into(), "2.0", 0, Err(TokenError::Malformed("not three dot-separated parts"))),
-            (
-                "four parts",
-                format!("{good}.x"),
-                "2.0",
-                0,
-                Err(TokenError::Malformed("not three dot-separated parts")),
-            ),
+            ("four parts", format!("{good}.x"), "2.0", 0, Err(TokenError::Malformed("not three dot-separated parts"))),
             ("version", good.replacen("v1", "v2", 1), "2.0", 0, Err(TokenError::Malformed("unknown token version"))),
             (
                 "claims not base64",
