@@ -108,6 +108,7 @@ async fn ranges_head_and_416_of_a_pushed_bundle() {
     let cached: Vec<_> = std::fs::read_dir(env.dir.path().join("bundle-cache")).unwrap().map(|e| e.unwrap()).collect();
     assert_eq!(cached.len(), 1, "{cached:?}");
     assert_eq!(cached[0].file_name().to_string_lossy(), format!("{}.raucb", rec.sha256));
+    assert_eq!(server.bundles_fetched(), 1, "fetched from the object store once");
 
     let whole = get(addr, "3.0.0", &auth, None).await;
     assert_eq!(whole.status, 200);
@@ -163,6 +164,7 @@ async fn ranges_head_and_416_of_a_pushed_bundle() {
     }
     assert_eq!(hex::encode(Sha256::digest(&joined)), rec.sha256);
     assert_eq!(*server.open_transfers().borrow(), 0, "every finished transfer gave its slot back");
+    assert_eq!(server.bundles_fetched(), 1, "every range after the first was read from the cache");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

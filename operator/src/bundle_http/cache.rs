@@ -13,6 +13,7 @@ use crate::model::BundleRecord;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OnceCell;
@@ -46,11 +47,19 @@ pub struct Cache {
     /// One cell per bundle name and SHA-256: whoever comes first checks
     /// the record and fetches, the rest wait for that.
     fetches: Mutex<HashMap<String, Arc<OnceCell<PathBuf>>>>,
+    /// Bundles fetched from the object store (logged, and checked by the
+    /// tests: concurrent first requests fetch once).
+    fetched: AtomicU64,
 }
 
 impl Cache {
     pub fn new(dir: PathBuf, buckets: Buckets) -> Self {
-        Self { dir, buckets, fetches: Mutex::new(HashMap::new()) }
+        Self { dir, buckets, fetches: Mutex::new(HashMap::new()), fetched: AtomicU64::new(0) }
+    }
+
+    /// How many bundles this process fetched from the object store.
+    pub fn fetched(&self) -> u64 {
+        self.fetched.load(Ordering::Relaxed)
     }
 
     /// The verified local file of bundle `id` whose content must hash to
@@ -84,6 +93,7 @@ impl Cache {
         }
         tokio::fs::create_dir_all(&self.dir).await.map_err(|e| CacheError::io(&self.dir, e))?;
         let part = self.dir.join(format!("{sha256}.part-{}", std::process::id()));
+        self.fetched.fetch_add(1, Ordering::Relaxed);
         let result = self.download(&record, &part).await;
         if result.is_err() {
             let _ = tokio::fs::remove_file(&part).await;

@@ -55,6 +55,7 @@ impl Server {
 #[derive(Debug)]
 pub struct Handle {
     addr: SocketAddr,
+    server: Arc<Server>,
     open: watch::Receiver<u64>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -68,6 +69,11 @@ impl Handle {
     /// How many admitted transfers are sending bytes now.
     pub fn open_transfers(&self) -> watch::Receiver<u64> {
         self.open.clone()
+    }
+
+    /// How many bundles were fetched from the object store into the cache.
+    pub fn bundles_fetched(&self) -> u64 {
+        self.server.cache.fetched()
     }
 }
 
@@ -94,7 +100,8 @@ pub async fn start(
         open: open_tx,
         clock,
     });
-    let router = axum::Router::new().route("/v1/bundles/{id}", axum::routing::get(handler::bundle)).with_state(server);
+    let router =
+        axum::Router::new().route("/v1/bundles/{id}", axum::routing::get(handler::bundle)).with_state(server.clone());
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|e| Error::io(format!("bundle_http {addr}"), e))?;
     let addr = listener.local_addr().map_err(|e| Error::io(format!("bundle_http {addr}"), e))?;
@@ -104,5 +111,5 @@ pub async fn start(
             log::error!("bundle server: {e}");
         }
     });
-    Ok(Handle { addr, open, task })
+    Ok(Handle { addr, server, open, task })
 }
