@@ -182,10 +182,12 @@ async fn tokens_are_checked_before_anything_is_read() {
     let expired = bearer(&key, &Claims { expires_at: UnixMillis(now().0 - 1), ..claims("pi-1", &rec, None) });
     let other_bundle = bearer(&key, &Claims { bundle: "2.0".into(), ..claims("pi-1", &rec, None) });
     let other_key = bearer(&SigningKey::from_bytes(&[6; 32]), &claims("pi-1", &rec, None));
-    // One character of the signature changed.
-    let mut tampered = good.clone();
-    let last = tampered.pop().unwrap();
-    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    // One character in the middle of the signature changed (the last one
+    // also carries padding bits, which would make it malformed instead).
+    let mut tampered = good.clone().into_bytes();
+    let at = good.len() - 20;
+    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
     // The claims of another device pasted in front of this signature.
     let pi2 = token::issue(&key, &claims("pi-2", &rec, None));
     let good_sig = good.rsplit('.').next().unwrap();
