@@ -48,7 +48,7 @@ impl Admissions {
     pub fn admit(&mut self, rollout: &str, device: &str, limit: Option<u32>, now: UnixMillis) -> Verdict {
         let linger = self.linger_ms;
         let pool = self.pools.entry(rollout.to_string()).or_default();
-        pool.retain(|_, h| h.open > 0 || now.0 < h.last_end.0.saturating_add(linger));
+        prune(pool, linger, now);
         if let Some(h) = pool.get_mut(device) {
             h.open += 1;
             return Verdict::Admitted;
@@ -76,10 +76,10 @@ impl Admissions {
         if let Some(h) = pool.get_mut(device) {
             h.open = h.open.saturating_sub(1);
             h.last_end = now;
-            if h.open == 0 && self.linger_ms == 0 {
-                pool.remove(device);
-            }
         }
+        // Also drops other devices whose slot ran out, so a rollout nobody
+        // asks for again does not keep them.
+        prune(pool, self.linger_ms, now);
         if pool.is_empty() {
             self.pools.remove(rollout);
         }
@@ -89,6 +89,11 @@ impl Admissions {
     pub fn open_transfers(&self) -> u64 {
         self.pools.values().flat_map(|p| p.values()).map(|h| u64::from(h.open)).sum()
     }
+}
+
+/// Forgets holders with nothing open whose linger has passed.
+fn prune(pool: &mut HashMap<String, Holder>, linger_ms: u64, now: UnixMillis) {
+    pool.retain(|_, h| h.open > 0 || now.0 < h.last_end.0.saturating_add(linger_ms));
 }
 
 #[cfg(test)]
