@@ -39,6 +39,7 @@ fn source(object: Option<&str>, url: Option<String>, bytes: &[u8]) -> BundleSour
         url,
         sha256: hex::encode(Sha256::digest(bytes)),
         size: bytes.len() as u64,
+        authorization: None,
     }
 }
 

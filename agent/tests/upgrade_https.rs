@@ -107,6 +107,7 @@ async fn https_download_verifies_the_server_against_the_configured_ca() {
         url: Some(format!("https://127.0.0.1:{port}/bundle.raucb")),
         sha256: hex::encode(Sha256::digest(&bytes)),
         size: bytes.len() as u64,
+        authorization: None,
     };
     let nats = NatsServer::start();
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());

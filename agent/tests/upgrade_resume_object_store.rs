@@ -53,6 +53,7 @@ async fn object_store_download_resumes_in_the_same_run_after_the_server_restarts
         url: None,
         sha256: hex::encode(Sha256::digest(&bytes)),
         size: SIZE as u64,
+        authorization: None,
     };
     let state = tempfile::tempdir().unwrap();
     let d = Downloader {

@@ -31,6 +31,12 @@
 //! name = "alice"
 //! password_hash = "$argon2id$v=19$..."   # `harmony-operator dashboard hash-password`
 //! role = "admin"          # or "viewer"
+//! [bundle_http]   # bundles over HTTP with Range (issue #16)
+//! listen = "0.0.0.0:8443"
+//! public_url = "http://operator.example:8443"
+//! cache_dir = "/var/cache/harmony-operator/bundles"
+//! token_key = "/etc/harmony-operator/bundle-token.key"
+//! download_idle_secs = 10
 //! ```
 
 use crate::error::{Error, Result};
@@ -55,6 +61,10 @@ pub struct Config {
     /// NATS server's auth callout and devices' enrollment requests.
     #[serde(default)]
     pub enroll: Option<EnrollConfig>,
+    /// Bundles over HTTP with Range (issue #16): when present, `serve`
+    /// answers `GET /v1/bundles/<id>` and offers carry the URL and a token.
+    #[serde(default)]
+    pub bundle_http: Option<BundleHttpConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,6 +229,39 @@ impl Default for EnrollConfig {
     }
 }
 
+/// The bundle server (see docs/operator.md, "Serving bundles over HTTP").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleHttpConfig {
+    /// Address to listen on, e.g. `0.0.0.0:8443`.
+    pub listen: String,
+    /// Base URL devices reach it at, put into offers, e.g. `http://op-1:8443`.
+    pub public_url: String,
+    /// Verified local copies of served bundles, named by SHA-256.
+    #[serde(default = "default_bundle_cache_dir")]
+    pub cache_dir: PathBuf,
+    /// Hex ed25519 seed that signs download tokens (created 0600 on first
+    /// `serve`); every operator behind the same `public_url` needs the same.
+    #[serde(default = "default_token_key")]
+    pub token_key: PathBuf,
+    /// A device keeps its download slot this long after its last request
+    /// ended, so a streaming client's next Range request finds it again.
+    #[serde(default = "default_download_idle_secs")]
+    pub download_idle_secs: u64,
+}
+
+fn default_bundle_cache_dir() -> PathBuf {
+    PathBuf::from("/var/cache/harmony-operator/bundles")
+}
+
+fn default_token_key() -> PathBuf {
+    PathBuf::from("/etc/harmony-operator/bundle-token.key")
+}
+
+fn default_download_idle_secs() -> u64 {
+    10
+}
+
 impl Config {
     pub fn for_url(url: &str, signing_key: &Path) -> Self {
         Self {
@@ -229,6 +272,7 @@ impl Config {
             rollout: RolloutDefaults::default(),
             dashboard: DashboardConfig::default(),
             enroll: None,
+            bundle_http: None,
         }
     }
 
@@ -297,5 +341,15 @@ mod tests {
         assert_eq!(c.dashboard.users[0].role, DashboardRole::Viewer);
         let bad = ok.replace("$argon2id$v=19", "plain");
         assert!(Config::parse(&bad, Path::new("x")).is_err());
+    }
+
+    #[test]
+    fn bundle_http_needs_listen_and_public_url() {
+        let ok = "[nats]\nurl = \"x\"\n[bundle_http]\nlisten = \"0.0.0.0:8443\"\npublic_url = \"http://h:8443\"\n";
+        let c = Config::parse(ok, Path::new("x")).unwrap().bundle_http.unwrap();
+        assert_eq!(c.download_idle_secs, 10);
+        assert_eq!(c.token_key, default_token_key());
+        assert!(Config::parse("[nats]\nurl = \"x\"\n[bundle_http]\nlisten = \"0.0.0.0:1\"\n", Path::new("x")).is_err());
+        assert!(Config::parse(&format!("{ok}bogus = 1\n"), Path::new("x")).is_err());
     }
 }

@@ -5,12 +5,12 @@
 use crate::coordinator::{Action, Event, State};
 use crate::error::{Error, Result};
 use crate::model::{keys, Job};
+use crate::signer::OfferSigner;
 use crate::writer::Writer;
 use bytes::Bytes;
-use ed25519_dalek::SigningKey;
 use harmony_protocol::command::{Command, CommitArgs};
 use harmony_protocol::names::{OFFER_BUCKET, OPERATOR_STATE_BUCKET};
-use harmony_protocol::{DeviceId, SignedEnvelope};
+use harmony_protocol::DeviceId;
 use std::collections::HashSet;
 use std::sync::Mutex;
 use tokio::sync::mpsc;
@@ -28,7 +28,7 @@ pub trait Effects {
 /// (the record's final value is written once); order is kept, so a job and
 /// its sequence number are written before its offer, and a commit goes out
 /// before the job that records it is persisted.
-pub fn execute(fx: &impl Effects, key: &SigningKey, state: &State, actions: Vec<Action>) -> Result<()> {
+pub fn execute(fx: &impl Effects, signer: &OfferSigner, state: &State, actions: Vec<Action>) -> Result<()> {
     let mut persisted: HashSet<String> = HashSet::new();
     let json = |k: &str, v: &dyn erased::Json| -> Result<Bytes> {
         v.to_json().map(Into::into).map_err(|e| Error::Corrupt { key: k.to_string(), detail: e.to_string() })
@@ -41,7 +41,7 @@ pub fn execute(fx: &impl Effects, key: &SigningKey, state: &State, actions: Vec<
             }
             Action::WriteOffer(offer) => {
                 log::info!("offer {} to {}: {}", offer.offer_seq, offer.device_id, offer.target_version);
-                let env = SignedEnvelope::sign(key, &*offer).map_err(|e| Error::Invalid(e.to_string()))?;
+                let env = signer.sign(&offer, state)?;
                 fx.put(OFFER_BUCKET, offer.device_id.as_str(), env.encode().into(), true);
             }
             Action::PersistJob(id) => {
@@ -157,6 +157,7 @@ mod tests {
                 halt: HaltThreshold::Count(1),
                 allow_downgrade: false,
                 offer_ttl_ms: 1000,
+                max_concurrent_downloads: None,
             },
             waves: vec![vec![d("a"), d("b")]],
             current_wave: 0,
@@ -170,10 +171,10 @@ mod tests {
 
     #[test]
     fn job_and_sequence_are_written_before_the_offer_and_each_record_once() {
-        let key = SigningKey::from_bytes(&[7; 32]);
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
         let (state, actions) = step(State::default(), &Event::RolloutCreated(Box::new(rollout())), UnixMillis(5));
         let fx = RecordingEffects::default();
-        execute(&fx, &key, &state, actions).unwrap();
+        execute(&fx, &OfferSigner::new(key, None), &state, actions).unwrap();
         let log = fx.log.into_inner().unwrap();
         assert_eq!(
             log,

@@ -55,6 +55,26 @@ pub fn load(path: &Path) -> Result<SigningKey> {
     signing_key_from_hex(&text).map_err(|e| Error::Key { path: path.to_path_buf(), detail: e.to_string() })
 }
 
+/// The download-token key of `[bundle_http]`: loaded, or created (0600) on
+/// first use. A key of its own, so nothing signed for downloads can pass
+/// for an offer signed with the fleet key, and the fleet key is never
+/// spread for a lesser purpose.
+pub fn load_or_create_token_key(path: &Path) -> Result<SigningKey> {
+    if !path.exists() {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let key = fresh_key()?;
+        match write_secret(path, &format!("{}\n", hex::encode(key.to_bytes())), false) {
+            Ok(()) => log::info!("created the bundle download token key {}", path.display()),
+            // Another operator on this host created it first: use theirs.
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    load(path)
+}
+
 pub fn load_public(path: &Path) -> Result<KeyId> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let key =
@@ -140,5 +160,15 @@ mod tests {
         assert!(rotate(&path).is_err(), "one rotation at a time");
         assert_eq!(retire(&path).unwrap(), Some(id1));
         assert!(rotate(&path).is_ok());
+    }
+
+    #[test]
+    fn token_key_is_created_once_then_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/bundle-token.key");
+        let first = load_or_create_token_key(&path).unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(load_or_create_token_key(&path).unwrap().to_bytes(), first.to_bytes());
     }
 }

@@ -4,6 +4,8 @@
 
 pub mod backoff;
 pub mod bundle;
+// Issue 16: bundles over HTTP with Range.
+pub mod bundle_http;
 pub mod bus;
 pub mod clock;
 pub mod commands;
@@ -21,6 +23,7 @@ pub mod provision;
 pub mod ratelimit;
 pub mod registry;
 pub mod serve;
+pub mod signer;
 pub mod store;
 pub mod writer;
 // Issue 13: the web dashboard.

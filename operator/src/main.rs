@@ -293,6 +293,10 @@ struct StartCli {
     halt_after_percent: Option<u8>,
     #[arg(long)]
     allow_downgrade: bool,
+    /// At most N devices of this rollout download from the bundle server
+    /// ([bundle_http]) at once; more are told to retry (503, Retry-After).
+    #[arg(long)]
+    max_concurrent_downloads: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -479,6 +483,7 @@ async fn dispatch(cli: Cli) -> Result<(), Error> {
                 a.policy.halt = HaltThreshold::Percent(p);
             }
             a.policy.allow_downgrade = s.allow_downgrade;
+            a.policy.max_concurrent_downloads = s.max_concurrent_downloads;
             commands::rollout_start(&cfg, &a).await?
         }
         Cmd::Rollout(RolloutCmd::Pause { id }) => commands::rollout_control(&cfg, &id, "pause").await?,

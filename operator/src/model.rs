@@ -47,6 +47,12 @@ pub struct RolloutPolicy {
     pub allow_downgrade: bool,
     /// Validity of each signed offer.
     pub offer_ttl_ms: u64,
+    /// At most this many devices of the rollout download from the
+    /// operator's bundle server at once (`[bundle_http]`); the others are
+    /// answered 503 with Retry-After. Downloads from the object store are
+    /// not counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_downloads: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,6 +8,7 @@
 //! before the job is persisted, so the commit latency is one step.
 
 use crate::backoff::Backoff;
+use crate::bundle_http::offer::HttpSource;
 use crate::bus::{connect, Buckets};
 use crate::clock::Clock;
 use crate::config::Config;
@@ -19,10 +20,10 @@ use crate::lease::LeaseKeeper;
 use crate::model::{JobState, Rollout};
 use crate::ratelimit::WarnLimiter;
 use crate::registry::StoredHeartbeat;
+use crate::signer::OfferSigner;
 use crate::store;
 use crate::writer::{Revisions, WriteFailure, Writer};
 use async_nats::jetstream::kv;
-use ed25519_dalek::SigningKey;
 use futures::StreamExt;
 use harmony_protocol::command::{Command, CommandReply};
 use harmony_protocol::names::{command_subject, operator_status_subject};
@@ -77,6 +78,18 @@ pub async fn run_with_clock(
     let key = crate::keys::load(&cfg.keys.signing_key)?;
     let client = connect(&cfg.nats).await?;
     let buckets = Buckets::open(client).await?;
+    // Bundles over HTTP (issue #16): served on the leader and on standbys
+    // alike, so an offer's URL keeps working across a takeover.
+    let (http, _bundle_server) = match &cfg.bundle_http {
+        Some(h) => {
+            let token_key = crate::keys::load_or_create_token_key(&h.token_key)?;
+            let server = crate::bundle_http::start(h, token_key.verifying_key(), &buckets, clock.clone()).await?;
+            let source = HttpSource { public_url: h.public_url.clone(), token_key };
+            (Some(source), Some(server))
+        }
+        None => (None, None),
+    };
+    let signer = OfferSigner::new(key, http);
     // Zero-touch enrollment: this process also admits devices (issue #14).
     let _gate = match &cfg.enroll {
         Some(e) => Some(crate::enroll::start(e, &buckets, clock.clone()).await?),
@@ -102,7 +115,7 @@ pub async fn run_with_clock(
         }
         log::info!("leading");
         let started = Instant::now();
-        let wait = match lead(&cfg, &buckets, &key, &lease, &clock, shutdown.as_mut()).await {
+        let wait = match lead(&cfg, &buckets, &signer, &lease, &clock, shutdown.as_mut()).await {
             Ok(Outcome::Shutdown) => {
                 lease.lock().await.release().await;
                 return Ok(());
@@ -149,7 +162,7 @@ fn tuning(cfg: &Config) -> Tuning {
 async fn lead(
     cfg: &Config,
     b: &Buckets,
-    key: &SigningKey,
+    signer: &OfferSigner,
     lease: &Arc<Mutex<LeaseKeeper>>,
     clock: &Arc<dyn Clock>,
     mut shutdown: Shutdown<'_>,
@@ -170,7 +183,7 @@ async fn lead(
     state.offers = offers;
     revisions.extend(offer_revisions);
     log::debug!("loaded {} rollouts, {} jobs, {} offers", state.rollouts.len(), state.jobs.len(), state.offers.len());
-    reconcile_offers(b, key, &state, &mut revisions).await?;
+    reconcile_offers(b, signer, &state, &mut revisions).await?;
     let writer = Writer::start(b.js.clone(), revisions);
     let (commit_tx, mut commit_rx) = mpsc::unbounded_channel::<Event>();
     let fx = NatsEffects { writer: writer.clone(), client: b.client.clone(), replies: commit_tx };
@@ -189,7 +202,7 @@ async fn lead(
             if let Some(hb) = decode_heartbeat(&entry, &mut warn_limit) {
                 let (next, actions) = step(state, &Event::Heartbeat(Box::new(hb.clone())), clock.now());
                 state = next;
-                execute(&fx, key, &state, actions)?;
+                execute(&fx, signer, &state, actions)?;
                 replayed.insert(hb.device_id.clone(), hb);
             }
             if caught_up {
@@ -203,7 +216,7 @@ async fn lead(
     for r in open {
         let (next, actions) = step(state, &Event::RolloutCreated(Box::new(r)), clock.now());
         state = next;
-        execute(&fx, key, &state, actions)?;
+        execute(&fx, signer, &state, actions)?;
     }
     // A job just rebuilt from its offer has not seen the device's last
     // heartbeat yet (it came in the replay, before the job existed).
@@ -217,7 +230,7 @@ async fn lead(
     for hb in rebuilt {
         let (next, actions) = step(state, &Event::Heartbeat(Box::new(hb)), clock.now());
         state = next;
-        execute(&fx, key, &state, actions)?;
+        execute(&fx, signer, &state, actions)?;
     }
 
     let mut rollouts = b.state.watch_with_history("rollout.>").await.map_err(Error::nats)?;
@@ -294,7 +307,7 @@ async fn lead(
         }
         let (next, actions) = step(state, &event, clock.now());
         state = next;
-        execute(&fx, key, &state, actions)?;
+        execute(&fx, signer, &state, actions)?;
     }
 }
 
@@ -340,8 +353,14 @@ async fn current_offers(b: &Buckets) -> Result<(HashMap<DeviceId, UpgradeOffer>,
 
 /// Puts an offer if its key is still at the revision we know (fenced like
 /// the writer's writes), and records the new revision.
-async fn put_offer(b: &Buckets, key: &SigningKey, offer: &UpgradeOffer, revisions: &mut Revisions) -> Result<()> {
-    let env = SignedEnvelope::sign(key, offer).map_err(|e| Error::Invalid(e.to_string()))?;
+async fn put_offer(
+    b: &Buckets,
+    signer: &OfferSigner,
+    state: &State,
+    offer: &UpgradeOffer,
+    revisions: &mut Revisions,
+) -> Result<()> {
+    let env = signer.sign(offer, state)?;
     let subject = crate::writer::kv_subject(&b.offers.name, offer.device_id.as_str());
     let expected = revisions.get(&subject).copied().unwrap_or(0);
     let rev = b
@@ -357,7 +376,7 @@ async fn put_offer(b: &Buckets, key: &SigningKey, offer: &UpgradeOffer, revision
 /// job) but may not have reached the offer bucket is put again — the same
 /// offer, same sequence number, byte for byte (ed25519 is deterministic), so
 /// no device ever sees a second offer.
-async fn reconcile_offers(b: &Buckets, key: &SigningKey, state: &State, revisions: &mut Revisions) -> Result<()> {
+async fn reconcile_offers(b: &Buckets, signer: &OfferSigner, state: &State, revisions: &mut Revisions) -> Result<()> {
     for job in state.jobs.values() {
         let Some(offer) = &job.offer else { continue };
         if !matches!(job.state, JobState::Offered) {
@@ -370,7 +389,7 @@ async fn reconcile_offers(b: &Buckets, key: &SigningKey, state: &State, revision
             .is_some_and(|o| o.offer_seq >= offer.offer_seq);
         if !present {
             log::info!("re-putting offer {} for {}", offer.offer_seq, job.device);
-            put_offer(b, key, offer, revisions).await?;
+            put_offer(b, signer, state, offer, revisions).await?;
         }
     }
     Ok(())

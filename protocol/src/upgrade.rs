@@ -29,11 +29,18 @@ pub struct UpgradeOffer {
 pub struct BundleSource {
     /// Object name in [`crate::names::BUNDLE_OBJECT_BUCKET`].
     pub object: Option<String>,
-    /// HTTP(S) URL, used when `object` is absent.
+    /// HTTP(S) URL, used when `object` is absent. An operator serving
+    /// bundles over HTTP sets it next to `object`: agents that predate HTTP
+    /// serving keep downloading the object, one that streams uses the URL.
     pub url: Option<String>,
     /// Lower-case hex SHA-256 of the whole bundle file.
     pub sha256: String,
     pub size: u64,
+    /// Value of the `Authorization` header for `url` (`Bearer <token>`): a
+    /// token that reads this one bundle, issued to this device only. Absent
+    /// (and so never sent to agents that do not know it) without `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<String>,
 }
 
 /// The agent's upgrade state as reported in every heartbeat.

@@ -55,6 +55,7 @@ fn offer() -> UpgradeOffer {
             url: None,
             sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
             size: 123_456_789,
+            authorization: None,
         },
         not_before: UnixMillis(1_795_000_000_000),
         expires_at: UnixMillis(1_795_086_400_000),
@@ -220,4 +221,41 @@ fn a_boot_mismatch_of_an_unknown_kind_still_decodes_the_heartbeat() {
     let hb: Heartbeat = serde_json::from_value(value).unwrap();
     assert_eq!(hb.upgrade.boot_mismatch, Some(harmony_protocol::upgrade::BootMismatch::Unknown));
     assert_eq!(hb.upgrade.phase, UpgradePhase::AwaitingCommit);
+}
+
+/// An offer of a bundle served over HTTP: `url` and `authorization` next to
+/// `object`. Golden, and decodable by an agent that predates
+/// `authorization` (modelled by the fields it had, unknown ones ignored):
+/// it still finds the object and downloads from the object store.
+#[test]
+fn http_offer_fixture_and_older_agents() {
+    let mut http = offer();
+    http.bundle.url = Some("http://operator.example:8443/v1/bundles/harmony-2.0.0.raucb".into());
+    http.bundle.authorization = Some("Bearer v1.eyJkIjoicGkifQ.c2ln".into());
+    let env = SignedEnvelope::sign(&fleet_key(), &http).unwrap();
+    check_golden("signed_offer_http.json", &env);
+
+    #[derive(serde::Deserialize)]
+    struct OldBundleSource {
+        object: Option<String>,
+        url: Option<String>,
+        sha256: String,
+        size: u64,
+    }
+    #[derive(serde::Deserialize)]
+    struct OldOffer {
+        bundle: OldBundleSource,
+    }
+    let old: OldOffer = serde_json::from_str(&env.payload).unwrap();
+    assert_eq!(old.bundle.object.as_deref(), Some("harmony-2.0.0.raucb"));
+    assert_eq!(old.bundle.url, http.bundle.url);
+    assert_eq!((old.bundle.sha256.len(), old.bundle.size), (64, 123_456_789));
+
+    // Without HTTP serving the field is not on the wire at all: the
+    // existing fixture (written before the field existed) is unchanged.
+    assert!(!serde_json::to_string(&offer()).unwrap().contains("authorization"));
+    let text = std::fs::read_to_string(fixture_path("signed_offer.json")).unwrap();
+    let env = SignedEnvelope::decode(text.as_bytes()).unwrap();
+    let decoded: UpgradeOffer = serde_json::from_str(&env.payload).unwrap();
+    assert_eq!(decoded.bundle.authorization, None);
 }

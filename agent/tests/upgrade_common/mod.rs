@@ -265,6 +265,7 @@ progress_interval_ms = 100
                 url: None,
                 sha256: bundle.sha256.clone(),
                 size: bundle.size,
+                authorization: None,
             },
             not_before: UnixMillis(now().0 - 60_000),
             expires_at: UnixMillis(now().0 + 3_600_000),

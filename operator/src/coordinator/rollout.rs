@@ -227,6 +227,8 @@ fn advance(state: &mut State, id: &str, now: UnixMillis, actions: &mut Vec<Actio
                     url: None,
                     sha256: r.bundle.sha256.clone(),
                     size: r.bundle.size,
+                    // Filled in when signing, with `[bundle_http]` (crate::signer).
+                    authorization: None,
                 },
                 not_before: now,
                 expires_at: now.saturating_add_ms(r.policy.offer_ttl_ms),

@@ -22,7 +22,13 @@ fn offer(device: &DeviceId, seq: u64) -> UpgradeOffer {
         rollout_id: Some("r1".into()),
         target_version: "2.0".into(),
         compatible: "c".into(),
-        bundle: BundleSource { object: Some("2.0".into()), url: None, sha256: "00".into(), size: 1 },
+        bundle: BundleSource {
+            object: Some("2.0".into()),
+            url: None,
+            sha256: "00".into(),
+            size: 1,
+            authorization: None,
+        },
         not_before: UnixMillis(NOW),
         expires_at: UnixMillis(NOW + 1),
         allow_downgrade: false,
@@ -488,6 +494,7 @@ fn policy(halt: HaltThreshold, max_in_flight: usize) -> RolloutPolicy {
         halt,
         allow_downgrade: false,
         offer_ttl_ms: 3_600_000,
+        max_concurrent_downloads: None,
     }
 }
 

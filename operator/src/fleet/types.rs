@@ -415,6 +415,7 @@ impl StartArgs {
                 halt,
                 allow_downgrade: false,
                 offer_ttl_ms: d.offer_ttl_secs * 1000,
+                max_concurrent_downloads: None,
             },
         }
     }

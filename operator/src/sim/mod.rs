@@ -25,6 +25,7 @@
 
 mod device;
 mod fleet;
+pub mod http;
 
 pub use device::{Behavior, SimState};
 pub use fleet::{SimFleet, Stats};

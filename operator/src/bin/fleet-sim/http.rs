@@ -3,29 +3,12 @@
 //! a server-sent-events stream. (The operator has no HTTP client crate, and
 //! this needs none.)
 
+use harmony_operator::sim::http::{parse, Response};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-#[derive(Debug)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    /// `name=value` of every Set-Cookie.
-    pub fn cookies(&self) -> Vec<String> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
-            .filter_map(|(_, v)| v.split(';').next().map(|c| c.trim().to_string()))
-            .collect()
-    }
-}
 
 fn head(method: &str, port: u16, path: &str, cookie: &str, extra: &str, body_len: usize) -> String {
     let cookie = if cookie.is_empty() { String::new() } else { format!("Cookie: {cookie}\r\n") };
@@ -60,37 +43,7 @@ async fn request(port: u16, head: &str, body: &[u8]) -> Res<Response> {
     stream.write_all(body).await?;
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(60), stream.read_to_end(&mut raw)).await??;
-    parse(&raw)
-}
-
-fn parse(raw: &[u8]) -> Res<Response> {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("HTTP response without end of headers")?;
-    let text = String::from_utf8_lossy(&raw[..split]);
-    let mut lines = text.lines();
-    let status =
-        lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).ok_or("no status")?;
-    let headers: Vec<(String, String)> =
-        lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))).collect();
-    let rest = &raw[split + 4..];
-    let chunked = headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    let body = if chunked { dechunk(rest) } else { rest.to_vec() };
-    Ok(Response { status, headers, body })
-}
-
-fn dechunk(mut rest: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
-        let size =
-            usize::from_str_radix(String::from_utf8_lossy(&rest[..eol]).split(';').next().unwrap_or("").trim(), 16)
-                .unwrap_or(0);
-        rest = &rest[eol + 2..];
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.extend_from_slice(&rest[..size]);
-        rest = rest.get(size + 2..).unwrap_or_default();
-    }
-    out
+    Ok(parse(&raw)?)
 }
 
 /// Opens `path` as an event stream and calls `on_event` for every event
