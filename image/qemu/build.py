@@ -25,6 +25,8 @@ Output (default build/qemu/):
     keys/                            test CA + signer, and the fleet's ed25519 offer key
                                      (fleet.key, fleet.pub; generated here, never committed)
     u-boot.bin                       Debian's u-boot-qemu qemu_arm64 build
+    rauc-streaming/usr/bin/rauc      bookworm's rauc 1.8-2 rebuilt with HTTP streaming (not with
+                                     --debian-rauc), build-info.txt: how and how long
     manifest.json                    what the test runner needs to know
 
 Nothing is mounted: file systems are made with mke2fs -d, mkfs.vfat + mtools,
