@@ -36,7 +36,7 @@ stamp of its inputs and is skipped when they did not change.
 
 RAUC: Debian bookworm's rauc 1.8-2 is built without HTTP streaming. Stage
 rauc-streaming cross-builds the same source package with --enable-streaming
-(image/qemu/rauc-streaming/build, about 1.5 min, cached by its inputs, also
+(image/qemu/rauc-streaming/build, 30-85 s here, cached by its inputs, also
 across output directories in $HARMONY_CACHE/rauc-streaming/) and its
 /usr/bin/rauc replaces Debian's in every rootfs variant; nbd.ko is loaded at
 boot (the Yocto kernels have CONFIG_BLK_DEV_NBD=y). --debian-rauc keeps
