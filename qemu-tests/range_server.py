@@ -75,7 +75,7 @@ class Handler(BaseHTTPRequestHandler):
         if not name or root not in path.parents or not path.is_file():
             return self.fail(404, name)
         size = path.stat().st_size
-        rng = self.headers.get("Range")
+        rng = self.headers.get("Range") if self.server.ranges else None
         start, end, status = 0, size - 1, 200
         if rng is not None:
             m = RANGE.match(rng.strip())
@@ -96,7 +96,8 @@ class Handler(BaseHTTPRequestHandler):
         length = end - start + 1 if size else 0
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Accept-Ranges", "bytes")
+        if self.server.ranges:
+            self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Length", str(length))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
@@ -119,8 +120,11 @@ class Handler(BaseHTTPRequestHandler):
 class RangeServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, root, port=0, bind="0.0.0.0", verbose=False):
+    def __init__(self, root, port=0, bind="0.0.0.0", verbose=False, ranges=True):
+        """ranges=False: ignore Range and always send the whole file (200),
+        as python3 -m http.server does."""
         super().__init__((bind, port), Handler)
+        self.ranges = ranges
         self.root = Path(root).resolve()
         self.stats = Stats()
         self.verbose = verbose
@@ -144,8 +148,9 @@ def main():
     ap.add_argument("dir", type=Path)
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--bind", default="0.0.0.0")
+    ap.add_argument("--no-ranges", action="store_true", help="ignore Range (a server without range support)")
     args = ap.parse_args()
-    srv = RangeServer(args.dir, args.port, args.bind, verbose=True)
+    srv = RangeServer(args.dir, args.port, args.bind, verbose=True, ranges=not args.no_ranges)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     print(f"range-server: serving {srv.root} on {args.bind}:{srv.port} (pid {os.getpid()})", file=sys.stderr,
           flush=True)

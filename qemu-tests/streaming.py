@@ -17,6 +17,9 @@ reaches it as 10.0.2.2 (QEMU user networking).
   2 for comparison, download-then-install (what the agent does today):
     busybox wget of the whole bundle to /data, then rauc install of the file;
     time of both steps and bytes served
+  3 a server that ignores Range (as python3 -m http.server does): rauc info
+    and rauc install of the URL fail, with RAUC's message recorded; slot B
+    is not marked for the next boot
 
 Every run writes the serial console of every boot, the server's request log
 and a summary to qemu-tests/artifacts/<timestamp>-streaming/.
@@ -34,9 +37,9 @@ scenario = registry.scenario
 GUEST_HOST = "10.0.2.2"
 
 
-def serve(ctx):
+def serve(ctx, ranges=True):
     """The image's bundles over HTTP with ranges; stopped after the scenario."""
-    srv = RangeServer(ctx.image / "bundles", 0).start()
+    srv = RangeServer(ctx.image / "bundles", 0, ranges=ranges).start()
     ctx.closers.append(srv.stop)
 
     def dump():
@@ -174,6 +177,30 @@ def s2(ctx):
     ctx.metric("download + install (s)", round(dl + inst, 1))
     ctx.metric("bytes served", files["v2.raucb"]["bytes"])
     ctx.metric("copy on /data (bytes)", size)
+
+
+@scenario(3, "a server without Range support: rauc info and rauc install of the URL fail")
+def s3(ctx):
+    srv = serve(ctx, ranges=False)
+    url = f"http://{GUEST_HOST}:{srv.port}/v2.raucb"
+    g = up(ctx, "s3")
+    env0 = g.env()
+    rc, out = g.sh(f"timeout 300 rauc info {url} 2>&1", ok=False, timeout=400)
+    (ctx.art / "rauc-info.log").write_text(out + f"\nrc={rc}\n")
+    ctx.note(f"rauc info: rc {rc}: " + " | ".join(l for l in out.splitlines() if "rror" in l or "fail" in l)[:600])
+    check(rc != 0, f"rauc info of a URL without range support succeeded:\n{out}")
+    _, out = g.sh(f"timeout 600 rauc install {url} >/tmp/install.log 2>&1; echo RC=$?; "
+                  "grep -v '^ *[0-9]*%' /tmp/install.log", timeout=700)
+    (ctx.art / "rauc-install.log").write_text(out + "\n")
+    ctx.note(out.splitlines()[0])
+    check("RC=0" not in out, f"rauc install of a URL without range support returned 0:\n{out}")
+    ctx.note("rauc install: " + " | ".join(l for l in out.splitlines() if "rror" in l or "fail" in l)[:600])
+    check("succeeded" not in out, f"rauc install of a URL without range support succeeded:\n{out}")
+    env1 = g.env()
+    check(env1.get("BOOT_ORDER") == env0.get("BOOT_ORDER"), f"the boot order changed: {env0} -> {env1}")
+    files, _ = srv.stats.snapshot()
+    ctx.metric("requests, bytes served", (files.get("v2.raucb", {}).get("requests"),
+                                          files.get("v2.raucb", {}).get("bytes")))
 
 
 if __name__ == "__main__":
