@@ -111,7 +111,12 @@ class Handler(BaseHTTPRequestHandler):
                     data = f.read(min(CHUNK, left))
                     if not data:
                         break
-                    self.wfile.write(data)
+                    try:
+                        self.wfile.write(data)
+                    except ConnectionError:
+                        # the client hung up (e.g. RAUC on a 200 it did not ask for)
+                        self.close_connection = True
+                        break
                     sent += len(data)
                     left -= len(data)
         self.server.stats.add(name, self.command, status, rng, sent)

@@ -186,8 +186,9 @@ def s3(ctx):
     g = up(ctx, "s3")
     env0 = g.env()
     rc, out = g.sh(f"timeout 300 rauc info {url} 2>&1", ok=False, timeout=400)
+    out = re.sub(r"\x1b\[[0-9;]*m", "", out)
     (ctx.art / "rauc-info.log").write_text(out + f"\nrc={rc}\n")
-    ctx.note(f"rauc info: rc {rc}: " + " | ".join(l for l in out.splitlines() if "rror" in l or "fail" in l)[:600])
+    ctx.note(f"rauc info: rc {rc}: " + " | ".join(l for l in out.splitlines() if "rror" in l or "fail" in l)[-600:])
     check(rc != 0, f"rauc info of a URL without range support succeeded:\n{out}")
     _, out = g.sh(f"timeout 600 rauc install {url} >/tmp/install.log 2>&1; echo RC=$?; "
                   "grep -v '^ *[0-9]*%' /tmp/install.log", timeout=700)
