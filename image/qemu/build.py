@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the Harmony Fleet QEMU aarch64 A/B test image from Debian arm64 packages.
 
-    image/qemu/build [--out DIR] [--no-agent] [--with-podman] [--force]
+    image/qemu/build [--out DIR] [--no-agent] [--with-podman] [--debian-rauc] [--force]
 
 Output (default build/qemu/):
     disk.img            A/B disk (layout read from meta-harmony/files/wic/harmony-qemuarm64.wks):
@@ -25,12 +25,22 @@ Output (default build/qemu/):
     keys/                            test CA + signer, and the fleet's ed25519 offer key
                                      (fleet.key, fleet.pub; generated here, never committed)
     u-boot.bin                       Debian's u-boot-qemu qemu_arm64 build
+    rauc-streaming/usr/bin/rauc      bookworm's rauc 1.8-2 rebuilt with HTTP streaming (not with
+                                     --debian-rauc), build-info.txt: how and how long
     manifest.json                    what the test runner needs to know
 
 Nothing is mounted: file systems are made with mke2fs -d, mkfs.vfat + mtools,
 the partition table with sfdisk on the image file. Runs as root (mmdebstrap's
 root mode and mke2fs -d keep root ownership). Incremental: every stage keeps a
 stamp of its inputs and is skipped when they did not change.
+
+RAUC: Debian bookworm's rauc 1.8-2 is built without HTTP streaming. Stage
+rauc-streaming cross-builds the same source package with --enable-streaming
+(image/qemu/rauc-streaming/build, 30-85 s here, cached by its inputs, also
+across output directories in $HARMONY_CACHE/rauc-streaming/) and its
+/usr/bin/rauc replaces Debian's in every rootfs variant; nbd.ko is loaded at
+boot (the Yocto kernels have CONFIG_BLK_DEV_NBD=y). --debian-rauc keeps
+Debian's binary (no streaming) and skips that stage.
 
 Agent hook: if an aarch64 harmony-agent binary exists (HARMONY_AGENT_BIN, or
 target/aarch64-unknown-linux-gnu/release/harmony-agent), it is installed as
@@ -153,6 +163,8 @@ PACKAGES = [
     "iproute2", "procps", "busybox-static", "bash", "coreutils", "grep", "sed", "findutils",
     # sfdisk: harmony-grow-data (the layer's first-boot growth of the data partition)
     "fdisk",
+    # what the rebuilt rauc (stage rauc-streaming) links besides Debian's rauc's dependencies
+    "libnl-3-200", "libnl-genl-3-200",
     # wpa_supplicant@.service, run for wlan0 by the layer's harmony-network
     "wpasupplicant",
     # test-only (boot-chain scenario 11): the access point on the other
@@ -187,7 +199,16 @@ ROOTFS_MODULES = INITRD_MODULES + [
     # and the ciphers mac80211 asks the crypto API for (WPA2's CCMP, GCMP,
     # BIP), loaded on demand; without them hostapd's set_key fails (ENOENT)
     "mac80211_hwsim", "ccm", "ctr", "cmac", "gcm", "ghash_generic",
+    # RAUC's HTTP streaming: the bundle is read through a network block device
+    "nbd",
 ]
+# Loaded at boot (systemd-modules-load): nbd has no alias by which RAUC's
+# netlink lookup of the "nbd" family could load it on demand.
+BOOT_MODULES = ["nbd"]
+RAUC_STREAMING = Path(__file__).resolve().parent / "rauc-streaming" / "build"
+# The Debian rauc the rebuilt one replaces: its source package version must
+# be what the rauc-streaming script builds.
+RAUC_DEBIAN_VERSION = "1.8-2"
 # Trimmed from every rootfs: documentation, translations, perl's library.
 TRIM = ["usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
         "usr/share/perl", "usr/share/perl5", "usr/share/lintian", "usr/share/zsh",
@@ -439,6 +460,42 @@ def stage_kernel(out: Path, force: bool, modules=ROOTFS_MODULES):
     return kdir
 
 
+def stage_rauc_streaming(out: Path, force: bool) -> Path:
+    """Debian bookworm's rauc source package, cross-built for arm64 with
+    HTTP streaming (image/qemu/rauc-streaming/build): the directory holding
+    its usr/bin/rauc. Cached by the script's content in the output directory
+    and in $HARMONY_CACHE/rauc-streaming/<key>/."""
+    candidate = out_of(["apt-cache", "policy", "rauc:arm64"]).split("Candidate:")[1].split()[0]
+    if candidate != RAUC_DEBIAN_VERSION:
+        raise SystemExit(f"build: bookworm's rauc is now {candidate}; the rauc-streaming stage builds "
+                         f"{RAUC_DEBIAN_VERSION} (update image/qemu/rauc-streaming/build and RAUC_DEBIAN_VERSION)")
+    key = sha(RAUC_STREAMING, RAUC_DEBIAN_VERSION, "v1")
+    dst = out / "rauc-streaming"
+    st = Stage(out, "rauc-streaming", key, force)
+    if st.fresh() and (dst / "usr/bin/rauc").is_file():
+        return dst
+    cached = cache_dir().parent / "rauc-streaming" / key
+    if dst.exists():
+        shutil.rmtree(dst)
+    if not force and (cached / "usr/bin/rauc").is_file():
+        log(f"rauc-streaming: from the cache {cached}")
+        shutil.copytree(cached, dst)
+    else:
+        log(f"rauc-streaming: cross-building rauc {RAUC_DEBIAN_VERSION} with --enable-streaming")
+        work = out / "rauc-streaming.work"
+        if work.exists():
+            shutil.rmtree(work)
+        t = time.time()
+        run([str(RAUC_STREAMING), str(dst), str(work)])
+        shutil.rmtree(work)
+        log(f"rauc-streaming: built in {time.time() - t:.0f} s")
+        if cached.parent.exists():
+            shutil.rmtree(cached.parent)
+        shutil.copytree(dst, cached)
+    st.done()
+    return dst
+
+
 INIT = r"""#!/bin/busybox sh
 # Harmony QEMU initramfs: load the block/ext4 modules, find root=PARTUUID=,
 # mount it and hand over to its /sbin/init.
@@ -639,6 +696,20 @@ def substitute_build_products(root: Path, keys: Path, agent):
     shutil.copy2(keys / "fleet.pub", root / "etc/harmony/fleet-keys/fleet.pub")
 
 
+def substitute_rauc(root: Path, rauc):
+    """What meta-rauc's rauc recipe builds with PACKAGECONFIG streaming (on by
+    default there): the rebuilt rauc binary in place of Debian's; and what
+    the Yocto kernels have built in (CONFIG_BLK_DEV_NBD=y), loaded at boot
+    from the Debian kernel's module."""
+    if rauc is None:
+        return
+    shutil.copy2(rauc / "usr/bin/rauc", root / "usr/bin/rauc")
+    (root / "usr/bin/rauc").chmod(0o755)
+    write(root / "etc/modules-load.d/harmony-nbd.conf",
+          "# RAUC HTTP streaming (QEMU test image: Debian's kernel has nbd as a module)\n"
+          + "".join(f"{m}\n" for m in BOOT_MODULES))
+
+
 def wanted_by(unit: Path):
     targets, section = [], None
     for line in unit.read_text().splitlines():
@@ -693,7 +764,7 @@ def fault_no_init(root: Path):
 
 
 def stage_rootfs(out: Path, name: str, base: Path, kdir: Path, initrd: Path, keys: Path,
-                 parts, agent, key: str, force: bool, podman=False) -> Path:
+                 parts, agent, rauc, key: str, force: bool, podman=False) -> Path:
     img = out / f"rootfs-{name}.ext4"
     st = Stage(out, f"rootfs-{name}", key, force)
     if st.fresh() and img.is_file():
@@ -749,6 +820,7 @@ def stage_rootfs(out: Path, name: str, base: Path, kdir: Path, initrd: Path, key
         alternatives_iptables(root)
     preset_networkd(root)
     substitute_build_products(root, keys, agent)
+    substitute_rauc(root, rauc)
 
     # kernel + initramfs in the slot's /boot, modules
     (root / "boot").mkdir(exist_ok=True)
@@ -861,6 +933,8 @@ def main():
     ap.add_argument("--no-agent", action="store_true")
     ap.add_argument("--with-podman", action="store_true",
                     help="add podman and the layer's container storage config (not the CI image)")
+    ap.add_argument("--debian-rauc", action="store_true",
+                    help="keep Debian's rauc 1.8-2 (no HTTP streaming); skips the rauc-streaming stage")
     ap.add_argument("--force", action="store_true", help="rebuild every stage")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -879,10 +953,13 @@ def main():
     initrd = stage_initrd(out, base, kdir, args.force)
     keys = stage_keys(out)
     agent = agent_binary(args.no_agent)
+    rauc = None if args.debian_rauc else stage_rauc_streaming(out, args.force)
     common = sha(Path(__file__), Path(wks.__file__), out / "stamps/base", out / "stamps/kernel", initrd,
                  keys / "ca.cert.pem", keys / "fleet.pub", WKS, agent or "no-agent", *layer_inputs(agent, podman),
-                 *(["podman"] if podman else []))
-    imgs = {n: stage_rootfs(out, n, base, kdir, initrd, keys, parts, agent, sha(common, n), args.force, podman)
+                 *(["podman"] if podman else []),
+                 out / "stamps/rauc-streaming" if rauc else "debian-rauc")
+    imgs = {n: stage_rootfs(out, n, base, kdir, initrd, keys, parts, agent, rauc, sha(common, n), args.force,
+                            podman)
             for n in VARIANTS}
     boot_imgs = stage_boot_images(out, parts, args.force)
 
@@ -976,6 +1053,7 @@ def main():
             "agent": str(agent) if agent else None,
             "podman": podman,
             "kernel": (kdir / "version").read_text(),
+            "rauc_streaming": rauc is not None,
         }
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         st.done()
