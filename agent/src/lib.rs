@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod durable;
 pub mod enroll;
+pub mod file_hash;
 pub mod fleet_keys;
 pub mod heartbeat;
 pub mod identity;

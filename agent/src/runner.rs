@@ -254,7 +254,7 @@ pub async fn run(cfg: AgentConfig, effects: Effects, shutdown: impl Future<Outpu
 }
 
 /// Aborts the task when dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {

@@ -16,7 +16,6 @@ use harmony_protocol::names::{BUNDLE_OBJECT_BUCKET, OFFER_BUCKET};
 use harmony_protocol::signing::SigningError;
 use harmony_protocol::time::UnixMillis;
 use harmony_protocol::{CommandError, RefusalReason, SignedEnvelope, TrustedKeys, UpgradeOffer, UpgradePhase};
-use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -337,10 +336,12 @@ impl Service {
                     // Restarted between download and verification: hash the file.
                     let path = self.files.complete();
                     self.send_later(async move {
-                        let sha256 = tokio::task::spawn_blocking(move || hash_file(&path))
-                            .await
-                            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-                            .unwrap_or_else(|e| format!("unreadable: {e}"));
+                        let sha256 = tokio::task::spawn_blocking(move || {
+                            crate::file_hash::sha256_file(&path).map(|(sha, _)| sha)
+                        })
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                        .unwrap_or_else(|e| format!("unreadable: {e}"));
                         Event::Verified { sha256 }
                     });
                 }
@@ -533,13 +534,6 @@ fn safe_unsaved(next: &State, actions: &[Action]) -> bool {
 /// ENOSPC (or a quota): the disk is full, not the source broken.
 fn is_disk_full(e: &std::io::Error) -> bool {
     matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
-}
-
-fn hash_file(path: &std::path::Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(hex::encode(h.finalize()))
 }
 
 /// Turn a raw KV value into an offer event: signature first, then parsing.

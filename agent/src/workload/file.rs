@@ -10,9 +10,10 @@
 //! same directory (created exclusively, so never through a planted link)
 //! and renamed over the target.
 
-use super::objects::{hash_file, ObjectCache};
+use super::objects::ObjectCache;
 use super::reconciler::{Observed, Reconciler};
 use crate::durable;
+use crate::file_hash::sha256_file;
 use futures::future::BoxFuture;
 use harmony_protocol::workload::{FileContent, FileSpec};
 use sha2::{Digest, Sha256};
@@ -103,7 +104,7 @@ impl FileReconciler {
         let (want_hash, want_size) = Self::desired_hash(spec);
         let (uid, gid) = self.ids(spec)?;
         let mut drift = Vec::new();
-        if meta.len() != want_size || hash_file(path).map_err(|e| format!("{}: {e}", spec.path))?.0 != want_hash {
+        if meta.len() != want_size || sha256_file(path).map_err(|e| format!("{}: {e}", spec.path))?.0 != want_hash {
             drift.push("content differs".to_string());
         }
         if meta.mode() & 0o7777 != spec.mode {

@@ -3,9 +3,9 @@
 //! /data. Nothing is used before its hash and size check out, so a changed
 //! or truncated object can never be written to a managed path.
 
+use crate::file_hash::sha256_file;
 use futures::future::BoxFuture;
 use harmony_protocol::workload::{is_sha256_hex, OBJECT_BUCKET};
-use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncReadExt;
@@ -76,7 +76,7 @@ impl ObjectCache {
             return Err(format!("{sha256:?} is not a SHA-256"));
         }
         let path = self.dir.join(sha256);
-        if matches!(hash_file(&path), Ok((h, n)) if h == sha256 && n == size) {
+        if matches!(sha256_file(&path), Ok((h, n)) if h == sha256 && n == size) {
             return Ok(path);
         }
         std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
@@ -84,7 +84,7 @@ impl ObjectCache {
         let _ = std::fs::remove_file(&tmp);
         let fetched = async {
             self.source.fetch(sha256, size, &tmp).await?;
-            let (hash, n) = hash_file(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+            let (hash, n) = sha256_file(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
             if n != size {
                 return Err(format!("object {sha256} is {n} bytes, the manifest says {size}"));
             }
@@ -112,27 +112,10 @@ impl ObjectCache {
     }
 }
 
-/// Lower-case hex SHA-256 and length of a file.
-pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        n += k as u64;
-        h.update(&buf[..k]);
-    }
-    Ok((hex::encode(h.finalize()), n))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     /// Serves fixed bytes for any name.
     struct Fixed(Vec<u8>);

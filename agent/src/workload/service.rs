@@ -13,6 +13,7 @@ use super::reconciler::Reconcilers;
 use super::store::WorkloadStore;
 use super::WorkloadConfig;
 use crate::clock::Clock;
+use crate::runner::AbortOnDrop;
 use harmony_protocol::names::kv_put_subject;
 use harmony_protocol::workload::{
     AgentManifest, AgentStatus, FileContent, ManifestRefusal, ResourceSpec, MANIFEST_BUCKET, WORKLOAD_STATUS_BUCKET,
@@ -277,14 +278,6 @@ async fn publish_status(client: async_nats::Client, device: DeviceId, mut rx: wa
         if rx.changed().await.is_err() {
             return;
         }
-    }
-}
-
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
