@@ -45,7 +45,8 @@ impl std::fmt::Debug for WorkloadContext {
 }
 
 /// Signature first, then the manifest's own checks (kinds, names, sizes).
-pub fn decode_manifest(keys: &TrustedKeys, bytes: &[u8]) -> Result<AgentManifest, ManifestRefusal> {
+/// Returns the envelope too: it is what gets saved once the manifest applies.
+pub fn decode_manifest(keys: &TrustedKeys, bytes: &[u8]) -> Result<(SignedEnvelope, AgentManifest), ManifestRefusal> {
     let envelope = SignedEnvelope::decode(bytes)
         .map_err(|e| ManifestRefusal::Malformed { detail: format!("not a signed envelope: {e}") })?;
     keys.verify::<serde::de::IgnoredAny>(&envelope).map_err(|e| match e {
@@ -53,7 +54,8 @@ pub fn decode_manifest(keys: &TrustedKeys, bytes: &[u8]) -> Result<AgentManifest
         SigningError::BadSignature | SigningError::MalformedSignature => ManifestRefusal::BadSignature,
         other => ManifestRefusal::Malformed { detail: other.to_string() },
     })?;
-    AgentManifest::parse(&envelope.payload)
+    let manifest = AgentManifest::parse(&envelope.payload)?;
+    Ok((envelope, manifest))
 }
 
 struct Service {
@@ -62,7 +64,7 @@ struct Service {
     state: State,
     store: WorkloadStore,
     objects: Option<Arc<super::objects::ObjectCache>>,
-    /// The envelope of the manifest last received, saved on `SaveApplied`.
+    /// The envelope of the last manifest that verified, saved on `SaveApplied`.
     received: Option<SignedEnvelope>,
     status: watch::Sender<Option<AgentStatus>>,
 }
@@ -108,11 +110,16 @@ pub async fn run(
         tokio::select! {
             () = &mut shutdown => break,
             Some(bytes) = manifests.recv() => {
-                let decoded = decode_manifest(&svc.ctx.keys, &bytes);
-                if let Err(e) = &decoded {
-                    log::warn!("workload manifest refused: {e}");
-                }
-                svc.received = SignedEnvelope::decode(&bytes).ok();
+                let decoded = match decode_manifest(&svc.ctx.keys, &bytes) {
+                    Ok((envelope, manifest)) => {
+                        svc.received = Some(envelope);
+                        Ok(manifest)
+                    }
+                    Err(e) => {
+                        log::warn!("workload manifest refused: {e}");
+                        Err(e)
+                    }
+                };
                 svc.apply(Event::ManifestReceived(decoded)).await;
             }
             _ = drift_tick.tick() => svc.apply(Event::PassDue).await,

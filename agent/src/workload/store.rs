@@ -48,7 +48,7 @@ impl WorkloadStore {
             }
         };
         match super::service::decode_manifest(keys, &bytes) {
-            Ok(m) => Some((SignedEnvelope::decode(&bytes).ok()?, m)),
+            Ok(decoded) => Some(decoded),
             Err(e) => {
                 log::error!("saved workload manifest refused: {e}; waiting for the operator's");
                 None
