@@ -99,3 +99,23 @@ async fn wave_stages_halt_reason_resume_and_timelines_across_rollouts() {
     assert!(log.entries.windows(2).all(|w| w[0].seq > w[1].seq));
     op.stop().await;
 }
+
+/// What a person just did is on the next page they load: the live index is
+/// waited on after each write, never a page that still lacks it. Ten
+/// rollouts, each read back at once with no wait in the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_is_in_the_live_index_when_the_call_returns() {
+    let env = Env::start().await;
+    let ids: Vec<String> = (0..10).map(|i| format!("own-{i}")).collect();
+    let names: Vec<&str> = ids.iter().map(String::as_str).collect();
+    env.devices(&names, Behavior::Manual).await;
+    let fleet = KvFleet::live(env.buckets.clone(), env.cfg.fleet.clone()).await.unwrap();
+    let admin = Actor::new("alice", Via::Dashboard);
+    for (i, device) in names.iter().enumerate() {
+        let mut a = env.start_args(&[device]);
+        a.id = Some(format!("mine-{i}"));
+        fleet.start_rollout(&admin, &a).await.unwrap();
+        let listed = fleet.rollout_records().await.unwrap();
+        assert!(listed.iter().any(|r| r.id == format!("mine-{i}")), "mine-{i} not in the index after its write");
+    }
+}

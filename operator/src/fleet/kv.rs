@@ -45,6 +45,9 @@ const WRITE_CONCURRENCY: usize = 16;
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 const REBOOT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a write waits for the live index to show it.
+const OWN_WRITE_WAIT: Duration = Duration::from_secs(5);
+
 /// The real fleet. Cheap to clone; the watch tasks of a live one stop when
 /// its last clone is dropped.
 #[derive(Clone)]
@@ -231,7 +234,27 @@ impl KvFleet {
         let log = audit::open(&self.inner.buckets.js).await?;
         let result = run.await;
         self.record(&log, actor, action, target, &result, describe).await;
+        if result.is_ok() {
+            self.show_own_writes().await;
+        }
         result
+    }
+
+    /// After a write by this operator, waits (briefly) until the live index
+    /// has applied the operator bucket up to now, so the page the person
+    /// sees next shows what they just did. A snapshot index was read once
+    /// for one command and is not waited on.
+    async fn show_own_writes(&self) {
+        if self.inner.tasks.is_empty() {
+            return;
+        }
+        let revision = match store::last_revision(&self.inner.buckets.state).await {
+            Ok(r) => r,
+            Err(e) => return log::warn!("fleet index: reading the operator bucket's revision: {e}"),
+        };
+        if !self.inner.shared.state_applied(revision, OWN_WRITE_WAIT).await {
+            log::warn!("fleet index: revision {revision} not applied within {OWN_WRITE_WAIT:?}; the next page may lag");
+        }
     }
 
     /// Writes one audit entry; a failure to write it is logged.

@@ -13,13 +13,16 @@ use async_nats::jetstream::kv;
 use futures::StreamExt;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 /// The index and the channel its changes go out on.
 #[derive(Debug)]
 pub struct Shared {
     index: RwLock<Index>,
     pub changes: broadcast::Sender<Change>,
+    /// The operator bucket's revision the index has applied up to, so a
+    /// writer can wait until the index shows its own write.
+    state_applied: watch::Sender<u64>,
 }
 
 /// Queued changes per subscriber before it lags (and must resync).
@@ -27,7 +30,24 @@ const CHANGE_BACKLOG: usize = 4096;
 
 impl Shared {
     pub fn new() -> Self {
-        Self { index: RwLock::new(Index::default()), changes: broadcast::channel(CHANGE_BACKLOG).0 }
+        Self {
+            index: RwLock::new(Index::default()),
+            changes: broadcast::channel(CHANGE_BACKLOG).0,
+            state_applied: watch::channel(0).0,
+        }
+    }
+    /// Waits until the index has applied the operator bucket up to
+    /// `revision`; false when `limit` passed first.
+    pub async fn state_applied(&self, revision: u64, limit: Duration) -> bool {
+        let mut applied = self.state_applied.subscribe();
+        tokio::time::timeout(limit, applied.wait_for(|r| *r >= revision)).await.is_ok_and(|r| r.is_ok())
+    }
+    fn note_state_applied(&self, revision: u64) {
+        self.state_applied.send_if_modified(|r| {
+            let newer = revision > *r;
+            *r = (*r).max(revision);
+            newer
+        });
     }
     pub fn read(&self) -> RwLockReadGuard<'_, Index> {
         self.index.read().unwrap_or_else(PoisonError::into_inner)
@@ -69,7 +89,9 @@ pub async fn load(store: &kv::Store, shared: &Shared, source: Source) -> Result<
         Source::State => {
             let entries = store::read_latest(store).await?;
             shared.write().load_state(&entries);
-            Ok(newest(&entries))
+            let read = newest(&entries);
+            shared.note_state_applied(read);
+            Ok(read)
         }
     }
 }
@@ -116,7 +138,11 @@ async fn watch(
         *revision = (*revision).max(entry.revision);
         let changes: Vec<Change> = match source {
             Source::Heartbeats => shared.write().apply_heartbeat(&entry, warn).into_iter().collect(),
-            Source::State => shared.write().apply_state(&entry),
+            Source::State => {
+                let changes = shared.write().apply_state(&entry);
+                shared.note_state_applied(entry.revision);
+                changes
+            }
             Source::Audit => vec![Change::Audit],
         };
         for c in changes {
