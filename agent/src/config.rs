@@ -125,13 +125,22 @@ pub struct SystemPaths {
     pub os_release: PathBuf,
     #[serde(default = "default_boot_id")]
     pub boot_id: PathBuf,
+    /// Where the kernel's NBD support shows (a loaded `nbd` module, the
+    /// first NBD device); any one present means RAUC can stream.
+    #[serde(default = "default_nbd")]
+    pub nbd: Vec<PathBuf>,
     #[serde(default = "default_machine_id")]
     pub machine_id: PathBuf,
 }
 
 impl Default for SystemPaths {
     fn default() -> Self {
-        Self { os_release: default_os_release(), boot_id: default_boot_id(), machine_id: default_machine_id() }
+        Self {
+            os_release: default_os_release(),
+            boot_id: default_boot_id(),
+            nbd: default_nbd(),
+            machine_id: default_machine_id(),
+        }
     }
 }
 
@@ -149,6 +158,9 @@ fn default_startup_grace_secs() -> u64 {
 }
 fn default_request_timeout_secs() -> u64 {
     10
+}
+fn default_nbd() -> Vec<PathBuf> {
+    vec![PathBuf::from("/sys/module/nbd"), PathBuf::from("/dev/nbd0")]
 }
 fn default_os_release() -> PathBuf {
     PathBuf::from("/etc/os-release")

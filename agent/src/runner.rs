@@ -127,6 +127,7 @@ pub async fn run(cfg: AgentConfig, effects: Effects, shutdown: impl Future<Outpu
         labels: cfg.labels.clone(),
         started,
         uptime_at_start_secs: identity::kernel_uptime_secs(),
+        nbd: cfg.system.nbd.iter().any(|p| p.exists()),
     });
     log::info!(
         "harmony-agent {} starting as {} (os {}, boot {})",

@@ -22,6 +22,8 @@ pub struct DeviceFacts {
     pub started: Instant,
     /// Seconds the kernel had been up when the agent started.
     pub uptime_at_start_secs: u64,
+    /// The kernel has NBD, which RAUC streams bundles through.
+    pub nbd: bool,
 }
 
 impl DeviceFacts {

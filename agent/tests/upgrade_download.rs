@@ -40,6 +40,7 @@ fn source(object: Option<&str>, url: Option<String>, bytes: &[u8]) -> BundleSour
         sha256: hex::encode(Sha256::digest(bytes)),
         size: bytes.len() as u64,
         authorization: None,
+        signature_sha256: None,
     }
 }
 

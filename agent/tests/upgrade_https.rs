@@ -108,6 +108,7 @@ async fn https_download_verifies_the_server_against_the_configured_ca() {
         sha256: hex::encode(Sha256::digest(&bytes)),
         size: bytes.len() as u64,
         authorization: None,
+        signature_sha256: None,
     };
     let nats = NatsServer::start();
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());

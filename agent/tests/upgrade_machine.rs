@@ -8,8 +8,8 @@ use harmony_protocol::clock::BootMillis;
 use harmony_protocol::command::{CommitArgs, ReplyBody};
 use harmony_protocol::time::UnixMillis;
 use harmony_protocol::{
-    BundleSource, CommandError, DeviceId, FailureReason, NotedRefusal, RefusalReason, RollbackReason, UpgradeOffer,
-    UpgradePhase,
+    BundleSource, CommandError, DeviceId, FailureReason, NotedRefusal, RefusalReason, RollbackReason, Transfer,
+    UpgradeOffer, UpgradePhase,
 };
 
 const SHA: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -27,6 +27,7 @@ fn env() -> Env {
         commit_deadline_ms: 1000,
         started_boottime: BootMillis(5000),
         slots: None,
+        streaming: Err("no NBD in the test".into()),
     }
 }
 
@@ -44,6 +45,7 @@ fn offer(seq: u64, target: &str) -> UpgradeOffer {
             sha256: SHA.into(),
             size: 100,
             authorization: None,
+            signature_sha256: None,
         },
         not_before: UnixMillis(0),
         expires_at: UnixMillis(2_000_000),
@@ -148,6 +150,7 @@ fn action_name(a: &Action) -> String {
     match a {
         Action::Download => "download".into(),
         Action::Verify => "verify".into(),
+        Action::VerifyStream => "verify_stream".into(),
         Action::Install => "install".into(),
         Action::AdoptInstall => "adopt_install".into(),
         Action::DeleteBundle => "delete".into(),
@@ -804,4 +807,110 @@ fn a_settled_record_is_checked_against_rauc_on_start() {
     let (s, _) = step(&e, State::initial(T0), Event::Started, NOW);
     let (s, _) = step(&e, s, Event::Offer(Ok(offer(6, "3.0.0"))), NOW);
     assert_eq!(s.boot_mismatch, None);
+}
+
+const SIG: &str = "5151515151515151515151515151515151515151515151515151515151515151";
+
+/// An offer as an operator serving bundles over HTTP signs it.
+fn http_offer(seq: u64) -> UpgradeOffer {
+    let mut o = offer(seq, "2.0.0");
+    o.bundle.url = Some("http://op:8443/v1/bundles/b".into());
+    o.bundle.authorization = Some("Bearer t".into());
+    o.bundle.signature_sha256 = Some(SIG.into());
+    o
+}
+
+fn streaming_env() -> Env {
+    Env { streaming: Ok(()), ..env() }
+}
+
+#[test]
+fn an_offer_is_streamed_only_when_the_device_can_and_the_offer_allows_it_and_the_status_says_why_not() {
+    let idle = State::initial(T0);
+    let (s, actions) = step(&streaming_env(), idle.clone(), Event::Offer(Ok(http_offer(6))), NOW);
+    assert_eq!(
+        (s.phase.name(), actions.iter().map(action_name).collect::<Vec<_>>()),
+        ("verifying", vec!["verify_stream".to_string()])
+    );
+    assert_eq!(s.status().transfer, Some(Transfer::Streamed));
+
+    let cases: Vec<(&str, Env, UpgradeOffer)> = vec![
+        ("no NBD in the test", env(), http_offer(6)),
+        ("no HTTP source", streaming_env(), offer(6, "2.0.0")),
+        ("no HTTP source", streaming_env(), {
+            let mut o = http_offer(6);
+            o.bundle.authorization = None;
+            o
+        }),
+        ("no signature hash", streaming_env(), {
+            let mut o = http_offer(6);
+            o.bundle.signature_sha256 = None;
+            o
+        }),
+    ];
+    for (why, env, offer) in cases {
+        let (s, actions) = step(&env, idle.clone(), Event::Offer(Ok(offer)), NOW);
+        assert_eq!(s.phase.name(), "offered", "{why}");
+        assert_eq!(actions.iter().map(action_name).collect::<Vec<_>>(), vec!["download"], "{why}");
+        match s.status().transfer {
+            Some(Transfer::Downloaded { not_streamed }) => assert!(not_streamed.contains(why), "{why}: {not_streamed}"),
+            other => panic!("{why}: {other:?}"),
+        }
+    }
+}
+
+/// A streamed job's transitions where they differ from a download's.
+#[test]
+fn a_streamed_job_checks_the_signature_hash_and_installs_from_the_url() {
+    let env = streaming_env();
+    let streamed = |phase| {
+        with_job(phase, |j| {
+            j.offer = http_offer(5);
+            j.transfer = Some(Transfer::Streamed);
+        })
+    };
+    let verifying = streamed(UpgradePhase::Verifying);
+    // The signature block's hash is what is compared, not the file's.
+    let (s, a) = step(&env, verifying.clone(), Event::Verified { sha256: SIG.to_uppercase() }, NOW);
+    assert_eq!(
+        (s.phase.name(), a.iter().map(action_name).collect::<Vec<_>>()),
+        ("installing", vec!["install".to_string()])
+    );
+    assert!(s.job.as_ref().unwrap().install_boot.is_some(), "a power cut during the install is recognised");
+    let (s, a) = step(&env, verifying.clone(), Event::Verified { sha256: SHA.into() }, NOW);
+    assert_eq!(
+        s.phase,
+        UpgradePhase::Failed { reason: FailureReason::VerifyFailed { expected: SIG.into(), actual: SHA.into() } }
+    );
+    assert_eq!(a.iter().map(action_name).collect::<Vec<_>>(), vec!["delete"]);
+    // The server refused the token, lied about the size, or is gone.
+    let (s, a) = step(&env, verifying.clone(), Event::DownloadFailed { detail: "HTTP 403".into() }, NOW);
+    assert_eq!(s.phase, UpgradePhase::Failed { reason: FailureReason::DownloadFailed { detail: "HTTP 403".into() } });
+    assert!(a.is_empty());
+    // A download's failure in `verifying` means nothing (no download runs).
+    let plain = with_job(UpgradePhase::Verifying, |_| {});
+    let (s, a) = step(&env, plain.clone(), Event::DownloadFailed { detail: "x".into() }, NOW);
+    assert_eq!((s, a), (plain, vec![]));
+    // Restarted while checking: check again (nothing is on disk to hash).
+    let (s, a) = step(&env, verifying.clone(), Event::Started, NOW);
+    assert_eq!(
+        (s.phase.name(), a.iter().map(action_name).collect::<Vec<_>>()),
+        ("verifying", vec!["verify_stream".to_string()])
+    );
+    // Restarted mid-install: adopt, as for a downloaded bundle.
+    let installing = streamed(UpgradePhase::Installing { percent: 30 });
+    let (_, a) = step(&env, installing, Event::Started, NOW);
+    assert_eq!(a.iter().map(action_name).collect::<Vec<_>>(), vec!["adopt_install"]);
+}
+
+/// A record written before streaming (no `transfer`) still reads, as a download.
+#[test]
+fn a_record_without_transfer_is_a_download() {
+    let s = with_job(UpgradePhase::Verifying, |_| {});
+    let mut json: serde_json::Value = serde_json::to_value(&s).unwrap();
+    json["job"].as_object_mut().unwrap().remove("transfer");
+    let back: State = serde_json::from_value(json).unwrap();
+    assert!(!back.job.as_ref().unwrap().streamed());
+    let (_, a) = step(&streaming_env(), back, Event::Started, NOW);
+    assert_eq!(a.iter().map(action_name).collect::<Vec<_>>(), vec!["verify"]);
 }

@@ -54,6 +54,7 @@ async fn object_store_download_resumes_in_the_same_run_after_the_server_restarts
         sha256: hex::encode(Sha256::digest(&bytes)),
         size: SIZE as u64,
         authorization: None,
+        signature_sha256: None,
     };
     let state = tempfile::tempdir().unwrap();
     let d = Downloader {

@@ -89,6 +89,22 @@ pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
     Ok((hex::encode(hasher.finalize()), size))
 }
 
+/// SHA-256 of the bundle's signature block (`harmony_protocol::bundle_layout`),
+/// what a streaming agent checks in place of the whole file's hash.
+pub fn signature_sha256(path: &Path, size: u64) -> Result<String> {
+    use harmony_protocol::bundle_layout::{signature_range, trailer_range};
+    use std::io::{Seek, SeekFrom};
+    let not = |detail: String| Error::NotABundle { path: path.to_path_buf(), detail };
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut trailer = [0u8; 8];
+    let at = trailer_range(size).map_err(|e| not(e.to_string()))?.start;
+    f.seek(SeekFrom::Start(at)).and_then(|_| f.read_exact(&mut trailer)).map_err(|e| Error::io(path, e))?;
+    let range = signature_range(size, trailer).map_err(|e| not(e.to_string()))?;
+    let mut block = vec![0u8; (range.end - range.start) as usize];
+    f.seek(SeekFrom::Start(range.start)).and_then(|_| f.read_exact(&mut block)).map_err(|e| Error::io(path, e))?;
+    Ok(hex::encode(Sha256::digest(&block)))
+}
+
 /// Wraps a reader and advances a progress bar.
 struct Progress<R> {
     inner: R,
@@ -116,12 +132,19 @@ pub async fn push(
 ) -> Result<BundleRecord> {
     let manifest = read_manifest(path)?;
     let (sha256, size) = sha256_file(path)?;
+    let signature_sha256 = signature_sha256(path, size)?;
     let id = id.map(str::to_string).unwrap_or_else(|| manifest.version.clone());
     if !valid_name(&id) {
         return Err(Error::Invalid(format!("bundle id {id:?}: use letters, digits, '_', '-', '.'")));
     }
-    if let Some(existing) = store::get_json::<BundleRecord>(&b.state, &keys::bundle(&id)).await? {
+    if let Some(mut existing) = store::get_json::<BundleRecord>(&b.state, &keys::bundle(&id)).await? {
         if existing.sha256 == sha256 {
+            if existing.signature_sha256.is_none() {
+                // Recorded before streaming: the same file adds what a
+                // streaming agent checks.
+                existing.signature_sha256 = Some(signature_sha256);
+                store::put_json(&b.state, &keys::bundle(&id), &existing).await?;
+            }
             return Ok(existing);
         }
         return Err(Error::BundleExists(id));
@@ -156,6 +179,7 @@ pub async fn push(
         sha256,
         size,
         pushed_at: now,
+        signature_sha256: Some(signature_sha256),
     };
     store::put_json(&b.state, &keys::bundle(&id), &record).await?;
     Ok(record)

@@ -149,6 +149,7 @@ mod tests {
                 sha256: "00".into(),
                 size: 1,
                 pushed_at: UnixMillis(0),
+                signature_sha256: None,
             },
             policy: RolloutPolicy {
                 max_in_flight: 1,

@@ -15,6 +15,11 @@ pub struct BundleRecord {
     pub sha256: String,
     pub size: u64,
     pub pushed_at: UnixMillis,
+    /// SHA-256 of the bundle's signature block (see
+    /// `BundleSource::signature_sha256`); `None` for records written before
+    /// it was recorded (pushing the same file again fills it in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_sha256: Option<String>,
 }
 
 /// When a wave has gone bad enough that the rollout stops itself.

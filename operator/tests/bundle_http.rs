@@ -240,6 +240,7 @@ async fn the_cap_refuses_the_next_device_until_a_transfer_ends() {
         sha256: hex::encode(Sha256::digest(&payload)),
         size: payload.len() as u64,
         pushed_at: now(),
+        signature_sha256: None,
     };
     store::put_json(&env.buckets.state, &keys::bundle("big"), &rec).await.unwrap();
     let key = SigningKey::from_bytes(&[5; 32]);

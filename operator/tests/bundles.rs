@@ -33,7 +33,20 @@ async fn push_reads_the_manifest_and_stores_the_bundle() {
     assert!(matches!(bundle::push(&env.buckets, &other, None, false, now()).await, Err(Error::BundleExists(_))));
     // A verity bundle (the production format) is read the same way.
     let verity = build_bundle(&ca, env.dir.path(), "verity", "harmony-rpi4", "3.2.0", "verity", &payload);
-    assert_eq!(bundle::push(&env.buckets, &verity, None, false, now()).await.unwrap().version, "3.2.0");
+    let rec = bundle::push(&env.buckets, &verity, None, false, now()).await.unwrap();
+    assert_eq!(rec.version, "3.2.0");
+    // What a streaming agent checks: the signature block, as RAUC itself
+    // cuts it out of the bundle (`rauc extract-signature`).
+    let sig = env.dir.path().join("verity.sig");
+    let out = std::process::Command::new("rauc")
+        .args(["extract-signature", &format!("--keyring={}", ca.cert.display())])
+        .arg(&verity)
+        .arg(&sig)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let expected = hex::encode(Sha256::digest(std::fs::read(&sig).unwrap()));
+    assert_eq!(rec.signature_sha256.as_deref(), Some(expected.as_str()));
     let list = commands::bundle_list(&env.cfg).await.unwrap();
     assert!(list.text.contains("3.1.0") && list.text.contains("3.2.0"), "{}", list.text);
 }

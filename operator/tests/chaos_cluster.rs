@@ -160,6 +160,7 @@ impl Chaos {
             sha256: "ab".repeat(32),
             size: 1000,
             pushed_at: common::now(),
+            signature_sha256: None,
         };
         store::put_json(&buckets.state, &keys::bundle("2.0"), &rec).await.unwrap();
 

@@ -527,6 +527,7 @@ async fn the_domain_api_judges_devices_and_manages_tokens_audited_without_the_to
         sha256: "ab".repeat(32),
         size: 1,
         pushed_at: UnixMillis(now_ms()),
+        signature_sha256: None,
     };
     let state = &kv.buckets().state;
     harmony_operator::store::put_json(state, &harmony_operator::model::keys::bundle("2.0"), &bundle).await.unwrap();

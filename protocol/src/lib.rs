@@ -4,6 +4,7 @@
 //! object-store buckets and wire types. It does no I/O and knows nothing of
 //! tokio, so both sides (and tests) can depend on it freely.
 
+pub mod bundle_layout;
 pub mod clock;
 pub mod command;
 pub mod device_id;
@@ -21,8 +22,8 @@ pub use device_id::{DeviceId, DeviceIdError};
 pub use heartbeat::{Health, HealthStatus, Heartbeat};
 pub use signing::{KeyId, SignedEnvelope, SigningError, TrustedKeys};
 pub use upgrade::{
-    BundleSource, FailureReason, NotedRefusal, OfferNotes, RefusalReason, RollbackReason, UpgradeOffer, UpgradePhase,
-    UpgradeStatus,
+    BundleSource, FailureReason, NotedRefusal, OfferNotes, RefusalReason, RollbackReason, Transfer, UpgradeOffer,
+    UpgradePhase, UpgradeStatus,
 };
 
 /// Version of every wire type defined here. A receiver refuses messages with a

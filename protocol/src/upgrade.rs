@@ -41,6 +41,27 @@ pub struct BundleSource {
     /// (and so never sent to agents that do not know it) without `url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<String>,
+    /// Lower-case hex SHA-256 of the bundle's signature block (the CMS
+    /// structure RAUC appends to a verity bundle, which holds the manifest
+    /// and so the root hash of everything before it). A streaming agent
+    /// never has the whole file to hash; it checks this before RAUC reads
+    /// the bundle, and RAUC's signature and verity checks bind the rest.
+    /// Absent for bundles pushed before the operator recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature_sha256: Option<String>,
+}
+
+/// How the bundle of an upgrade reaches RAUC, reported in the status so a
+/// device that could not stream says so (and why).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum Transfer {
+    /// RAUC reads the bundle over HTTP with Range requests (NBD); no copy
+    /// of it is stored on the device.
+    Streamed,
+    /// The agent downloads the whole bundle, checks its SHA-256, then RAUC
+    /// installs the file. `not_streamed` says why streaming was not used.
+    Downloaded { not_streamed: String },
 }
 
 /// The agent's upgrade state as reported in every heartbeat.
@@ -67,6 +88,10 @@ pub struct UpgradeStatus {
     /// left). Absent (and ignored by older operators) when they agree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_mismatch: Option<BootMismatch>,
+    /// How the current upgrade's bundle travels (absent before one is
+    /// accepted, and ignored by older operators).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<Transfer>,
 }
 
 /// The upgrade record and RAUC's view of the slots disagree. Reported next
@@ -135,6 +160,7 @@ impl UpgradeStatus {
             since,
             offer_notes: OfferNotes::default(),
             boot_mismatch: None,
+            transfer: None,
         }
     }
 }

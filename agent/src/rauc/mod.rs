@@ -7,8 +7,8 @@ pub mod installer_interface;
 use futures::StreamExt;
 use installer_interface::{InstallerProxy, SlotStatus};
 use std::collections::HashMap;
-use std::path::Path;
 use tokio::sync::watch;
+use zbus::zvariant::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RaucError {
@@ -190,13 +190,24 @@ impl RaucClient {
     /// Install `bundle` and wait for RAUC to finish. Progress percentages go
     /// to `progress`. Returns the bootname RAUC made primary (the slot the
     /// next boot will try).
-    pub async fn install(&self, bundle: &Path, progress: &watch::Sender<u8>) -> Result<String, RaucError> {
+    /// Installs `source`: a bundle file, or an `http(s)://` URL that RAUC
+    /// streams, sending `http_headers` (`Name: value`) with every request.
+    pub async fn install(
+        &self,
+        source: &str,
+        http_headers: &[String],
+        progress: &watch::Sender<u8>,
+    ) -> Result<String, RaucError> {
         // Subscribe before starting: a fast install could otherwise complete
         // before we listen and the signal would be lost.
         let mut completed = self.proxy.receive_completed().await.map_err(call("subscribe Completed"))?;
         let mut progress_changes = self.watcher.receive_progress_changed().await;
-        let source = bundle.to_string_lossy();
-        self.proxy.install_bundle(&source, HashMap::new()).await.map_err(call("InstallBundle"))?;
+        let mut args = HashMap::new();
+        if !http_headers.is_empty() {
+            // InstallBundle's `http-headers`: an array of strings (`as`).
+            args.insert("http-headers", Value::from(http_headers.to_vec()));
+        }
+        self.proxy.install_bundle(source, args).await.map_err(call("InstallBundle"))?;
         self.finish_install(&mut completed, &mut progress_changes, progress).await
     }
 

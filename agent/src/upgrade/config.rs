@@ -28,6 +28,11 @@ pub struct UpgradeConfig {
     /// sees the status (and the pre-reboot boot id) before the device goes.
     #[serde(default = "default_reboot_delay_ms")]
     pub reboot_delay_ms: u64,
+    /// Let RAUC stream bundles the operator serves over HTTP (no copy on
+    /// /data) when the kernel has NBD; off, or without NBD, bundles are
+    /// downloaded first, and the status says why.
+    #[serde(default = "default_streaming")]
+    pub streaming: bool,
     /// Bundle download bandwidth cap; 0 = unlimited. For metered links.
     #[serde(default)]
     pub download_max_bytes_per_sec: u64,
@@ -54,6 +59,7 @@ impl Default for UpgradeConfig {
             health_check_timeout_secs: default_health_check_timeout_secs(),
             health_check_interval_secs: default_health_check_interval_secs(),
             reboot_delay_ms: default_reboot_delay_ms(),
+            streaming: default_streaming(),
             download_max_bytes_per_sec: 0,
             progress_interval_ms: default_progress_interval_ms(),
             https_ca_file: None,
@@ -77,6 +83,9 @@ impl UpgradeConfig {
     }
 }
 
+fn default_streaming() -> bool {
+    true
+}
 fn default_commit_deadline_secs() -> u64 {
     300
 }

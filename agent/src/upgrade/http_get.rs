@@ -113,11 +113,82 @@ async fn connect(
 }
 
 pub async fn open(url: &str, offset: u64, extra_ca: Option<&Path>) -> Result<Response, HttpError> {
+    let (status, _, body) = request(url, &format!("bytes={offset}-"), &[], extra_ca).await?;
+    match status {
+        206 => Ok(Response { partial: true, body }),
+        200 => Ok(Response { partial: false, body }),
+        other => Err(HttpError::Status { url: url.to_string(), status: other }),
+    }
+}
+
+/// A part of a file: exactly `range` of it, and the file's size as the
+/// server gave it in `Content-Range`.
+#[derive(Debug)]
+pub struct Part {
+    pub bytes: Vec<u8>,
+    pub total: u64,
+}
+
+/// GETs `range` (end exclusive) with extra request `headers`
+/// (`Name: value`). Anything but a 206 with a `Content-Range` for exactly
+/// that range, and a body of exactly its length, is an error.
+pub async fn get_part(
+    url: &str,
+    range: std::ops::Range<u64>,
+    headers: &[String],
+    extra_ca: Option<&Path>,
+) -> Result<Part, HttpError> {
+    use tokio::io::AsyncReadExt;
+    let malformed = |detail: String| HttpError::Malformed { url: url.to_string(), detail };
+    if range.is_empty() {
+        return Err(malformed("empty range requested".into()));
+    }
+    let last = range.end - 1;
+    let (status, content_range, mut body) =
+        request(url, &format!("bytes={}-{last}", range.start), headers, extra_ca).await?;
+    if status != 206 {
+        return Err(HttpError::Status { url: url.to_string(), status });
+    }
+    let content_range = content_range.ok_or_else(|| malformed("206 without Content-Range".into()))?;
+    let (first, end, total) =
+        parse_content_range(&content_range).ok_or_else(|| malformed(format!("Content-Range {content_range:?}")))?;
+    if (first, end) != (range.start, last) {
+        return Err(malformed(format!("asked for bytes {}-{last}, got {content_range:?}", range.start)));
+    }
+    let len = usize::try_from(range.end - range.start).map_err(|_| malformed("range too large".into()))?;
+    let mut bytes = vec![0u8; len];
+    body.read_exact(&mut bytes)
+        .await
+        .map_err(|e| malformed(format!("body shorter than the {len} bytes of its Content-Range: {e}")))?;
+    Ok(Part { bytes, total })
+}
+
+/// `bytes FIRST-LAST/TOTAL` -> (first, last, total).
+fn parse_content_range(value: &str) -> Option<(u64, u64, u64)> {
+    let rest = value.trim().strip_prefix("bytes ")?;
+    let (span, total) = rest.split_once('/')?;
+    let (first, last) = span.split_once('-')?;
+    let (first, last, total) = (first.parse().ok()?, last.parse().ok()?, total.parse().ok()?);
+    (first <= last && last < total).then_some((first, last, total))
+}
+
+/// Sends one GET; returns the status, the `Content-Range` header (if any)
+/// and the body after the headers.
+async fn request(
+    url: &str,
+    range: &str,
+    headers: &[String],
+    extra_ca: Option<&Path>,
+) -> Result<(u16, Option<String>, BufReader<Box<dyn Connection>>), HttpError> {
     let (scheme, host, port, path) = parse_url(url)?;
     let io = |source| HttpError::Io { url: url.to_string(), source };
+    if headers.iter().any(|h| h.contains(['\r', '\n'])) {
+        return Err(HttpError::Malformed { url: url.to_string(), detail: "a request header spans lines".into() });
+    }
     let mut stream = connect(url, scheme, &host, port, extra_ca).await?;
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nRange: bytes={offset}-\r\nUser-Agent: harmony-agent\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nRange: {range}\r\n{extra}User-Agent: harmony-agent\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await.map_err(io)?;
     stream.flush().await.map_err(io)?;
@@ -129,6 +200,7 @@ pub async fn open(url: &str, offset: u64, extra_ca: Option<&Path>) -> Result<Res
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| HttpError::Malformed { url: url.to_string(), detail: format!("status line {line:?}") })?;
+    let mut content_range = None;
     loop {
         line.clear();
         let n = body.read_line(&mut line).await.map_err(io)?;
@@ -142,12 +214,11 @@ pub async fn open(url: &str, offset: u64, extra_ca: Option<&Path>) -> Result<Res
                 detail: "chunked encoding is not supported".into(),
             });
         }
+        if let Some(value) = lower.strip_prefix("content-range:") {
+            content_range = Some(value.trim().to_string());
+        }
     }
-    match status {
-        206 => Ok(Response { partial: true, body }),
-        200 => Ok(Response { partial: false, body }),
-        other => Err(HttpError::Status { url: url.to_string(), status: other }),
-    }
+    Ok((status, content_range, body))
 }
 
 #[cfg(test)]
@@ -163,5 +234,14 @@ mod tests {
         assert_eq!(parse_url("http://mirror").unwrap(), (Scheme::Http, "mirror".into(), 80, "/".into()));
         assert_eq!(parse_url("https://mirror/x").unwrap(), (Scheme::Https, "mirror".into(), 443, "/x".into()));
         assert!(matches!(parse_url("ftp://mirror/x"), Err(HttpError::Unsupported(_))));
+    }
+
+    #[test]
+    fn content_ranges_parse_and_impossible_ones_do_not() {
+        assert_eq!(parse_content_range("bytes 0-7/100"), Some((0, 7, 100)));
+        assert_eq!(parse_content_range(" bytes 92-99/100 "), Some((92, 99, 100)));
+        for bad in ["bytes 8-7/100", "bytes 0-100/100", "bytes */100", "0-7/100", "bytes 0-7/", "bytes 0-7/x"] {
+            assert_eq!(parse_content_range(bad), None, "{bad}");
+        }
     }
 }

@@ -5,15 +5,34 @@
 use super::reconcile::SlotFacts;
 use crate::rauc::{Adoption, InstallClaim, RaucClient, RaucError};
 use futures::future::BoxFuture;
-use std::path::Path;
+use std::path::PathBuf;
 use tokio::sync::watch;
+
+/// What RAUC installs from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BundleRef {
+    /// A downloaded, hash-checked bundle file.
+    File(PathBuf),
+    /// A bundle RAUC streams from `url`, sending `headers` (the offer's
+    /// token) with every Range request.
+    Stream { url: String, headers: Vec<String> },
+}
+
+impl BundleRef {
+    fn source(&self) -> (String, &[String]) {
+        match self {
+            Self::File(path) => (path.to_string_lossy().into_owned(), &[]),
+            Self::Stream { url, headers } => (url.clone(), headers),
+        }
+    }
+}
 
 pub trait Installer: Send + Sync + std::fmt::Debug {
     /// Install the bundle into the inactive slot; returns the bootname made
     /// primary. `Err` carries RAUC's `LastError` verbatim.
     fn install<'a>(
         &'a self,
-        bundle: &'a Path,
+        bundle: &'a BundleRef,
         progress: &'a watch::Sender<u8>,
     ) -> BoxFuture<'a, Result<String, String>>;
     /// Mark the booted slot good (`true`) or bad; returns its bootname.
@@ -24,7 +43,7 @@ pub trait Installer: Send + Sync + std::fmt::Debug {
     /// `install`.
     fn adopt_install<'a>(
         &'a self,
-        bundle: &'a Path,
+        bundle: &'a BundleRef,
         progress: &'a watch::Sender<u8>,
         claim: &'a InstallClaim,
     ) -> BoxFuture<'a, Result<String, String>>;
@@ -43,15 +62,18 @@ fn rauc_text(e: RaucError) -> String {
 impl Installer for RaucClient {
     fn install<'a>(
         &'a self,
-        bundle: &'a Path,
+        bundle: &'a BundleRef,
         progress: &'a watch::Sender<u8>,
     ) -> BoxFuture<'a, Result<String, String>> {
-        Box::pin(async move { RaucClient::install(self, bundle, progress).await.map_err(rauc_text) })
+        Box::pin(async move {
+            let (source, headers) = bundle.source();
+            RaucClient::install(self, &source, headers, progress).await.map_err(rauc_text)
+        })
     }
 
     fn adopt_install<'a>(
         &'a self,
-        bundle: &'a Path,
+        bundle: &'a BundleRef,
         progress: &'a watch::Sender<u8>,
         claim: &'a InstallClaim,
     ) -> BoxFuture<'a, Result<String, String>> {
@@ -59,7 +81,10 @@ impl Installer for RaucClient {
             match self.adopt_install(claim, progress).await.map_err(rauc_text)? {
                 Adoption::Finished(slot) => Ok(slot),
                 Adoption::Failed(last_error) => Err(last_error),
-                Adoption::NotInstalled => RaucClient::install(self, bundle, progress).await.map_err(rauc_text),
+                Adoption::NotInstalled => {
+                    let (source, headers) = bundle.source();
+                    RaucClient::install(self, &source, headers, progress).await.map_err(rauc_text)
+                }
             }
         })
     }

@@ -14,8 +14,8 @@ use harmony_protocol::command::{CommitArgs, ReplyBody};
 use harmony_protocol::time::UnixMillis;
 use harmony_protocol::upgrade::BootMismatch;
 use harmony_protocol::{
-    CommandError, DeviceId, FailureReason, NotedRefusal, OfferNotes, RefusalReason, RollbackReason, UpgradeOffer,
-    UpgradePhase, UpgradeStatus,
+    CommandError, DeviceId, FailureReason, NotedRefusal, OfferNotes, RefusalReason, RollbackReason, Transfer,
+    UpgradeOffer, UpgradePhase, UpgradeStatus,
 };
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +38,9 @@ pub struct Env {
     /// RAUC's slot states when this agent run started; `None` when RAUC
     /// could not be read (the record is then not checked against it).
     pub slots: Option<SlotFacts>,
+    /// Whether RAUC may stream bundles on this device: `Err` says why not
+    /// (turned off in the config, no NBD in the kernel).
+    pub streaming: Result<(), String>,
 }
 
 /// The accepted offer being worked on, and what happened to it so far.
@@ -64,6 +67,10 @@ pub struct Job {
     /// boot it belongs to. Never the wall clock, which NTP steps.
     #[serde(default)]
     pub trial_window: Option<TrialWindow>,
+    /// How the bundle reaches RAUC; decided when the offer is accepted.
+    /// `None` in records written before streaming: those downloaded.
+    #[serde(default)]
+    pub transfer: Option<Transfer>,
 }
 
 /// The commit deadline's start, on the clock nothing steps. A boottime
@@ -87,7 +94,39 @@ impl Job {
             rebooting_from: None,
             install_boot: None,
             trial_window: None,
+            transfer: None,
         }
+    }
+
+    pub fn streamed(&self) -> bool {
+        self.transfer == Some(Transfer::Streamed)
+    }
+}
+
+/// Stream when the device can and the offer allows it: an HTTP URL with
+/// its token, and the signature hash that stands in for the whole file's
+/// hash. Otherwise download, saying why.
+fn choose_transfer(env: &Env, offer: &UpgradeOffer) -> Transfer {
+    let b = &offer.bundle;
+    let not_streamed = if let Err(why) = &env.streaming {
+        why.clone()
+    } else if b.url.is_none() || b.authorization.is_none() {
+        "the offer has no HTTP source (the operator does not serve bundles over HTTP)".to_string()
+    } else if b.signature_sha256.is_none() {
+        "the offer has no signature hash to check a streamed bundle by (push the bundle again)".to_string()
+    } else {
+        return Transfer::Streamed;
+    };
+    Transfer::Downloaded { not_streamed }
+}
+
+/// The first action for a job: fetch and hash the file, or check the
+/// streamed bundle's signature block.
+fn fetch_action(job: &Job) -> (UpgradePhase, Action) {
+    if job.streamed() {
+        (UpgradePhase::Verifying, Action::VerifyStream)
+    } else {
+        (UpgradePhase::Offered, Action::Download)
     }
 }
 
@@ -150,6 +189,7 @@ impl State {
                 refusal: self.noted_refusal.clone(),
             },
             boot_mismatch: self.boot_mismatch.clone(),
+            transfer: self.job.as_ref().and_then(|j| j.transfer.clone()),
         }
     }
 
@@ -166,6 +206,9 @@ impl State {
     }
 }
 
+// An offer is the large variant; events are few (one per upgrade step),
+// so boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The agent started (first start, restart, or first start after a reboot).
@@ -250,6 +293,9 @@ pub enum Action {
     Download,
     /// Produce `Verified` with the bundle file's SHA-256.
     Verify,
+    /// Produce `Verified` with the SHA-256 of the streamed bundle's
+    /// signature block, read over HTTP (`DownloadFailed` when it cannot be).
+    VerifyStream,
     Install,
     /// After a restart mid-install: take over the install already started
     /// (RAUC still running it, or finished while no agent listened) and
@@ -321,8 +367,22 @@ fn transition(env: &Env, state: State, event: Event, now: UnixMillis) -> (State,
         (P::Offered | P::Downloading { .. }, Event::NoSpace { needed, available }) => {
             (moved(s, P::Failed { reason: FailureReason::NoSpace { needed, available } }), vec![Action::DeleteBundle])
         }
+        (P::Verifying, Event::DownloadFailed { detail }) if s.job.as_ref().is_some_and(Job::streamed) => {
+            (moved(s, P::Failed { reason: FailureReason::DownloadFailed { detail } }), vec![])
+        }
         (P::Verifying, Event::Verified { sha256 }) => {
-            let expected = s.job.as_ref().map(|j| j.offer.bundle.sha256.to_ascii_lowercase()).unwrap_or_default();
+            let expected = s
+                .job
+                .as_ref()
+                .and_then(|j| {
+                    if j.streamed() {
+                        j.offer.bundle.signature_sha256.clone()
+                    } else {
+                        Some(j.offer.bundle.sha256.clone())
+                    }
+                })
+                .unwrap_or_default()
+                .to_ascii_lowercase();
             if sha256.eq_ignore_ascii_case(&expected) {
                 if let Some(job) = s.job.as_mut() {
                     job.install_boot = Some((env.boot_id.clone(), env.booted_slot.clone()));
@@ -497,13 +557,16 @@ fn judge_offer(env: &Env, mut s: State, offer: UpgradeOffer, now: UnixMillis) ->
             if s.pending.as_ref().is_some_and(|p| p.offer_seq <= offer.offer_seq) {
                 s.pending = None;
             }
-            s.job = Some(Job::new(offer));
+            let mut job = Job::new(offer);
+            job.transfer = Some(choose_transfer(env, &job.offer));
+            let (phase, action) = fetch_action(&job);
+            s.job = Some(job);
             s.refused = None;
             s.noted_refusal = None;
             s.boot_mismatch = None;
-            s.phase = UpgradePhase::Offered;
+            s.phase = phase;
             s.since = now;
-            (s, vec![Action::Download])
+            (s, vec![action])
         }
     }
 }
@@ -638,6 +701,7 @@ fn on_started(env: &Env, mut s: State, now: UnixMillis) -> (State, Vec<Action>) 
     };
     match &s.phase {
         P::Offered | P::Downloading { .. } => (s, vec![Action::Download]),
+        P::Verifying if job.streamed() => (s, vec![Action::VerifyStream]),
         P::Verifying => (s, vec![Action::Verify]),
         P::Installing { .. } => match &job.install_boot {
             Some((boot, slot)) if *boot != env.boot_id && *slot != env.booted_slot => {

@@ -10,6 +10,7 @@
 //! - `record`: the atomically written upgrade record (`RecordStore`).
 //! - `download`, `http_get`: resumable object-store / http:// download.
 //! - `installer`: the install/mark effect, implemented by `crate::rauc`.
+//! - `stream`: may RAUC stream here, and the signature check of a streamed bundle.
 //! - `health`: systemd units + check executables after the new boot.
 
 pub mod config;
@@ -21,6 +22,7 @@ pub mod machine;
 pub mod reconcile;
 pub mod record;
 pub mod service;
+pub mod stream;
 pub mod validate;
 pub mod version;
 

@@ -4,7 +4,7 @@
 //! the status for the heartbeat, and carries out the actions.
 
 use super::download::{BundleFiles, Downloader};
-use super::installer::Installer;
+use super::installer::{BundleRef, Installer};
 use super::machine::{self, Action, Env, Event, State};
 use super::record::RecordStore;
 use super::{health, UpgradeConfig, UpgradeRequest};
@@ -115,7 +115,11 @@ pub async fn run(
         commit_deadline_ms: ctx.config.commit_deadline_secs.saturating_mul(1000),
         started_boottime: ctx.clock.boottime(),
         slots: read_slot_facts(ctx.installer.as_ref()).await,
+        streaming: super::stream::support(ctx.config.streaming, ctx.facts.nbd),
     };
+    if let Err(why) = &env.streaming {
+        log::info!("bundles are downloaded, not streamed: {why}");
+    }
     let state = match ctx.records.load() {
         Ok(Some(s)) => s,
         Ok(None) => State::initial(ctx.clock.now()),
@@ -346,6 +350,19 @@ impl Service {
                     });
                 }
             }
+            Action::VerifyStream => {
+                let Some(job) = self.state.job.as_ref() else { return };
+                let source = job.offer.bundle.clone();
+                let extra_ca = self.ctx.config.https_ca_file.clone();
+                self.send_later(async move {
+                    match super::stream::signature_sha256(&source, extra_ca.as_deref()).await {
+                        Ok(sha256) => Event::Verified { sha256 },
+                        Err(e) => Event::DownloadFailed {
+                            detail: format!("streaming {}: {e}", source.url.as_deref().unwrap_or("")),
+                        },
+                    }
+                });
+            }
             Action::Install => self.start_install(None),
             Action::AdoptInstall => {
                 let claim = self.install_claim();
@@ -480,7 +497,13 @@ impl Service {
     /// `Installer::adopt_install`) instead of starting one.
     fn start_install(&mut self, claim: Option<crate::rauc::InstallClaim>) {
         let installer = self.ctx.installer.clone();
-        let bundle = self.files.complete();
+        let bundle = match self.state.job.as_ref() {
+            Some(job) if job.streamed() => BundleRef::Stream {
+                url: job.offer.bundle.url.clone().unwrap_or_default(),
+                headers: super::stream::headers(&job.offer.bundle),
+            },
+            _ => BundleRef::File(self.files.complete()),
+        };
         let tx = self.tx.clone();
         self.tasks.spawn(async move {
             let (progress, mut percent) = watch::channel(0u8);
@@ -524,6 +547,7 @@ fn safe_unsaved(next: &State, actions: &[Action]) -> bool {
         Action::MarkBad | Action::Reboot => fallback,
         Action::Download
         | Action::Verify
+        | Action::VerifyStream
         | Action::Install
         | Action::AdoptInstall
         | Action::ScheduleReboot

@@ -193,6 +193,7 @@ dbus_address = "{bus}"
 os_release = "{osr}"
 boot_id = "{boot}"
 machine_id = "{mid}"
+nbd = ["{nbd}"]
 [upgrade]
 commit_deadline_secs = {commit_deadline_secs}
 max_bundle_bytes = 67108864
@@ -209,6 +210,8 @@ progress_interval_ms = 100
             osr = self.path("os-release").display(),
             boot = self.path("boot_id").display(),
             mid = self.path("machine-id").display(),
+            // The host has no NBD: a test that streams creates this file.
+            nbd = self.path("nbd0").display(),
             health = self.path("health.d").display(),
             extra = self.extra_upgrade_config,
             nkey = self
@@ -266,6 +269,7 @@ progress_interval_ms = 100
                 sha256: bundle.sha256.clone(),
                 size: bundle.size,
                 authorization: None,
+                signature_sha256: None,
             },
             not_before: UnixMillis(now().0 - 60_000),
             expires_at: UnixMillis(now().0 + 3_600_000),

@@ -57,6 +57,7 @@ mod tests {
                 sha256: "cd".repeat(32),
                 size: 10,
                 authorization: None,
+                signature_sha256: None,
             },
             not_before: UnixMillis(100),
             expires_at: UnixMillis(5_000),

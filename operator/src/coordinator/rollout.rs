@@ -229,6 +229,7 @@ fn advance(state: &mut State, id: &str, now: UnixMillis, actions: &mut Vec<Actio
                     size: r.bundle.size,
                     // Filled in when signing, with `[bundle_http]` (crate::signer).
                     authorization: None,
+                    signature_sha256: r.bundle.signature_sha256.clone(),
                 },
                 not_before: now,
                 expires_at: now.saturating_add_ms(r.policy.offer_ttl_ms),

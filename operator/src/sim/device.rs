@@ -128,6 +128,7 @@ impl SimState {
             since: now,
             offer_notes: Default::default(),
             boot_mismatch: None,
+            transfer: None,
         }
     }
 

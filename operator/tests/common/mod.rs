@@ -58,6 +58,7 @@ impl Env {
             sha256: "ab".repeat(32),
             size: 1000,
             pushed_at: now(),
+            signature_sha256: None,
         };
         store::put_json(&buckets.state, &keys::bundle("2.0"), &rec).await.unwrap();
         Self { nats, dir, cfg, buckets, fleet }

@@ -243,6 +243,7 @@ async fn bench(args: Args) -> Res<()> {
         sha256: "ab".repeat(32),
         size: 100 << 20,
         pushed_at: harmony_operator::clock::Clock::now(&harmony_operator::clock::SystemClock),
+        signature_sha256: None,
     };
     store::put_json(&buckets.state, &keys::bundle("2.0"), &rec).await?;
 
