@@ -48,6 +48,8 @@ pub struct UpgradeContext {
 pub const LIVENESS_TICK: Duration = Duration::from_secs(1);
 
 /// Messages from the service's helper tasks back to its loop.
+// Large only by the event's offer; as rare as the events (see `Event`).
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Msg {
     Event(Event),
