@@ -35,7 +35,7 @@ def free_port():
 
 class Fleet:
     def __init__(self, art: Path, manifest: dict, heartbeat_interval_secs=2,
-                 commit_deadline_secs=180):
+                 commit_deadline_secs=180, bundle_http=False):
         for tool in (NATS_SERVER, OPERATOR):
             if not tool.is_file():
                 raise Fail(f"{tool} is missing (qemu-tests/ota builds the operator; scripts/setup installs nats-server)")
@@ -59,6 +59,9 @@ class Fleet:
         self.config = self.dir / "operator.toml"
         self.heartbeat_interval_secs = heartbeat_interval_secs
         self.commit_deadline_secs = commit_deadline_secs
+        # The operator's bundle server (issue 16): offers then carry its URL
+        # and a token, and a device with NBD streams the bundle.
+        self.bundle_http_port = free_port() if bundle_http else None
         # Callout mode, as a fleet that enrolls its devices runs: the
         # operator's users are in the server's config, every device is
         # admitted by the operator's auth callout (docs/flashing-and-enrolling.md).
@@ -79,6 +82,11 @@ class Fleet:
                   "commit_retry_secs = 5",
                   "[enroll]", f'issuer_seed_file = "{self.dir / "callout-issuer.nk"}"',
                   f'system_seed_file = "{self.dir / "system.nk"}"']
+        if self.bundle_http_port:
+            lines += ["[bundle_http]", f'listen = "127.0.0.1:{self.bundle_http_port}"',
+                      f'public_url = "http://{HOST_FROM_GUEST}:{self.bundle_http_port}"',
+                      f'cache_dir = "{self.dir / "bundle-cache"}"',
+                      f'token_key = "{self.dir / "bundle-token.key"}"']
         self.config.write_text("\n".join(lines) + "\n")
 
     def _start_nats(self):

@@ -75,6 +75,13 @@ written with debugfs; identity and credentials come from enrollment alone.
     manifest (25 files, 25 units) applied to the device: apply -> converged
     time, agent CPU for it and for one idle drift pass, agent RSS idle with
     the workloads applied (`scripts/bench workloads` runs it)
+ 14 streamed OTA (issue 16): the operator serves bundles over HTTP
+    ([bundle_http]); the offer carries the URL, a per-offer token and the
+    signature block's hash; the agent checks that block, RAUC streams v2
+    through /dev/nbd0 (sampled during the install) with no copy on /data;
+    committed after the new boot's heartbeat; bytes the operator sent
+    against the bundle size. Needs the image's streaming RAUC (the
+    default; not with --debian-rauc)
 
 --ci runs 1, 2, 4, 10 and 11, --all (the default) every scenario. Console logs, operator
 logs and CLI transcripts of each scenario go to
@@ -110,11 +117,12 @@ class Ota:
     """One scenario's fleet (host) and device (guest), and what the harness
     saw of them: every heartbeat phase with the device's `since` time."""
 
-    def __init__(self, ctx, commit_deadline_secs=COMMIT_DEADLINE_SECS):
+    def __init__(self, ctx, commit_deadline_secs=COMMIT_DEADLINE_SECS, bundle_http=False):
         if not ctx.manifest.get("agent"):
             raise Fail("the image has no agent: run scripts/cross-build-agent, then image/qemu/build")
         self.ctx = ctx
-        self.fleet = Fleet(ctx.art, ctx.manifest, commit_deadline_secs=commit_deadline_secs)
+        self.fleet = Fleet(ctx.art, ctx.manifest, commit_deadline_secs=commit_deadline_secs,
+                           bundle_http=bundle_http)
         ctx.closers.append(self.fleet.close)
         self.fleet.start_serve()
         # Raw, like a written card: `enroll prepare` finds the boot partition in it.
@@ -1148,3 +1156,82 @@ def s13(ctx):
 
 if __name__ == "__main__":
     sys.exit(suite.main(__doc__, REGISTRY, CI, "ota"))
+
+
+def served_bytes(fleet, bundle_id):
+    """(requests, bytes) the operator's bundle server logged sending for
+    `bundle_id`, over all its serve logs (HEADs not counted)."""
+    n = total = 0
+    for log in sorted(fleet.logs.glob("operator-serve-*.log")):
+        for m in re.finditer(rf"bundle {re.escape(bundle_id)}: (?:bytes (\d+)-(\d+)/\d+|all (\d+) bytes) to ",
+                             log.read_text(errors="replace")):
+            n += 1
+            total += int(m.group(3)) if m.group(3) else int(m.group(2)) - int(m.group(1)) + 1
+    return n, total
+
+
+@scenario(14, "streamed OTA: the operator serves v2 over HTTP with a per-offer token, RAUC streams it through NBD, no copy on /data, committed")
+def s14(ctx):
+    """Issue 16 on the real device: the same rollout as scenario 1, but the
+    operator runs its bundle server ([bundle_http]), so the signed offer
+    carries the bundle's URL, a token for this device and bundle, and the
+    hash of the bundle's signature block. The agent checks that block over
+    HTTP, then hands RAUC the URL and the token; RAUC reads the bundle with
+    Range requests through /dev/nbd0. Checked while RAUC installs: an NBD
+    device is connected and nothing bundle-sized is on /data."""
+    o = Ota(ctx, bundle_http=True)
+    g = o.g
+    hb0 = o.boot_and_enroll()
+    old_boot = hb0["boot_id"]
+    _, out = g.sh("df -k --output=used /data | tail -n 1")
+    data_used_before = int(out.strip().splitlines()[-1])
+    t_start = int(time.time() * 1000)
+    since = g.mark()
+    o.start_rollout("v2", "s14")
+    s = o.watch(lambda s: s["heartbeat"]["upgrade"]["phase"] in ("installing", "installed", "rebooting", "failed"),
+                600, "the device to start installing")
+    up = s["heartbeat"]["upgrade"]
+    check(up["phase"] != "failed", f"the streamed upgrade failed: {up}")
+    check(up.get("transfer") == {"mode": "streamed"}, f"transfer {up.get('transfer')}, want streamed")
+    # While RAUC installs: an NBD device carries the bundle, /data holds no copy.
+    nbd_seen, largest_growth_kib = False, 0
+    bundle_kib = Path(ctx.manifest["bundles_on_host"]["v2"]).stat().st_size // 1024
+    while up["phase"] == "installing":
+        _, out = g.sh("cat /sys/block/nbd*/size 2>/dev/null | tr '\\n' ' '; echo; "
+                      "df -k --output=used /data | tail -n 1; "
+                      "find /data -size +10M -type f 2>/dev/null | head -n 3", timeout=60)
+        lines = out.strip().splitlines()
+        sizes = [int(x) for x in lines[0].split()] if lines and lines[0].strip() else []
+        nbd_seen |= any(x > 0 for x in sizes)
+        used = next((int(l) for l in lines[1:] if l.strip().isdigit()), data_used_before)
+        largest_growth_kib = max(largest_growth_kib, used - data_used_before)
+        big = [l for l in lines[2:] if l.startswith("/data")]
+        check(not big, f"bundle-sized files on /data during a streamed install: {big}")
+        s = o.watch(lambda s: True, 60, "a heartbeat", interval=0)
+        up = s["heartbeat"]["upgrade"]
+        if up["phase"] == "installing":
+            time.sleep(2)
+    check(nbd_seen, "no NBD device was connected while RAUC installed")
+    ctx.metric("largest growth of /data during the install (KiB)", largest_growth_kib)
+    check(largest_growth_kib < bundle_kib // 10,
+          f"/data grew by {largest_growth_kib} KiB during the install; the bundle is {bundle_kib} KiB")
+    o.await_upgrade_reboot("the device to finish the streamed install and reboot")
+    o.await_reboot(since, expect_slot="B")
+    new_boot = o.boot_id()
+    check(new_boot != old_boot, "boot id did not change")
+    s = o.watch(lambda s: job_state(s) == "committed" and s["heartbeat"]["upgrade"]["phase"] == "committed",
+                COMMIT_DEADLINE_SECS + 120, "the operator to commit and the agent to report committed")
+    check(s["heartbeat"]["upgrade"].get("transfer") == {"mode": "streamed"},
+          f"after the reboot the status says {s['heartbeat']['upgrade'].get('transfer')}")
+    check(s["job"].get("commit_boot_id") == new_boot, "commit named another boot")
+    report_timings(ctx, o, new_boot, t_start, transition_at(s["job"], "committed"))
+    requests, sent = served_bytes(o.fleet, "v2")
+    size = Path(ctx.manifest["bundles_on_host"]["v2"]).stat().st_size
+    ctx.metric("bundle size (bytes)", size)
+    ctx.metric("operator sent (bytes, from its log)", sent)
+    ctx.metric("operator sent / bundle size", round(sent / size, 3))
+    ctx.metric("range requests served", requests)
+    check(sent >= size * 0.5, f"the operator sent only {sent} of {size} bytes: was the bundle really streamed?")
+    st = o.rauc()
+    check(st.get("booted") == "B" and slot_state(st, "B")[1].get("boot_status") == "good", f"rauc: {st}")
+    check(g.os_version() == ctx.versions["v2"], "not running v2")

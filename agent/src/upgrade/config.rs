@@ -34,6 +34,8 @@ pub struct UpgradeConfig {
     #[serde(default = "default_streaming")]
     pub streaming: bool,
     /// Bundle download bandwidth cap; 0 = unlimited. For metered links.
+    /// When RAUC streams, the operator's bundle server paces this device's
+    /// reads to it (sent as a request header with the token).
     #[serde(default)]
     pub download_max_bytes_per_sec: u64,
     /// Minimum time between progress updates in the status (each one is a heartbeat).

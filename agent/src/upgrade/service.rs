@@ -355,9 +355,10 @@ impl Service {
             Action::VerifyStream => {
                 let Some(job) = self.state.job.as_ref() else { return };
                 let source = job.offer.bundle.clone();
+                let headers = super::stream::headers(&source, self.ctx.config.download_max_bytes_per_sec);
                 let extra_ca = self.ctx.config.https_ca_file.clone();
                 self.send_later(async move {
-                    match super::stream::signature_sha256(&source, extra_ca.as_deref()).await {
+                    match super::stream::signature_sha256(&source, &headers, extra_ca.as_deref()).await {
                         Ok(sha256) => Event::Verified { sha256 },
                         Err(e) => Event::DownloadFailed {
                             detail: format!("streaming {}: {e}", source.url.as_deref().unwrap_or("")),
@@ -502,7 +503,7 @@ impl Service {
         let bundle = match self.state.job.as_ref() {
             Some(job) if job.streamed() => BundleRef::Stream {
                 url: job.offer.bundle.url.clone().unwrap_or_default(),
-                headers: super::stream::headers(&job.offer.bundle),
+                headers: super::stream::headers(&job.offer.bundle, self.ctx.config.download_max_bytes_per_sec),
             },
             _ => BundleRef::File(self.files.complete()),
         };

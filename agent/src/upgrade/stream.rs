@@ -42,26 +42,72 @@ pub enum StreamError {
     Layout(#[from] LayoutError),
 }
 
-/// The request headers RAUC and the agent send for `source`.
-pub fn headers(source: &BundleSource) -> Vec<String> {
-    source.authorization.iter().map(|a| format!("Authorization: {a}")).collect()
+/// The header a device names its bandwidth cap in; the operator's bundle
+/// server paces all of that device's reads to it (RAUC's reads cannot be
+/// paced by the agent).
+pub const MAX_RATE_HEADER: &str = "Harmony-Max-Bytes-Per-Sec";
+
+/// The request headers RAUC and the agent send for `source`: the offer's
+/// token, and the device's cap when it has one (`max_bytes_per_sec` > 0).
+pub fn headers(source: &BundleSource, max_bytes_per_sec: u64) -> Vec<String> {
+    let mut h: Vec<String> = source.authorization.iter().map(|a| format!("Authorization: {a}")).collect();
+    if max_bytes_per_sec > 0 {
+        h.push(format!("{MAX_RATE_HEADER}: {max_bytes_per_sec}"));
+    }
+    h
 }
 
 /// SHA-256 of the signature block of the bundle at `source.url`, read with
 /// two Range requests; the server must agree with the offer on the size.
-pub async fn signature_sha256(source: &BundleSource, extra_ca: Option<&Path>) -> Result<String, StreamError> {
+pub async fn signature_sha256(
+    source: &BundleSource,
+    headers: &[String],
+    extra_ca: Option<&Path>,
+) -> Result<String, StreamError> {
     let url = source.url.as_deref().ok_or(StreamError::NoUrl)?;
-    let headers = headers(source);
-    let trailer = http_get::get_part(url, bundle_layout::trailer_range(source.size)?, &headers, extra_ca).await?;
+    let trailer = http_get::get_part(url, bundle_layout::trailer_range(source.size)?, headers, extra_ca).await?;
     if trailer.total != source.size {
         return Err(StreamError::SizeMismatch { served: trailer.total, offered: source.size });
     }
     let mut len = [0u8; 8];
     len.copy_from_slice(&trailer.bytes);
     let range = bundle_layout::signature_range(source.size, len)?;
-    let signature = http_get::get_part(url, range, &headers, extra_ca).await?;
+    let signature = http_get::get_part(url, range, headers, extra_ca).await?;
     if signature.total != source.size {
         return Err(StreamError::SizeMismatch { served: signature.total, offered: source.size });
     }
     Ok(hex::encode(Sha256::digest(&signature.bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(authorization: Option<&str>) -> BundleSource {
+        BundleSource {
+            object: None,
+            url: Some("http://op/v1/bundles/b".into()),
+            sha256: String::new(),
+            size: 1,
+            authorization: authorization.map(Into::into),
+            signature_sha256: None,
+        }
+    }
+
+    #[test]
+    fn the_token_and_the_devices_cap_travel_as_headers() {
+        assert_eq!(headers(&source(Some("Bearer t")), 0), vec!["Authorization: Bearer t".to_string()]);
+        assert_eq!(
+            headers(&source(Some("Bearer t")), 262_144),
+            vec!["Authorization: Bearer t".to_string(), "Harmony-Max-Bytes-Per-Sec: 262144".to_string()]
+        );
+        assert!(headers(&source(None), 0).is_empty());
+    }
+
+    #[test]
+    fn streaming_needs_the_config_and_nbd() {
+        assert!(support(true, true).is_ok());
+        assert!(support(false, true).unwrap_err().contains("upgrade.streaming"));
+        assert!(support(true, false).unwrap_err().contains("no NBD"));
+    }
 }

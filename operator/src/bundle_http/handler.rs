@@ -4,6 +4,7 @@
 
 use super::admission::Verdict;
 use super::cache::CacheError;
+use super::pace;
 use super::range::{self, Span};
 use super::token::{self, Claims, TokenError};
 use super::Server;
@@ -29,6 +30,8 @@ enum Refusal {
     Busy { rollout: String, limit: u32, retry_after_secs: u64 },
     #[error("bundle file {0}")]
     Io(std::io::Error),
+    #[error("{0}")]
+    BadRequest(String),
 }
 
 impl IntoResponse for Refusal {
@@ -41,6 +44,7 @@ impl IntoResponse for Refusal {
             Self::Cache(CacheError::Corrupt { .. } | CacheError::Store(_)) => StatusCode::BAD_GATEWAY,
             Self::Cache(CacheError::Io { .. }) | Self::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
         };
         let mut response = (status, format!("{self}\n")).into_response();
         let headers = response.headers_mut();
@@ -76,6 +80,8 @@ async fn serve(server: &Arc<Server>, id: &str, method: &Method, headers: &Header
     let auth = headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
     let token = token::from_header(auth)?;
     let claims = token::verify(&server.token_key, token, id, server.clock.now())?;
+    let rate =
+        pace::requested(headers.get(pace::HEADER).map(|v| v.to_str().unwrap_or("?"))).map_err(Refusal::BadRequest)?;
     let path = server.cache.file(id, &claims.sha256).await?;
     let mut file = tokio::fs::File::open(&path).await.map_err(Refusal::Io)?;
     let size = file.metadata().await.map_err(Refusal::Io)?.len();
@@ -108,9 +114,14 @@ async fn serve(server: &Arc<Server>, id: &str, method: &Method, headers: &Header
         return Ok(builder.body(Body::empty()).unwrap_or_default());
     }
     let slot = admit(server, &claims)?;
-    log::info!("bundle {id}: {what} to {} (rollout {})", claims.device, claims.rollout.as_deref().unwrap_or("-"));
+    let capped = rate.map(|r| format!(", capped at {r} bytes/s")).unwrap_or_default();
+    log::info!(
+        "bundle {id}: {what} to {} (rollout {}{capped})",
+        claims.device,
+        claims.rollout.as_deref().unwrap_or("-")
+    );
     file.seek(SeekFrom::Start(offset)).await.map_err(Refusal::Io)?;
-    Ok(builder.body(Body::from_stream(body(file, length, slot))).unwrap_or_default())
+    Ok(builder.body(Body::from_stream(body(file, length, slot, rate))).unwrap_or_default())
 }
 
 fn admit(server: &Arc<Server>, claims: &Claims) -> Result<Slot, Refusal> {
@@ -137,17 +148,23 @@ impl Drop for Slot {
     }
 }
 
-/// `length` bytes of `file` from its current position, in chunks.
+/// `length` bytes of `file` from its current position, in chunks, no faster
+/// than `rate` bytes/s for the slot's device when it asked for a cap.
 fn body(
     file: tokio::fs::File,
     length: u64,
     slot: Slot,
+    rate: Option<u64>,
 ) -> impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-    futures::stream::try_unfold((file, length, slot), |(mut file, left, slot)| async move {
+    futures::stream::try_unfold((file, length, slot), move |(mut file, left, slot)| async move {
         if left == 0 {
             return Ok(None);
         }
         let want = usize::try_from(left).unwrap_or(CHUNK).min(CHUNK);
+        if let Some(rate) = rate {
+            let at = slot.server.pace(&slot.device, want as u64, rate);
+            tokio::time::sleep_until(at.into()).await;
+        }
         let mut buf = vec![0u8; want];
         let n = file.read(&mut buf).await?;
         if n == 0 {

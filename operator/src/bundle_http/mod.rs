@@ -12,6 +12,7 @@ pub mod admission;
 pub mod cache;
 mod handler;
 pub mod offer;
+pub mod pace;
 pub mod range;
 pub mod token;
 
@@ -31,6 +32,8 @@ struct Server {
     token_key: VerifyingKey,
     cache: cache::Cache,
     admissions: Mutex<Admissions>,
+    /// Per-device caps devices asked for (`pace::HEADER`).
+    pacer: Mutex<pace::Pacer>,
     /// Requests transferring bytes now (for logs and tests).
     open: watch::Sender<u64>,
     clock: Arc<dyn Clock>,
@@ -42,6 +45,14 @@ impl Server {
         let verdict = a.admit(rollout, device, limit, self.clock.now());
         self.open.send_replace(a.open_transfers());
         verdict
+    }
+
+    /// When `bytes` for `device`, capped at `rate`, may be sent.
+    fn pace(&self, device: &str, bytes: u64, rate: u64) -> std::time::Instant {
+        let mut p = self.pacer.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        p.prune(now);
+        p.reserve(device, bytes, rate, now)
     }
 
     fn release(&self, rollout: &str, device: &str) {
@@ -97,6 +108,7 @@ pub async fn start(
         token_key,
         cache: cache::Cache::new(cfg.cache_dir.clone(), buckets.clone()),
         admissions: Mutex::new(Admissions::new(cfg.download_idle_secs * 1000)),
+        pacer: Mutex::new(pace::Pacer::default()),
         open: open_tx,
         clock,
     });
