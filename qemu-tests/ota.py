@@ -82,6 +82,11 @@ written with debugfs; identity and credentials come from enrollment alone.
     committed after the new boot's heartbeat; bytes the operator sent
     against the bundle size. Needs the image's streaming RAUC (the
     default; not with --debian-rauc)
+ 15 power cut during a streamed install (issue 16 (c), (d)): the agent's
+    256 KiB/s cap travels to the operator's server, the rate it sends at is
+    measured over 30 s; the guest is killed mid-install; after the boot the
+    agent installs again (RAUC streams from the start), committed; bytes sent
+    after the cut against the bundle size
 
 --ci runs 1, 2, 4, 10 and 11, --all (the default) every scenario. Console logs, operator
 logs and CLI transcripts of each scenario go to
@@ -1235,3 +1240,74 @@ def s14(ctx):
     st = o.rauc()
     check(st.get("booted") == "B" and slot_state(st, "B")[1].get("boot_status") == "good", f"rauc: {st}")
     check(g.os_version() == ctx.versions["v2"], "not running v2")
+
+
+def served_rate(fleet, bundle_id, window_s):
+    """Bytes per second the operator's log shows sent for `bundle_id` over
+    `window_s` seconds of host time (request starts: one request's bytes of
+    granularity at each end)."""
+    _, b0 = served_bytes(fleet, bundle_id)
+    t0 = time.monotonic()
+    time.sleep(window_s)
+    _, b1 = served_bytes(fleet, bundle_id)
+    return (b1 - b0) / (time.monotonic() - t0)
+
+
+STREAM_CAP = 262144
+
+
+@scenario(15, "power cut during a streamed install (capped at 256 KiB/s): the cap holds, the install streams again after boot, committed")
+def s15(ctx):
+    """Issue 16 (c) and (d) on the real device. The agent's bandwidth cap
+    (drop-in `download_max_bytes_per_sec`) travels to the operator's bundle
+    server as a header; the rate RAUC's reads get is measured from the
+    operator's log over 30 s. Then the cap drop-in is removed (synced, so
+    the next boot's agent runs without it) and the guest is killed
+    mid-install. After the boot the agent finds its record in `installing`,
+    RAUC idle and B not installed, and installs again: RAUC streams the
+    bundle from the start. Bytes sent after the cut are recorded."""
+    o = Ota(ctx, bundle_http=True)
+    g = o.g
+    o.boot_and_enroll()
+    g.sh(f"printf '[upgrade]\\ndownload_max_bytes_per_sec = {STREAM_CAP}\\n' > /data/harmony/agent.d/50-test-cap.toml")
+    g.sh("systemctl restart harmony-agent")
+    o.start_rollout("v2", "s15")
+    s = o.watch(lambda s: s["heartbeat"]["upgrade"]["phase"] in ("installing", "failed"), 600, "the streamed install")
+    check(s["heartbeat"]["upgrade"]["phase"] == "installing", f"upgrade: {s['heartbeat']['upgrade']}")
+    check(s["heartbeat"]["upgrade"].get("transfer") == {"mode": "streamed"}, "not streamed")
+    time.sleep(10)  # past the first requests' burst: the window below measures the steady rate
+    rate = served_rate(o.fleet, "v2", 30)
+    ctx.metric("cap (bytes/s)", STREAM_CAP)
+    ctx.metric("rate the operator sent at, 30 s window (bytes/s)", round(rate))
+    ctx.metric("rate / cap", round(rate / STREAM_CAP, 3))
+    check(rate <= STREAM_CAP * 1.05, f"sent at {rate:.0f} bytes/s, more than 5 % over the cap {STREAM_CAP}")
+    capped_lines = sum(log.read_text(errors="replace").count(f"capped at {STREAM_CAP} bytes/s")
+                       for log in o.fleet.logs.glob("operator-serve-*.log"))
+    check(capped_lines > 0, "the operator's log shows no capped request: the header did not reach it")
+    g.sh("rm /data/harmony/agent.d/50-test-cap.toml; sync")
+    requests_before, sent_before = served_bytes(o.fleet, "v2")
+    cut_boot = s["heartbeat"]["boot_id"]
+    since = g.mark()
+    g.kill()
+    g.log.write("\n===== harness: power cut (SIGKILL) during the streamed install =====\n")
+    size = Path(ctx.manifest["bundles_on_host"]["v2"]).stat().st_size
+    ctx.note(f"power cut after the operator sent {sent_before} of {size} bytes ({requests_before} requests)")
+    t_cut = int(time.time() * 1000)
+    g.start()
+    g.boot(expect_slot="A")
+    o.measure_clock()
+    o.watch(lambda s: s["heartbeat"]["boot_id"] != cut_boot, 300, "a heartbeat after the power cut")
+    since = g.mark()
+    o.await_upgrade_reboot("the install after the power cut", timeout=1200)
+    o.await_reboot(since, expect_slot="B")
+    new_boot = o.boot_id()
+    s = o.watch(lambda s: job_state(s) == "committed" and s["heartbeat"]["upgrade"]["phase"] == "committed",
+                COMMIT_DEADLINE_SECS + 120, "the commit")
+    check(g.os_version() == ctx.versions["v2"], "not running v2")
+    requests_after, sent_total = served_bytes(o.fleet, "v2")
+    ctx.metric("bundle size (bytes)", size)
+    ctx.metric("sent before the cut (bytes)", sent_before)
+    ctx.metric("sent after the cut (bytes)", sent_total - sent_before)
+    ctx.metric("sent after the cut / bundle size", round((sent_total - sent_before) / size, 3))
+    ctx.metric("cut -> committed (s)", round((transition_at(s["job"], "committed") - t_cut) / 1000, 1))
+    check(sent_total - sent_before >= size * 0.5, "after the cut RAUC read less than half the bundle: not a new install?")
