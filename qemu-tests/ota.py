@@ -1159,8 +1159,6 @@ def s13(ctx):
     check(n.strip().splitlines()[-1] == "25", f"active bench units: {n}")
 
 
-if __name__ == "__main__":
-    sys.exit(suite.main(__doc__, REGISTRY, CI, "ota"))
 
 
 def served_bytes(fleet, bundle_id):
@@ -1311,3 +1309,7 @@ def s15(ctx):
     ctx.metric("sent after the cut / bundle size", round((sent_total - sent_before) / size, 3))
     ctx.metric("cut -> committed (s)", round((transition_at(s["job"], "committed") - t_cut) / 1000, 1))
     check(sent_total - sent_before >= size * 0.5, "after the cut RAUC read less than half the bundle: not a new install?")
+
+
+if __name__ == "__main__":
+    sys.exit(suite.main(__doc__, REGISTRY, CI, "ota"))

@@ -261,3 +261,44 @@ fn http_offer_fixture_and_older_agents() {
     let decoded: UpgradeOffer = serde_json::from_str(&env.payload).unwrap();
     assert_eq!(decoded.bundle.authorization, None);
 }
+
+/// A streamable offer (`signature_sha256` next to the URL and token) and a
+/// status that says how the bundle travels. Golden, and both decode with the
+/// fields an older agent or operator knows (unknown ones ignored).
+#[test]
+fn streamed_offer_and_transfer_status_fixtures_and_older_readers() {
+    let mut o = offer();
+    o.bundle.url = Some("http://operator.example:8443/v1/bundles/harmony-2.0.0.raucb".into());
+    o.bundle.authorization = Some("Bearer v1.eyJkIjoicGkifQ.c2ln".into());
+    o.bundle.signature_sha256 = Some("5e".repeat(32));
+    let env = SignedEnvelope::sign(&fleet_key(), &o).unwrap();
+    check_golden("signed_offer_streamed.json", &env);
+    #[derive(serde::Deserialize)]
+    struct OldBundleSource {
+        url: Option<String>,
+        sha256: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct OldOffer {
+        bundle: OldBundleSource,
+    }
+    let old: OldOffer = serde_json::from_str(&env.payload).unwrap();
+    assert_eq!((old.bundle.url, old.bundle.sha256.len()), (o.bundle.url.clone(), 64));
+
+    let mut status = harmony_protocol::UpgradeStatus::idle(harmony_protocol::time::UnixMillis(1_795_000_000_000));
+    status.phase = UpgradePhase::Installing { percent: 40 };
+    status.transfer = Some(harmony_protocol::Transfer::Downloaded { not_streamed: "no NBD".into() });
+    check_golden("upgrade_status_transfer.json", &status);
+    let text = serde_json::to_string(&status).unwrap();
+    assert!(text.contains(r#""transfer":{"mode":"downloaded","not_streamed":"no NBD"}"#), "{text}");
+    #[derive(serde::Deserialize)]
+    struct OldStatus {
+        phase: String,
+    }
+    let old: OldStatus = serde_json::from_str(&text).unwrap();
+    assert_eq!(old.phase, "installing");
+    // Absent when no upgrade was accepted: older fixtures are unchanged.
+    assert!(!serde_json::to_string(&harmony_protocol::UpgradeStatus::idle(harmony_protocol::time::UnixMillis(1)))
+        .unwrap()
+        .contains("transfer"));
+}
