@@ -1188,6 +1188,11 @@ def s14(ctx):
     old_boot = hb0["boot_id"]
     _, out = g.sh("df -k --output=used /data | tail -n 1")
     data_used_before = int(out.strip().splitlines()[-1])
+    # The image keeps the boot-chain tests' bundles on /data; only a new
+    # bundle-sized file would be a copy of this one.
+    big_files = "find /data -size +10M -type f 2>/dev/null"
+    _, out = g.sh(big_files)
+    big_before = {l for l in out.splitlines() if l.startswith("/data")}
     t_start = int(time.time() * 1000)
     since = g.mark()
     o.start_rollout("v2", "s14")
@@ -1200,15 +1205,15 @@ def s14(ctx):
     nbd_seen, largest_growth_kib = False, 0
     bundle_kib = Path(ctx.manifest["bundles_on_host"]["v2"]).stat().st_size // 1024
     while up["phase"] == "installing":
-        _, out = g.sh("cat /sys/block/nbd*/size 2>/dev/null | tr '\\n' ' '; echo; "
-                      "df -k --output=used /data | tail -n 1; "
-                      "find /data -size +10M -type f 2>/dev/null | head -n 3", timeout=60)
-        lines = out.strip().splitlines()
-        sizes = [int(x) for x in lines[0].split()] if lines and lines[0].strip() else []
-        nbd_seen |= any(x > 0 for x in sizes)
-        used = next((int(l) for l in lines[1:] if l.strip().isdigit()), data_used_before)
-        largest_growth_kib = max(largest_growth_kib, used - data_used_before)
-        big = [l for l in lines[2:] if l.startswith("/data")]
+        # Tagged lines: the console also carries kernel messages.
+        _, out = g.sh("echo NBD: $(cat /sys/block/nbd*/size 2>/dev/null); "
+                      "echo USED: $(df -k --output=used /data | tail -n 1); "
+                      f"{big_files} | sed 's/^/BIG: /'", timeout=60)
+        for m in re.finditer(r"^NBD:((?: \d+)*)\s*$", out, re.M):
+            nbd_seen |= any(int(x) > 0 for x in m.group(1).split())
+        for m in re.finditer(r"^USED: (\d+)\s*$", out, re.M):
+            largest_growth_kib = max(largest_growth_kib, int(m.group(1)) - data_used_before)
+        big = [f for f in re.findall(r"^BIG: (\S+)", out, re.M) if f not in big_before]
         check(not big, f"bundle-sized files on /data during a streamed install: {big}")
         s = o.watch(lambda s: True, 60, "a heartbeat", interval=0)
         up = s["heartbeat"]["upgrade"]
