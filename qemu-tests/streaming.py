@@ -216,8 +216,10 @@ def adaptive_journal(text):
     built, its per-source chunk counts ("access stats for <source>: count=
     lookups sum=hits"; the zero chunks are counted, not looked up), and a
     fallback to a full copy if there was one."""
+    # (not the hex dump of the manifest that G_MESSAGES_DEBUG adds)
     lines = [l for l in text.splitlines()
-             if re.search(r"hash index|access stats|adaptive|dl_size|Continuing after", l)]
+             if re.search(r"hash index|access stats|adaptive|dl_size|Continuing after", l)
+             and not re.match(r"\s*[0-9a-f]{4} - ", l)]
     hits = {}
     for l in lines:
         m = re.search(r"access stats for (.+?): count=(\d+)(?: sum=([\d.]+))?", l)
