@@ -73,6 +73,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -251,6 +252,24 @@ DISK_ID = "0x4861726d"  # MBR disk signature; PARTUUIDs are 4861726d-0N
 # system.conf's data-directory) takes every block it finds in the target or
 # the active slot from there and reads only the others from the bundle.
 ROOTFS_ADAPTIVE = "block-hash-index"
+# The same file system UUID and directory hash seed in every rootfs image
+# (mke2fs picks random ones): with metadata_csum every directory block and
+# inode carries a checksum seeded by the UUID, and directory blocks are
+# hashed with the seed, so with random ones no directory block of one build
+# equals the other's, even for an unchanged directory. A Yocto build can do
+# the same with EXTRA_IMAGECMD:ext4 (-U, -E hash_seed=). Both slots already
+# hold the same UUID whenever they hold the same image; nothing here mounts
+# by file system UUID (root=PARTUUID=, the layer's mounts by label/device).
+# Derived from the machine, so fixed across builds and variants.
+ROOTFS_FS_UUID = str(uuid.uuid5(uuid.NAMESPACE_URL, f"harmony-fleet:{MACHINE}:rootfs"))
+ROOTFS_HASH_SEED = str(uuid.uuid5(uuid.NAMESPACE_URL, f"harmony-fleet:{MACHINE}:rootfs:hash-seed"))
+ROOTFS_MKE2FS_STABLE = ["-U", ROOTFS_FS_UUID]
+ROOTFS_MKE2FS_STABLE_E = [f"hash_seed={ROOTFS_HASH_SEED}"]
+# Not pinned: the inodes' times. mke2fs -d copies ctime (with mtime and atime)
+# from the source tree, which this builder writes anew for every variant, so
+# every inode table block differs between builds anyway (118 blocks in one
+# contiguous run here; E2FSPROGS_FAKE_TIME pins only crtime and changed none
+# of them; docs/streaming-facts.md section 7).
 # lz4: fast to build and to read under TCG (the guest kernel has it). 64 KiB
 # squashfs blocks (default 128 KiB), as RAUC's docs advise for adaptive
 # bundles: a 4 KiB block the device lacks costs the whole compressed squashfs
@@ -903,8 +922,8 @@ def stage_rootfs(out: Path, name: str, base: Path, kdir: Path, initrd: Path, key
     if blocks * 4096 > slot["bytes"]:
         raise SystemExit(f"build: rootfs-{name} needs {blocks * 4} KiB, the slot has {slot['bytes'] // 1024}")
     img.unlink(missing_ok=True)
-    run(["mke2fs", "-q", "-t", "ext4", "-b", "4096", "-L", f"harmony-{name}", "-E", "root_owner=0:0",
-         "-d", str(root), str(img), str(blocks)])
+    run(["mke2fs", "-q", "-t", "ext4", "-b", "4096", "-L", f"harmony-{name}", *ROOTFS_MKE2FS_STABLE,
+         "-E", ",".join(["root_owner=0:0", *ROOTFS_MKE2FS_STABLE_E]), "-d", str(root), str(img), str(blocks)])
     shutil.rmtree(root)
     st.done()
     return img
