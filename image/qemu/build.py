@@ -73,7 +73,6 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -256,13 +255,22 @@ ROOTFS_ADAPTIVE = "block-hash-index"
 # (mke2fs picks random ones): with metadata_csum every directory block and
 # inode carries a checksum seeded by the UUID, and directory blocks are
 # hashed with the seed, so with random ones no directory block of one build
-# equals the other's, even for an unchanged directory. A Yocto build can do
-# the same with EXTRA_IMAGECMD:ext4 (-U, -E hash_seed=). Both slots already
-# hold the same UUID whenever they hold the same image; nothing here mounts
-# by file system UUID (root=PARTUUID=, the layer's mounts by label/device).
-# Derived from the machine, so fixed across builds and variants.
-ROOTFS_FS_UUID = str(uuid.uuid5(uuid.NAMESPACE_URL, f"harmony-fleet:{MACHINE}:rootfs"))
-ROOTFS_HASH_SEED = str(uuid.uuid5(uuid.NAMESPACE_URL, f"harmony-fleet:{MACHINE}:rootfs:hash-seed"))
+# equals the other's, even for an unchanged directory. harmony-image.bb sets
+# both for the Yocto image (EXTRA_IMAGECMD:ext4); they are read from there.
+IMAGE_BB = LAYER / "recipes-core/images/harmony-image.bb"
+
+
+def image_recipe_default(name: str) -> str:
+    """`NAME ?= "value"` of harmony-image.bb."""
+    import re
+    m = re.search(rf'^{name} \?= "([^"$]+)"$', IMAGE_BB.read_text(), re.M)
+    if not m:
+        raise SystemExit(f"build: {IMAGE_BB.relative_to(REPO)} sets no {name} ?= \"...\"")
+    return m.group(1)
+
+
+ROOTFS_FS_UUID = image_recipe_default("HARMONY_ROOTFS_FS_UUID")
+ROOTFS_HASH_SEED = image_recipe_default("HARMONY_ROOTFS_HASH_SEED")
 ROOTFS_MKE2FS_STABLE = ["-U", ROOTFS_FS_UUID]
 ROOTFS_MKE2FS_STABLE_E = [f"hash_seed={ROOTFS_HASH_SEED}"]
 # Not pinned: the inodes' times. mke2fs -d copies ctime (with mtime and atime)
@@ -1030,7 +1038,8 @@ def main():
     common = sha(Path(__file__), Path(wks.__file__), out / "stamps/base", out / "stamps/kernel", initrd,
                  keys / "ca.cert.pem", keys / "fleet.pub", WKS, agent or "no-agent", *layer_inputs(agent, podman),
                  *(["podman"] if podman else []),
-                 out / "stamps/rauc-streaming" if rauc else "debian-rauc")
+                 out / "stamps/rauc-streaming" if rauc else "debian-rauc",
+                 *ROOTFS_MKE2FS_STABLE, *ROOTFS_MKE2FS_STABLE_E)
     variants = dict(VARIANTS)
     debs = {}
     if args.with_adaptive_variant:

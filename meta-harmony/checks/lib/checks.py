@@ -815,6 +815,17 @@ def check_bundle_adaptive(ctx: Ctx):
             if sc[sec].get("type") not in ("ext4", "raw"):
                 problems.append(f"{where}: [{sec}] type={sc[sec].get('type')}: adaptive updates need a "
                                 "block-device slot (ext4 or raw)")
+        # the same ext4 UUID and directory hash seed in every build (harmony-image.bb)
+        image = ctx.recipe(IMAGE, machine)
+        cmd = (image.getVar("EXTRA_IMAGECMD:ext4") or "").split()
+        for opt, var, want in (("-U", "HARMONY_ROOTFS_FS_UUID", None), ("-E", "HARMONY_ROOTFS_HASH_SEED", "hash_seed=")):
+            value = image.getVar(var) or ""
+            if not re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", value):
+                problems.append(f"[{machine}] {IMAGE}: {var} is {value!r}, not a UUID")
+            arg = (want or "") + value
+            if not any(a == opt and b.split(",").count(arg) for a, b in zip(cmd, cmd[1:])):
+                problems.append(f"[{machine}] {IMAGE}: EXTRA_IMAGECMD:ext4 {' '.join(cmd)!r} lacks {opt} {arg}: "
+                                "every build gets a random one, and no directory block matches the last build's")
     builder = _builder_constant(ctx, "ROOTFS_ADAPTIVE")
     if builder != ADAPTIVE:
         problems.append(f"image/qemu/build.py: ROOTFS_ADAPTIVE is {builder!r}, the bundle recipe declares {ADAPTIVE!r}")

@@ -197,6 +197,8 @@ CASES = [
                     "addtask harmony_boot_image after do_unpack do_prepare_recipe_sysroot")),
     ("bundle's rootfs image not adaptive", run_python_check("bundle-adaptive"),
      lambda l: edit(l / BUNDLE, r'^RAUC_SLOT_rootfs\[adaptive\] = "block-hash-index"\n', "")),
+    ("rootfs image with a random ext4 UUID and hash seed", run_python_check("bundle-adaptive"),
+     lambda l: edit(l / IMAGE, r'^EXTRA_IMAGECMD:ext4:append = .*\n', "")),
     ("no data-directory for the slots' hash indices", run_python_check("bundle-adaptive"),
      lambda l: edit(l / "recipes-core/rauc/files/raspberrypi5/system.conf", r"^data-directory=/data/rauc\n", "")),
     ("boot script writes uboot.env again", run_python_check("boot-state-raw"),
