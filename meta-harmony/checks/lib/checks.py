@@ -788,7 +788,7 @@ def check_bundle_adaptive(ctx: Ctx):
     block-hash-index (RAUC_SLOT_rootfs[adaptive], written into the manifest
     by meta-rauc's bundle.bbclass); every machine's system.conf has the
     data-directory RAUC keeps the slots' indices in (where it lives is
-    checked by wks-system-conf) and block-device rootfs slots; the QEMU
+    checked by wks-vs-system-conf) and block-device rootfs slots; the QEMU
     builder's bundles declare the same method."""
     problems = []
     for machine in MACHINES:
