@@ -20,6 +20,13 @@ reaches it as 10.0.2.2 (QEMU user networking).
   3 a server that ignores Range (as python3 -m http.server does): rauc info
     and rauc install of the URL fail, with RAUC's message recorded; slot B
     is not marked for the next boot
+  4 adaptive updates (block-hash-index; needs an image built with
+    --with-adaptive-variant): v1 on A, streamed install of v2 into B,
+    reboot into B, streamed install of v2.1 (v2 plus one small package) into
+    A, reboot into A. For each install: time, requests and bytes served
+    against the bundle size, and what RAUC's journal says about the adaptive
+    method (the hash indices it used or built, and how many 4 KiB chunks it
+    found in the target slot, the active slot, the bundle, or as zeros)
 
 Every run writes the serial console of every boot, the server's request log
 and a summary to qemu-tests/artifacts/<timestamp>-streaming/.
@@ -202,6 +209,97 @@ def s3(ctx):
     files, _ = srv.stats.snapshot()
     ctx.metric("requests, bytes served", (files.get("v2.raucb", {}).get("requests"),
                                           files.get("v2.raucb", {}).get("bytes")))
+
+
+def adaptive_journal(text):
+    """RAUC's adaptive lines from its journal: the hash indices it used or
+    built, its per-source chunk counts ("access stats for <source>: count=
+    lookups sum=hits"; the zero chunks are counted, not looked up), and a
+    fallback to a full copy if there was one."""
+    # (not the hex dump of the manifest that G_MESSAGES_DEBUG adds)
+    lines = [l for l in text.splitlines()
+             if re.search(r"hash index|access stats|adaptive|dl_size|Continuing after", l)
+             and not re.match(r"\s*[0-9a-f]{4} - ", l)]
+    hits = {}
+    for l in lines:
+        m = re.search(r"access stats for (.+?): count=(\d+)(?: sum=([\d.]+))?", l)
+        if m:
+            hits[m.group(1)] = (int(m.group(2)), int(float(m.group(3) or 0)))
+    return lines, hits
+
+
+def streamed_install(ctx, g, srv, name, tag):
+    """`rauc install URL` of bundle `name`; its time, requests, bytes served
+    and RAUC's journal lines of this install (rauc.service runs with
+    G_MESSAGES_DEBUG=all, so its g_info lines are there too)."""
+    url = f"http://{GUEST_HOST}:{srv.port}/{name}.raucb"
+    size = bundle_size(ctx, name)
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", tag)
+    _, n0 = g.sh("journalctl -b -u rauc -o cat --no-pager | wc -l")
+    before = srv.stats.snapshot()[0].get(f"{name}.raucb", {"requests": 0, "bytes": 0})
+    _, out = g.sh("sync; echo 3 > /proc/sys/vm/drop_caches; s=$(date +%s.%N); "
+                  f"rauc install {url} >/tmp/install-{slug}.log 2>&1; rc=$?; e=$(date +%s.%N); "
+                  f"grep -v '^ *[0-9]*%' /tmp/install-{slug}.log | tail -n 5; "
+                  "echo INST=$(busybox awk \"BEGIN{print $e - $s}\") RC=$rc", timeout=2400)
+    (ctx.art / f"rauc-install-{slug}.log").write_text(out + "\n")
+    check(re.search(r"RC=0\b", out) is not None, f"rauc install {url} failed:\n{out}")
+    inst = float(re.search(r"INST=([\d.]+)", out).group(1))
+    after = srv.stats.snapshot()[0][f"{name}.raucb"]
+    _, jlog = g.sh(f"journalctl -b -u rauc -o cat --no-pager | tail -n +{int(n0.strip() or 0) + 1}", timeout=60)
+    (ctx.art / f"rauc-journal-{slug}.txt").write_text(jlog + "\n")
+    lines, hits = adaptive_journal(jlog)
+    served = after["bytes"] - before["bytes"]
+    ctx.metric(f"{tag}: bundle size (bytes)", size)
+    ctx.metric(f"{tag}: rauc install URL (s)", round(inst, 1))
+    ctx.metric(f"{tag}: requests", after["requests"] - before["requests"])
+    ctx.metric(f"{tag}: bytes served", served)
+    ctx.metric(f"{tag}: bytes served / bundle size", round(served / size, 3))
+    for src, (count, hit) in hits.items():
+        ctx.metric(f"{tag}: chunks from {src} (hits/lookups)", f"{hit}/{count}")
+    ctx.note(f"{tag}: rauc journal, adaptive lines: " + " | ".join(lines)[:1500])
+    return served, size, lines, hits
+
+
+@scenario(4, "adaptive: v1 -> streamed v2 -> streamed v2.1 (one small package more): bytes against bundle size")
+def s4(ctx):
+    variant = ctx.manifest.get("adaptive_variant") or {}
+    check("v2.1" in variant and "v2.1" in ctx.versions,
+          "the image has no v2.1 bundle: build it with image/qemu/build --with-adaptive-variant")
+    check(ctx.manifest.get("bundle_rootfs_adaptive") == "block-hash-index",
+          f"the image's bundles are not adaptive: {ctx.manifest.get('bundle_rootfs_adaptive')}")
+    ctx.note(f"v2.1 = v2 + {variant['v2.1']['extra_debs']}; mksquashfs {ctx.manifest.get('bundle_mksquashfs_args')}")
+    srv = serve(ctx)
+    g = up(ctx, "s4")
+    # RAUC's g_info lines (which hash index it used or built) into the journal
+    g.sh("mkdir -p /run/systemd/system/rauc.service.d && "
+         "printf '[Service]\\nEnvironment=G_MESSAGES_DEBUG=all\\n' > /run/systemd/system/rauc.service.d/debug.conf && "
+         "systemctl daemon-reload && systemctl restart rauc && systemctl show -p Environment rauc")
+    _, out = g.sh("grep -n data-directory /etc/rauc/system.conf; ls -la /data/rauc")
+    ctx.note("data directory: " + " ".join(out.split()))
+
+    streamed_install(ctx, g, srv, "v2", "v1->v2 into B")
+    _, out = g.sh("find /data/rauc -name block-hash-index -exec ls -l {} +")
+    ctx.note("hash indices stored after v2: " + " ".join(out.split()))
+    check("block-hash-index" in out, "RAUC stored no block-hash-index for the slot it wrote")
+    t, _ = g.reboot(expect_slot="B")
+    check(g.os_version() == ctx.versions["v2"], "not running v2 after the reboot")
+    g.sh("mkdir -p /run/systemd/system/rauc.service.d && "
+         "printf '[Service]\\nEnvironment=G_MESSAGES_DEBUG=all\\n' > /run/systemd/system/rauc.service.d/debug.conf && "
+         "systemctl daemon-reload && systemctl restart rauc")
+    g.sh("for i in $(seq 1 60); do ip -4 addr show | grep -q 'inet 10\\.0\\.2\\.' && break; sleep 1; done", timeout=90)
+
+    served, size, lines, hits = streamed_install(ctx, g, srv, "v2.1", "v2->v2.1 into A")
+    ctx.metric("v2.1: goal bytes served <= 15 % of the bundle", "met" if served <= 0.15 * size else "NOT met")
+    check(any("access stats" in l for l in lines),
+          "RAUC logged no adaptive access stats for the v2.1 install (did it fall back to a full copy?)")
+    _, out = g.sh("find /data/rauc -name block-hash-index -exec ls -l {} +")
+    ctx.note("hash indices stored after v2.1: " + " ".join(out.split()))
+    t, _ = g.reboot(expect_slot="A")
+    ctx.metric("reboot into v2.1 (A) -> root shell (s)", round(t, 1))
+    check(g.os_version() == ctx.versions["v2.1"], "not running v2.1 after the reboot")
+    _, out = g.sh("command -v less && less --version | head -n 1")
+    ctx.note(f"v2.1's extra package: {' '.join(out.split())}")
+    check("less" in out, "v2.1's extra package (less) is not there")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the Harmony Fleet QEMU aarch64 A/B test image from Debian arm64 packages.
 
-    image/qemu/build [--out DIR] [--no-agent] [--with-podman] [--debian-rauc] [--force]
+    image/qemu/build [--out DIR] [--no-agent] [--with-podman] [--debian-rauc] [--with-adaptive-variant] [--force]
 
 Output (default build/qemu/):
     disk.img            A/B disk (layout read from meta-harmony/files/wic/harmony-qemuarm64.wks):
@@ -14,7 +14,12 @@ Output (default build/qemu/):
                                      layer's boot.cmd.in, printing "harmony-boot-files: <version>"
     bundles/v1.raucb, v2.raucb       signed verity bundles (version 1.0.0 / 2.0.0); every bundle
                                      carries its variant's boot-<variant>.vfat for the boot slot
-                                     (listed first) and the rootfs slot image
+                                     (listed first) and the rootfs slot image, adaptive
+                                     (block-hash-index, as harmony-bundle.bb declares it), in a
+                                     squashfs of 64 KiB lz4 blocks
+    bundles/v2.1.raucb               --with-adaptive-variant only: version 2.1.0, v2 plus one small
+                                     Debian package (ADAPTIVE_VARIANT), for measuring adaptive
+                                     updates (qemu-tests/run streaming --only 4)
     bundles/broken.raucb             signed, installs fine, cannot boot (no init)
     bundles/untrusted.raucb          v2 signed by a CA the device does not trust
     bundles/v3.raucb                 version 3.0.0 whose agent is pointed at a NATS URL
@@ -225,6 +230,12 @@ VARIANTS = {
     # listens on: the operator can never commit it.
     "v3": {"version": "3.0.0", "misdirected_nats": "nats://10.0.2.2:9"},
 }
+# Built only with --with-adaptive-variant (never in CI's image): v2 plus one
+# small Debian package, the "small change" whose adaptive (block-hash-index)
+# streamed install qemu-tests/streaming.py measures. extra_debs are unpacked
+# (dpkg-deb -x, as mmdebstrap's extract variant does) into the rootfs before
+# it is trimmed; their dependencies must already be in the image.
+ADAPTIVE_VARIANT = {"v2.1": {"version": "2.1.0", "extra_debs": ["less"]}}
 # Bundles made from another variant's slot image: (image, version, signer, compatible).
 DERIVED_BUNDLES = {
     "untrusted": ("v2", "2.0.1-untrusted", "untrusted", None),
@@ -234,6 +245,44 @@ DERIVED_BUNDLES = {
 # What the boot-chain tests install from the data partition.
 DATA_BUNDLES = ["v2", "broken", "untrusted"]
 DISK_ID = "0x4861726d"  # MBR disk signature; PARTUUIDs are 4861726d-0N
+# Every bundle's rootfs image is adaptive, as harmony-bundle.bb declares it
+# (RAUC_SLOT_rootfs[adaptive]): `rauc bundle` adds a SHA-256 per 4 KiB block
+# of the image (rootfs.ext4.block-hash-index), and an installing RAUC (with
+# system.conf's data-directory) takes every block it finds in the target or
+# the active slot from there and reads only the others from the bundle.
+ROOTFS_ADAPTIVE = "block-hash-index"
+# The same file system UUID and directory hash seed in every rootfs image
+# (mke2fs picks random ones): with metadata_csum every directory block and
+# inode carries a checksum seeded by the UUID, and directory blocks are
+# hashed with the seed, so with random ones no directory block of one build
+# equals the other's, even for an unchanged directory. harmony-image.bb sets
+# both for the Yocto image (EXTRA_IMAGECMD:ext4); they are read from there.
+IMAGE_BB = LAYER / "recipes-core/images/harmony-image.bb"
+
+
+def image_recipe_default(name: str) -> str:
+    """`NAME ?= "value"` of harmony-image.bb."""
+    import re
+    m = re.search(rf'^{name} \?= "([^"$]+)"$', IMAGE_BB.read_text(), re.M)
+    if not m:
+        raise SystemExit(f"build: {IMAGE_BB.relative_to(REPO)} sets no {name} ?= \"...\"")
+    return m.group(1)
+
+
+ROOTFS_FS_UUID = image_recipe_default("HARMONY_ROOTFS_FS_UUID")
+ROOTFS_HASH_SEED = image_recipe_default("HARMONY_ROOTFS_HASH_SEED")
+ROOTFS_MKE2FS_STABLE = ["-U", ROOTFS_FS_UUID]
+ROOTFS_MKE2FS_STABLE_E = [f"hash_seed={ROOTFS_HASH_SEED}"]
+# Not pinned: the inodes' times. mke2fs -d copies ctime (with mtime and atime)
+# from the source tree, which this builder writes anew for every variant, so
+# every inode table block differs between builds anyway (118 blocks in one
+# contiguous run here; E2FSPROGS_FAKE_TIME pins only crtime and changed none
+# of them; docs/streaming-facts.md section 7).
+# lz4: fast to build and to read under TCG (the guest kernel has it). 64 KiB
+# squashfs blocks (default 128 KiB), as RAUC's docs advise for adaptive
+# bundles: a 4 KiB block the device lacks costs the whole compressed squashfs
+# block around it.
+MKSQUASHFS_ARGS = "-comp lz4 -b 64k"
 
 
 def log(msg):
@@ -274,6 +323,10 @@ def sha(*parts) -> str:
             h.update(str(p).encode())
         h.update(b"\0")
     return h.hexdigest()
+
+
+def sha256_file(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
 class Stage:
@@ -458,6 +511,26 @@ def stage_kernel(out: Path, force: bool, modules=ROOTFS_MODULES):
     shutil.rmtree(x)
     st.done()
     return kdir
+
+
+def extra_debs(packages) -> list:
+    """The arm64 .debs of `packages` at bookworm's candidate version (the
+    host's package lists, as stage_kernel uses), from the download cache or
+    downloaded into it."""
+    cache = cache_dir()
+    debs = []
+    for pkg in packages:
+        version = out_of(["apt-cache", "policy", f"{pkg}:arm64"]).split("Candidate:")[1].split()[0]
+        if version == "(none)":
+            raise SystemExit(f"build: no arm64 candidate for {pkg} in the host's package lists")
+        name = f"{pkg}_{version.split(':')[-1]}_arm64.deb"
+        if not (cache / name).is_file():
+            log(f"adaptive variant: downloading {pkg} {version}")
+            run(["apt-get", "download", "-q", f"{pkg}:arm64={version}"], cwd=cache, stdout=subprocess.DEVNULL)
+        if not (cache / name).is_file():
+            raise SystemExit(f"build: apt-get download {pkg}:arm64={version} did not give {name}")
+        debs.append(cache / name)
+    return debs
 
 
 def stage_rauc_streaming(out: Path, force: bool) -> Path:
@@ -764,17 +837,23 @@ def fault_no_init(root: Path):
 
 
 def stage_rootfs(out: Path, name: str, base: Path, kdir: Path, initrd: Path, keys: Path,
-                 parts, agent, rauc, key: str, force: bool, podman=False) -> Path:
+                 parts, agent, rauc, key: str, force: bool, podman=False, extra_debs=()) -> Path:
     img = out / f"rootfs-{name}.ext4"
     st = Stage(out, f"rootfs-{name}", key, force)
     if st.fresh() and img.is_file():
         return img
-    version = VARIANTS[name]["version"]
+    spec = {**VARIANTS, **ADAPTIVE_VARIANT}[name]
+    version = spec["version"]
     log(f"rootfs-{name}: version {version}")
     root = out / f"rootfs-{name}.d"
     if root.exists():
         shutil.rmtree(root)
     run(["cp", "-a", str(base), str(root)])
+    for deb in extra_debs:
+        # as mmdebstrap's extract variant installs every package: unpacked, no
+        # maintainer scripts (the image's dpkg status is empty either way)
+        log(f"rootfs-{name}: adding {deb.name}")
+        run(["dpkg-deb", "-x", str(deb), str(root)])
     for t in TRIM:
         if (root / t).is_dir() and not (root / t).is_symlink():
             shutil.rmtree(root / t)
@@ -837,7 +916,7 @@ def stage_rootfs(out: Path, name: str, base: Path, kdir: Path, initrd: Path, key
 
     if agent is not None:
         log(f"rootfs-{name}: including the agent {agent}")
-        wrong = VARIANTS[name].get("misdirected_nats")
+        wrong = spec.get("misdirected_nats")
         if wrong:
             fault_misdirected_nats(root, wrong)
 
@@ -851,8 +930,8 @@ def stage_rootfs(out: Path, name: str, base: Path, kdir: Path, initrd: Path, key
     if blocks * 4096 > slot["bytes"]:
         raise SystemExit(f"build: rootfs-{name} needs {blocks * 4} KiB, the slot has {slot['bytes'] // 1024}")
     img.unlink(missing_ok=True)
-    run(["mke2fs", "-q", "-t", "ext4", "-b", "4096", "-L", f"harmony-{name}", "-E", "root_owner=0:0",
-         "-d", str(root), str(img), str(blocks)])
+    run(["mke2fs", "-q", "-t", "ext4", "-b", "4096", "-L", f"harmony-{name}", *ROOTFS_MKE2FS_STABLE,
+         "-E", ",".join(["root_owner=0:0", *ROOTFS_MKE2FS_STABLE_E]), "-d", str(root), str(img), str(blocks)])
     shutil.rmtree(root)
     st.done()
     return img
@@ -877,12 +956,11 @@ def bundle(out: Path, name: str, img: Path, boot_img: Path, version: str, cert: 
         f"[update]\ncompatible={compatible}\nversion={version}\n"
         f"description=Harmony Fleet {name} (QEMU test bundle)\n\n"
         f"[bundle]\nformat=verity\n\n[image.{boot_class}]\nfilename=boot.vfat\n\n"
-        f"[image.rootfs]\nfilename=rootfs.ext4\n")
+        f"[image.rootfs]\nfilename=rootfs.ext4\nadaptive={ROOTFS_ADAPTIVE}\n")
     dst = bdir / f"{name}.raucb"
     dst.unlink(missing_ok=True)
-    # lz4: fast to build and to read under TCG (the guest kernel has it).
-    run(["rauc", "bundle", "--mksquashfs-args=-comp lz4", f"--cert={cert}", f"--key={key}", f"--keyring={keyring}",
-         str(work), str(dst)], stdout=subprocess.DEVNULL)
+    run(["rauc", "bundle", f"--mksquashfs-args={MKSQUASHFS_ARGS}", f"--cert={cert}", f"--key={key}",
+         f"--keyring={keyring}", str(work), str(dst)], stdout=subprocess.DEVNULL)
     shutil.rmtree(work)
     return dst
 
@@ -893,7 +971,7 @@ def mkfs_ext4_dir(img: Path, src: Path, size: int, label: str):
          "-d", str(src), str(img), str(size // 4096)])
 
 
-def stage_boot_images(out: Path, parts, force: bool):
+def stage_boot_images(out: Path, parts, force: bool, variants=VARIANTS):
     """The boot partition's image for every variant: what IMAGE_BOOT_FILES
     puts there for qemuarm64 (boot.scr, compiled from the layer's
     boot.cmd.in as the u-boot recipe does, its version marker filled with the
@@ -901,14 +979,14 @@ def stage_boot_images(out: Path, parts, force: bool):
     partition 1 gets v1's; each bundle carries its variant's as the image of
     system.conf's boot-mbr-switch slot."""
     boot = parts[0]
-    key = sha(BOOT_CMD, WKS, SYSTEM_CONF, {n: v["version"] for n, v in VARIANTS.items()}, "v1")
+    key = sha(BOOT_CMD, WKS, SYSTEM_CONF, {n: v["version"] for n, v in variants.items()}, "v1")
     st = Stage(out, "boot-images", key, force)
-    imgs = {n: out / f"boot-{n}.vfat" for n in VARIANTS}
+    imgs = {n: out / f"boot-{n}.vfat" for n in variants}
     if st.fresh() and all(i.is_file() for i in imgs.values()):
         return imgs
     for n, img in imgs.items():
         cmd = (BOOT_CMD.read_text().replace("@@KERNEL_IMAGETYPE@@", "Image").replace("@@KERNEL_BOOTCMD@@", "booti")
-               .replace("@@BOOT_FILES_VERSION@@", VARIANTS[n]["version"]))
+               .replace("@@BOOT_FILES_VERSION@@", variants[n]["version"]))
         if "@@" in cmd:
             raise SystemExit("build: boot.cmd.in has placeholders this builder does not fill")
         work = out / f"boot-{n}.d"
@@ -935,6 +1013,9 @@ def main():
                     help="add podman and the layer's container storage config (not the CI image)")
     ap.add_argument("--debian-rauc", action="store_true",
                     help="keep Debian's rauc 1.8-2 (no HTTP streaming); skips the rauc-streaming stage")
+    ap.add_argument("--with-adaptive-variant", action="store_true",
+                    help="also build v2.1 (v2 plus one small package, ADAPTIVE_VARIANT) and its bundle, for "
+                         "measuring adaptive updates (qemu-tests/run streaming; not the CI image)")
     ap.add_argument("--force", action="store_true", help="rebuild every stage")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -957,21 +1038,29 @@ def main():
     common = sha(Path(__file__), Path(wks.__file__), out / "stamps/base", out / "stamps/kernel", initrd,
                  keys / "ca.cert.pem", keys / "fleet.pub", WKS, agent or "no-agent", *layer_inputs(agent, podman),
                  *(["podman"] if podman else []),
-                 out / "stamps/rauc-streaming" if rauc else "debian-rauc")
-    imgs = {n: stage_rootfs(out, n, base, kdir, initrd, keys, parts, agent, rauc, sha(common, n), args.force,
-                            podman)
-            for n in VARIANTS}
-    boot_imgs = stage_boot_images(out, parts, args.force)
+                 out / "stamps/rauc-streaming" if rauc else "debian-rauc",
+                 *ROOTFS_MKE2FS_STABLE, *ROOTFS_MKE2FS_STABLE_E)
+    variants = dict(VARIANTS)
+    debs = {}
+    if args.with_adaptive_variant:
+        variants.update(ADAPTIVE_VARIANT)
+        debs = {n: extra_debs(v["extra_debs"]) for n, v in ADAPTIVE_VARIANT.items()}
+    imgs = {n: stage_rootfs(out, n, base, kdir, initrd, keys, parts, agent, rauc,
+                            sha(common, n, *debs.get(n, [])), args.force, podman, debs.get(n, []))
+            for n in variants}
+    boot_imgs = stage_boot_images(out, parts, args.force, variants)
 
-    # bundles
-    bkey = sha(common, *[out / f"stamps/rootfs-{n}" for n in VARIANTS], out / "stamps/boot-images",
-               keys / "signer.cert.pem", keys / "untrusted-signer.cert.pem", SYSTEM_CONF)
+    # bundles (adaptive rootfs images, 64 KiB squashfs blocks: in the key, so
+    # bundles built before are rebuilt)
+    bkey = sha(common, *[out / f"stamps/rootfs-{n}" for n in variants], out / "stamps/boot-images",
+               keys / "signer.cert.pem", keys / "untrusted-signer.cert.pem", SYSTEM_CONF,
+               f"adaptive={ROOTFS_ADAPTIVE}", f"mksquashfs={MKSQUASHFS_ARGS}")
     st = Stage(out, "bundles", bkey, args.force)
-    bundles = {n: out / "bundles" / f"{n}.raucb" for n in list(VARIANTS) + list(DERIVED_BUNDLES)}
+    bundles = {n: out / "bundles" / f"{n}.raucb" for n in list(variants) + list(DERIVED_BUNDLES)}
     if not (st.fresh() and all(b.is_file() for b in bundles.values())):
-        for n in VARIANTS:
+        for n in variants:
             log(f"bundle {n}")
-            bundle(out, n, imgs[n], boot_imgs[n], VARIANTS[n]["version"], keys / "signer.cert.pem",
+            bundle(out, n, imgs[n], boot_imgs[n], variants[n]["version"], keys / "signer.cert.pem",
                    keys / "signer.key.pem", keys / "ca.cert.pem")
         for n, (img, version, signer, compatible) in DERIVED_BUNDLES.items():
             log(f"bundle {n} (slot image {img}, version {version}, {signer} signer, "
@@ -984,7 +1073,7 @@ def main():
 
     # data partition, disk (boot partition: v1's boot image)
     dkey = sha(bkey, WKS, LAYER / bootenv.RECIPE, LAYER / bootenv.TEXT, Path(bootenv.__file__),
-               Path(bootregion.__file__), *[out / f"stamps/rootfs-{n}" for n in VARIANTS])
+               Path(bootregion.__file__), *[out / f"stamps/rootfs-{n}" for n in variants])
     st = Stage(out, "disk", dkey, args.force)
     disk = out / "disk.img"
     if not (st.fresh() and disk.is_file()):
@@ -1041,12 +1130,12 @@ def main():
             "boot_region": dict(zip(("slot_class", "start", "size"), boot_region())),
             "boot_images": {n: str(i) for n, i in boot_imgs.items()},
             # what each bundle's boot.scr prints first ("harmony-boot-files: <marker>")
-            "boot_files": {**{n: v["version"] for n, v in VARIANTS.items()},
+            "boot_files": {**{n: v["version"] for n, v in variants.items()},
                            **{n: VARIANTS[d[0]]["version"] for n, d in DERIVED_BUNDLES.items()}},
-            "versions": {n: v["version"] for n, v in VARIANTS.items()},
+            "versions": {n: v["version"] for n, v in variants.items()},
             "bundles_in_guest": {n: f"{data['mount']}/bundles/{bundles[n].name}" for n in DATA_BUNDLES},
             "bundles_on_host": {n: str(b) for n, b in bundles.items()},
-            "bundle_versions": {**{n: v["version"] for n, v in VARIANTS.items()},
+            "bundle_versions": {**{n: v["version"] for n, v in variants.items()},
                                 **{n: d[1] for n, d in DERIVED_BUNDLES.items()}},
             "fleet_key": str(keys / "fleet.key"),
             "rootfs_images": {n: str(i) for n, i in imgs.items()},
@@ -1054,6 +1143,14 @@ def main():
             "podman": podman,
             "kernel": (kdir / "version").read_text(),
             "rauc_streaming": rauc is not None,
+            # every bundle's [image.rootfs]: adaptive=, and how its squashfs is made
+            "bundle_rootfs_adaptive": ROOTFS_ADAPTIVE,
+            "bundle_mksquashfs_args": MKSQUASHFS_ARGS,
+            # --with-adaptive-variant: v2.1 = v2 + these packages, else null
+            "adaptive_variant": ({n: {"base": "v2", "version": v["version"],
+                                      "extra_debs": [{"file": d.name, "bytes": d.stat().st_size,
+                                                      "sha256": sha256_file(d)} for d in debs[n]]}
+                                  for n, v in ADAPTIVE_VARIANT.items()} if debs else None),
         }
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         st.done()

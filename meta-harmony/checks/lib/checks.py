@@ -767,6 +767,71 @@ def check_bundle_boot_slot(ctx: Ctx):
     return problems
 
 
+ADAPTIVE = "block-hash-index"
+
+
+def _builder_constant(ctx: Ctx, name: str):
+    """A top-level string constant of image/qemu/build.py (None if absent)."""
+    import ast
+    path = ctx.repo / "image" / "qemu" / "build.py"
+    if not path.is_file():
+        return None
+    for node in ast.parse(path.read_text()).body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id == name and isinstance(node.value, ast.Constant)):
+            return node.value.value
+    return None
+
+
+def check_bundle_adaptive(ctx: Ctx):
+    """Adaptive updates (issue 16): harmony-bundle's rootfs image carries a
+    block-hash-index (RAUC_SLOT_rootfs[adaptive], written into the manifest
+    by meta-rauc's bundle.bbclass); every machine's system.conf has the
+    data-directory RAUC keeps the slots' indices in (where it lives is
+    checked by wks-vs-system-conf) and block-device rootfs slots; the QEMU
+    builder's bundles declare the same method."""
+    problems = []
+    for machine in MACHINES:
+        d = ctx.recipe(BUNDLE, machine)
+        slots = (d.getVar("RAUC_BUNDLE_SLOTS") or "").split()
+        rootfs = [s for s in slots if (d.getVarFlag(f"RAUC_SLOT_{s}", "name") or s) == "rootfs"]
+        if len(rootfs) != 1:
+            problems.append(f"[{machine}] {BUNDLE}: want one rootfs slot class in RAUC_BUNDLE_SLOTS {slots}")
+            continue
+        flag = d.getVarFlag(f"RAUC_SLOT_{rootfs[0]}", "adaptive") or ""
+        if flag.split() != [ADAPTIVE]:
+            problems.append(f"[{machine}] {BUNDLE}: RAUC_SLOT_{rootfs[0]}[adaptive] is {flag!r}, want {ADAPTIVE!r}: "
+                            "every update downloads the whole image")
+        try:
+            sc = read_system_conf(ctx.machine_file(RAUC_CONF_DIR, machine, "system.conf"))
+        except CheckError as e:
+            problems.append(f"[{machine}] {e}")
+            continue
+        where = f"[{machine}] system.conf"
+        if not (sc.has_section("system") and sc["system"].get("data-directory")):
+            problems.append(f"{where}: no data-directory in [system]: RAUC ignores adaptive images without one "
+                            "(no place for the slots' hash indices)")
+        for sec in (x for x in sc.sections() if x.startswith("slot.rootfs.")):
+            if sc[sec].get("type") not in ("ext4", "raw"):
+                problems.append(f"{where}: [{sec}] type={sc[sec].get('type')}: adaptive updates need a "
+                                "block-device slot (ext4 or raw)")
+        # the same ext4 UUID and directory hash seed in every build (harmony-image.bb)
+        image = ctx.recipe(IMAGE, machine)
+        cmd = (image.getVar("EXTRA_IMAGECMD:ext4") or "").split()
+        for opt, var, want in (("-U", "HARMONY_ROOTFS_FS_UUID", None), ("-E", "HARMONY_ROOTFS_HASH_SEED", "hash_seed=")):
+            value = image.getVar(var) or ""
+            if not re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", value):
+                problems.append(f"[{machine}] {IMAGE}: {var} is {value!r}, not a UUID")
+            arg = (want or "") + value
+            if not any(a == opt and b.split(",").count(arg) for a, b in zip(cmd, cmd[1:])):
+                problems.append(f"[{machine}] {IMAGE}: EXTRA_IMAGECMD:ext4 {' '.join(cmd)!r} lacks {opt} {arg}: "
+                                "every build gets a random one, and no directory block matches the last build's")
+    builder = _builder_constant(ctx, "ROOTFS_ADAPTIVE")
+    if builder != ADAPTIVE:
+        problems.append(f"image/qemu/build.py: ROOTFS_ADAPTIVE is {builder!r}, the bundle recipe declares {ADAPTIVE!r}")
+    return problems
+
+
 def check_boot_state_raw(ctx: Ctx):
     """Nothing keeps the boot state in files on the boot partition any more."""
     return bootstate.check_boot_state_raw(ctx, read_fw_env, boot_script)
@@ -821,6 +886,7 @@ CHECKS = {
     "boot-state-raw": check_boot_state_raw,
     "boot-region": check_boot_region,
     "bundle-boot-slot": check_bundle_boot_slot,
+    "bundle-adaptive": check_bundle_adaptive,
     "keyring": check_keyring,
     "no-mark-good": check_no_mark_good,
     "kas-pinned": check_kas_pinned,

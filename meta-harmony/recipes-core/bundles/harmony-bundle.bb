@@ -35,6 +35,19 @@ RAUC_BUNDLE_DESCRIPTION = "${DISTRO_NAME} ${DISTRO_VERSION} for ${MACHINE}"
 RAUC_BUNDLE_SLOTS = "bootloader rootfs"
 RAUC_SLOT_rootfs = "harmony-image"
 RAUC_SLOT_rootfs[fstype] = "ext4"
+# Adaptive updates (issue 16): `rauc bundle` stores a SHA-256 of every 4 KiB
+# block of the rootfs image next to it (block-hash-index). A device that
+# installs the bundle (rauc-conf's system.conf sets data-directory on /data,
+# where RAUC keeps each slot's index) copies every block it already has in the
+# target or the active rootfs slot and, when it streams the bundle, downloads
+# only the others. A device without a data-directory, or a RAUC without the
+# method, installs the whole image as before. meta-harmony/checks:
+# bundle-adaptive.
+RAUC_SLOT_rootfs[adaptive] = "block-hash-index"
+# 64 KiB squashfs blocks instead of 128 KiB, as RAUC's docs advise for
+# adaptive bundles: reading one missing 4 KiB block over HTTP fetches the
+# whole compressed squashfs block around it.
+BUNDLE_ARGS += "--mksquashfs-args='-b 64k'"
 
 # system.conf's [slot.bootloader.0] (type=boot-mbr-switch). Its image is the
 # boot partition of the very .wic this build makes for flashing: the same

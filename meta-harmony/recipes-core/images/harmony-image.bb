@@ -39,6 +39,23 @@ BAD_RECOMMENDATIONS += "rauc-mark-good"
 # wic + bmap: the SD card / disk image, flashed with bmaptool.
 IMAGE_FSTYPES = "ext4 wic.bz2 wic.bmap"
 
+# Adaptive updates (harmony-bundle: RAUC_SLOT_rootfs[adaptive]): every build
+# of the ext4 image gets the same file system UUID and directory hash seed.
+# mke2fs picks random ones, and with metadata_csum the UUID seeds the
+# checksum in every directory block (and the seed the htree hashes): then no
+# directory block of a new build equals the installed one, and a device
+# downloads all of them, scattered through the image. Same value in both
+# slots is normal (they hold the same image after an update); root= is the
+# slot's PARTUUID and the partitions mount by device, never by file system
+# UUID. The QEMU test image builder takes both values from here.
+# docs/streaming-facts.md section 7; meta-harmony/checks: bundle-adaptive.
+HARMONY_ROOTFS_FS_UUID ?= "9f60c70f-c0cd-5b19-897f-f1ee8d6f983c"
+HARMONY_ROOTFS_HASH_SEED ?= "03792666-1923-596a-876a-595a02f8f4d9"
+# (ext4 is an image-type override, and image_types.bbclass sets
+# EXTRA_IMAGECMD:ext4 ?= "-i 4096", which this appends to: oelint knows neither)
+# nooelint: oelint.vars.overrideappend, oelint.vars.specific
+EXTRA_IMAGECMD:ext4:append = " -U ${HARMONY_ROOTFS_FS_UUID} -E hash_seed=${HARMONY_ROOTFS_HASH_SEED}"
+
 # The A/B layouts live in meta-harmony/files/wic/, shared with the QEMU test
 # image builder. That is where wrynose looks (its sanity check rejects a
 # <layer>/wic directory); scarthgap looked in <layer>/wic, hence the prepend.
