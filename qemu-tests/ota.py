@@ -77,18 +77,22 @@ written with debugfs; identity and credentials come from enrollment alone.
     the workloads applied (`scripts/bench workloads` runs it)
  14 streamed OTA (issue 16): the operator serves bundles over HTTP
     ([bundle_http]); the offer carries the URL, a per-offer token and the
-    signature block's hash; the agent checks that block, RAUC streams v2
-    through /dev/nbd0 (sampled during the install) with no copy on /data;
-    committed after the new boot's heartbeat; bytes the operator sent
+    signature block's hash; the agent checks that block, RAUC streams
+    v2-full (v2 without adaptive data, so all of it is read) through
+    /dev/nbd0 (sampled during the install) with no copy on /data; committed after the new boot's heartbeat; bytes the operator sent
     against the bundle size. Needs the image's streaming RAUC (the
     default; not with --debian-rauc)
  15 power cut during a streamed install (issue 16 (c), (d)): the agent's
     256 KiB/s cap travels to the operator's server, the rate it sends at is
     measured over 30 s; the guest is killed mid-install; after the boot the
     agent installs again (RAUC streams from the start), committed; bytes sent
-    after the cut against the bundle size
+    after the cut against the bundle size; not in --ci
+ 16 adaptive streamed OTA (issue 16 (b)), not in --ci: v2 then v2.1 (v2 plus
+    one small package), both adaptive, streamed through the operator; bytes
+    sent against each bundle (v2.1: at most 15 %). Needs
+    image/qemu/build --with-adaptive-variant
 
---ci runs 1, 2, 4, 10 and 11, --all (the default) every scenario. Console logs, operator
+--ci runs 1, 2, 4, 10, 11 and 14, --all (the default) every scenario. Console logs, operator
 logs and CLI transcripts of each scenario go to
 qemu-tests/artifacts/<timestamp>-ota/scenario-N/. The last line printed is
 "N passed, N failed".
@@ -110,7 +114,7 @@ import workloads as wl
 
 REGISTRY = suite.Registry()
 scenario = REGISTRY.scenario
-CI = [1, 2, 4, 10, 11]
+CI = [1, 2, 4, 10, 11, 14]
 # The data partition's MBR entry (vda4) and where the agent's drop-ins live on it.
 DATA_ENTRY = 3
 AGENT_DROP_IN_ON_DATA = "/harmony/agent.d/05-qemu-test-timing.toml"
@@ -1173,7 +1177,7 @@ def served_bytes(fleet, bundle_id):
     return n, total
 
 
-@scenario(14, "streamed OTA: the operator serves v2 over HTTP with a per-offer token, RAUC streams it through NBD, no copy on /data, committed")
+@scenario(14, "streamed OTA: the operator serves v2 (full bundle) over HTTP with a per-offer token, RAUC streams it through NBD, no copy on /data, committed")
 def s14(ctx):
     """Issue 16 on the real device: the same rollout as scenario 1, but the
     operator runs its bundle server ([bundle_http]), so the signed offer
@@ -1181,7 +1185,9 @@ def s14(ctx):
     hash of the bundle's signature block. The agent checks that block over
     HTTP, then hands RAUC the URL and the token; RAUC reads the bundle with
     Range requests through /dev/nbd0. Checked while RAUC installs: an NBD
-    device is connected and nothing bundle-sized is on /data."""
+    device is connected and nothing bundle-sized is on /data. The bundle is
+    v2-full (no adaptive data), so RAUC reads all of it: the streaming
+    counterpart of scenario 1's download; scenario 16 measures adaptive."""
     o = Ota(ctx, bundle_http=True)
     g = o.g
     hb0 = o.boot_and_enroll()
@@ -1195,7 +1201,7 @@ def s14(ctx):
     big_before = {l for l in out.splitlines() if l.startswith("/data")}
     t_start = int(time.time() * 1000)
     since = g.mark()
-    o.start_rollout("v2", "s14")
+    o.start_rollout("v2-full", "s14")
     s = o.watch(lambda s: s["heartbeat"]["upgrade"]["phase"] in ("installing", "installed", "rebooting", "failed"),
                 600, "the device to start installing")
     up = s["heartbeat"]["upgrade"]
@@ -1203,7 +1209,7 @@ def s14(ctx):
     check(up.get("transfer") == {"mode": "streamed"}, f"transfer {up.get('transfer')}, want streamed")
     # While RAUC installs: an NBD device carries the bundle, /data holds no copy.
     nbd_seen, largest_growth_kib = False, 0
-    bundle_kib = Path(ctx.manifest["bundles_on_host"]["v2"]).stat().st_size // 1024
+    bundle_kib = Path(ctx.manifest["bundles_on_host"]["v2-full"]).stat().st_size // 1024
     while up["phase"] == "installing":
         # Tagged lines: the console also carries kernel messages.
         _, out = g.sh("echo NBD: $(cat /sys/block/nbd*/size 2>/dev/null); "
@@ -1233,8 +1239,8 @@ def s14(ctx):
           f"after the reboot the status says {s['heartbeat']['upgrade'].get('transfer')}")
     check(s["job"].get("commit_boot_id") == new_boot, "commit named another boot")
     report_timings(ctx, o, new_boot, t_start, transition_at(s["job"], "committed"))
-    requests, sent = served_bytes(o.fleet, "v2")
-    size = Path(ctx.manifest["bundles_on_host"]["v2"]).stat().st_size
+    requests, sent = served_bytes(o.fleet, "v2-full")
+    size = Path(ctx.manifest["bundles_on_host"]["v2-full"]).stat().st_size
     ctx.metric("bundle size (bytes)", size)
     ctx.metric("operator sent (bytes, from its log)", sent)
     ctx.metric("operator sent / bundle size", round(sent / size, 3))
@@ -1274,12 +1280,12 @@ def s15(ctx):
     o.boot_and_enroll()
     g.sh(f"printf '[upgrade]\\ndownload_max_bytes_per_sec = {STREAM_CAP}\\n' > /data/harmony/agent.d/50-test-cap.toml")
     g.sh("systemctl restart harmony-agent")
-    o.start_rollout("v2", "s15")
+    o.start_rollout("v2-full", "s15")
     s = o.watch(lambda s: s["heartbeat"]["upgrade"]["phase"] in ("installing", "failed"), 600, "the streamed install")
     check(s["heartbeat"]["upgrade"]["phase"] == "installing", f"upgrade: {s['heartbeat']['upgrade']}")
     check(s["heartbeat"]["upgrade"].get("transfer") == {"mode": "streamed"}, "not streamed")
     time.sleep(10)  # past the first requests' burst: the window below measures the steady rate
-    rate = served_rate(o.fleet, "v2", 30)
+    rate = served_rate(o.fleet, "v2-full", 30)
     ctx.metric("cap (bytes/s)", STREAM_CAP)
     ctx.metric("rate the operator sent at, 30 s window (bytes/s)", round(rate))
     ctx.metric("rate / cap", round(rate / STREAM_CAP, 3))
@@ -1288,12 +1294,12 @@ def s15(ctx):
                        for log in o.fleet.logs.glob("operator-serve-*.log"))
     check(capped_lines > 0, "the operator's log shows no capped request: the header did not reach it")
     g.sh("rm /data/harmony/agent.d/50-test-cap.toml; sync")
-    requests_before, sent_before = served_bytes(o.fleet, "v2")
+    requests_before, sent_before = served_bytes(o.fleet, "v2-full")
     cut_boot = s["heartbeat"]["boot_id"]
     since = g.mark()
     g.kill()
     g.log.write("\n===== harness: power cut (SIGKILL) during the streamed install =====\n")
-    size = Path(ctx.manifest["bundles_on_host"]["v2"]).stat().st_size
+    size = Path(ctx.manifest["bundles_on_host"]["v2-full"]).stat().st_size
     ctx.note(f"power cut after the operator sent {sent_before} of {size} bytes ({requests_before} requests)")
     t_cut = int(time.time() * 1000)
     g.start()
@@ -1307,13 +1313,47 @@ def s15(ctx):
     s = o.watch(lambda s: job_state(s) == "committed" and s["heartbeat"]["upgrade"]["phase"] == "committed",
                 COMMIT_DEADLINE_SECS + 120, "the commit")
     check(g.os_version() == ctx.versions["v2"], "not running v2")
-    requests_after, sent_total = served_bytes(o.fleet, "v2")
+    requests_after, sent_total = served_bytes(o.fleet, "v2-full")
     ctx.metric("bundle size (bytes)", size)
     ctx.metric("sent before the cut (bytes)", sent_before)
     ctx.metric("sent after the cut (bytes)", sent_total - sent_before)
     ctx.metric("sent after the cut / bundle size", round((sent_total - sent_before) / size, 3))
     ctx.metric("cut -> committed (s)", round((transition_at(s["job"], "committed") - t_cut) / 1000, 1))
     check(sent_total - sent_before >= size * 0.5, "after the cut RAUC read less than half the bundle: not a new install?")
+
+
+@scenario(16, "adaptive streamed OTA: v2 then v2.1 (one small package more) through the operator; bytes sent against each bundle")
+def s16(ctx):
+    """Issue 16 (b) through the real operator and agent: both bundles are
+    adaptive (block-hash-index) and streamed; RAUC takes every block it
+    finds in either slot and reads only the rest over HTTP. Needs the
+    image built with --with-adaptive-variant."""
+    variant = ctx.manifest.get("adaptive_variant")
+    if not variant or "v2.1" not in variant:
+        raise Fail("the image has no v2.1: build it with image/qemu/build --with-adaptive-variant")
+    o = Ota(ctx, bundle_http=True)
+    g = o.g
+    o.boot_and_enroll()
+    for bundle, rid, slot in (("v2", "s16a", "B"), ("v2.1", "s16b", "A")):
+        before = o.boot_id()
+        t0 = int(time.time() * 1000)
+        since = g.mark()
+        o.start_rollout(bundle, rid)
+        o.await_upgrade_reboot(f"the device to install {bundle} and reboot")
+        o.await_reboot(since, expect_slot=slot)
+        s = o.watch(lambda s: s["heartbeat"]["boot_id"] != before and job_state(s) == "committed"
+                    and s["heartbeat"]["upgrade"]["phase"] == "committed", COMMIT_DEADLINE_SECS + 120,
+                    f"the commit of {bundle}")
+        check(s["heartbeat"]["upgrade"].get("transfer") == {"mode": "streamed"}, f"{bundle} not streamed")
+        check(g.os_version() == ctx.versions[bundle], f"not running {bundle}")
+        size = Path(ctx.manifest["bundles_on_host"][bundle]).stat().st_size
+        requests, sent = served_bytes(o.fleet, bundle)
+        ctx.metric(f"{bundle}: bundle size (bytes)", size)
+        ctx.metric(f"{bundle}: operator sent (bytes)", sent)
+        ctx.metric(f"{bundle}: sent / bundle size", round(sent / size, 3))
+        ctx.metric(f"{bundle}: range requests", requests)
+        ctx.metric(f"{bundle}: rollout start -> committed (s)", round((transition_at(s["job"], "committed") - t0) / 1000, 1))
+    check(sent <= size * 0.15, f"v2.1 sent {sent} bytes, more than 15 % of its {size}-byte bundle")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ Output (default build/qemu/):
                                      (listed first) and the rootfs slot image, adaptive
                                      (block-hash-index, as harmony-bundle.bb declares it), in a
                                      squashfs of 64 KiB lz4 blocks
+    bundles/v2-full.raucb            v2's slot image without adaptive data (a streamed install
+                                     reads the whole bundle; qemu-tests/ota 14, 15)
     bundles/v2.1.raucb               --with-adaptive-variant only: version 2.1.0, v2 plus one small
                                      Debian package (ADAPTIVE_VARIANT), for measuring adaptive
                                      updates (qemu-tests/run streaming --only 4)
@@ -242,6 +244,11 @@ DERIVED_BUNDLES = {
     "old": ("v1", "0.9.0", "trusted", None),
     "foreign": ("v2", "2.0.0", "trusted", "harmony-some-other-machine"),
 }
+# v2's slot image without adaptive data (as every bundle was before issue
+# 16): a streamed install of it reads the whole bundle, which is what the
+# OTA scenarios that measure full streaming, a cap and a power cut need
+# (qemu-tests/ota 14, 15). Same version and signer as v2.
+FULL_BUNDLES = {"v2-full": "v2"}
 # What the boot-chain tests install from the data partition.
 DATA_BUNDLES = ["v2", "broken", "untrusted"]
 DISK_ID = "0x4861726d"  # MBR disk signature; PARTUUIDs are 4861726d-0N
@@ -938,7 +945,7 @@ def stage_rootfs(out: Path, name: str, base: Path, kdir: Path, initrd: Path, key
 
 
 def bundle(out: Path, name: str, img: Path, boot_img: Path, version: str, cert: Path, key: Path, keyring: Path,
-           compatible=None) -> Path:
+           compatible=None, adaptive=True) -> Path:
     """A signed verity bundle: the boot files (system.conf's boot-mbr-switch
     slot) first, as harmony-bundle lists them, then the rootfs slot image."""
     bdir = out / "bundles"
@@ -956,7 +963,7 @@ def bundle(out: Path, name: str, img: Path, boot_img: Path, version: str, cert: 
         f"[update]\ncompatible={compatible}\nversion={version}\n"
         f"description=Harmony Fleet {name} (QEMU test bundle)\n\n"
         f"[bundle]\nformat=verity\n\n[image.{boot_class}]\nfilename=boot.vfat\n\n"
-        f"[image.rootfs]\nfilename=rootfs.ext4\nadaptive={ROOTFS_ADAPTIVE}\n")
+        f"[image.rootfs]\nfilename=rootfs.ext4\n" + (f"adaptive={ROOTFS_ADAPTIVE}\n" if adaptive else ""))
     dst = bdir / f"{name}.raucb"
     dst.unlink(missing_ok=True)
     run(["rauc", "bundle", f"--mksquashfs-args={MKSQUASHFS_ARGS}", f"--cert={cert}", f"--key={key}",
@@ -1054,9 +1061,9 @@ def main():
     # bundles built before are rebuilt)
     bkey = sha(common, *[out / f"stamps/rootfs-{n}" for n in variants], out / "stamps/boot-images",
                keys / "signer.cert.pem", keys / "untrusted-signer.cert.pem", SYSTEM_CONF,
-               f"adaptive={ROOTFS_ADAPTIVE}", f"mksquashfs={MKSQUASHFS_ARGS}")
+               f"adaptive={ROOTFS_ADAPTIVE}", f"mksquashfs={MKSQUASHFS_ARGS}", f"full={sorted(FULL_BUNDLES.items())}")
     st = Stage(out, "bundles", bkey, args.force)
-    bundles = {n: out / "bundles" / f"{n}.raucb" for n in list(variants) + list(DERIVED_BUNDLES)}
+    bundles = {n: out / "bundles" / f"{n}.raucb" for n in list(variants) + list(DERIVED_BUNDLES) + list(FULL_BUNDLES)}
     if not (st.fresh() and all(b.is_file() for b in bundles.values())):
         for n in variants:
             log(f"bundle {n}")
@@ -1069,6 +1076,10 @@ def main():
             bundle(out, n, imgs[img], boot_imgs[img], version, keys / f"{prefix}signer.cert.pem",
                    keys / f"{prefix}signer.key.pem",
                    keys / f"{prefix}ca.cert.pem", compatible)
+        for n, img in FULL_BUNDLES.items():
+            log(f"bundle {n} (slot image {img}, not adaptive)")
+            bundle(out, n, imgs[img], boot_imgs[img], variants[img]["version"], keys / "signer.cert.pem",
+                   keys / "signer.key.pem", keys / "ca.cert.pem", adaptive=False)
         st.done()
 
     # data partition, disk (boot partition: v1's boot image)
@@ -1136,7 +1147,8 @@ def main():
             "bundles_in_guest": {n: f"{data['mount']}/bundles/{bundles[n].name}" for n in DATA_BUNDLES},
             "bundles_on_host": {n: str(b) for n, b in bundles.items()},
             "bundle_versions": {**{n: v["version"] for n, v in variants.items()},
-                                **{n: d[1] for n, d in DERIVED_BUNDLES.items()}},
+                                **{n: d[1] for n, d in DERIVED_BUNDLES.items()},
+                                **{n: variants[img]["version"] for n, img in FULL_BUNDLES.items()}},
             "fleet_key": str(keys / "fleet.key"),
             "rootfs_images": {n: str(i) for n, i in imgs.items()},
             "agent": str(agent) if agent else None,
