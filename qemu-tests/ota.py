@@ -83,7 +83,7 @@ written with debugfs; identity and credentials come from enrollment alone.
     against the bundle size. Needs the image's streaming RAUC (the
     default; not with --debian-rauc)
  15 power cut during a streamed install (issue 16 (c), (d)): the agent's
-    256 KiB/s cap travels to the operator's server, the rate it sends at is
+    64 KiB/s cap travels to the operator's server, the rate it sends at is
     measured over 30 s; the guest is killed mid-install; after the boot the
     agent installs again (RAUC streams from the start), committed; bytes sent
     after the cut against the bundle size; not in --ci
@@ -1262,10 +1262,14 @@ def served_rate(fleet, bundle_id, window_s):
     return (b1 - b0) / (time.monotonic() - t0)
 
 
-STREAM_CAP = 262144
+# Below the slowest rate RAUC read a full bundle at under TCG (about
+# 140 KB/s at the start of an install, with dm-verity's small reads; 640 KB/s
+# on average): with a higher cap RAUC, not the cap, sets the pace and the
+# measured rate says nothing about the cap.
+STREAM_CAP = 65536
 
 
-@scenario(15, "power cut during a streamed install (capped at 256 KiB/s): the cap holds, the install streams again after boot, committed")
+@scenario(15, "power cut during a streamed install (capped at 64 KiB/s): the cap holds, the install streams again after boot, committed")
 def s15(ctx):
     """Issue 16 (c) and (d) on the real device. The agent's bandwidth cap
     (drop-in `download_max_bytes_per_sec`) travels to the operator's bundle
