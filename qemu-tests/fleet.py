@@ -129,8 +129,10 @@ class Fleet:
     def close(self):
         self.kill_serve(signal.SIGTERM)
         self._stop_nats()
-        # The JetStream store holds every pushed bundle; the logs stay.
+        # The JetStream store and the bundle server's cache hold every
+        # pushed bundle (80 MB each, per scenario); the logs stay.
         shutil.rmtree(self.dir / "js", ignore_errors=True)
+        shutil.rmtree(self.dir / "bundle-cache", ignore_errors=True)
 
     # -- CLI -----------------------------------------------------------------
     def op(self, *args, ok=True, timeout=300):
