@@ -576,8 +576,18 @@ def s6(ctx):
     g.sh("systemctl restart harmony-agent")
     t_start = int(time.time() * 1000)
     o.start_rollout("v2", "s6")
+    # Issue 16 (d): the capped download's rate, from two of the agent's
+    # progress reports (bytes done and the device's time of each).
+    first = o.watch(lambda s: s["heartbeat"]["upgrade"]["phase"] == "downloading"
+                    and s["heartbeat"]["upgrade"]["bytes_done"] >= 4 * 2 ** 20, 900, "4 MiB downloaded")
     s = o.watch(lambda s: s["heartbeat"]["upgrade"]["phase"] == "downloading"
                 and s["heartbeat"]["upgrade"]["bytes_done"] >= 20 * 2 ** 20, 900, "20 MiB downloaded")
+    a, b = first["heartbeat"]["upgrade"], s["heartbeat"]["upgrade"]
+    rate = (b["bytes_done"] - a["bytes_done"]) / ((b["since"] - a["since"]) / 1000)
+    ctx.metric("download cap (bytes/s)", 1000000)
+    ctx.metric(f"download rate between {a['bytes_done']} and {b['bytes_done']} bytes (bytes/s)", round(rate))
+    ctx.metric("download rate / cap", round(rate / 1000000, 3))
+    check(abs(rate / 1000000 - 1) <= 0.05, f"the capped download ran at {rate:.0f} bytes/s, not within 5 % of 1000000")
     done_before = s["heartbeat"]["upgrade"]["bytes_done"]
     cut_boot = s["heartbeat"]["boot_id"]
     total = s["heartbeat"]["upgrade"]["bytes_total"]
