@@ -1310,7 +1310,6 @@ def s15(ctx):
     g.sh("rm /data/harmony/agent.d/50-test-cap.toml; sync")
     requests_before, sent_before = served_bytes(o.fleet, "v2-full")
     cut_boot = s["heartbeat"]["boot_id"]
-    since = g.mark()
     g.kill()
     g.log.write("\n===== harness: power cut (SIGKILL) during the streamed install =====\n")
     size = Path(ctx.manifest["bundles_on_host"]["v2-full"]).stat().st_size
