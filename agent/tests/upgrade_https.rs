@@ -6,56 +6,12 @@ use async_nats::jetstream;
 use harmony_agent::upgrade::download::{BundleFiles, Downloader};
 use harmony_protocol::names::BUNDLE_OBJECT_BUCKET;
 use harmony_protocol::BundleSource;
+use harmony_testkit::pki::TestPki;
 use harmony_testkit::NatsServer;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("run openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A test CA and a server certificate for 127.0.0.1 signed by it.
-fn make_pki(dir: &Path) {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-    openssl(
-        dir,
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &["-subj", "/CN=harmony-test-ca", "-days", "1", "-keyout", "ca.key", "-out", "ca.pem"],
-        ]
-        .concat(),
-    );
-    openssl(dir, &[&["req"][..], &ec, &["-subj", "/CN=127.0.0.1", "-keyout", "srv.key", "-out", "srv.csr"]].concat());
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "srv.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "srv.pem",
-        ],
-    );
-}
 
 struct TlsServer(Child);
 
@@ -98,7 +54,7 @@ fn serve_dir(dir: &Path) -> (TlsServer, u16) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_download_verifies_the_server_against_the_configured_ca() {
     let www = tempfile::tempdir().unwrap();
-    make_pki(www.path());
+    TestPki::create(www.path(), "IP:127.0.0.1");
     let bytes: Vec<u8> = (0..512 * 1024).map(|i| (i * 13 % 251) as u8).collect();
     std::fs::write(www.path().join("bundle.raucb"), &bytes).unwrap();
     let (_server, port) = serve_dir(www.path());

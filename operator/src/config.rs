@@ -248,6 +248,38 @@ pub struct BundleHttpConfig {
     /// ended, so a streaming client's next Range request finds it again.
     #[serde(default = "default_download_idle_secs")]
     pub download_idle_secs: u64,
+    /// The server's certificate chain (PEM). With `tls_key`, bundles are
+    /// served over HTTPS, HTTP/2 offered first (ALPN); `public_url` must
+    /// then be `https://`. Re-read when the files change, so a renewed
+    /// certificate needs no restart.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl BundleHttpConfig {
+    /// The certificate and key files when TLS is configured.
+    pub fn tls(&self) -> Option<(&Path, &Path)> {
+        Some((self.tls_cert.as_deref()?, self.tls_key.as_deref()?))
+    }
+
+    fn check(&self) -> std::result::Result<(), String> {
+        let https = self.public_url.starts_with("https://");
+        if !https && !self.public_url.starts_with("http://") {
+            return Err(format!("bundle_http.public_url {:?} must start with http:// or https://", self.public_url));
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) | (None, Some(_)) => Err("bundle_http: set both tls_cert and tls_key, or neither".into()),
+            (Some(_), Some(_)) if !https => Err(format!(
+                "bundle_http.public_url {:?} must be https:// when tls_cert and tls_key are set",
+                self.public_url
+            )),
+            // An https:// URL without tls_*: TLS ends at a proxy in front.
+            _ => Ok(()),
+        }
+    }
 }
 
 fn default_bundle_cache_dir() -> PathBuf {
@@ -298,6 +330,9 @@ impl Config {
                     detail: format!("dashboard user {:?}: password_hash is not a PHC hash string", user.name),
                 });
             }
+        }
+        if let Some(http) = &cfg.bundle_http {
+            http.check().map_err(|detail| Error::Config { path: path.to_path_buf(), detail })?;
         }
         Ok(cfg)
     }
@@ -351,5 +386,21 @@ mod tests {
         assert_eq!(c.token_key, default_token_key());
         assert!(Config::parse("[nats]\nurl = \"x\"\n[bundle_http]\nlisten = \"0.0.0.0:1\"\n", Path::new("x")).is_err());
         assert!(Config::parse(&format!("{ok}bogus = 1\n"), Path::new("x")).is_err());
+    }
+
+    #[test]
+    fn bundle_http_tls_needs_both_files_and_an_https_url() {
+        let base = "[nats]\nurl = \"x\"\n[bundle_http]\nlisten = \"0.0.0.0:8443\"\n";
+        let parse = |rest: &str| Config::parse(&format!("{base}{rest}"), Path::new("x"));
+        let tls = "tls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n";
+        let c = parse(&format!("public_url = \"https://h:8443\"\n{tls}")).unwrap().bundle_http.unwrap();
+        assert_eq!(c.tls(), Some((Path::new("/c.pem"), Path::new("/k.pem"))));
+        let err = parse(&format!("public_url = \"http://h:8443\"\n{tls}")).unwrap_err().to_string();
+        assert!(err.contains("must be https://"), "{err}");
+        let err = parse("public_url = \"https://h\"\ntls_cert = \"/c.pem\"\n").unwrap_err().to_string();
+        assert!(err.contains("both tls_cert and tls_key"), "{err}");
+        assert!(parse("public_url = \"ftp://h\"\n").is_err());
+        // TLS ended by a proxy in front: an https:// URL, no files here.
+        assert_eq!(parse("public_url = \"https://h\"\n").unwrap().bundle_http.unwrap().tls(), None);
     }
 }

@@ -7,7 +7,7 @@
 mod bundle_http_support;
 mod common;
 
-use bundle_http_support::{read, request, send, Response};
+use bundle_http_support::{noise, read, request, send, Response};
 use common::{dev, now, Env};
 use ed25519_dalek::SigningKey;
 use harmony_operator::bundle_http::token::{self, Claims};
@@ -32,6 +32,8 @@ fn http_config(dir: &Path, listen: &str) -> BundleHttpConfig {
         token_key: dir.join("bundle-token.key"),
         // A slot frees the moment its transfer ends: the cap test waits on that.
         download_idle_secs: 0,
+        tls_cert: None,
+        tls_key: None,
     }
 }
 
@@ -49,19 +51,6 @@ fn claims(device: &str, rec: &BundleRecord, max_concurrent: Option<u32>) -> Clai
         max_concurrent,
         expires_at: UnixMillis(now().0 + 60_000),
     }
-}
-
-/// Bytes squashfs cannot compress (a verity bundle needs more than 4 KiB).
-fn noise(len: usize) -> Vec<u8> {
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn bearer(key: &SigningKey, c: &Claims) -> String {

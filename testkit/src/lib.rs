@@ -10,6 +10,7 @@
 pub mod dbus;
 pub mod nats;
 pub mod nats_cluster;
+pub mod pki;
 pub mod rauc;
 pub mod rauc_bundle;
 pub mod tools;

@@ -187,27 +187,16 @@ impl RaucClient {
         slots.into_iter().find(|s| s.name == name).and_then(|s| s.bootname).ok_or(RaucError::UnknownSlot(name))
     }
 
-    /// Install `bundle` and wait for RAUC to finish. Progress percentages go
+    /// Install `source` and wait for RAUC to finish. Progress percentages go
     /// to `progress`. Returns the bootname RAUC made primary (the slot the
     /// next boot will try).
-    /// Installs `source`: a bundle file, or an `http(s)://` URL that RAUC
-    /// streams, sending `http_headers` (`Name: value`) with every request.
-    pub async fn install(
-        &self,
-        source: &str,
-        http_headers: &[String],
-        progress: &watch::Sender<u8>,
-    ) -> Result<String, RaucError> {
+    pub async fn install(&self, source: InstallSource<'_>, progress: &watch::Sender<u8>) -> Result<String, RaucError> {
         // Subscribe before starting: a fast install could otherwise complete
         // before we listen and the signal would be lost.
         let mut completed = self.proxy.receive_completed().await.map_err(call("subscribe Completed"))?;
         let mut progress_changes = self.watcher.receive_progress_changed().await;
-        let mut args = HashMap::new();
-        if !http_headers.is_empty() {
-            // InstallBundle's `http-headers`: an array of strings (`as`).
-            args.insert("http-headers", Value::from(http_headers.to_vec()));
-        }
-        self.proxy.install_bundle(source, args).await.map_err(call("InstallBundle"))?;
+        let (path, args) = source.install_bundle_args();
+        self.proxy.install_bundle(&path, args).await.map_err(call("InstallBundle"))?;
         self.finish_install(&mut completed, &mut progress_changes, progress).await
     }
 
@@ -309,6 +298,38 @@ impl RaucClient {
     }
 }
 
+/// What `InstallBundle` is asked to install.
+#[derive(Debug, Clone, Copy)]
+pub enum InstallSource<'a> {
+    /// A bundle file on this device.
+    File(&'a std::path::Path),
+    /// An `http(s)://` URL RAUC streams, sending `http_headers` (`Name:
+    /// value`) with every request and, for `https://`, trusting the CAs in
+    /// `tls_ca` (PEM) instead of the system's.
+    Stream { url: &'a str, http_headers: &'a [String], tls_ca: Option<&'a std::path::Path> },
+}
+
+impl InstallSource<'_> {
+    /// `InstallBundle`'s two arguments: the source and its `a{sv}` options.
+    pub fn install_bundle_args(&self) -> (String, HashMap<&'static str, Value<'static>>) {
+        let mut args = HashMap::new();
+        match *self {
+            Self::File(path) => (path.to_string_lossy().into_owned(), args),
+            Self::Stream { url, http_headers, tls_ca } => {
+                if !http_headers.is_empty() {
+                    // `http-headers`: an array of strings (`as`).
+                    args.insert("http-headers", Value::from(http_headers.to_vec()));
+                }
+                if let Some(ca) = tls_ca {
+                    // `tls-ca`: a file name (`s`), read by RAUC's streaming helper.
+                    args.insert("tls-ca", Value::from(ca.to_string_lossy().into_owned()));
+                }
+                (url.to_string(), args)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -322,6 +343,22 @@ mod tests {
         for bad in ["", "2026-11-28 01:54:08", "2026-13-01T00:00:00Z", "2026-11-28T25:00:00Z", "x-y-zTa:b:cZ"] {
             assert_eq!(parse_utc_timestamp(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn install_bundle_args_name_headers_and_trust_only_for_a_stream() {
+        let (path, args) = InstallSource::File(std::path::Path::new("/data/b.raucb")).install_bundle_args();
+        assert_eq!((path.as_str(), args.len()), ("/data/b.raucb", 0));
+        let headers = vec!["Authorization: Bearer t".to_string()];
+        let ca = std::path::Path::new("/data/harmony/download/stream-trust.pem");
+        let stream = InstallSource::Stream { url: "https://op/v1/bundles/b", http_headers: &headers, tls_ca: Some(ca) };
+        let (url, args) = stream.install_bundle_args();
+        assert_eq!(url, "https://op/v1/bundles/b");
+        assert_eq!(args.get("http-headers"), Some(&Value::from(headers.clone())));
+        assert_eq!(args.get("tls-ca"), Some(&Value::from(ca.to_string_lossy().into_owned())));
+        let (_, args) =
+            InstallSource::Stream { url: "http://op/b", http_headers: &[], tls_ca: None }.install_bundle_args();
+        assert!(args.is_empty(), "{args:?}");
     }
 
     fn slot_b() -> SlotInfo {

@@ -113,8 +113,13 @@ impl BundleFiles {
     pub fn complete(&self) -> PathBuf {
         self.dir.join("bundle.raucb")
     }
+    /// The CAs RAUC trusts for a streamed `https://` bundle (written just
+    /// before the install; see `http_get::trust_pem`).
+    pub fn stream_trust(&self) -> PathBuf {
+        self.dir.join("stream-trust.pem")
+    }
     pub fn remove_all(&self) {
-        for p in [self.part(), self.resume(), self.complete()] {
+        for p in [self.part(), self.resume(), self.complete(), self.stream_trust()] {
             let _ = std::fs::remove_file(p);
         }
     }

@@ -88,6 +88,33 @@ fn tls_config(url: &str, extra_ca: Option<&Path>) -> Result<rustls::ClientConfig
         .with_no_client_auth())
 }
 
+/// What this agent trusts for `https://` (the system's CAs plus
+/// `extra_ca`), as one PEM file: RAUC is handed it (`tls-ca`) for a streamed
+/// install, because naming only the extra CA would make libcurl forget the
+/// system's, and naming none would forget the extra one. So RAUC trusts
+/// exactly the servers the agent's own signature check trusted.
+pub fn trust_pem(extra_ca: &Path) -> Result<String, HttpError> {
+    use base64::Engine as _;
+    let extra = std::fs::read_to_string(extra_ca)
+        .map_err(|e| HttpError::Tls { url: String::new(), detail: format!("{}: {e}", extra_ca.display()) })?;
+    let mut pem = String::new();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        // Every chunk of an ASCII string is valid UTF-8.
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).unwrap_or_default());
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    pem.push_str(&extra);
+    if !extra.ends_with('\n') {
+        pem.push('\n');
+    }
+    Ok(pem)
+}
+
 async fn connect(
     url: &str,
     scheme: Scheme,

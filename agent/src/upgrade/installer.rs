@@ -14,15 +14,18 @@ pub enum BundleRef {
     /// A downloaded, hash-checked bundle file.
     File(PathBuf),
     /// A bundle RAUC streams from `url`, sending `headers` (the offer's
-    /// token) with every Range request.
-    Stream { url: String, headers: Vec<String> },
+    /// token) with every Range request, trusting the CAs in `tls_ca` (a PEM
+    /// file) for `https://` when given, else the system's.
+    Stream { url: String, headers: Vec<String>, tls_ca: Option<PathBuf> },
 }
 
 impl BundleRef {
-    fn source(&self) -> (String, &[String]) {
+    fn source(&self) -> crate::rauc::InstallSource<'_> {
         match self {
-            Self::File(path) => (path.to_string_lossy().into_owned(), &[]),
-            Self::Stream { url, headers } => (url.clone(), headers),
+            Self::File(path) => crate::rauc::InstallSource::File(path),
+            Self::Stream { url, headers, tls_ca } => {
+                crate::rauc::InstallSource::Stream { url, http_headers: headers, tls_ca: tls_ca.as_deref() }
+            }
         }
     }
 }
@@ -65,10 +68,7 @@ impl Installer for RaucClient {
         bundle: &'a BundleRef,
         progress: &'a watch::Sender<u8>,
     ) -> BoxFuture<'a, Result<String, String>> {
-        Box::pin(async move {
-            let (source, headers) = bundle.source();
-            RaucClient::install(self, &source, headers, progress).await.map_err(rauc_text)
-        })
+        Box::pin(async move { RaucClient::install(self, bundle.source(), progress).await.map_err(rauc_text) })
     }
 
     fn adopt_install<'a>(
@@ -81,10 +81,7 @@ impl Installer for RaucClient {
             match self.adopt_install(claim, progress).await.map_err(rauc_text)? {
                 Adoption::Finished(slot) => Ok(slot),
                 Adoption::Failed(last_error) => Err(last_error),
-                Adoption::NotInstalled => {
-                    let (source, headers) = bundle.source();
-                    RaucClient::install(self, &source, headers, progress).await.map_err(rauc_text)
-                }
+                Adoption::NotInstalled => RaucClient::install(self, bundle.source(), progress).await.map_err(rauc_text),
             }
         })
     }

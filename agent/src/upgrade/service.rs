@@ -17,7 +17,7 @@ use harmony_protocol::signing::SigningError;
 use harmony_protocol::time::UnixMillis;
 use harmony_protocol::{CommandError, RefusalReason, SignedEnvelope, TrustedKeys, UpgradeOffer, UpgradePhase};
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -501,10 +501,27 @@ impl Service {
     fn start_install(&mut self, claim: Option<crate::rauc::InstallClaim>) {
         let installer = self.ctx.installer.clone();
         let bundle = match self.state.job.as_ref() {
-            Some(job) if job.streamed() => BundleRef::Stream {
-                url: job.offer.bundle.url.clone().unwrap_or_default(),
-                headers: super::stream::headers(&job.offer.bundle, self.ctx.config.download_max_bytes_per_sec),
-            },
+            Some(job) if job.streamed() => {
+                let url = job.offer.bundle.url.clone().unwrap_or_default();
+                // RAUC gets the agent's own trust (system CAs plus the extra
+                // one) for https://; with no extra CA the system's is the same.
+                let extra_ca = self.ctx.config.https_ca_file.as_ref().filter(|_| url.starts_with("https://"));
+                let tls_ca = match extra_ca {
+                    Some(extra) => match write_stream_trust(&self.files.stream_trust(), extra) {
+                        Ok(path) => Some(path),
+                        Err(detail) => {
+                            self.send_later(async move { Event::InstallFailed { last_error: detail } });
+                            return;
+                        }
+                    },
+                    None => None,
+                };
+                BundleRef::Stream {
+                    url,
+                    headers: super::stream::headers(&job.offer.bundle, self.ctx.config.download_max_bytes_per_sec),
+                    tls_ca,
+                }
+            }
             _ => BundleRef::File(self.files.complete()),
         };
         let tx = self.tx.clone();
@@ -556,6 +573,15 @@ fn safe_unsaved(next: &State, actions: &[Action]) -> bool {
         | Action::ScheduleReboot
         | Action::MarkGood => false,
     })
+}
+
+/// Writes the CAs RAUC is to trust for a streamed `https://` install to
+/// `path` (readable by RAUC, which runs as root).
+fn write_stream_trust(path: &Path, extra_ca: &Path) -> Result<PathBuf, String> {
+    let pem = super::http_get::trust_pem(extra_ca).map_err(|e| format!("the TLS trust for RAUC: {e}"))?;
+    crate::durable::write_atomically(path, pem.as_bytes(), 0o644)
+        .map_err(|e| format!("the TLS trust for RAUC: {}: {e}", path.display()))?;
+    Ok(path.to_path_buf())
 }
 
 /// ENOSPC (or a quota): the disk is full, not the source broken.

@@ -10,7 +10,7 @@ use super::token::{self, Claims, TokenError};
 use super::Server;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use std::io::SeekFrom;
@@ -65,9 +65,10 @@ pub(super) async fn bundle(
     State(server): State<Arc<Server>>,
     Path(id): Path<String>,
     method: Method,
+    version: Version,
     headers: HeaderMap,
 ) -> Response {
-    match serve(&server, &id, &method, &headers).await {
+    match serve(&server, &id, &method, version, &headers).await {
         Ok(response) => response,
         Err(refusal) => {
             log::info!("bundle {id}: {} refused: {refusal}", method.as_str());
@@ -76,7 +77,13 @@ pub(super) async fn bundle(
     }
 }
 
-async fn serve(server: &Arc<Server>, id: &str, method: &Method, headers: &HeaderMap) -> Result<Response, Refusal> {
+async fn serve(
+    server: &Arc<Server>,
+    id: &str,
+    method: &Method,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<Response, Refusal> {
     let auth = headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or(""));
     let token = token::from_header(auth)?;
     let claims = token::verify(&server.token_key, token, id, server.clock.now())?;
@@ -115,8 +122,9 @@ async fn serve(server: &Arc<Server>, id: &str, method: &Method, headers: &Header
     }
     let slot = admit(server, &claims)?;
     let capped = rate.map(|r| format!(", capped at {r} bytes/s")).unwrap_or_default();
+    // The protocol in the log: what proves RAUC multiplexed over HTTP/2.
     log::info!(
-        "bundle {id}: {what} to {} (rollout {}{capped})",
+        "bundle {id}: {what} to {} (rollout {}, {version:?}{capped})",
         claims.device,
         claims.rollout.as_deref().unwrap_or("-")
     );

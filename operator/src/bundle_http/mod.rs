@@ -5,8 +5,9 @@
 //! Each request carries the bearer token from the device's signed offer
 //! ([`token`]); the bytes come from a SHA-256-verified local copy of the
 //! object ([`cache`]); at most `--max-concurrent-downloads` devices of a
-//! rollout transfer at once ([`admission`]). Plain HTTP/1.1: the dashboard
-//! has no TLS either, and the lockfile has no HTTP/2 (`h2`) crate.
+//! rollout transfer at once ([`admission`]). With `tls_cert`/`tls_key` it
+//! speaks HTTPS and offers HTTP/2 first ([`tls`]); without, plain HTTP/1.1
+//! (and HTTP/2 only to a client that starts with its preface).
 
 pub mod admission;
 pub mod cache;
@@ -14,6 +15,7 @@ mod handler;
 pub mod offer;
 pub mod pace;
 pub mod range;
+pub mod tls;
 pub mod token;
 
 use crate::bus::Buckets;
@@ -117,11 +119,24 @@ pub async fn start(
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|e| Error::io(format!("bundle_http {addr}"), e))?;
     let addr = listener.local_addr().map_err(|e| Error::io(format!("bundle_http {addr}"), e))?;
-    log::info!("serving bundles on http://{addr}/v1/bundles/ (offers name {})", cfg.public_url);
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            log::error!("bundle server: {e}");
+    let task = match cfg.tls() {
+        Some((cert, key)) => {
+            let listener = tls::TlsListener::new(listener, tls::server_config(cert, key)?)?;
+            log::info!("serving bundles on https://{addr}/v1/bundles/ (h2, http/1.1; offers name {})", cfg.public_url);
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    log::error!("bundle server: {e}");
+                }
+            })
         }
-    });
+        None => {
+            log::info!("serving bundles on http://{addr}/v1/bundles/ (offers name {})", cfg.public_url);
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    log::error!("bundle server: {e}");
+                }
+            })
+        }
+    };
     Ok(Handle { addr, server, open, task })
 }
