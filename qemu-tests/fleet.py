@@ -25,6 +25,8 @@ NATS_SERVER = REPO / ".tools" / "venv" / "bin" / "nats-server"
 OPERATOR = Path(os.environ.get("HARMONY_OPERATOR_BIN", REPO / "target" / "debug" / "harmony-operator"))
 # How QEMU's user network (slirp) shows the host's loopback to the guest.
 HOST_FROM_GUEST = "10.0.2.2"
+# Where the guest finds the fleet CA of an https:// bundle server.
+GUEST_BUNDLE_CA = "/data/harmony/bundle-ca.pem"
 
 
 def free_port():
@@ -60,8 +62,12 @@ class Fleet:
         self.heartbeat_interval_secs = heartbeat_interval_secs
         self.commit_deadline_secs = commit_deadline_secs
         # The operator's bundle server (issue 16): offers then carry its URL
-        # and a token, and a device with NBD streams the bundle.
+        # and a token, and a device with NBD streams the bundle. "https":
+        # over TLS with a certificate from a fleet CA made here (as an
+        # operator does with openssl, docs/operator.md); the device is given
+        # the CA (bundle_ca) on its data partition.
         self.bundle_http_port = free_port() if bundle_http else None
+        self.bundle_ca = self._make_pki() if bundle_http == "https" else None
         # Callout mode, as a fleet that enrolls its devices runs: the
         # operator's users are in the server's config, every device is
         # admitted by the operator's auth callout (docs/flashing-and-enrolling.md).
@@ -71,6 +77,25 @@ class Fleet:
         self._start_nats()
         self.op("init")
         self.token = None
+
+    def _make_pki(self):
+        """A fleet CA and the bundle server's certificate for the address
+        the guest reaches the host at; returns the CA's path."""
+        pki = self.dir / "pki"
+        pki.mkdir()
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        runs = [["req", "-x509", *ec, "-subj", "/CN=qemu-test fleet CA", "-days", "2",
+                 "-keyout", "ca.key", "-out", "ca.pem"],
+                ["req", *ec, "-subj", "/CN=harmony-operator bundles", "-keyout", "bundles.key", "-out", "bundles.csr"],
+                ["x509", "-req", "-in", "bundles.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-days", "2", "-extfile", "ext.cnf", "-out", "bundles.pem"]]
+        (pki / "ext.cnf").write_text(f"subjectAltName=IP:{HOST_FROM_GUEST},IP:127.0.0.1\n"
+                                     "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n")
+        for args in runs:
+            p = subprocess.run(["openssl", *args], cwd=pki, capture_output=True, text=True)
+            if p.returncode != 0:
+                raise Fail(f"openssl {args[0]}: {p.stderr.strip()}")
+        return pki / "ca.pem"
 
     # -- processes -----------------------------------------------------------
     def _write_config(self):
@@ -83,10 +108,14 @@ class Fleet:
                   "[enroll]", f'issuer_seed_file = "{self.dir / "callout-issuer.nk"}"',
                   f'system_seed_file = "{self.dir / "system.nk"}"']
         if self.bundle_http_port:
+            scheme = "https" if self.bundle_ca else "http"
             lines += ["[bundle_http]", f'listen = "127.0.0.1:{self.bundle_http_port}"',
-                      f'public_url = "http://{HOST_FROM_GUEST}:{self.bundle_http_port}"',
+                      f'public_url = "{scheme}://{HOST_FROM_GUEST}:{self.bundle_http_port}"',
                       f'cache_dir = "{self.dir / "bundle-cache"}"',
                       f'token_key = "{self.dir / "bundle-token.key"}"']
+            if self.bundle_ca:
+                lines += [f'tls_cert = "{self.dir / "pki" / "bundles.pem"}"',
+                          f'tls_key = "{self.dir / "pki" / "bundles.key"}"']
         self.config.write_text("\n".join(lines) + "\n")
 
     def _start_nats(self):
@@ -184,8 +213,11 @@ class Fleet:
         """The test's agent timing (heartbeat interval, commit deadline), a
         drop-in for the data partition: the image's defaults (10 s, 300 s)
         would make every scenario minutes longer."""
-        return (f"# qemu-tests: timing only; identity comes from enrollment\n"
+        return (f"# qemu-tests: timing (and a bundle CA); identity comes from enrollment\n"
                 f"heartbeat_interval_secs = {self.heartbeat_interval_secs}\n"
                 f"[upgrade]\ncommit_deadline_secs = {self.commit_deadline_secs}\n"
+                # The fleet's CA for an https:// bundle server, as a drop-in
+                # names it on a real card (put there by ota.py).
+                + (f'https_ca_file = "{GUEST_BUNDLE_CA}"\n' if self.bundle_ca else "") +
                 # Workload drift and retries in seconds, not minutes (issue 15).
                 f"[workloads]\ndrift_interval_secs = 5\nretry_initial_secs = 2\nretry_max_secs = 10\n")

@@ -108,7 +108,7 @@ from pathlib import Path
 import container_image
 import suite
 from disk import put_ext4_file
-from fleet import REPO, Fleet
+from fleet import GUEST_BUNDLE_CA, REPO, Fleet
 from guest import Fail, check, slot_state
 import workloads as wl
 
@@ -152,6 +152,9 @@ class Ota:
         g = self.g
         self.fleet.prepare_card(g.overlay)
         put_ext4_file(g.overlay, DATA_ENTRY, AGENT_DROP_IN_ON_DATA, self.fleet.agent_timing_drop_in())
+        if self.fleet.bundle_ca:
+            put_ext4_file(g.overlay, DATA_ENTRY, GUEST_BUNDLE_CA.removeprefix("/data"),
+                          self.fleet.bundle_ca.read_text())
         t0 = time.monotonic()
         g.boot(expect_slot="A")
         g.wait_running()
@@ -1187,7 +1190,18 @@ def served_bytes(fleet, bundle_id):
     return n, total
 
 
-@scenario(14, "streamed OTA: the operator serves v2 (full bundle) over HTTP with a per-offer token, RAUC streams it through NBD, no copy on /data, committed")
+def served_protocols(fleet, bundle_id):
+    """{(HTTP version, client): requests} the bundle server logged sending
+    for `bundle_id` (the client is its User-Agent, e.g. rauc/1.8)."""
+    seen = {}
+    for log in sorted(fleet.logs.glob("operator-serve-*.log")):
+        for m in re.finditer(rf"bundle {re.escape(bundle_id)}: (?:bytes \S+|all \d+ bytes) to \S+ "
+                             r"\(rollout [^,]*, (HTTP/[\d.]+), ([^,)]+)", log.read_text(errors="replace")):
+            seen[(m.group(1), m.group(2))] = seen.get((m.group(1), m.group(2)), 0) + 1
+    return seen
+
+
+@scenario(14, "streamed OTA over HTTPS: the operator serves v2 (full bundle) with TLS and HTTP/2 and a per-offer token, RAUC streams it through NBD trusting the fleet CA, no copy on /data, committed")
 def s14(ctx):
     """Issue 16 on the real device: the same rollout as scenario 1, but the
     operator runs its bundle server ([bundle_http]), so the signed offer
@@ -1197,8 +1211,15 @@ def s14(ctx):
     Range requests through /dev/nbd0. Checked while RAUC installs: an NBD
     device is connected and nothing bundle-sized is on /data. The bundle is
     v2-full (no adaptive data), so RAUC reads all of it: the streaming
-    counterpart of scenario 1's download; scenario 16 measures adaptive."""
-    o = Ota(ctx, bundle_http=True)
+    counterpart of scenario 1's download; scenario 16 measures adaptive.
+    Over HTTPS, as a fleet runs it: the server's certificate comes from a
+    fleet CA the card's drop-in names (upgrade.https_ca_file); the agent
+    checks with it and hands RAUC the same trust, and RAUC's libcurl
+    multiplexes its Range requests over HTTP/2 (the server's log says which
+    protocol and client each request had; RAUC sends its User-Agent on its
+    first request only). Scenarios 15 and 16 stream over
+    plain HTTP."""
+    o = Ota(ctx, bundle_http="https")
     g = o.g
     hb0 = o.boot_and_enroll()
     old_boot = hb0["boot_id"]
@@ -1256,6 +1277,16 @@ def s14(ctx):
     ctx.metric("operator sent / bundle size", round(sent / size, 3))
     ctx.metric("range requests served", requests)
     check(sent >= size * 0.5, f"the operator sent only {sent} of {size} bytes: was the bundle really streamed?")
+    protocols = served_protocols(o.fleet, "v2-full")
+    ctx.metric("requests by (protocol, client)", {f"{v} {c}": n for (v, c), n in sorted(protocols.items())})
+    check(sum(protocols.values()) == requests, f"every served request names its protocol: {protocols}")
+    # RAUC names itself (rauc/1.8) on its first request only; every request
+    # that is not the agent's is RAUC's.
+    rauc_requests = {k: n for k, n in protocols.items() if k[1] != "harmony-agent"}
+    check(sum(rauc_requests.values()) >= 100 and all(v == "HTTP/2.0" for v, _ in rauc_requests),
+          f"RAUC's reads were not all HTTP/2 over TLS: {protocols}")
+    check(protocols.get(("HTTP/1.1", "harmony-agent"), 0) >= 2,
+          f"the agent's signature check (HTTP/1.1 over TLS) is not in the log: {protocols}")
     st = o.rauc()
     check(st.get("booted") == "B" and slot_state(st, "B")[1].get("boot_status") == "good", f"rauc: {st}")
     check(g.os_version() == ctx.versions["v2"], "not running v2")

@@ -17,7 +17,7 @@ use harmony_operator::config::BundleHttpConfig;
 use harmony_protocol::time::UnixMillis;
 use harmony_protocol::BundleSource;
 use harmony_testkit::pki::TestPki;
-use harmony_testkit::rauc_bundle::{build_bundle, TestCa};
+use harmony_testkit::rauc_bundle::{build_bundle, incompressible, TestCa};
 use harmony_testkit::NatsServer;
 use sha2::{Digest, Sha256};
 use std::process::Command;
@@ -25,19 +25,6 @@ use std::sync::Arc;
 
 fn now() -> UnixMillis {
     UnixMillis(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64)
-}
-
-/// Bytes squashfs cannot compress, so the bundle is as big as asked.
-fn noise(len: usize) -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,7 +35,7 @@ async fn the_agent_checks_over_https_and_hands_rauc_a_trust_that_verifies_the_se
     create_buckets(&async_nats::jetstream::new(client.clone()), &BucketLimits::default()).await.unwrap();
     let buckets = Buckets::open(client).await.unwrap();
     let ca = TestCa::create(dir.path());
-    let path = build_bundle(&ca, dir.path(), "b", "harmony-rpi4", "2.0.0", "verity", &noise(300_000));
+    let path = build_bundle(&ca, dir.path(), "b", "harmony-rpi4", "2.0.0", "verity", &incompressible(300_000));
     let rec = harmony_operator::bundle::push(&buckets, &path, None, false, now()).await.unwrap();
     let pki = TestPki::create(dir.path(), "IP:127.0.0.1");
     let cfg = BundleHttpConfig {

@@ -250,15 +250,7 @@ async fn scenario() {
     // then removed from the same page (a second action there still works).
     let ca = TestCa::create(env.dir.path());
     // 2 MiB that squashfs cannot compress, so the upload takes many chunks.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let payload: Vec<u8> = (0..2 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let payload = harmony_testkit::rauc_bundle::incompressible(2 << 20);
     let bundle = build_bundle(&ca, env.dir.path(), "upload", "harmony-sim", "3.0.0", "plain", &payload);
     let size = std::fs::metadata(&bundle).unwrap().len();
     b.goto(&format!("{base}/bundles")).await;

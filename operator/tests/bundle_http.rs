@@ -7,7 +7,7 @@
 mod bundle_http_support;
 mod common;
 
-use bundle_http_support::{noise, read, request, send, Response};
+use bundle_http_support::{read, request, send, Response};
 use common::{dev, now, Env};
 use ed25519_dalek::SigningKey;
 use harmony_operator::bundle_http::token::{self, Claims};
@@ -17,7 +17,7 @@ use harmony_operator::config::BundleHttpConfig;
 use harmony_operator::model::{keys, BundleRecord};
 use harmony_operator::{bundle, store};
 use harmony_protocol::time::UnixMillis;
-use harmony_testkit::rauc_bundle::{build_bundle, TestCa};
+use harmony_testkit::rauc_bundle::{build_bundle, incompressible as noise, TestCa};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::path::Path;

@@ -6,10 +6,7 @@
 //! certificate is served without a restart, and a broken one is not.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod bundle_http_support;
 mod common;
-
-use bundle_http_support::noise;
 
 use common::{now, Env};
 use ed25519_dalek::SigningKey;
@@ -21,7 +18,7 @@ use harmony_operator::config::BundleHttpConfig;
 use harmony_operator::sim::http::parse;
 use harmony_protocol::time::UnixMillis;
 use harmony_testkit::pki::TestPki;
-use harmony_testkit::rauc_bundle::{build_bundle, TestCa};
+use harmony_testkit::rauc_bundle::{build_bundle, incompressible as noise, TestCa};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -98,6 +95,19 @@ async fn http1_get(
     parse(&raw).unwrap()
 }
 
+/// The server on a free port with TLS from `cert` and `key`.
+fn tls_config(dir: &Path, cert: &Path, key: &Path) -> BundleHttpConfig {
+    BundleHttpConfig {
+        listen: "127.0.0.1:0".into(),
+        public_url: "https://127.0.0.1".into(),
+        cache_dir: dir.join("bundle-cache"),
+        token_key: dir.join("bundle-token.key"),
+        download_idle_secs: 0,
+        tls_cert: Some(cert.to_path_buf()),
+        tls_key: Some(key.to_path_buf()),
+    }
+}
+
 struct Rig {
     env: Env,
     server: Handle,
@@ -113,15 +123,7 @@ async fn rig(pki_dir: &Path) -> Rig {
     let path = build_bundle(&ca, env.dir.path(), "b", "harmony-rpi4", "3.0.0", "verity", &payload);
     let rec = bundle::push(&env.buckets, &path, None, false, now()).await.unwrap();
     let pki = TestPki::create(pki_dir, "IP:127.0.0.1");
-    let cfg = BundleHttpConfig {
-        listen: "127.0.0.1:0".into(),
-        public_url: "https://127.0.0.1".into(),
-        cache_dir: env.dir.path().join("bundle-cache"),
-        token_key: env.dir.path().join("bundle-token.key"),
-        download_idle_secs: 0,
-        tls_cert: Some(pki.cert.clone()),
-        tls_key: Some(pki.key.clone()),
-    };
+    let cfg = tls_config(env.dir.path(), &pki.cert, &pki.key);
     let key = SigningKey::from_bytes(&[9; 32]);
     let server = bundle_http::start(&cfg, key.verifying_key(), &env.buckets, Arc::new(SystemClock)).await.unwrap();
     let claims = Claims {
@@ -222,15 +224,7 @@ async fn a_key_that_does_not_fit_the_certificate_is_refused_at_start() {
     let b_dir = tempfile::tempdir().unwrap();
     let a = TestPki::create(a_dir.path(), "IP:127.0.0.1");
     let b = TestPki::create(b_dir.path(), "IP:127.0.0.1");
-    let cfg = BundleHttpConfig {
-        listen: "127.0.0.1:0".into(),
-        public_url: "https://127.0.0.1".into(),
-        cache_dir: env.dir.path().join("bundle-cache"),
-        token_key: env.dir.path().join("bundle-token.key"),
-        download_idle_secs: 0,
-        tls_cert: Some(a.cert.clone()),
-        tls_key: Some(b.key.clone()),
-    };
+    let cfg = tls_config(env.dir.path(), &a.cert, &b.key);
     let key = SigningKey::from_bytes(&[9; 32]);
     let err = bundle_http::start(&cfg, key.verifying_key(), &env.buckets, Arc::new(SystemClock)).await.unwrap_err();
     assert!(err.to_string().contains("does not fit the certificate"), "{err}");

@@ -65,3 +65,17 @@ pub fn build_bundle(
     assert!(result.status.success(), "rauc bundle: {}", String::from_utf8_lossy(&result.stderr));
     out
 }
+
+/// `len` pseudo-random bytes (xorshift64, fixed seed) squashfs cannot
+/// compress, so a bundle built from them is as big as asked.
+pub fn incompressible(len: usize) -> Vec<u8> {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

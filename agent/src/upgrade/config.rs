@@ -42,7 +42,8 @@ pub struct UpgradeConfig {
     #[serde(default = "default_progress_interval_ms")]
     pub progress_interval_ms: u64,
     /// Extra CA certificate (PEM) trusted for `https://` bundle URLs, for a
-    /// fleet's private mirror; the system's CA store is always trusted.
+    /// fleet's private CA; the system's CA store is always trusted. RAUC is
+    /// handed the same trust when it streams (`http_get::trust_pem`).
     #[serde(default)]
     pub https_ca_file: Option<PathBuf>,
     /// How often the wall clock is compared with boottime to notice a step

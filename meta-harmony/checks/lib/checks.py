@@ -783,6 +783,26 @@ def _builder_constant(ctx: Ctx, name: str):
     return None
 
 
+CURL_BBAPPEND = "recipes-support/curl/curl_%.bbappend"
+
+
+def check_rauc_http2(ctx: Ctx):
+    """Streaming over HTTP/2 (issue 16): RAUC's libcurl is built with nghttp2
+    for the target, so it can multiplex its Range requests to the operator's
+    bundle server over TLS (the QEMU image's Debian libcurl has it too);
+    curl-native is left as oe-core builds it."""
+    problems = []
+    for machine in MACHINES:
+        d = ctx.recipe(CURL_BBAPPEND, machine, local={"CLASSOVERRIDE": "class-target"})
+        if "nghttp2" not in (d.getVar("PACKAGECONFIG") or "").split():
+            problems.append(f"[{machine}] curl: PACKAGECONFIG {d.getVar('PACKAGECONFIG')!r} has no nghttp2: "
+                            "RAUC streams over HTTP/1.1 only")
+        native = ctx.recipe(CURL_BBAPPEND, machine, local={"CLASSOVERRIDE": "class-native"})
+        if "nghttp2" in (native.getVar("PACKAGECONFIG") or "").split():
+            problems.append(f"[{machine}] curl-native gets nghttp2 too (append for class-target only)")
+    return problems
+
+
 def check_bundle_adaptive(ctx: Ctx):
     """Adaptive updates (issue 16): harmony-bundle's rootfs image carries a
     block-hash-index (RAUC_SLOT_rootfs[adaptive], written into the manifest
@@ -887,6 +907,7 @@ CHECKS = {
     "boot-region": check_boot_region,
     "bundle-boot-slot": check_bundle_boot_slot,
     "bundle-adaptive": check_bundle_adaptive,
+    "rauc-http2": check_rauc_http2,
     "keyring": check_keyring,
     "no-mark-good": check_no_mark_good,
     "kas-pinned": check_kas_pinned,

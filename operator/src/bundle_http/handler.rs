@@ -122,9 +122,10 @@ async fn serve(
     }
     let slot = admit(server, &claims)?;
     let capped = rate.map(|r| format!(", capped at {r} bytes/s")).unwrap_or_default();
-    // The protocol in the log: what proves RAUC multiplexed over HTTP/2.
+    // Protocol and client in the log: what shows RAUC streamed over HTTP/2.
+    let client = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("-");
     log::info!(
-        "bundle {id}: {what} to {} (rollout {}, {version:?}{capped})",
+        "bundle {id}: {what} to {} (rollout {}, {version:?}, {client}{capped})",
         claims.device,
         claims.rollout.as_deref().unwrap_or("-")
     );

@@ -31,16 +31,3 @@ pub async fn read(mut s: TcpStream) -> Response {
 pub async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
     read(send(addr, method, path, headers).await).await
 }
-
-/// Bytes squashfs cannot compress (a verity bundle needs more than 4 KiB).
-pub fn noise(len: usize) -> Vec<u8> {
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
