@@ -787,19 +787,26 @@ CURL_BBAPPEND = "recipes-support/curl/curl_%.bbappend"
 
 
 def check_rauc_http2(ctx: Ctx):
-    """Streaming over HTTP/2 (issue 16): RAUC's libcurl is built with nghttp2
-    for the target, so it can multiplex its Range requests to the operator's
-    bundle server over TLS (the QEMU image's Debian libcurl has it too);
-    curl-native is left as oe-core builds it."""
+    """Streaming over HTTP/2 (issue 16) is opt-in: with HARMONY_RAUC_HTTP2 =
+    "1" RAUC's libcurl is built with nghttp2 for the target (so it can
+    multiplex its Range requests to the operator's bundle server over TLS;
+    the QEMU image's Debian libcurl has it); without it curl is left as
+    oe-core configures it (at the pinned oe-core, nghttp2 makes oe-core mark
+    a curl CVE unpatched: recipes-support/curl/curl_harmony.inc). curl-native
+    is never changed."""
     problems = []
     for machine in MACHINES:
-        d = ctx.recipe(CURL_BBAPPEND, machine, local={"CLASSOVERRIDE": "class-target"})
+        on = {"HARMONY_RAUC_HTTP2": "1"}
+        d = ctx.recipe(CURL_BBAPPEND, machine, local={**on, "CLASSOVERRIDE": "class-target"})
         if "nghttp2" not in (d.getVar("PACKAGECONFIG") or "").split():
-            problems.append(f"[{machine}] curl: PACKAGECONFIG {d.getVar('PACKAGECONFIG')!r} has no nghttp2: "
-                            "RAUC streams over HTTP/1.1 only")
-        native = ctx.recipe(CURL_BBAPPEND, machine, local={"CLASSOVERRIDE": "class-native"})
+            problems.append(f"[{machine}] curl with HARMONY_RAUC_HTTP2 = \"1\": PACKAGECONFIG "
+                            f"{d.getVar('PACKAGECONFIG')!r} has no nghttp2: RAUC streams over HTTP/1.1 only")
+        native = ctx.recipe(CURL_BBAPPEND, machine, local={**on, "CLASSOVERRIDE": "class-native"})
         if "nghttp2" in (native.getVar("PACKAGECONFIG") or "").split():
             problems.append(f"[{machine}] curl-native gets nghttp2 too (append for class-target only)")
+        default = ctx.recipe(CURL_BBAPPEND, machine, local={"CLASSOVERRIDE": "class-target"})
+        if "nghttp2" in (default.getVar("PACKAGECONFIG") or "").split():
+            problems.append(f"[{machine}] curl gets nghttp2 without HARMONY_RAUC_HTTP2 = \"1\" (it is opt-in)")
     return problems
 
 
