@@ -33,10 +33,12 @@
 //! role = "admin"          # or "viewer"
 //! [bundle_http]   # bundles over HTTP with Range (issue #16)
 //! listen = "0.0.0.0:8443"
-//! public_url = "http://operator.example:8443"
+//! public_url = "https://operator.example:8443"
 //! cache_dir = "/var/cache/harmony-operator/bundles"
 //! token_key = "/etc/harmony-operator/bundle-token.key"
 //! download_idle_secs = 10
+//! tls_cert = "/etc/harmony-operator/bundles.pem"   # both or neither: HTTPS, HTTP/2 by ALPN
+//! tls_key = "/etc/harmony-operator/bundles.key"
 //! ```
 
 use crate::error::{Error, Result};
