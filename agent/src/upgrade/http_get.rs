@@ -93,10 +93,9 @@ fn tls_config(url: &str, extra_ca: Option<&Path>) -> Result<rustls::ClientConfig
 /// install, because naming only the extra CA would make libcurl forget the
 /// system's, and naming none would forget the extra one. So RAUC trusts
 /// exactly the servers the agent's own signature check trusted.
-pub fn trust_pem(extra_ca: &Path) -> Result<String, HttpError> {
+pub fn trust_pem(extra_ca: &Path) -> std::io::Result<String> {
     use base64::Engine as _;
-    let extra = std::fs::read_to_string(extra_ca)
-        .map_err(|e| HttpError::Tls { url: String::new(), detail: format!("{}: {e}", extra_ca.display()) })?;
+    let extra = std::fs::read_to_string(extra_ca)?;
     let mut pem = String::new();
     for cert in rustls_native_certs::load_native_certs().certs {
         let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());

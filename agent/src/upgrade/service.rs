@@ -578,7 +578,8 @@ fn safe_unsaved(next: &State, actions: &[Action]) -> bool {
 /// Writes the CAs RAUC is to trust for a streamed `https://` install to
 /// `path` (readable by RAUC, which runs as root).
 fn write_stream_trust(path: &Path, extra_ca: &Path) -> Result<PathBuf, String> {
-    let pem = super::http_get::trust_pem(extra_ca).map_err(|e| format!("the TLS trust for RAUC: {e}"))?;
+    let pem = super::http_get::trust_pem(extra_ca)
+        .map_err(|e| format!("the TLS trust for RAUC: {}: {e}", extra_ca.display()))?;
     crate::durable::write_atomically(path, pem.as_bytes(), 0o644)
         .map_err(|e| format!("the TLS trust for RAUC: {}: {e}", path.display()))?;
     Ok(path.to_path_buf())
