@@ -141,7 +141,15 @@ class Guest:
         # line could never match it.
         self.send(f"{command} ; printf '\\n@@%s@@%s@@\\n' {tag[:1]} {tag[1:]}$?\n")
         m = self.wait_for(rf"\n@@{tag[:1]}@@{tag[1:]}(\d+)@@\n", timeout, since)
-        out = self.buf[since:m.start()].replace("harmony# ", "")
+        out = self.buf[since:m.start()]
+        # The previous command's prompt can straddle the mark ("harm" before
+        # it, "ony# " after): drop that tail, then every whole prompt.
+        prompt = "harmony# "
+        for i in range(1, len(prompt) - 1):
+            if out.startswith(prompt[i:]):
+                out = out[len(prompt) - i:]
+                break
+        out = out.replace(prompt, "")
         rc = int(m.group(1))
         if ok and rc != 0:
             raise Fail(f"guest command failed (rc {rc}): {command}\n{out[-2000:]}")
