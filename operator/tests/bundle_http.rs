@@ -7,35 +7,20 @@
 mod bundle_http_support;
 mod common;
 
-use bundle_http_support::{read, request, send, Response};
+use bundle_http_support::{http_config, read, request, send, Response};
 use common::{dev, now, Env};
 use ed25519_dalek::SigningKey;
 use harmony_operator::bundle_http::token::{self, Claims};
 use harmony_operator::bundle_http::{self, Handle};
 use harmony_operator::clock::SystemClock;
-use harmony_operator::config::BundleHttpConfig;
 use harmony_operator::model::{keys, BundleRecord};
 use harmony_operator::{bundle, store};
 use harmony_protocol::time::UnixMillis;
 use harmony_testkit::rauc_bundle::{build_bundle, incompressible as noise, TestCa};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-
-fn http_config(dir: &Path, listen: &str) -> BundleHttpConfig {
-    BundleHttpConfig {
-        listen: listen.into(),
-        public_url: format!("http://{listen}"),
-        cache_dir: dir.join("bundle-cache"),
-        token_key: dir.join("bundle-token.key"),
-        // A slot frees the moment its transfer ends: the cap test waits on that.
-        download_idle_secs: 0,
-        tls_cert: None,
-        tls_key: None,
-    }
-}
 
 async fn start_server(env: &Env, key: &SigningKey) -> Handle {
     let cfg = http_config(env.dir.path(), "127.0.0.1:0");

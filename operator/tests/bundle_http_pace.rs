@@ -9,13 +9,12 @@
 mod bundle_http_support;
 mod common;
 
-use bundle_http_support::request;
+use bundle_http_support::{http_config, request};
 use common::{now, Env};
 use ed25519_dalek::SigningKey;
 use harmony_operator::bundle;
 use harmony_operator::bundle_http::token::{self, Claims};
 use harmony_operator::clock::SystemClock;
-use harmony_operator::config::BundleHttpConfig;
 use harmony_protocol::time::UnixMillis;
 use harmony_testkit::rauc_bundle::{build_bundle, incompressible, TestCa};
 use std::sync::Arc;
@@ -34,15 +33,7 @@ async fn capped_reads_against_the_cap() {
     let ca = TestCa::create(env.dir.path());
     let path = build_bundle(&ca, env.dir.path(), "b", "harmony-rpi4", "3.0.0", "verity", &incompressible(4_000_000));
     let rec = bundle::push(&env.buckets, &path, None, false, now()).await.unwrap();
-    let cfg = BundleHttpConfig {
-        listen: "127.0.0.1:0".into(),
-        public_url: "http://127.0.0.1".into(),
-        cache_dir: env.dir.path().join("bundle-cache"),
-        token_key: env.dir.path().join("bundle-token.key"),
-        download_idle_secs: 0,
-        tls_cert: None,
-        tls_key: None,
-    };
+    let cfg = http_config(env.dir.path(), "127.0.0.1:0");
     let key = SigningKey::from_bytes(&[1; 32]);
     let server = harmony_operator::bundle_http::start(&cfg, key.verifying_key(), &env.buckets, Arc::new(SystemClock))
         .await

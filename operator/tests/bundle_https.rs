@@ -6,7 +6,10 @@
 //! certificate is served without a restart, and a broken one is not.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod bundle_http_support;
 mod common;
+
+use bundle_http_support::http_config;
 
 use common::{now, Env};
 use ed25519_dalek::SigningKey;
@@ -98,13 +101,10 @@ async fn http1_get(
 /// The server on a free port with TLS from `cert` and `key`.
 fn tls_config(dir: &Path, cert: &Path, key: &Path) -> BundleHttpConfig {
     BundleHttpConfig {
-        listen: "127.0.0.1:0".into(),
         public_url: "https://127.0.0.1".into(),
-        cache_dir: dir.join("bundle-cache"),
-        token_key: dir.join("bundle-token.key"),
-        download_idle_secs: 0,
         tls_cert: Some(cert.to_path_buf()),
         tls_key: Some(key.to_path_buf()),
+        ..http_config(dir, "127.0.0.1:0")
     }
 }
 

@@ -123,20 +123,25 @@ pub async fn start(
         Some((cert, key)) => {
             let listener = tls::TlsListener::new(listener, tls::server_config(cert, key)?)?;
             log::info!("serving bundles on https://{addr}/v1/bundles/ (h2, http/1.1; offers name {})", cfg.public_url);
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, router).await {
-                    log::error!("bundle server: {e}");
-                }
-            })
+            spawn_serve(listener, router)
         }
         None => {
             log::info!("serving bundles on http://{addr}/v1/bundles/ (offers name {})", cfg.public_url);
-            tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, router).await {
-                    log::error!("bundle server: {e}");
-                }
-            })
+            spawn_serve(listener, router)
         }
     };
     Ok(Handle { addr, server, open, task })
+}
+
+/// Serves `router` on `listener` (TCP or TLS) until the task is aborted.
+fn spawn_serve<L>(listener: L, router: axum::Router) -> tokio::task::JoinHandle<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            log::error!("bundle server: {e}");
+        }
+    })
 }

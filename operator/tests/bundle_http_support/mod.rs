@@ -3,9 +3,11 @@
 //! by `harmony_operator::sim::http`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use harmony_operator::config::BundleHttpConfig;
 use harmony_operator::sim::http::parse;
 pub use harmony_operator::sim::http::Response;
 use std::net::SocketAddr;
+use std::path::Path;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -30,4 +32,19 @@ pub async fn read(mut s: TcpStream) -> Response {
 
 pub async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
     read(send(addr, method, path, headers).await).await
+}
+
+/// The bundle server on `listen` over plain HTTP, its cache and token key in
+/// `dir`.
+pub fn http_config(dir: &Path, listen: &str) -> BundleHttpConfig {
+    BundleHttpConfig {
+        listen: listen.into(),
+        public_url: format!("http://{listen}"),
+        cache_dir: dir.join("bundle-cache"),
+        token_key: dir.join("bundle-token.key"),
+        // A slot frees the moment its transfer ends: the cap test waits on that.
+        download_idle_secs: 0,
+        tls_cert: None,
+        tls_key: None,
+    }
 }
