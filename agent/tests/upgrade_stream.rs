@@ -5,127 +5,19 @@
 //! QEMU guest (qemu-tests/ota.py); here NBD is declared present (the
 //! agent's `system.nbd` path) so the agent takes the streaming path.
 //!
-//! The server is a small Range server in this file that can lie: about the
-//! bundle's size, with another (validly signed) bundle, or by refusing the
-//! token. The operator's own server and its tokens are tested in
-//! operator/tests/bundle_http.rs.
+//! The server is `upgrade_common::range_server`, which can lie.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod upgrade_common;
 
 use harmony_protocol::{FailureReason, Transfer, UpgradeOffer, UpgradePhase};
 use sha2::{Digest, Sha256};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
+use upgrade_common::range_server::{RangeServer, TOKEN};
+use upgrade_common::tmpfs::{fill_leaving, Tmpfs};
 use upgrade_common::*;
 
 const WAIT: Duration = Duration::from_secs(60);
-const TOKEN: &str = "Bearer for-this-device";
-
-/// What the server does.
-#[derive(Clone)]
-struct Serve {
-    bytes: Arc<Vec<u8>>,
-    /// The size it claims in `Content-Range` (a liar's), else the true one.
-    claimed_total: Option<u64>,
-}
-
-/// One request as the server saw it.
-#[derive(Debug, Clone)]
-struct Seen {
-    range: Option<String>,
-    authorization: Option<String>,
-    user_agent: Option<String>,
-    status: u16,
-}
-
-struct RangeServer {
-    url: String,
-    serve: Arc<Mutex<Serve>>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-impl RangeServer {
-    async fn start(bytes: Vec<u8>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/v1/bundles/b", listener.local_addr().unwrap());
-        let serve = Arc::new(Mutex::new(Serve { bytes: Arc::new(bytes), claimed_total: None }));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (serve2, seen2) = (serve.clone(), seen.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
-                let serve = serve2.lock().unwrap().clone();
-                let seen = seen2.clone();
-                tokio::spawn(async move {
-                    let _ = answer(stream, serve, seen).await;
-                });
-            }
-        });
-        Self { url, serve, seen }
-    }
-
-    fn set(&self, bytes: Vec<u8>, claimed_total: Option<u64>) {
-        *self.serve.lock().unwrap() = Serve { bytes: Arc::new(bytes), claimed_total };
-    }
-
-    fn take_seen(&self) -> Vec<Seen> {
-        std::mem::take(&mut *self.seen.lock().unwrap())
-    }
-}
-
-async fn answer(stream: tokio::net::TcpStream, serve: Serve, seen: Arc<Mutex<Vec<Seen>>>) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line).await?;
-    let mut s = Seen { range: None, authorization: None, user_agent: None, status: 0 };
-    loop {
-        line.clear();
-        if reader.read_line(&mut line).await? == 0 || line.trim().is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            let value = Some(value.trim().to_string());
-            match name.trim().to_ascii_lowercase().as_str() {
-                "range" => s.range = value,
-                "authorization" => s.authorization = value,
-                "user-agent" => s.user_agent = value,
-                _ => {}
-            }
-        }
-    }
-    let total = serve.bytes.len() as u64;
-    let span = s.range.as_deref().and_then(|r| r.strip_prefix("bytes=")).and_then(|r| {
-        let (a, b) = r.split_once('-')?;
-        let a: u64 = a.parse().ok()?;
-        let b: u64 = if b.is_empty() { total - 1 } else { b.parse::<u64>().ok()?.min(total - 1) };
-        (a <= b).then_some((a, b))
-    });
-    let mut stream = reader.into_inner();
-    let head = if s.authorization.as_deref() != Some(TOKEN) {
-        s.status = 403;
-        "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
-    } else if let Some((a, b)) = span {
-        s.status = 206;
-        let claimed = serve.claimed_total.unwrap_or(total);
-        format!(
-            "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {a}-{b}/{claimed}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            b - a + 1
-        )
-    } else {
-        s.status = 416;
-        format!("HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{total}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-    };
-    seen.lock().unwrap().push(s.clone());
-    stream.write_all(head.as_bytes()).await?;
-    if let (206, Some((a, b))) = (s.status, span) {
-        stream.write_all(&serve.bytes[a as usize..=b as usize]).await?;
-    }
-    stream.shutdown().await
-}
-
 /// SHA-256 of the bundle's signature block, cut out as RAUC does.
 fn signature_sha256(b: &Bundle, dir: &std::path::Path) -> String {
     let sig = dir.join(format!("{}.sig", b.version));
@@ -248,5 +140,59 @@ async fn without_nbd_a_streamable_offer_is_downloaded_and_the_status_says_why() 
         other => panic!("{other:?}"),
     }
     assert_eq!(rig.rauc.backend(&["get-primary"]), "B", "installed from the object store");
+    agent.stop().await;
+}
+
+/// A nearly full /data when the agent writes the trust it hands RAUC for an
+/// `https://` stream (system CAs plus the fleet's, a few hundred KiB): the
+/// install fails naming the file and the full disk, RAUC is never asked,
+/// nothing is left behind; with space again the next offer reaches RAUC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trust_file_that_does_not_fit_on_data_fails_the_install_before_rauc_is_asked() {
+    let mut rig = Rig::start().await;
+    std::fs::write(rig.path("nbd0"), "").unwrap();
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = harmony_testkit::pki::TestPki::create(pki_dir.path(), "IP:127.0.0.1");
+    rig.extra_upgrade_config = format!("https_ca_file = \"{}\"", pki.ca.display());
+    let trust_len = harmony_agent::upgrade::http_get::trust_pem(&pki.ca).unwrap().len() as u64;
+    // The record (a few KiB, written beside its old copy) must still fit.
+    let left = 32 * 1024;
+    assert!(trust_len > 2 * left, "the host's CA bundle (ca-certificates, from scripts/setup) is {trust_len} bytes");
+    let _tmpfs = Tmpfs::mount(&rig.path("state"), "4m");
+    let v2 = bundle(trusted_ca(), &rig.path("bundles"), "v2", "2.0.0", 64 * 1024);
+    let sig = signature_sha256(&v2, &rig.path("bundles"));
+    let server = RangeServer::start_tls(std::fs::read(&v2.path).unwrap(), &pki.cert, &pki.key).await;
+    let agent = rig.start_agent(60);
+    rig.wait_heartbeat(WAIT, |hb| hb.booted_slot.as_deref() == Some("A")).await;
+
+    let filler = rig.path("state/filler");
+    fill_leaving(&filler, left);
+    rig.send_offer(&streamed_offer(&rig, 1, &v2, &server.url, &sig)).await;
+    match failed_with(&rig, 1).await {
+        FailureReason::InstallFailed { last_error } => {
+            assert!(last_error.contains("stream-trust.pem"), "names the file: {last_error}");
+            assert!(last_error.contains("No space left on device"), "and why: {last_error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    nothing_installed(&rig);
+    assert_eq!(rig.temp_files(), Vec::<std::path::PathBuf>::new(), "no temp files left");
+    let seen = server.take_seen();
+    assert_eq!(seen.len(), 2, "the agent's checks over HTTPS passed: {seen:?}");
+    assert!(seen.iter().all(|s| s.status == 206 && s.user_agent.as_deref() == Some("harmony-agent")), "{seen:?}");
+    assert_eq!(server.connections(), 2, "RAUC never connected");
+
+    // Space again: the file is written and RAUC is handed the URL. The
+    // host's RAUC cannot stream; it tries to fetch the URL itself and fails.
+    std::fs::remove_file(&filler).unwrap();
+    rig.send_offer(&streamed_offer(&rig, 2, &v2, &server.url, &sig)).await;
+    match failed_with(&rig, 2).await {
+        FailureReason::InstallFailed { last_error } => {
+            assert!(!last_error.contains("stream-trust.pem"), "RAUC's error, not the agent's: {last_error}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(server.connections() > 4, "RAUC connected after the agent's two checks: {}", server.connections());
+    nothing_installed(&rig);
     agent.stop().await;
 }

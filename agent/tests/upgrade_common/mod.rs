@@ -25,6 +25,9 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod range_server;
+pub mod tmpfs;
+
 pub const DEVICE: &str = "pi-upgrade-01";
 
 /// Test CAs are made once per test binary run (openssl RSA keygen is slow).
