@@ -17,7 +17,7 @@ use harmony_protocol::enroll::{
 };
 use harmony_protocol::permissions::device_permissions;
 use harmony_protocol::{DeviceId, Heartbeat};
-use harmony_testkit::wait::wait_until;
+use harmony_testkit::wait::{synced_with_server, wait_until};
 use harmony_testkit::NatsServer;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -97,7 +97,7 @@ struct Responder {
 impl Responder {
     async fn start(client: async_nats::Client, answer: EnrollReply) -> Self {
         let mut sub = client.subscribe(all_enroll_subjects()).await.unwrap();
-        client.flush().await.unwrap();
+        synced_with_server(&client).await;
         let seen = Arc::new(Mutex::new(Vec::new()));
         let answer = Arc::new(Mutex::new(answer));
         let task = tokio::spawn({

@@ -10,6 +10,7 @@ use harmony_protocol::command::{Command, CommandReply, ReplyBody};
 use harmony_protocol::names::{command_subject, BUNDLE_OBJECT_BUCKET, HEARTBEAT_BUCKET, OFFER_BUCKET};
 use harmony_protocol::workload::{MANIFEST_BUCKET, OBJECT_BUCKET, WORKLOAD_STATUS_BUCKET};
 use harmony_protocol::DeviceId;
+use harmony_testkit::wait::request_when_served;
 use harmony_testkit::NatsServer;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -230,11 +231,16 @@ async fn a_device_can_do_its_own_things_and_nothing_else() {
             }
         }
     });
-    let answer = op.request(command_subject(&pi1), Command::Ping.encode().into()).await.unwrap();
+    let answer =
+        request_when_served(&op, command_subject(&pi1), Command::Ping.encode().into(), Duration::from_secs(15))
+            .await
+            .unwrap();
     assert!(CommandReply::decode(&answer.payload).is_ok());
     // It cannot listen on another device's subject: nobody answers there.
     let mut other = dev.subscribe(command_subject(&pi2)).await.unwrap();
-    let _ = dev.flush().await;
+    // A publish acknowledged after the SUB: the server has handled (and
+    // refused) it before the operator asks.
+    js_ok.publish(format!("$KV.{HEARTBEAT_BUCKET}.{pi1}"), "after-sub".into()).await.unwrap().await.unwrap();
     let r =
         tokio::time::timeout(Duration::from_secs(2), op.request(command_subject(&pi2), Command::Ping.encode().into()))
             .await;

@@ -16,6 +16,7 @@ use harmony_protocol::enroll::{
 use harmony_protocol::names::{command_subject, device_inbox_prefix, kv_put_subject, HEARTBEAT_BUCKET};
 use harmony_protocol::time::UnixMillis;
 use harmony_protocol::{DeviceId, SCHEMA_VERSION};
+use harmony_testkit::wait::request_when_served;
 use harmony_testkit::NatsServer;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -186,7 +187,6 @@ async fn a_token_enrolls_a_device_which_then_connects_with_its_own_key_only() {
     assert!(matches!(again, EnrollReply::Enrolled { .. }), "{again:?}");
     // It serves its command subject: the operator's request reaches it.
     let mut cmds = dev.subscribe(command_subject(&DeviceId::new("pi-1").unwrap())).await.unwrap();
-    dev.flush().await.unwrap();
     let op = async_nats::ConnectOptions::with_nkey(
         std::fs::read_to_string(fleet.cfg.nats.nkey_seed_file.as_ref().unwrap()).unwrap().trim().to_string(),
     )
@@ -194,8 +194,9 @@ async fn a_token_enrolls_a_device_which_then_connects_with_its_own_key_only() {
     .await
     .unwrap();
     let op2 = op.clone();
+    let subject = command_subject(&DeviceId::new("pi-1").unwrap());
     let asked =
-        tokio::spawn(async move { op2.request(command_subject(&DeviceId::new("pi-1").unwrap()), "ping".into()).await });
+        tokio::spawn(async move { request_when_served(&op2, subject, "ping".into(), Duration::from_secs(15)).await });
     let msg = futures::StreamExt::next(&mut cmds).await.unwrap();
     dev.publish(msg.reply.unwrap(), "pong".into()).await.unwrap();
     assert_eq!(&asked.await.unwrap().unwrap().payload[..], b"pong", "the device may answer");
