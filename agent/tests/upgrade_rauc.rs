@@ -215,6 +215,7 @@ async fn download_resumes_after_the_agent_is_killed_midway() {
     let delivered: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
     let counter = delivered.clone();
     let mut inbox = rig.client.subscribe(format!("_INBOX.{DEVICE}.>")).await.unwrap();
+    harmony_testkit::wait::synced_with_server(&rig.client).await;
     tokio::spawn(async move {
         while let Some(msg) = inbox.next().await {
             let Some(reply) = msg.reply.as_ref().filter(|r| r.starts_with("$JS.ACK.")) else { continue };
