@@ -790,24 +790,36 @@ def check_rauc_http2(ctx: Ctx):
     """Streaming over HTTP/2 (issue 16) is opt-in: with HARMONY_RAUC_HTTP2 =
     "1" RAUC's libcurl is built with nghttp2 for the target (so it can
     multiplex its Range requests to the operator's bundle server over TLS;
-    the QEMU image's Debian libcurl has it); without it curl is left as
-    oe-core configures it (at the pinned oe-core, nghttp2 makes oe-core mark
-    a curl CVE unpatched: recipes-support/curl/curl_harmony.inc). curl-native
-    is never changed."""
+    the QEMU image's Debian libcurl has it); without it curl has none (at
+    the pinned oe-core, nghttp2 makes oe-core mark a curl CVE unpatched:
+    recipes-support/curl/curl_harmony.inc). Both must hold whether or not
+    the layers below append nghttp2 themselves, as the pinned meta-rauc does
+    for every distro with "rauc" (modelled here; `bitbake-graph` checks the
+    real layers). curl-native is never changed."""
     problems = []
+    below = {
+        "oe-core alone": {"PACKAGECONFIG": "openssl"},
+        "with meta-rauc's append": {"PACKAGECONFIG": "openssl", "PACKAGECONFIG:append:class-target": " nghttp2"},
+    }
+
+    def has_nghttp2(machine, local, cls):
+        d = ctx.recipe(CURL_BBAPPEND, machine, local={**local, "CLASSOVERRIDE": cls})
+        return "nghttp2" in (d.getVar("PACKAGECONFIG") or "").split(), d.getVar("PACKAGECONFIG")
+
     for machine in MACHINES:
-        on = {"HARMONY_RAUC_HTTP2": "1"}
-        d = ctx.recipe(CURL_BBAPPEND, machine, local={**on, "CLASSOVERRIDE": "class-target"})
-        if "nghttp2" not in (d.getVar("PACKAGECONFIG") or "").split():
-            problems.append(f"[{machine}] curl with HARMONY_RAUC_HTTP2 = \"1\": PACKAGECONFIG "
-                            f"{d.getVar('PACKAGECONFIG')!r} has no nghttp2: RAUC streams over HTTP/1.1 only")
-        native = ctx.recipe(CURL_BBAPPEND, machine, local={**on, "CLASSOVERRIDE": "class-native"})
-        if "nghttp2" in (native.getVar("PACKAGECONFIG") or "").split():
-            problems.append(f"[{machine}] curl-native gets nghttp2 too (append for class-target only)")
-        default = ctx.recipe(CURL_BBAPPEND, machine, local={"CLASSOVERRIDE": "class-target"})
-        if "nghttp2" in (default.getVar("PACKAGECONFIG") or "").split():
-            problems.append(f"[{machine}] curl gets nghttp2 without HARMONY_RAUC_HTTP2 = \"1\" (it is opt-in)")
-    return problems
+        for name, upstream in below.items():
+            on = {**upstream, "HARMONY_RAUC_HTTP2": "1"}
+            has, pc = has_nghttp2(machine, on, "class-target")
+            if not has:
+                problems.append(f"[{machine}, {name}] curl with HARMONY_RAUC_HTTP2 = \"1\": PACKAGECONFIG {pc!r} "
+                                "has no nghttp2: RAUC streams over HTTP/1.1 only")
+            if has_nghttp2(machine, {"PACKAGECONFIG": "openssl", "HARMONY_RAUC_HTTP2": "1"}, "class-native")[0]:
+                problems.append(f"[{machine}] curl-native gets nghttp2 too (append for class-target only)")
+            has, pc = has_nghttp2(machine, upstream, "class-target")
+            if has:
+                problems.append(f"[{machine}, {name}] curl gets nghttp2 without HARMONY_RAUC_HTTP2 = \"1\" "
+                                f"(it is opt-in): {pc!r}")
+    return sorted(set(problems))
 
 
 def check_bundle_adaptive(ctx: Ctx):

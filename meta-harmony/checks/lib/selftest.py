@@ -205,6 +205,8 @@ CASES = [
      lambda l: edit(l / "recipes-support/curl/curl_harmony.inc", r'^PACKAGECONFIG:append:class-target = .*$', "")),
     ("curl-native given nghttp2 as well", run_python_check("rauc-http2"),
      lambda l: edit(l / "recipes-support/curl/curl_harmony.inc", r'^PACKAGECONFIG:append:class-target = ', "PACKAGECONFIG:append = ")),
+    ("meta-rauc's nghttp2 for curl left in by default", run_python_check("rauc-http2"),
+     lambda l: edit(l / "recipes-support/curl/curl_harmony.inc", r'^PACKAGECONFIG:remove:class-target = .*$', "")),
     ("HTTP/2 for RAUC's libcurl on by default", run_python_check("rauc-http2"),
      lambda l: edit(l / "recipes-support/curl/curl_harmony.inc", r'^HARMONY_RAUC_HTTP2 \?\?= "0"$', 'HARMONY_RAUC_HTTP2 ??= "1"')),
     ("boot script writes uboot.env again", run_python_check("boot-state-raw"),
