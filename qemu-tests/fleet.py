@@ -67,7 +67,9 @@ class Fleet:
         # operator does with openssl, docs/operator.md); the device is given
         # the CA (bundle_ca) on its data partition.
         self.bundle_http_port = free_port() if bundle_http else None
-        self.bundle_ca = self._make_pki() if bundle_http == "https" else None
+        # "https": TLS, HTTP/2 offered; "https-http1": TLS, HTTP/1.1 only.
+        self.bundle_ca = self._make_pki() if bundle_http in ("https", "https-http1") else None
+        self.bundle_http2 = bundle_http != "https-http1"
         # Callout mode, as a fleet that enrolls its devices runs: the
         # operator's users are in the server's config, every device is
         # admitted by the operator's auth callout (docs/flashing-and-enrolling.md).
@@ -116,6 +118,8 @@ class Fleet:
             if self.bundle_ca:
                 lines += [f'tls_cert = "{self.dir / "pki" / "bundles.pem"}"',
                           f'tls_key = "{self.dir / "pki" / "bundles.key"}"']
+                if not self.bundle_http2:
+                    lines += ["http2 = false"]
         self.config.write_text("\n".join(lines) + "\n")
 
     def _start_nats(self):

@@ -92,7 +92,7 @@ written with debugfs; identity and credentials come from enrollment alone.
     sent against each bundle (v2.1: at most 15 %). Needs
     image/qemu/build --with-adaptive-variant
 
---ci runs 1, 2, 4, 10, 11 and 14, --all (the default) every scenario. Console logs, operator
+--ci runs 1, 2, 4, 10, 11, 14 and 17, --all (the default) every scenario. Console logs, operator
 logs and CLI transcripts of each scenario go to
 qemu-tests/artifacts/<timestamp>-ota/scenario-N/. The last line printed is
 "N passed, N failed".
@@ -114,7 +114,7 @@ import workloads as wl
 
 REGISTRY = suite.Registry()
 scenario = REGISTRY.scenario
-CI = [1, 2, 4, 10, 11, 14]
+CI = [1, 2, 4, 10, 11, 14, 17]
 # The data partition's MBR entry (vda4) and where the agent's drop-ins live on it.
 DATA_ENTRY = 3
 AGENT_DROP_IN_ON_DATA = "/harmony/agent.d/05-qemu-test-timing.toml"
@@ -1218,8 +1218,25 @@ def s14(ctx):
     multiplexes its Range requests over HTTP/2 (the server's log says which
     protocol and client each request had; RAUC sends its User-Agent on its
     first request only). Scenarios 15 and 16 stream over
-    plain HTTP."""
-    o = Ota(ctx, bundle_http="https")
+    plain HTTP; 17 over HTTPS with HTTP/1.1 only."""
+    streamed_over_https(ctx, http2=True, rollout_id="s14")
+
+
+@scenario(17, "streamed OTA over HTTPS with HTTP/1.1 only (the bundle server's http2 = false): what a Yocto device without nghttp2 speaks (ADR 0007), committed")
+def s17(ctx):
+    """The Yocto image's default transport: its libcurl has no nghttp2
+    (HARMONY_RAUC_HTTP2 is opt-in), so RAUC streams over HTTP/1.1 over TLS,
+    one Range request per connection turn. The guest's Debian libcurl has
+    nghttp2, so the server offers HTTP/1.1 only ([bundle_http] http2 =
+    false) and every one of RAUC's requests must arrive as HTTP/1.1.
+    Otherwise scenario 14."""
+    streamed_over_https(ctx, http2=False, rollout_id="s17")
+
+
+def streamed_over_https(ctx, http2, rollout_id):
+    """Scenarios 14 and 17: v2-full streamed over HTTPS, checked while RAUC
+    installs and after the commit; `http2`: the server offers h2."""
+    o = Ota(ctx, bundle_http="https" if http2 else "https-http1")
     g = o.g
     hb0 = o.boot_and_enroll()
     old_boot = hb0["boot_id"]
@@ -1232,7 +1249,7 @@ def s14(ctx):
     big_before = {l for l in out.splitlines() if l.startswith("/data")}
     t_start = int(time.time() * 1000)
     since = g.mark()
-    o.start_rollout("v2-full", "s14")
+    o.start_rollout("v2-full", rollout_id)
     s = o.watch(lambda s: s["heartbeat"]["upgrade"]["phase"] in ("installing", "installed", "rebooting", "failed"),
                 600, "the device to start installing")
     up = s["heartbeat"]["upgrade"]
@@ -1283,8 +1300,9 @@ def s14(ctx):
     # RAUC names itself (rauc/1.8) on its first request only; every request
     # that is not the agent's is RAUC's.
     rauc_requests = {k: n for k, n in protocols.items() if k[1] != "harmony-agent"}
-    check(sum(rauc_requests.values()) >= 100 and all(v == "HTTP/2.0" for v, _ in rauc_requests),
-          f"RAUC's reads were not all HTTP/2 over TLS: {protocols}")
+    want = "HTTP/2.0" if http2 else "HTTP/1.1"
+    check(sum(rauc_requests.values()) >= 100 and all(v == want for v, _ in rauc_requests),
+          f"RAUC's reads were not all {want} over TLS: {protocols}")
     check(protocols.get(("HTTP/1.1", "harmony-agent"), 0) >= 2,
           f"the agent's signature check (HTTP/1.1 over TLS) is not in the log: {protocols}")
     st = o.rauc()

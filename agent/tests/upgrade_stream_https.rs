@@ -46,6 +46,7 @@ async fn the_agent_checks_over_https_and_hands_rauc_a_trust_that_verifies_the_se
         download_idle_secs: 0,
         tls_cert: Some(pki.cert.clone()),
         tls_key: Some(pki.key.clone()),
+        http2: true,
     };
     let key = SigningKey::from_bytes(&[3; 32]);
     let server =

@@ -39,6 +39,7 @@
 //! download_idle_secs = 10
 //! tls_cert = "/etc/harmony-operator/bundles.pem"   # both or neither: HTTPS, HTTP/2 by ALPN
 //! tls_key = "/etc/harmony-operator/bundles.key"
+//! http2 = true                                     # with TLS: offer h2 by ALPN
 //! ```
 
 use crate::error::{Error, Result};
@@ -259,6 +260,11 @@ pub struct BundleHttpConfig {
     /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Offer HTTP/2 over TLS (ALPN). Off, clients get HTTP/1.1 only: what a
+    /// device whose libcurl lacks nghttp2 speaks anyway (the Yocto image's
+    /// default, ADR 0007), or a way round a client's HTTP/2 trouble.
+    #[serde(default = "default_true")]
+    pub http2: bool,
 }
 
 impl BundleHttpConfig {
@@ -290,6 +296,10 @@ fn default_bundle_cache_dir() -> PathBuf {
 
 fn default_token_key() -> PathBuf {
     PathBuf::from("/etc/harmony-operator/bundle-token.key")
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_download_idle_secs() -> u64 {
@@ -397,6 +407,9 @@ mod tests {
         let tls = "tls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n";
         let c = parse(&format!("public_url = \"https://h:8443\"\n{tls}")).unwrap().bundle_http.unwrap();
         assert_eq!(c.tls(), Some((Path::new("/c.pem"), Path::new("/k.pem"))));
+        assert!(c.http2, "HTTP/2 is offered unless turned off");
+        let off = parse(&format!("public_url = \"https://h:8443\"\n{tls}http2 = false\n")).unwrap();
+        assert!(!off.bundle_http.unwrap().http2);
         let err = parse(&format!("public_url = \"http://h:8443\"\n{tls}")).unwrap_err().to_string();
         assert!(err.contains("must be https://"), "{err}");
         let err = parse("public_url = \"https://h\"\ntls_cert = \"/c.pem\"\n").unwrap_err().to_string();

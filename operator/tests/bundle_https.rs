@@ -117,13 +117,18 @@ struct Rig {
 }
 
 async fn rig(pki_dir: &Path) -> Rig {
+    rig_with(pki_dir, true).await
+}
+
+/// `http2`: the `[bundle_http] http2` setting.
+async fn rig_with(pki_dir: &Path, http2: bool) -> Rig {
     let env = Env::start().await;
     let ca = TestCa::create(env.dir.path());
     let payload = noise(200_000);
     let path = build_bundle(&ca, env.dir.path(), "b", "harmony-rpi4", "3.0.0", "verity", &payload);
     let rec = bundle::push(&env.buckets, &path, None, false, now()).await.unwrap();
     let pki = TestPki::create(pki_dir, "IP:127.0.0.1");
-    let cfg = tls_config(env.dir.path(), &pki.cert, &pki.key);
+    let cfg = BundleHttpConfig { http2, ..tls_config(env.dir.path(), &pki.cert, &pki.key) };
     let key = SigningKey::from_bytes(&[9; 32]);
     let server = bundle_http::start(&cfg, key.verifying_key(), &env.buckets, Arc::new(SystemClock)).await.unwrap();
     let claims = Claims {
@@ -185,6 +190,21 @@ async fn http2_over_tls_multiplexes_range_requests_and_http1_still_works() {
     let mut raw = Vec::new();
     let _ = plain.read_to_end(&mut raw).await;
     assert!(!raw.windows(4).any(|w| w == b"HTTP"), "a plain-HTTP answer on the TLS port: {raw:?}");
+    drop(r.env);
+}
+
+/// `http2 = false`: a client that offers HTTP/2 first (RAUC's libcurl with
+/// nghttp2) is answered HTTP/1.1, as a device without nghttp2 would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_http2_off_an_h2_client_gets_http1_over_tls() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let r = rig_with(pki_dir.path(), false).await;
+    let tls = connect(r.server.local_addr(), &r.pki.ca, &[b"h2", b"http/1.1"]).await.unwrap();
+    assert_eq!(alpn(&tls).as_deref(), Some("http/1.1"));
+    let resp = http1_get(tls, "/v1/bundles/3.0.0", &r.auth, "bytes=5-14").await;
+    assert_eq!((resp.status, resp.body.as_slice()), (206, &r.file[5..15]), "{}", resp.text());
+    // A client that speaks HTTP/2 only finds no common protocol.
+    assert!(connect(r.server.local_addr(), &r.pki.ca, &[b"h2"]).await.is_err(), "an h2-only client was accepted");
     drop(r.env);
 }
 

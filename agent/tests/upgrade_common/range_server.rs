@@ -49,10 +49,8 @@ impl RangeServer {
 
     /// HTTPS with the certificate and key (PEM) an operator would configure.
     pub async fn start_tls(bytes: Vec<u8>, cert: &Path, key: &Path) -> Self {
-        let operator = harmony_operator::bundle_http::tls::server_config(cert, key).unwrap();
-        let mut config = (*operator).clone();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Self::start_with(bytes, Some(TlsAcceptor::from(Arc::new(config)))).await
+        let config = harmony_operator::bundle_http::tls::server_config(cert, key, false).unwrap();
+        Self::start_with(bytes, Some(TlsAcceptor::from(config))).await
     }
 
     async fn start_with(bytes: Vec<u8>, tls: Option<TlsAcceptor>) -> Self {

@@ -121,8 +121,9 @@ pub async fn start(
     let addr = listener.local_addr().map_err(|e| Error::io(format!("bundle_http {addr}"), e))?;
     let task = match cfg.tls() {
         Some((cert, key)) => {
-            let listener = tls::TlsListener::new(listener, tls::server_config(cert, key)?)?;
-            log::info!("serving bundles on https://{addr}/v1/bundles/ (h2, http/1.1; offers name {})", cfg.public_url);
+            let listener = tls::TlsListener::new(listener, tls::server_config(cert, key, cfg.http2)?)?;
+            let alpn = if cfg.http2 { "h2, http/1.1" } else { "http/1.1 only" };
+            log::info!("serving bundles on https://{addr}/v1/bundles/ ({alpn}; offers name {})", cfg.public_url);
             spawn_serve(listener, router)
         }
         None => {

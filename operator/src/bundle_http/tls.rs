@@ -94,9 +94,9 @@ impl ResolvesServerCert for Reloading {
     }
 }
 
-/// The rustls server configuration: the reloading certificate, HTTP/2
-/// offered before HTTP/1.1.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
+/// The rustls server configuration: the reloading certificate; HTTP/2
+/// offered before HTTP/1.1 when `http2`, else HTTP/1.1 alone.
+pub fn server_config(cert: &Path, key: &Path, http2: bool) -> Result<Arc<ServerConfig>> {
     let provider = Arc::new(ring::default_provider());
     let resolver = Reloading::new(cert, key, provider.clone())?;
     let mut config = ServerConfig::builder_with_provider(provider)
@@ -104,7 +104,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
         .map_err(|e| Error::Invalid(format!("bundle_http TLS: {e}")))?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = if http2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
     Ok(Arc::new(config))
 }
 

@@ -46,5 +46,6 @@ pub fn http_config(dir: &Path, listen: &str) -> BundleHttpConfig {
         download_idle_secs: 0,
         tls_cert: None,
         tls_key: None,
+        http2: true,
     }
 }
