@@ -807,19 +807,19 @@ def check_rauc_http2(ctx: Ctx):
         return "nghttp2" in (d.getVar("PACKAGECONFIG") or "").split(), d.getVar("PACKAGECONFIG")
 
     for machine in MACHINES:
+        if has_nghttp2(machine, {"PACKAGECONFIG": "openssl", "HARMONY_RAUC_HTTP2": "1"}, "class-native")[0]:
+            problems.append(f"[{machine}] curl-native gets nghttp2 too (append for class-target only)")
         for name, upstream in below.items():
             on = {**upstream, "HARMONY_RAUC_HTTP2": "1"}
             has, pc = has_nghttp2(machine, on, "class-target")
             if not has:
                 problems.append(f"[{machine}, {name}] curl with HARMONY_RAUC_HTTP2 = \"1\": PACKAGECONFIG {pc!r} "
                                 "has no nghttp2: RAUC streams over HTTP/1.1 only")
-            if has_nghttp2(machine, {"PACKAGECONFIG": "openssl", "HARMONY_RAUC_HTTP2": "1"}, "class-native")[0]:
-                problems.append(f"[{machine}] curl-native gets nghttp2 too (append for class-target only)")
             has, pc = has_nghttp2(machine, upstream, "class-target")
             if has:
                 problems.append(f"[{machine}, {name}] curl gets nghttp2 without HARMONY_RAUC_HTTP2 = \"1\" "
                                 f"(it is opt-in): {pc!r}")
-    return sorted(set(problems))
+    return problems
 
 
 def check_bundle_adaptive(ctx: Ctx):
